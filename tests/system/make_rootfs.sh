@@ -1,0 +1,100 @@
+#!/bin/bash
+# Build, or restore from a cache, a Debian rootfs that boots systemd under systemd-nspawn.
+#
+# Usage: make_rootfs.sh run|build [DIR]
+#   run    the runtime image: systemd + tund's runtime Depends (the container has no
+#          network, so `dpkg -i tund.deb` cannot fetch anything: everything it needs is here)
+#   build  the runtime image plus the Debian build tool chain, for packaging/build-deb.sh
+#   DIR    defaults to /var/tmp/tsys-rootfs-PROFILE (never inside the repo)
+#
+# The cache is /var/tmp/tsys-rootfs-PROFILE-KEY.tar.zst; KEY hashes the suite, the package
+# lists and this script's format version, so changing a list rebuilds and an unchanged list
+# restores in seconds.  `DIR/.tsys-key` records the key of what DIR holds.
+#
+# The Debian mirror is read from this machine's apt sources at run time (MIRROR= overrides);
+# no host name is ever written into the repository.
+#
+# Env: SUITE (default trixie), CACHE_DIR (default /var/tmp), MIRROR.
+set -euo pipefail
+
+PROFILE=${1:?usage: make_rootfs.sh run|build [DIR]}
+ROOT=${2:-/var/tmp/tsys-rootfs-$PROFILE}
+SUITE=${SUITE:-trixie}
+CACHE_DIR=${CACHE_DIR:-/var/tmp}
+FORMAT=3   # bump when the steps below change what a rootfs contains
+
+# tund's runtime Depends (keep in sync with packaging/debian/control) and what tests use.
+RUN_PKGS=systemd,systemd-sysv,dbus,python3,python3-pydantic,python3-tomli-w
+RUN_PKGS+=,python3-cryptography,python3-cffi-backend,python3-systemd,iproute2,iputils-ping
+RUN_PKGS+=,procps,adduser,passwd
+# debootstrap does not resolve virtual packages: python3-cryptography needs the cffi
+# backend named explicitly.
+BUILD_PKGS=debhelper,dh-python,pybuild-plugin-pyproject,python3-all,python3-setuptools
+BUILD_PKGS+=,dpkg-dev,fakeroot
+
+case $PROFILE in
+  run) PKGS=$RUN_PKGS ;;
+  build) PKGS=$RUN_PKGS,$BUILD_PKGS ;;
+  *) echo "make_rootfs.sh: unknown profile '$PROFILE' (expected run or build)" >&2; exit 2 ;;
+esac
+KEY=$(printf '%s|%s|%s' "$SUITE" "$PKGS" "$FORMAT" | sha256sum | cut -c1-12)
+CACHE=$CACHE_DIR/tsys-rootfs-$PROFILE-$KEY.tar.zst
+
+log() { printf 'make_rootfs[%s]: %s\n' "$PROFILE" "$*" >&2; }
+
+mirror() {
+  # The first non-security URI of this machine's apt sources (deb822 or one-line format).
+  local f uri=""
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -e "$f" ] || continue
+    uri=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$f")
+    [ -n "$uri" ] && break
+  done
+  if [ -z "$uri" ]; then
+    uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+      | awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { if ($i !~ /security/) { print $i; exit } ; break } }')
+  fi
+  [ -n "$uri" ] || { echo "make_rootfs.sh: no Debian mirror found in /etc/apt/sources.list*" >&2; return 1; }
+  echo "$uri"
+}
+
+if [ -x "$ROOT/usr/lib/systemd/systemd" ] && [ "$(cat "$ROOT/.tsys-key" 2>/dev/null)" = "$KEY" ]; then
+  log "up to date: $ROOT ($KEY)"; echo "$ROOT"; exit 0
+fi
+
+# One builder at a time per DIR (pytest-xdist workers, a parallel build-deb.sh).
+exec 9>"$ROOT.lock"
+flock -w 600 9 || { echo "make_rootfs.sh: timed out waiting for $ROOT.lock" >&2; exit 1; }
+if [ -x "$ROOT/usr/lib/systemd/systemd" ] && [ "$(cat "$ROOT/.tsys-key" 2>/dev/null)" = "$KEY" ]; then
+  log "built meanwhile: $ROOT ($KEY)"; echo "$ROOT"; exit 0
+fi
+
+rm -rf "$ROOT"
+if [ -f "$CACHE" ]; then
+  mkdir -p "$ROOT"
+  zstd -dc "$CACHE" | tar -C "$ROOT" --numeric-owner -xf -
+  log "restored $ROOT from $CACHE"; echo "$ROOT"; exit 0
+fi
+
+MIRROR=${MIRROR:-$(mirror)}
+log "debootstrap $SUITE ($PKGS); log in $ROOT.debootstrap.log"
+start=$SECONDS
+if ! debootstrap --variant=minbase --include="$PKGS" "$SUITE" "$ROOT" "$MIRROR" \
+    >"$ROOT.debootstrap.log" 2>&1; then
+  tail -n 30 "$ROOT.debootstrap.log" >&2
+  exit 1
+fi
+echo tsys >"$ROOT/etc/hostname"
+: >"$ROOT/etc/machine-id"              # empty: systemd makes a fresh one at each boot
+# Quiet and fast boots: nothing that runs apt, fsck or waits for a network.
+for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
+    systemd-networkd-wait-online.service fstrim.timer dpkg-db-backup.timer; do
+  ln -sf /dev/null "$ROOT/etc/systemd/system/$unit"
+done
+rm -f "$ROOT"/var/cache/apt/archives/*.deb
+echo "$KEY" >"$ROOT/.tsys-key"
+log "debootstrap took $((SECONDS - start)) s, $(du -sh "$ROOT" | cut -f1)"
+tar -C "$ROOT" --numeric-owner -cf - . | zstd -q -T0 -10 >"$CACHE.tmp"
+mv "$CACHE.tmp" "$CACHE"
+log "cached as $CACHE ($(du -h "$CACHE" | cut -f1))"
+echo "$ROOT"

@@ -1,0 +1,133 @@
+"""Where tund's log messages go: journald under systemd, stderr otherwise.
+
+Contract:
+
+* :func:`setup` installs exactly one handler on the root logger (calling it again replaces
+  it) and sets the level.  It picks journald (``systemd.journal.JournalHandler``, with
+  ``SYSLOG_IDENTIFIER=tund``) only when journald is really there: systemd-python imports
+  AND ``/run/systemd/journal/socket`` exists AND we were started with our stderr connected
+  to the journal (``JOURNAL_STREAM``) or stderr is not a terminal.  JournalHandler without
+  a journald drops every message silently, hence the socket check; a terminal user running
+  ``tund`` by hand sees the messages on the terminal.  ``TUND_LOG_TARGET=stderr|journal``
+  overrides the choice (``journal`` still falls back to stderr when journald is absent).
+* :func:`tunnel_logger` returns an adapter whose records carry ``TUND_TUNNEL`` and
+  ``TUND_INTERFACE``.  JournalHandler sends every attribute of a record as a journal field
+  of the same name (journald keeps those named in upper case), so ``journalctl
+  TUND_TUNNEL=wan0`` finds them; both handlers also show them as a ``[tunnel/interface]``
+  message prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any, Literal
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+SYSLOG_IDENTIFIER = "tund"
+TUNNEL_FIELD = "TUND_TUNNEL"
+INTERFACE_FIELD = "TUND_INTERFACE"
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL}
+_STDERR_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(tund_prefix)s%(message)s"
+_JOURNAL_FORMAT = "%(tund_prefix)s%(message)s"
+
+Target = Literal["journal", "stderr"]
+
+
+def parse_level(level: str) -> int:
+    """``"info"`` (any case) -> ``logging.INFO``; ValueError naming the value otherwise."""
+    try:
+        return _LEVELS[level.strip().lower()]
+    except KeyError:
+        raise ValueError(f"log level must be one of {', '.join(_LEVELS)} (got {level!r})") from None
+
+
+def _journal_importable() -> bool:
+    try:
+        from systemd.journal import JournalHandler  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_target(env: Mapping[str, str], *, journal_socket: bool, journal_importable: bool,
+                  stderr_is_tty: bool) -> Target:
+    """Decide between journald and stderr (pure; see the module docstring for the rule)."""
+    if not (journal_socket and journal_importable):
+        return "stderr"
+    wanted = env.get("TUND_LOG_TARGET", "").strip().lower()
+    if wanted in ("stderr", "journal"):
+        return "journal" if wanted == "journal" else "stderr"
+    if env.get("JOURNAL_STREAM") or not stderr_is_tty:
+        return "journal"
+    return "stderr"
+
+
+class _PrefixFormatter(logging.Formatter):
+    """Adds ``tund_prefix`` (``[tunnel/interface] `` or empty) to every record it formats."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        tunnel = getattr(record, TUNNEL_FIELD, None)
+        iface = getattr(record, INTERFACE_FIELD, None)
+        if tunnel and iface:
+            record.tund_prefix = f"[{tunnel}/{iface}] "
+        elif tunnel or iface:
+            record.tund_prefix = f"[{tunnel or iface}] "
+        else:
+            record.tund_prefix = ""
+        return super().format(record)
+
+
+_installed: logging.Handler | None = None
+
+
+def _make_handler(target: Target) -> logging.Handler:
+    if target == "journal":
+        from systemd.journal import JournalHandler
+
+        handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER)
+        handler.setFormatter(_PrefixFormatter(_JOURNAL_FORMAT))
+        return handler
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrefixFormatter(_STDERR_FORMAT))
+    return handler
+
+
+def setup(level: str, *, env: Mapping[str, str] | None = None) -> Target:
+    """Route all logging to journald or stderr at ``level``; returns the target chosen.
+
+    Raises ValueError for an unknown level (before changing anything).
+    """
+    global _installed
+    levelno = parse_level(level)
+    env = os.environ if env is None else env
+    target = choose_target(env, journal_socket=os.path.exists(JOURNAL_SOCKET),
+                           journal_importable=_journal_importable(),
+                           stderr_is_tty=sys.stderr.isatty())
+    root = logging.getLogger()
+    if _installed is not None:
+        root.removeHandler(_installed)
+        _installed.close()
+    _installed = _make_handler(target)
+    root.addHandler(_installed)
+    root.setLevel(levelno)
+    return target
+
+
+class TunnelLogger(logging.LoggerAdapter[logging.Logger]):
+    """Adds ``TUND_TUNNEL``/``TUND_INTERFACE`` to every record (caller's ``extra`` kept)."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
+def tunnel_logger(tunnel: str, interface: str, name: str = "tund.tunnel") -> TunnelLogger:
+    """A logger for one tunnel: messages carry its name and interface as structured fields."""
+    return TunnelLogger(logging.getLogger(name), {TUNNEL_FIELD: tunnel, INTERFACE_FIELD: interface})
