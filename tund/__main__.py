@@ -1,0 +1,7 @@
+"""``python -m tund`` runs the daemon."""
+
+import sys
+
+from tund.daemon import main
+
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""``tund``: the daemon's composition root.
+
+config -> :class:`~tund.engine.Engine` (devices, workers) -> control socket -> systemd.
+Runs in the foreground. Signal handlers only queue work for the loop: SIGHUP reloads,
+SIGTERM/SIGINT stop cleanly (workers stopped, persistent devices kept).
+
+Exit status: 0 after a clean stop; 1 when the config is invalid at start (every problem
+printed, located) or the control socket cannot be opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from tund import __version__, config, sdnotify
+from tund.config import Config
+from tund.control.server import ControlServer
+from tund.engine import Engine
+from tund.errors import ConfigError, TundError
+
+log = logging.getLogger("tund.daemon")
+
+Handler = Callable[[Engine, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class BadRequest(TundError):
+    code = "bad-request"
+
+
+def _tunnel_arg(args: dict[str, Any]) -> str:
+    name = args.get("tunnel")
+    if not isinstance(name, str) or not name:
+        raise BadRequest("this command needs a tunnel name (args.tunnel)")
+    return name
+
+
+COMMANDS: dict[str, tuple[Handler, str]] = {
+    "status": (lambda e, a: e.status(a.get("tunnel") or None), "read"),
+    "reload": (lambda e, a: e.reload(bool(a.get("dry_run", False))), "admin"),
+    "up": (lambda e, a: e.tunnel_up(_tunnel_arg(a)), "admin"),
+    "down": (lambda e, a: e.tunnel_down(_tunnel_arg(a)), "admin"),
+    "restart": (lambda e, a: e.tunnel_restart(_tunnel_arg(a)), "admin"),
+}
+
+
+class UnknownCommand(TundError):
+    code = "unknown-command"
+
+
+class Daemon:
+    """The loop-side glue: control socket, signals, systemd notifications."""
+
+    def __init__(self, cfg: Config, config_path: Path, socket_path: str) -> None:
+        self.cfg = cfg
+        self.engine = Engine(config_path)
+        self.socket_path = socket_path
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def dispatch(self, cmd: str, args: dict[str, Any], peer: Any = None) -> dict[str, Any]:
+        entry = COMMANDS.get(cmd)
+        if entry is None:
+            raise UnknownCommand(f"unknown command {cmd!r} (known: {', '.join(sorted(COMMANDS))})")
+        handler, _right = entry
+        if cmd == "reload" and not args.get("dry_run"):
+            sdnotify.notify("RELOADING=1", "STATUS=reloading")
+            try:
+                return await handler(self.engine, args)
+            finally:
+                sdnotify.notify("READY=1", self._status_line())
+        return await handler(self.engine, args)
+
+    def _status_line(self) -> str:
+        up, total = self.engine.counts()
+        return f"STATUS={up} of {total} tunnels up"
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sighup(self) -> None:
+        log.info("SIGHUP: reloading %s", self.engine.config_path)
+        try:
+            result = await self.dispatch("reload", {})
+            log.info("reload done: %s", result.get("actions"))
+        except ConfigError as e:
+            log.error("reload refused, running config kept:\n%s", e)
+        except TundError as e:
+            log.error("reload failed: %s", e)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval / 2)
+
+    async def _status_updates(self) -> None:
+        last = ""
+        while True:
+            line = self._status_line()
+            if line != last:
+                sdnotify.notify(line)
+                last = line
+            await asyncio.sleep(1.0)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        server = ControlServer(self.socket_path, self.dispatch,
+                               group=self.cfg.daemon.control_group)
+        try:
+            await server.start()
+        except (OSError, TundError) as e:
+            log.error("cannot open control socket %s: %s", self.socket_path, e)
+            return 1
+        try:
+            await self.engine.start(self.cfg)
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._sighup()))
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            sdnotify.notify("READY=1", self._status_line())
+            log.info("tund %s ready: %d interface(s), %d tunnel(s), control socket %s",
+                     __version__, len(self.cfg.interfaces), len(self.cfg.tunnels),
+                     self.socket_path)
+            wd = sdnotify.watchdog_interval()
+            if wd:
+                self._spawn(self._watchdog(wd))
+            self._spawn(self._status_updates())
+            await self._stop.wait()
+            log.info("stopping")
+            sdnotify.notify("STOPPING=1", "STATUS=stopping")
+        finally:
+            for t in list(self._tasks):
+                t.cancel()
+            await server.close()
+            await self.engine.shutdown()
+        return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="tund", description="TUN/TAP tunnel daemon (foreground).")
+    ap.add_argument("--config", type=Path, default=None,
+                    help=f"configuration file (default {config.DEFAULT_CONFIG}, "
+                         "plus drop-ins in tunnels.d/)")
+    ap.add_argument("--control-socket", default=None,
+                    help="control socket path (overrides [daemon] control_socket)")
+    ap.add_argument("--log-level", default=None,
+                    choices=["debug", "info", "warning", "error"],
+                    help="log level (overrides [daemon] log_level)")
+    ap.add_argument("--version", action="version", version=f"tund {__version__}")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from tund import logs
+
+    path = args.config or config.default_config_path()
+    try:
+        cfg = config.load(path)
+    except ConfigError as e:
+        logs.setup(args.log_level or "info")
+        for issue in e.issues:
+            print(f"tund: {issue}", file=sys.stderr)
+        print(f"tund: {len(e.issues)} problem(s) in the configuration; not starting",
+              file=sys.stderr)
+        return 1
+    logs.setup(args.log_level or cfg.daemon.log_level)
+    socket_path = args.control_socket or cfg.daemon.control_socket
+    return asyncio.run(Daemon(cfg, path, socket_path).run())
+
+if __name__ == "__main__":
+    sys.exit(main())

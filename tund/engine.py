@@ -1,0 +1,395 @@
+"""The running state of the daemon: devices, underlay listeners, tunnel runners; reload.
+
+Contract: :class:`Engine` is what control commands act on. It owns
+
+* one held fd per configured interface (the daemon keeps the device attached, so a
+  non-persistent device lives exactly as long as the daemon, and a restarted worker gets
+  the same device and the packets queued meanwhile);
+* one pre-bound underlay socket per listening tunnel (survives worker restarts);
+* one :class:`~tund.supervise.supervisor.TunnelRunner` per tunnel.
+
+:meth:`reload` validates the whole new config first (nothing changes if it is invalid),
+plans with :func:`tund.plan.diff`, and touches only what changed. Reloads are serialized.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from tund import __version__, config, plan
+from tund.config import Config, InterfaceConfig, TunnelConfig
+from tund.errors import ConfigError, KernelError, ReloadError, TundError
+from tund.netdev import reconcile, tuntap
+from tund.netdev.ip import IpRunner
+from tund.relay.spec import WorkerSpec
+from tund.supervise.supervisor import Limits, TunnelRunner
+
+log = logging.getLogger("tund.engine")
+
+
+class NotFound(TundError):
+    code = "not-found"
+
+
+class KeyMaterial:
+    """A tunnel's secrets as read from its key files (kept out of every log and reply)."""
+
+    def __init__(self, private_key: str | None, peer_public_key: str | None,
+                 preshared_key: str | None) -> None:
+        self.private_key = private_key
+        self.peer_public_key = peer_public_key
+        self.preshared_key = preshared_key
+
+    def fingerprint(self) -> str:
+        h = hashlib.blake2s(digest_size=16)
+        for part in (self.private_key, self.peer_public_key, self.preshared_key):
+            h.update((part or "-").encode() + b"\0")
+        return h.hexdigest()
+
+
+def read_keys(t: TunnelConfig) -> KeyMaterial:
+    """Read a tunnel's key files (wireguard) or nothing (plaintext). Raises ValueError."""
+    if t.encryption == "none":
+        return KeyMaterial(None, None, None)
+    import base64
+
+    from tund import keys
+
+    assert t.private_key_file is not None
+    priv = base64.b64encode(keys.load_private_key_file(Path(t.private_key_file))).decode()
+    psk = None
+    if t.preshared_key_file:
+        psk = base64.b64encode(keys.load_psk_file(Path(t.preshared_key_file))).decode()
+    return KeyMaterial(priv, t.peer_public_key, psk)
+
+
+def _sysfs_mtu(name: str) -> int | None:
+    try:
+        return int(Path(f"/sys/class/net/{name}/mtu").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def bind_underlay(t: TunnelConfig) -> socket.socket:
+    """Open the listening (TCP) or bound (UDP) socket of a ``listen`` tunnel."""
+    host, port = t.endpoint
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    kind = socket.SOCK_STREAM if t.transport == "tcp" else socket.SOCK_DGRAM
+    s = socket.socket(family, kind)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        if kind == socket.SOCK_STREAM:
+            s.listen(16)
+    except OSError as e:
+        s.close()
+        raise OSError(e.errno, f"cannot bind {t.transport} {t.listen}: "
+                               f"{os.strerror(e.errno or errno.EIO)}") from None
+    s.set_inheritable(False)
+    return s
+
+
+class Engine:
+    """Devices, listeners and tunnel runners for one configuration at a time."""
+
+    def __init__(self, config_path: Path, ip: IpRunner | None = None) -> None:
+        self.config_path = config_path
+        self.ip = ip or IpRunner()
+        self.config: Config | None = None
+        self.devices: dict[str, tuntap.OpenedDevice] = {}
+        self.device_errors: dict[str, str] = {}
+        self.listeners: dict[str, socket.socket] = {}
+        self.runners: dict[str, TunnelRunner] = {}
+        self.keys: dict[str, KeyMaterial] = {}
+        self.key_errors: dict[str, str] = {}
+        self.started = time.time()
+        self.reloads = 0
+        self.last_reload: dict[str, Any] | None = None
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ start / stop
+
+    async def start(self, cfg: Config) -> None:
+        """Bring up every interface and start every tunnel of ``cfg``."""
+        async with self._lock:
+            self.config = cfg
+            self._read_all_keys(cfg)
+            for name, iface in cfg.interfaces.items():
+                self._bring_up(name, iface)
+            for name in cfg.tunnels:
+                self._start_tunnel(name)
+
+    async def shutdown(self) -> None:
+        """Stop workers; keep persistent devices (with addresses); drop the rest."""
+        async with self._lock:
+            await asyncio.gather(*(r.stop() for r in self.runners.values()))
+            self.runners.clear()
+            for s in self.listeners.values():
+                s.close()
+            self.listeners.clear()
+            for name, dev in list(self.devices.items()):
+                persistent = self.config is not None and self.config.interfaces[name].persist
+                log.info("[#] close %s (%s)", name,
+                         "persistent: stays" if persistent else "not persistent: removed")
+                tuntap.close(dev.fd)
+            self.devices.clear()
+
+    # ------------------------------------------------------------------ interfaces
+
+    def _bring_up(self, name: str, iface: InterfaceConfig) -> None:
+        self.device_errors.pop(name, None)
+        try:
+            if name not in self.devices:
+                self.devices[name] = tuntap.open_device(
+                    name, iface.mode, packet_info=iface.packet_info,
+                    multi_queue=iface.multi_queue, persist=iface.persist,
+                    owner=iface.uid, group=iface.gid)
+            reconcile.apply(self.ip, name, iface)
+        except KernelError as e:
+            self.device_errors[name] = str(e)
+            log.error("interface %s: %s", name, e, extra={"TUND_INTERFACE": name})
+
+    def _remove_device(self, name: str) -> None:
+        dev = self.devices.pop(name, None)
+        self.device_errors.pop(name, None)
+        if dev is not None:
+            tuntap.set_persist(dev.fd, False)
+            tuntap.close(dev.fd)
+
+    # ------------------------------------------------------------------ tunnels
+
+    def _read_all_keys(self, cfg: Config) -> None:
+        self.keys.clear()
+        self.key_errors.clear()
+        for name, t in cfg.tunnels.items():
+            try:
+                self.keys[name] = read_keys(t)
+            except (OSError, ValueError) as e:
+                self.key_errors[name] = str(e)
+
+    def _describe(self, name: str, t: TunnelConfig) -> dict[str, Any]:
+        return {"interface": t.interface, "transport": t.transport, "role": t.role,
+                "endpoint": t.listen if t.listen is not None else t.remote,
+                "encryption": t.encryption}
+
+    def _make_spec(self, name: str) -> WorkerSpec:
+        assert self.config is not None
+        t = self.config.tunnels[name]
+        iface = self.config.interfaces[t.interface]
+        if t.interface in self.device_errors:
+            raise KernelError(f"interface {t.interface}: {self.device_errors[t.interface]}")
+        dev = self.devices.get(t.interface)
+        if dev is None:
+            raise KernelError(f"interface {t.interface} is not open")
+        if name in self.key_errors:
+            raise ValueError(self.key_errors[name])
+        km = self.keys.get(name, KeyMaterial(None, None, None))
+        sock_fd = None
+        if t.role == "listen":
+            if name not in self.listeners:
+                self.listeners[name] = bind_underlay(t)
+            sock_fd = self.listeners[name].fileno()
+        host, port = t.endpoint
+        return WorkerSpec(
+            tunnel=name, interface=t.interface, mode=iface.mode, transport=t.transport,
+            role=t.role, host=host, port=port, device_fd=dev.fd, socket_fd=sock_fd,
+            mtu=iface.mtu or _sysfs_mtu(t.interface) or 1500, packet_info=iface.packet_info,
+            keepalive=t.keepalive, reconnect_min=t.reconnect_min,
+            reconnect_max=t.reconnect_max, encryption=t.encryption,
+            private_key=km.private_key, peer_public_key=km.peer_public_key,
+            preshared_key=km.preshared_key, timers=_test_timers())
+
+    def _start_tunnel(self, name: str) -> None:
+        assert self.config is not None
+        t = self.config.tunnels[name]
+        runner = TunnelRunner(name, lambda: self._make_spec(name),
+                              Limits.from_config(self.config.daemon), self._describe(name, t))
+        self.runners[name] = runner
+        runner.start()
+
+    async def _stop_tunnel(self, name: str) -> None:
+        runner = self.runners.pop(name, None)
+        if runner is not None:
+            await runner.stop()
+        s = self.listeners.pop(name, None)
+        if s is not None:
+            s.close()
+
+    def runner(self, name: str) -> TunnelRunner:
+        try:
+            return self.runners[name]
+        except KeyError:
+            known = ", ".join(sorted(self.runners)) or "none"
+            raise NotFound(f"no tunnel named {name!r} (configured: {known})") from None
+
+    async def tunnel_up(self, name: str) -> dict[str, Any]:
+        r = self.runner(name)
+        if r.worker is None:
+            r.start()
+        return {"tunnel": name, "state": str(r.state)}
+
+    async def tunnel_down(self, name: str) -> dict[str, Any]:
+        r = self.runner(name)
+        await r.stop()
+        return {"tunnel": name, "state": str(r.state)}
+
+    async def tunnel_restart(self, name: str) -> dict[str, Any]:
+        r = self.runner(name)
+        await r.stop()
+        r.start()
+        return {"tunnel": name, "state": str(r.state)}
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self, dry_run: bool = False) -> dict[str, Any]:
+        """Validate, plan, apply. Raises ConfigError (nothing changed) or ReloadError."""
+        async with self._lock:
+            try:
+                new = config.load(self.config_path)
+            except ConfigError as e:
+                self._note_reload(False, f"invalid config: {len(e.issues)} problem(s)")
+                raise
+            new_keys: dict[str, KeyMaterial] = {}
+            for name, t in new.tunnels.items():
+                try:
+                    new_keys[name] = read_keys(t)
+                except (OSError, ValueError) as e:
+                    self._note_reload(False, f"tunnel {name}: {e}")
+                    raise ConfigError([config.ConfigIssue(
+                        str(self.config_path), 0, f"tunnels.{name}", str(e))]) from None
+            p = plan.diff(self.config, new,
+                          {n: k.fingerprint() for n, k in self.keys.items()},
+                          {n: k.fingerprint() for n, k in new_keys.items()})
+            if dry_run:
+                return {**p.summary(), "actions": self._predict(p, new), "dry_run": True,
+                        "notes": list(p.daemon_notes)}
+            actions = await self._apply(p, new, new_keys)
+            self._note_reload(True, "applied" if actions else "nothing to do")
+            return {**p.summary(), "actions": actions, "dry_run": False,
+                    "notes": list(p.daemon_notes)}
+
+    def _note_reload(self, ok: bool, message: str) -> None:
+        self.reloads += 1
+        self.last_reload = {"time": time.time(), "ok": ok, "message": message}
+
+    def _predict(self, p: plan.Plan, new: Config) -> list[str]:
+        out: list[str] = []
+        for t in p.tunnels:
+            if t.action in ("remove", "restart"):
+                out.append(f"stop worker of tunnel {t.name}" + (f" ({t.reason})" if t.reason else ""))
+        for c in p.interfaces:
+            if c.action == "remove":
+                out.append(f"delete device {c.name}")
+            elif c.action == "recreate":
+                out.append(f"recreate device {c.name} ({c.reason})")
+            elif c.action == "retag":
+                out.append(f"ioctl on {c.name} ({c.reason})")
+            if c.action in ("add", "recreate"):
+                out.append(f"create device {c.name} (mode {new.interfaces[c.name].mode})")
+            if c.action in ("add", "recreate", "reconfigure"):
+                state = (reconcile.read_state(self.ip, c.name)
+                         if c.action == "reconfigure" else reconcile.LinkState.empty())
+                for step in reconcile.plan_steps(c.name, new.interfaces[c.name], state):
+                    out.append("[#] " + " ".join(step.argv))
+        for t in p.tunnels:
+            if t.action in ("add", "restart"):
+                out.append(f"start worker of tunnel {t.name}")
+        return out
+
+    async def _apply(self, p: plan.Plan, new: Config,
+                     new_keys: dict[str, KeyMaterial]) -> list[str]:
+        actions: list[str] = []
+        for t in p.tunnels:
+            if t.action in ("remove", "restart"):
+                await self._stop_tunnel(t.name)
+                actions.append(f"stopped worker of tunnel {t.name}")
+        old = self.config
+        self.config = new
+        self.keys = new_keys
+        self.key_errors = {}
+        try:
+            for c in p.interfaces:
+                if c.action in ("remove", "recreate"):
+                    self._remove_device(c.name)
+                    actions.append(f"deleted device {c.name}")
+                if c.action == "retag":
+                    assert c.new is not None
+                    dev = self.devices.get(c.name)
+                    if dev is not None:
+                        tuntap.retag(dev.fd, c.name, owner=c.new.uid, group=c.new.gid,
+                                     persist=c.new.persist)
+                        actions.append(f"set owner/group/persist of {c.name}")
+                if c.action in ("add", "recreate", "reconfigure", "retag"):
+                    assert c.new is not None
+                    before = set(self.devices)
+                    self._bring_up(c.name, c.new)
+                    if c.name in self.device_errors:
+                        raise ReloadError(f"interface {c.name}: {self.device_errors[c.name]}")
+                    if c.name not in before:
+                        actions.append(f"created device {c.name}")
+                    actions.append(f"configured {c.name}")
+                    if c.action == "reconfigure":
+                        self._push_mtu(c.name, new)
+        except ReloadError:
+            log.error("reload failed midway; previous config was %s", "set" if old else "empty")
+            raise
+        for t in p.tunnels:
+            if t.action in ("add", "restart"):
+                self._start_tunnel(t.name)
+                actions.append(f"started worker of tunnel {t.name}")
+        return actions
+
+    def _push_mtu(self, iface: str, new: Config) -> None:
+        found = new.tunnel_for(iface)
+        if found and found[0] in self.runners:
+            mtu = new.interfaces[iface].mtu or _sysfs_mtu(iface) or 1500
+            self.runners[found[0]].send({"op": "update", "mtu": mtu})
+
+    # ------------------------------------------------------------------ status
+
+    async def status(self, tunnel: str | None = None) -> dict[str, Any]:
+        runners = [self.runner(tunnel)] if tunnel else list(self.runners.values())
+        await asyncio.gather(*(r.refresh() for r in runners))
+        cfg = self.config
+        ifaces: dict[str, Any] = {}
+        if cfg is not None and tunnel is None:
+            for name, iface in cfg.interfaces.items():
+                dev = self.devices.get(name)
+                ifaces[name] = {
+                    "mode": iface.mode, "persist": iface.persist,
+                    "exists": Path(f"/sys/class/net/{name}").exists(),
+                    "ifindex": dev.info.ifindex if dev else None,
+                    "mtu": _sysfs_mtu(name), "addresses": list(iface.addresses),
+                    "owner": iface.owner, "group": iface.group,
+                    "error": self.device_errors.get(name),
+                }
+        return {
+            "daemon": {"version": __version__, "pid": os.getpid(),
+                       "config": str(self.config_path), "started": self.started,
+                       "reloads": self.reloads, "last_reload": self.last_reload},
+            "interfaces": ifaces,
+            "tunnels": {r.name: r.status() for r in runners},
+        }
+
+    def counts(self) -> tuple[int, int]:
+        """(tunnels up, tunnels configured), for the systemd STATUS= line."""
+        up = sum(1 for r in self.runners.values() if str(r.state) == "up")
+        return up, len(self.runners)
+
+
+def _test_timers() -> dict[str, float]:
+    """Test-only timer overrides from $TUND_TEST_TIMERS ("name=seconds,..."); empty normally."""
+    raw = os.environ.get("TUND_TEST_TIMERS", "")
+    out: dict[str, float] = {}
+    for part in filter(None, raw.split(",")):
+        k, _, v = part.partition("=")
+        out[k.strip()] = float(v)
+    return out

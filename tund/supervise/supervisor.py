@@ -1,0 +1,280 @@
+"""Per-tunnel supervision: one worker process, its state machine, restarts and counters.
+
+Contract: a :class:`TunnelRunner` owns at most one live :class:`WorkerProcess`. It
+
+* starts the worker (``STARTING``) and follows what it reports (``CONNECTING`` / ``UP``);
+* pings it every ``ping_interval``; no pong within ``ping_timeout`` (the packet loop is
+  wedged, or the process is SIGSTOPped) -> SIGKILL, counted as a crash;
+* on a crash schedules a restart after a capped exponential backoff (``BACKOFF``); more than
+  ``crash_limit`` crashes within ``crash_window`` seconds -> ``FAILED`` with the last error,
+  not restarted until :meth:`start` is called again (reload or ``tundctl restart``);
+* keeps counters across incarnations (the totals of dead workers plus the live one's).
+
+Time comes from the event loop clock; nothing here touches the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tund.config import DaemonConfig
+from tund.relay.spec import WorkerSpec
+from tund.states import TunnelState, can_move
+from tund.supervise.worker import WorkerProcess
+
+log = logging.getLogger("tund.supervise")
+
+_COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "errors")
+STABLE_AFTER = 10.0  # seconds a worker must live for its crash streak to reset
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Supervision knobs, from ``[daemon]``."""
+
+    backoff_min: float = 0.2
+    backoff_max: float = 10.0
+    crash_limit: int = 10
+    crash_window: float = 60.0
+    ping_interval: float = 1.0
+    ping_timeout: float = 5.0
+
+    @classmethod
+    def from_config(cls, d: DaemonConfig) -> Limits:
+        return cls(d.restart_backoff_min, d.restart_backoff_max, d.crash_limit, d.crash_window,
+                   d.ping_interval, d.ping_timeout)
+
+
+SpecFactory = Callable[[], WorkerSpec]
+
+
+class TunnelRunner:
+    """Supervises the worker of one tunnel."""
+
+    def __init__(self, name: str, make_spec: SpecFactory, limits: Limits,
+                 describe: dict[str, Any], spawn: type[WorkerProcess] = WorkerProcess,
+                 on_change: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self.make_spec = make_spec
+        self.limits = limits
+        self.describe = describe  # static fields for status: interface, transport, role, ...
+        self._spawn_cls = spawn
+        self._on_change = on_change or (lambda: None)
+        self.state = TunnelState.STOPPED
+        self.worker: WorkerProcess | None = None
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.since = time.time()
+        self._base: dict[str, Any] = {k: 0 for k in _COUNTERS}
+        self._base["drops"] = {}
+        self._live: dict[str, Any] = {}
+        self._crashes: collections.deque[float] = collections.deque()
+        self._streak = 0
+        self._started_at = 0.0
+        self._stopping = False
+        self._restart_handle: asyncio.TimerHandle | None = None
+        self._ping_task: asyncio.Task[None] | None = None
+        self._seq = 0
+        self._last_pong = 0.0
+        self._pong_waiters: dict[int, asyncio.Future[None]] = {}
+
+    # ------------------------------------------------------------------ state
+
+    def _move(self, new: TunnelState, why: str = "") -> None:
+        if self.state == new:
+            return
+        if not can_move(self.state, new):
+            log.error("tunnel %s: refusing state change %s -> %s", self.name, self.state, new)
+            return
+        log.info("tunnel %s: %s -> %s%s", self.name, self.state, new, f" ({why})" if why else "",
+                 extra={"TUND_TUNNEL": self.name})
+        self.state = new
+        self.since = time.time()
+        self._on_change()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start (or restart after FAILED/STOPPED) the worker now."""
+        self._cancel_restart()
+        self._crashes.clear()
+        self._streak = 0
+        self._spawn()
+
+    def _spawn(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopping = False
+        try:
+            spec = self.make_spec()
+        except Exception as e:  # key file unreadable, socket cannot bind, ...
+            self.last_error = str(e)
+            log.error("tunnel %s: cannot start: %s", self.name, e, extra={"TUND_TUNNEL": self.name})
+            self._crashed(time_now=loop.time())
+            return
+        worker = self._spawn_cls(spec, self._message, self._exited)
+        # STOPPED/FAILED/BACKOFF -> STARTING
+        self._move(TunnelState.STARTING)
+        try:
+            worker.spawn(loop)
+        except OSError as e:
+            self.last_error = f"cannot spawn worker: {e}"
+            self._crashed(time_now=loop.time())
+            return
+        self.worker = worker
+        self._live = {}
+        self._started_at = loop.time()
+        self._last_pong = loop.time()
+        log.info("tunnel %s: worker pid %s started", self.name, worker.pid,
+                 extra={"TUND_TUNNEL": self.name})
+        if self._ping_task is None or self._ping_task.done():
+            self._ping_task = loop.create_task(self._pinger())
+
+    async def stop(self) -> None:
+        """Stop the worker on purpose (-> STOPPED); no restart follows."""
+        self._stopping = True
+        self._cancel_restart()
+        if self._ping_task is not None:
+            self._ping_task.cancel()
+            self._ping_task = None
+        if self.worker is not None:
+            await self.worker.stop()
+        self._move(TunnelState.STOPPED)
+
+    def _cancel_restart(self) -> None:
+        if self._restart_handle is not None:
+            self._restart_handle.cancel()
+            self._restart_handle = None
+
+    # ------------------------------------------------------------------ worker events
+
+    def _message(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if isinstance(msg.get("stats"), dict):
+            self._live = msg["stats"]
+        if op == "pong":
+            self._last_pong = asyncio.get_running_loop().time()
+            fut = self._pong_waiters.pop(int(msg.get("seq", -1)), None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        elif op == "state":
+            if msg.get("error"):
+                self.last_error = str(msg["error"])
+            st = msg.get("state")
+            if st == "up":
+                self._move(TunnelState.UP, f"peer {msg.get('peer')}")
+            elif st == "connecting":
+                self._move(TunnelState.CONNECTING)
+
+    def _exited(self, code: int | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._fold_counters()
+        self.worker = None
+        if self._stopping:
+            return
+        if code not in (None, 0) and not self.last_error:
+            self.last_error = f"worker exited with status {code}"
+        elif code is not None and code < 0:
+            self.last_error = f"worker killed by signal {-code}"
+        log.warning("tunnel %s: worker exited (%s)", self.name, code,
+                    extra={"TUND_TUNNEL": self.name})
+        self._crashed(time_now=loop.time())
+
+    def _crashed(self, time_now: float) -> None:
+        """Schedule a restart with backoff, or give up (FAILED) on a crash loop."""
+        if time_now - self._started_at > STABLE_AFTER:
+            self._streak = 0
+        self._streak += 1
+        self._crashes.append(time_now)
+        while self._crashes and time_now - self._crashes[0] > self.limits.crash_window:
+            self._crashes.popleft()
+        if len(self._crashes) > self.limits.crash_limit:
+            # BACKOFF/STARTING/UP -> FAILED: crash loop
+            self._move(TunnelState.FAILED, f"{len(self._crashes)} crashes within "
+                                           f"{self.limits.crash_window:g}s")
+            return
+        delay = min(self.limits.backoff_max,
+                    self.limits.backoff_min * 2 ** (self._streak - 1))
+        # * -> BACKOFF: restart scheduled
+        self._move(TunnelState.BACKOFF, f"restart in {delay:.1f}s")
+        self._restart_handle = asyncio.get_running_loop().call_later(delay, self._restart)
+
+    def _restart(self) -> None:
+        self._restart_handle = None
+        if self._stopping or self.state != TunnelState.BACKOFF:
+            return
+        self.restarts += 1
+        self._spawn()
+
+    # ------------------------------------------------------------------ liveness
+
+    async def _pinger(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.limits.ping_interval)
+            w = self.worker
+            if w is None:
+                continue
+            if loop.time() - self._last_pong > self.limits.ping_timeout:
+                self.last_error = (f"worker pid {w.pid} did not answer pings for "
+                                   f"{self.limits.ping_timeout:g}s (hung); killed")
+                log.error("tunnel %s: %s", self.name, self.last_error,
+                          extra={"TUND_TUNNEL": self.name})
+                w.kill()
+                continue
+            self._seq += 1
+            w.send({"op": "ping", "seq": self._seq})
+
+    async def refresh(self, timeout: float = 0.5) -> None:
+        """Ask the live worker for fresh counters (for an exact status)."""
+        w = self.worker
+        if w is None:
+            return
+        self._seq += 1
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pong_waiters[self._seq] = fut
+        if w.send({"op": "ping", "seq": self._seq}):
+            try:
+                await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                pass
+        self._pong_waiters.pop(self._seq, None)
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        """Forward a control message to the live worker (e.g. an MTU update)."""
+        return self.worker.send(msg) if self.worker else False
+
+    # ------------------------------------------------------------------ counters, status
+
+    def _fold_counters(self) -> None:
+        for k in _COUNTERS:
+            self._base[k] += int(self._live.get(k, 0) or 0)
+        for cause, n in (self._live.get("drops") or {}).items():
+            self._base["drops"][cause] = self._base["drops"].get(cause, 0) + int(n)
+        for k in ("last_rx", "last_tx", "peer"):
+            if self._live.get(k) is not None:
+                self._base[k] = self._live[k]
+        self._live = {}
+
+    def status(self) -> dict[str, Any]:
+        live = self._live
+        out: dict[str, Any] = dict(self.describe)
+        out.update(state=str(self.state), pid=self.worker.pid if self.worker else None,
+                   restarts=self.restarts, last_error=self.last_error, since=self.since)
+        for k in _COUNTERS:
+            out[k] = self._base[k] + int(live.get(k, 0) or 0)
+        drops = dict(self._base["drops"])
+        for cause, n in (live.get("drops") or {}).items():
+            drops[cause] = drops.get(cause, 0) + int(n)
+        out["drops"] = drops
+        for k in ("last_rx", "last_tx", "peer"):
+            out[k] = live.get(k) if live.get(k) is not None else self._base.get(k)
+        for k, v in live.items():  # session fields of encrypted tunnels etc.
+            if k not in out and k not in ("state",):
+                out[k] = v
+        return out

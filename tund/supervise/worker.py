@@ -1,0 +1,145 @@
+"""One relay worker process as seen from the daemon: spawn, message, stop, kill.
+
+Contract (see :mod:`tund.relay.spec` for the wire side): :meth:`WorkerProcess.spawn` starts
+``python -m tund.relay --control-fd N`` with the device fd and (role listen) the underlay
+socket inherited under the same numbers, then sends the start message carrying the spec
+(secrets travel only there). Incoming control messages are handed to ``on_message``; the
+control socket closing (the worker died) calls ``on_exit`` once. Nothing here blocks the
+daemon's event loop for longer than a non-blocking send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from tund.relay.spec import WorkerSpec
+
+log = logging.getLogger("tund.supervise")
+
+MessageHandler = Callable[[dict[str, Any]], None]
+
+
+class WorkerProcess:
+    """A spawned worker and the daemon's end of its control socket."""
+
+    def __init__(self, spec: WorkerSpec, on_message: MessageHandler,
+                 on_exit: Callable[[int | None], None]) -> None:
+        self.spec = spec
+        self._on_message = on_message
+        self._on_exit = on_exit
+        self._sock: socket.socket | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._exited = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def spawn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the process and send it its spec. Raises OSError if it cannot start."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fds = [theirs.fileno(), self.spec.device_fd]
+        if self.spec.socket_fd is not None:
+            fds.append(self.spec.socket_fd)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tund.relay", "--control-fd", str(theirs.fileno())],
+                pass_fds=fds, stdin=subprocess.DEVNULL, close_fds=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        loop.add_reader(ours.fileno(), self._readable)
+        self.send({"op": "start", "spec": self.spec.to_dict()})
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        """Send one control message; False if the worker is gone or its queue is full."""
+        if self._sock is None:
+            return False
+        try:
+            self._sock.send(json.dumps(msg).encode())
+            return True
+        except (BlockingIOError, BrokenPipeError, ConnectionResetError, OSError):
+            return False
+
+    def _readable(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                data = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._closed()
+                return
+            try:
+                msg = json.loads(data)
+            except ValueError:
+                log.warning("worker %s (pid %s) sent malformed control data (%d bytes)",
+                            self.spec.tunnel, self.pid, len(data))
+                continue
+            if isinstance(msg, dict):
+                self._on_message(msg)
+
+    def _closed(self) -> None:
+        if self._sock is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            except RuntimeError:
+                pass
+            self._sock.close()
+            self._sock = None
+        if not self._exited:
+            self._exited = True
+            self._on_exit(self._reap(timeout=2.0))
+
+    def _reap(self, timeout: float) -> int | None:
+        """Collect the exit status; kill the process if it lingers after closing its socket."""
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.wait()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the process by PID (never by name)."""
+        if self.proc is not None and self.proc.poll() is None:
+            log.info("[#] kill -%d %d (worker of tunnel %s)", sig, self.proc.pid,
+                     self.spec.tunnel)
+            try:
+                os.kill(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Ask the worker to stop; TERM then KILL if it does not exit in time."""
+        if self.proc is None or self._exited:
+            return
+        self.send({"op": "stop"})
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None:
+                self.kill(sig)
+            deadline = asyncio.get_running_loop().time() + grace
+            while self.proc.poll() is None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)
+            if self.proc.poll() is not None:
+                break
+        self._closed()
