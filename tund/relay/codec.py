@@ -1,0 +1,140 @@
+"""The codec: what sits between the packet pump and the wire (encryption plugs in here).
+
+A codec is sans-IO: it never touches a socket or a clock; the pump passes ``now``
+(``time.monotonic()`` seconds) in and sends what it returns. One codec instance serves
+one worker (one peer) for the life of the process; it is called from one thread only.
+
+Contract (:class:`Codec`):
+
+``seal(packet, now) -> list[bytes]``
+    A packet read from the device (with its packet-info / Ethernet header as the device
+    gives it) becomes the wire messages to send to the peer, in order. It may return
+    ``[]`` while no session exists (e.g. a handshake is pending), keeping the packet
+    queued (bounded; the codec drops and counts the excess in ``stats()``), and may
+    return handshake messages before the data. The pump counts the packet as sent.
+
+``open(message, source, now) -> Opened``
+    A message received from the peer (one UDP datagram or one TCP frame). ``source`` is
+    the sender's address for UDP, the connection's address for TCP, or None.
+    ``Opened.packets`` go to the device in order, ``Opened.replies`` back to the peer
+    (e.g. a handshake response). ``Opened.drop`` names why the message was rejected
+    (``"malformed"``, ``"replay"``, ...; the pump counts ``drops[cause] += 1`` and ignores
+    the rest of the result). ``Opened.authenticated`` says the message proves it comes
+    from the peer (a codec without authentication sets it for every well-formed
+    message); only then may a UDP transport move its peer endpoint to ``source``
+    (roaming) or learn its first peer.
+
+``tick(now) -> list[bytes]``
+    Timer-driven messages (handshake retries, keepalives). The pump calls it when
+    ``now >= next_deadline()``; calling it early must be harmless.
+
+``next_deadline() -> float | None``
+    When ``tick`` next has work, or None for never.
+
+``on_connected(now) -> list[bytes]``
+    The transport has a (new) path to the peer: a TCP connection came up or was
+    replaced, a UDP socket is ready. An initiator starts its handshake here. Session
+    state tied to the old connection may be dropped.
+
+``stats() -> dict[str, Any]``
+    Extra JSON-serialisable fields merged into the worker's STATS.
+
+Codecs must not raise on hostile input: malformed messages are drops, not exceptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+Address = tuple[str, int]
+
+
+@dataclass(slots=True)
+class Opened:
+    """The result of :meth:`Codec.open` (see the module docstring)."""
+
+    packets: list[bytes]
+    replies: list[bytes]
+    authenticated: bool
+    drop: str | None = None
+
+
+class Codec(Protocol):
+    """Turns device packets into wire messages and back; see the module docstring."""
+
+    def seal(self, packet: bytes, now: float) -> list[bytes]: ...
+
+    def open(self, message: bytes, source: Address | None, now: float) -> Opened: ...
+
+    def tick(self, now: float) -> list[bytes]: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def on_connected(self, now: float) -> list[bytes]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+KEEPALIVE = b""  # plain UDP only: an empty datagram says "I am here" and carries nothing
+
+
+class PlainCodec:
+    """Encryption "none": packets pass through unchanged.
+
+    Checks on what arrives from the peer (counted as ``"malformed"`` drops): a message
+    shorter than ``min_len``; with ``ip_check`` (tun mode without packet info) a first
+    nibble that is not IP version 4 or 6.
+
+    ``keepalive`` > 0 (plain UDP): an empty datagram is sent on :meth:`on_connected`
+    when ``hello`` is set, and whenever nothing was sent for ``keepalive`` seconds, so a
+    listening peer learns (and keeps, through NATs) our address. An empty message from
+    the peer is such a keepalive: no packet, no drop, authenticated (it moves the
+    endpoint, as any well-formed message of an unauthenticated codec does).
+    """
+
+    def __init__(self, *, min_len: int = 1, ip_check: bool = False,
+                 keepalive: float = 0.0, hello: bool = False) -> None:
+        self.min_len = max(1, min_len)
+        self.ip_check = ip_check
+        self.keepalive = keepalive
+        self.hello = hello
+        self._last_send: float | None = None
+
+    def seal(self, packet: bytes, now: float) -> list[bytes]:
+        self._last_send = now
+        return [packet]
+
+    def open(self, message: bytes, source: Address | None, now: float) -> Opened:
+        n = len(message)
+        if n >= self.min_len and (not self.ip_check or message[0] >> 4 in (4, 6)):
+            return Opened([message], [], True)
+        if n == 0:
+            return Opened([], [], True)  # keepalive
+        return Opened([], [], False, "malformed")
+
+    def _keepalive(self, now: float) -> list[bytes]:
+        self._last_send = now
+        return [KEEPALIVE]
+
+    def tick(self, now: float) -> list[bytes]:
+        deadline = self.next_deadline()
+        if deadline is not None and now >= deadline:
+            return self._keepalive(now)
+        return []
+
+    def next_deadline(self) -> float | None:
+        if self.keepalive <= 0 or self._last_send is None:
+            return None
+        return self._last_send + self.keepalive
+
+    def on_connected(self, now: float) -> list[bytes]:
+        if self.hello:
+            return self._keepalive(now)
+        return []
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+_: Codec = PlainCodec()

@@ -1,0 +1,11 @@
+"""The relay worker's own error (see the tree in :mod:`tund.errors`)."""
+
+from __future__ import annotations
+
+from tund.errors import TundError
+
+
+class RelayError(TundError):
+    """A worker cannot go on: bad start message, unusable fd, missing codec, dead device."""
+
+    code = "relay"

@@ -1,0 +1,239 @@
+"""The packet loop of one worker: one selector, readiness -> bounded batches -> counters.
+
+Outbound (device -> peer)::
+
+    device fd --read_batch(64)--> size check --codec.seal--> transport.send
+        (drops: "oversize")                                   (drops: "no_peer",
+                                                               "queue_full")
+    ... once per loop iteration: transport.flush()   (TCP: one send for the batch)
+    transport.backlogged -> stop watching the device until on_drained()
+
+Inbound (peer -> device)::
+
+    socket --recv--> [TCP: FrameDecoder] --> deliver --codec.open--> device.write
+                        (drops: "oversize",        (drops: codec causes;  (drops: "oversize",
+                         "malformed")               replies -> send;       "device_full")
+                                                    authenticated -> set_peer)
+
+Control: the daemon's SEQPACKET socket is watched by the same selector, so a ``ping``
+is answered only by a loop that is really turning. ``stop`` ends the loop after the
+current batch; a closed control socket (the daemon died) ends it too. Every change of
+``(state, peer)`` is reported with a ``state`` message.
+
+No per-packet logging; per-packet work is a length check, the codec call and a syscall.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import selectors
+import socket
+import time
+from typing import Any
+
+from tund.relay.codec import Address, Codec
+from tund.relay.counters import Counters
+from tund.relay.device import BATCH, PacketDevice
+from tund.relay.transport import Transport, format_peer
+
+log = logging.getLogger("tund.relay.pump")
+
+MAX_WAIT = 1.0  # the loop wakes at least this often, even with nothing to do
+
+
+class Pump:
+    """Moves packets between ``device`` and ``transport`` through ``codec``.
+
+    ``max_packet``: the largest device packet (MTU + Ethernet header for tap + 4 for
+    packet info); larger ones in either direction are dropped as ``"oversize"``.
+    """
+
+    def __init__(self, *, control: socket.socket, device: PacketDevice,
+                 transport: Transport, codec: Codec, counters: Counters,
+                 max_packet: int) -> None:
+        self.control = control
+        self.device = device
+        self.transport = transport
+        self.codec = codec
+        self.c = counters
+        self.max_packet = max_packet
+        self.sel: selectors.BaseSelector = selectors.DefaultSelector()
+        self.now = time.monotonic()
+        self.wall = time.time()
+        self._running = False
+        self._device_watched = False
+        self._reported: tuple[str, str | None] | None = None
+        self.exit_code = 0
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        """Run until ``stop`` or the control socket closes; return the exit code."""
+        self.control.settimeout(2.0)  # sends may wait briefly; reads follow readiness
+        self.sel.register(self.control, selectors.EVENT_READ, self._on_control)
+        self._watch_device(True)
+        self._running = True
+        self.transport.start(self.sel, self, self.now)
+        self._report()
+        try:
+            while self._running:
+                events = self.sel.select(self._timeout())
+                self.now = time.monotonic()
+                self.wall = time.time()
+                for key, mask in events:
+                    key.data(mask)
+                    if not self._running:
+                        break
+                self._timers()
+                self.transport.flush()
+        finally:
+            try:
+                self.transport.flush()  # best effort: what the last batch queued
+            finally:
+                self.transport.close()
+            self.sel.close()
+        return self.exit_code
+
+    def _timeout(self) -> float:
+        wait = MAX_WAIT
+        for d in (self.codec.next_deadline(), self.transport.next_deadline()):
+            if d is not None:
+                wait = min(wait, d - time.monotonic())
+        return max(wait, 0.0)
+
+    def _timers(self) -> None:
+        now = self.now
+        d = self.transport.next_deadline()
+        if d is not None and now >= d:
+            self.transport.tick(now)
+        d = self.codec.next_deadline()
+        if d is not None and now >= d:
+            for m in self.codec.tick(now):
+                self.transport.send(m)
+
+    def _watch_device(self, on: bool) -> None:
+        if on == self._device_watched:
+            return
+        if on:
+            self.sel.register(self.device.fileno(), selectors.EVENT_READ, self._on_device)
+        else:
+            self.sel.unregister(self.device.fileno())
+        self._device_watched = on
+
+    # ------------------------------------------------------------------ device -> peer
+
+    def _on_device(self, mask: int) -> None:
+        packets = self.device.read_batch(BATCH)
+        seal, send, now, maxp = self.codec.seal, self.transport.send, self.now, self.max_packet
+        n = nbytes = 0
+        for p in packets:
+            size = len(p)
+            if size > maxp:
+                self.c.drop("oversize")
+                continue
+            ok = True
+            for m in seal(p, now):
+                ok = send(m) and ok
+            if ok:
+                n += 1
+                nbytes += size
+        if n:
+            c = self.c
+            c.tx_packets += n
+            c.tx_bytes += nbytes
+            c.last_tx = self.wall
+        self.transport.flush()
+        if self.transport.backlogged:
+            self._watch_device(False)  # backpressure: the kernel's device queue drops
+
+    def on_drained(self) -> None:
+        self._watch_device(True)
+
+    # ------------------------------------------------------------------ peer -> device
+
+    def deliver(self, message: bytes, source: Address | None) -> None:
+        op = self.codec.open(message, source, self.now)
+        c = self.c
+        if op.drop is not None:
+            c.drop(op.drop)
+            return
+        if op.authenticated and source is not None and source != self.transport.peer:
+            self.transport.set_peer(source)
+        if op.packets:
+            write, maxp = self.device.write, self.max_packet
+            for p in op.packets:
+                if len(p) > maxp:
+                    c.drop("oversize")
+                    continue
+                try:
+                    if not write(p):
+                        c.drop("device_full")
+                        continue
+                except OSError:
+                    c.errors += 1
+                    continue
+                c.rx_packets += 1
+                c.rx_bytes += len(p)
+                c.last_rx = self.wall
+        for r in op.replies:
+            self.transport.send(r)
+
+    # ------------------------------------------------------------------ state, control
+
+    def on_state(self, new_path: bool) -> None:
+        if new_path and self.transport.state == "up":
+            for m in self.codec.on_connected(self.now):
+                self.transport.send(m)
+        self._report()
+
+    def _report(self, error: str | None = None) -> None:
+        key = (self.transport.state, format_peer(self.transport.peer))
+        if key == self._reported and error is None:
+            return
+        self._reported = key
+        log.info("state %s, peer %s", key[0], key[1])
+        self.send_control({"op": "state", "state": key[0], "peer": key[1], "error": error,
+                           "stats": self.stats()})
+
+    def stats(self) -> dict[str, Any]:
+        s = self.c.as_dict()
+        s["peer"] = format_peer(self.transport.peer)
+        s["state"] = self.transport.state
+        s.update(self.codec.stats())
+        return s
+
+    def send_control(self, msg: dict[str, Any]) -> None:
+        try:
+            self.control.send(json.dumps(msg, separators=(",", ":")).encode())
+        except TimeoutError:
+            log.warning("control socket full: %s message lost", msg.get("op"))
+        except OSError as e:
+            log.warning("control socket: %s; exiting", e)
+            self._running = False
+
+    def _on_control(self, mask: int) -> None:
+        try:
+            raw = self.control.recv(65536)
+        except (BlockingIOError, InterruptedError, TimeoutError):
+            return
+        except OSError as e:
+            raw = b""
+            log.warning("control socket: %s", e)
+        if not raw:
+            log.warning("control socket closed (the daemon is gone); exiting")
+            self._running = False
+            return
+        try:
+            msg = json.loads(raw)
+            op = msg["op"]
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignoring a malformed control message: %r", raw[:200])
+            return
+        if op == "ping":
+            self.send_control({"op": "pong", "seq": msg.get("seq"), "stats": self.stats()})
+        elif op == "stop":
+            log.info("stop requested")
+            self._running = False
+        else:
+            log.warning("ignoring unknown control op %r", op)

@@ -1,0 +1,311 @@
+"""TCP transport: messages framed by :mod:`tund.relay.framing` over one connection.
+
+Role ``listen``: accept on the pre-bound listening socket. A newly accepted connection
+replaces the current one, live or not (the old peer may be dead without our knowing;
+a restarted peer must get through at once); the replacement is logged.
+
+Role ``remote``: connect to ``host:port`` (resolved at each attempt), retrying with a
+capped exponential backoff between ``reconnect_min`` and ``reconnect_max`` (jittered);
+the backoff restarts from the minimum once a connection came up.
+
+Sending appends frames to one outbound buffer flushed once per loop iteration (one
+``send`` for a whole batch). Above ``HIGH_WATER`` bytes the transport is ``backlogged``
+and the pump stops reading the device (the kernel's device queue then drops), until the
+buffer falls under ``LOW_WATER``. Memory is bounded: a message that would take the buffer
+past ``HARD_LIMIT`` is dropped as ``"queue_full"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import selectors
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+from tund.relay.codec import Address
+from tund.relay.counters import Counters
+from tund.relay.framing import MAX_FRAME, FrameDecoder
+from tund.relay.transport import Backoff, Link, format_peer, resolve
+
+log = logging.getLogger("tund.relay.tcp")
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+HARD_LIMIT = 4 * 1024 * 1024
+RECV_SIZE = 256 * 1024
+RECV_BATCH = 16  # recv calls per readiness event
+CONNECT_TIMEOUT = 10.0
+_pack_len = struct.Struct("!H").pack
+
+
+class TcpTransport:
+    """See the module docstring; implements :class:`tund.relay.transport.Transport`."""
+
+    def __init__(self, counters: Counters, *, role: str, host: str, port: int,
+                 max_message: int, listen_sock: socket.socket | None = None,
+                 keepalive: int = 0, reconnect_min: float = 0.2,
+                 reconnect_max: float = 10.0) -> None:
+        if role == "listen" and listen_sock is None:
+            raise ValueError("tcp: role listen needs a listening socket")
+        self.c = counters
+        self.role = role
+        self.host, self.port = host, port
+        self.keepalive = keepalive
+        self.listen_sock = listen_sock
+        self.state = "connecting"
+        self.peer: Address | None = None
+        self.conn: socket.socket | None = None
+        self.decoder = FrameDecoder(min(max_message, MAX_FRAME), counters.drops)
+        self.out = bytearray()
+        self.backoff = Backoff(reconnect_min, reconnect_max)
+        self._connecting = False  # a non-blocking connect is in flight
+        self._target: Any = None  # where it goes
+        self._deadline: float | None = None  # next reconnect attempt / connect timeout
+        self._writing = False  # EVENT_WRITE registered for the connection
+        self._paused = False  # told the pump we are backlogged
+        self._rbuf = bytearray(RECV_SIZE)
+        self._rview = memoryview(self._rbuf)
+        self._now = 0.0
+        self._sel: selectors.BaseSelector | None = None
+        self._link: Link | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, sel: selectors.BaseSelector, link: Link, now: float) -> None:
+        self._sel, self._link, self._now = sel, link, now
+        if self.listen_sock is not None and self.role == "listen":
+            self.listen_sock.setblocking(False)
+            self.listen_sock.listen(8)
+            sel.register(self.listen_sock, selectors.EVENT_READ, self._on_accept)
+            log.info("listening on %s", format_peer(self.listen_sock.getsockname()))
+        else:
+            self._connect()
+
+    def close(self) -> None:
+        self._drop_conn(notify=False)
+        if self.listen_sock is not None:
+            if self._sel is not None:
+                self._sel.unregister(self.listen_sock)
+            self.listen_sock.close()
+            self.listen_sock = None
+
+    # ------------------------------------------------------------------ remote role
+
+    def _connect(self) -> None:
+        assert self._sel is not None
+        try:
+            family, addr = resolve(self.host, self.port, socket.SOCK_STREAM)
+            s = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as e:
+            self._retry_later(f"{e.strerror or e}")
+            return
+        s.setblocking(False)
+        err = s.connect_ex(addr)
+        if err not in (0, errno.EINPROGRESS):
+            s.close()
+            self._retry_later(f"connect to {format_peer(addr)}: {errno.errorcode.get(err, err)}")
+            return
+        self.conn, self._target = s, addr
+        self._connecting = True
+        self._deadline = self._now + CONNECT_TIMEOUT
+        self._sel.register(s, selectors.EVENT_WRITE, self._on_connect_done)
+
+    def _on_connect_done(self, mask: int) -> None:
+        s = self.conn
+        assert s is not None and self._sel is not None
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            peer = format_peer(self._target)
+            self._drop_conn()
+            self._retry_later(f"connect to {peer}: {errno.errorcode.get(err, err)}")
+            return
+        self._sel.unregister(s)
+        self._connecting = False
+        self._deadline = None
+        self.backoff.reset()
+        self._use(s, self._target)
+
+    def _retry_later(self, why: str) -> None:
+        delay = self.backoff.next_delay()
+        log.warning("%s; retrying in %.2fs", why, delay)
+        self._deadline = self._now + delay
+
+    def tick(self, now: float) -> None:
+        self._now = now
+        if self._deadline is None or now < self._deadline:
+            return
+        self._deadline = None
+        if self._connecting:  # connect timed out
+            peer = format_peer(self._target)
+            self._drop_conn()
+            self._retry_later(f"connect to {peer}: timed out after {CONNECT_TIMEOUT:.0f}s")
+        elif self.conn is None and self.role == "remote":
+            self._connect()
+
+    def next_deadline(self) -> float | None:
+        return self._deadline
+
+    # ------------------------------------------------------------------ listen role
+
+    def _on_accept(self, mask: int) -> None:
+        assert self.listen_sock is not None
+        for _ in range(8):
+            try:
+                s, addr = self.listen_sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # e.g. ECONNABORTED, EMFILE: not fatal
+                self.c.errors += 1
+                log.warning("accept failed: %s", e)
+                return
+            if self.conn is not None:
+                log.warning("connection from %s replaces the one from %s",
+                            format_peer(addr), format_peer(self.peer))
+                self._drop_conn(notify=False)
+            else:
+                log.info("connection from %s", format_peer(addr))
+            s.setblocking(False)
+            self._use(s, addr)
+
+    # ------------------------------------------------------------------ connection
+
+    def _use(self, s: socket.socket, addr: Any) -> None:
+        """``s`` is now the connection to the peer: set options, go up."""
+        assert self._sel is not None and self._link is not None
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if self.keepalive > 0:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, self.keepalive)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, self.keepalive)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        self.conn, self.peer = s, addr
+        self.decoder.reset()
+        self.out.clear()
+        self._writing = False
+        self._sel.register(s, selectors.EVENT_READ, self._on_conn_event)
+        self.state = "up"
+        if self.role == "remote":
+            log.info("connected to %s", format_peer(addr))
+        self._link.on_state(True)
+        self._check_drained()
+
+    def _drop_conn(self, notify: bool = True) -> None:
+        """Close the connection (if any); back to "connecting"."""
+        s = self.conn
+        if s is None:
+            return
+        if self._sel is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(s)
+        s.close()
+        self.conn = None
+        self._connecting = False
+        self._writing = False
+        self.out.clear()
+        self.decoder.reset()
+        if self.state != "connecting" or self.peer is not None:
+            self.state, self.peer = "connecting", None
+            if notify and self._link is not None:
+                self._link.on_state(False)
+        self._check_drained()
+
+    def _lost(self, why: str) -> None:
+        log.warning("connection to %s lost: %s", format_peer(self.peer), why)
+        self._drop_conn()
+        if self.role == "remote":
+            self._deadline = self._now + self.backoff.next_delay()
+
+    def _on_conn_event(self, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._write()
+        if mask & selectors.EVENT_READ and self.conn is not None:
+            self._read()
+
+    def _read(self) -> None:
+        s, view, link = self.conn, self._rview, self._link
+        assert s is not None and link is not None
+        deliver, feed, peer = link.deliver, self.decoder.feed, self.peer
+        for _ in range(RECV_BATCH):
+            try:
+                n = s.recv_into(view)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._lost(e.strerror or str(e))
+                return
+            if n == 0:
+                self._lost("closed by the peer")
+                return
+            for m in feed(view[:n]):
+                deliver(m, peer)
+            if self.conn is not s:  # replaced from inside deliver (should not happen)
+                return
+            if n < RECV_SIZE:
+                return
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, message: bytes) -> bool:
+        n = len(message)
+        if self.conn is None or self.state != "up":
+            self.c.drop("no_peer")
+            return False
+        if not 0 < n <= MAX_FRAME:
+            self.c.drop("oversize" if n else "malformed")
+            return False
+        out = self.out
+        if len(out) + n > HARD_LIMIT:
+            self.c.drop("queue_full")
+            return False
+        out += _pack_len(n)
+        out += message
+        return True
+
+    def flush(self) -> None:
+        if self.out and not self._writing and self.conn is not None and self.state == "up":
+            self._write()
+
+    def _write(self) -> None:
+        s, out = self.conn, self.out
+        assert s is not None and self._sel is not None
+        try:
+            n = s.send(out)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as e:
+            self._lost(e.strerror or str(e))
+            return
+        if n == len(out):
+            out.clear()
+        elif n:
+            del out[:n]
+        want = bool(out)
+        if want != self._writing:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+            self._sel.modify(s, events, self._on_conn_event)
+            self._writing = want
+        self._check_drained()
+
+    @property
+    def backlogged(self) -> bool:
+        if len(self.out) >= HIGH_WATER:
+            self._paused = True
+        return self._paused
+
+    def _check_drained(self) -> None:
+        if self._paused and len(self.out) < LOW_WATER:
+            self._paused = False
+            if self._link is not None:
+                self._link.on_drained()
+
+    def set_peer(self, addr: Address) -> None:
+        pass  # the peer is whoever is at the other end of the connection
+
+
+if TYPE_CHECKING:
+    from tund.relay.transport import Transport
+
+    _: Transport = TcpTransport(Counters(), role="remote", host="", port=0, max_message=1)

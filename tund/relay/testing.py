@@ -1,0 +1,155 @@
+"""Test support: run a real worker process the way the daemon does (no root needed).
+
+:class:`WorkerProcess` spawns ``python -m tund.relay --control-fd N`` with a
+``SOCK_SEQPACKET`` control socketpair, sends the start message and offers the control
+exchanges (ping, stop, waiting for a state). :func:`fake_device` returns a socketpair
+that stands in for a TUN fd (one packet per read / write). Used by the relay's
+component and privileged tests; not imported by the worker itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tund.relay.spec import WorkerSpec
+
+
+def fake_device() -> tuple[socket.socket, socket.socket]:
+    """``(test_end, worker_end)``: a SEQPACKET pair behaving like a TUN fd."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def listening_socket(transport: str, host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A bound (UDP) / listening (TCP) socket, as the daemon hands to a listen worker."""
+    kind = socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port))
+    if kind == socket.SOCK_STREAM:
+        s.listen(8)
+    return s
+
+
+class WorkerProcess:
+    """One worker subprocess plus the daemon's end of its control socket."""
+
+    def __init__(self, spec: WorkerSpec, *, log: Path | None = None,
+                 argv_prefix: list[str] | None = None) -> None:
+        self.spec = spec
+        self.control, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fds = [child.fileno(), spec.device_fd]
+        if spec.socket_fd is not None:
+            fds.append(spec.socket_fd)
+        self.log = log
+        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+        argv = [*(argv_prefix or []), sys.executable, "-m", "tund.relay",
+                "--control-fd", str(child.fileno())]
+        self.proc = subprocess.Popen(argv, pass_fds=fds, stdout=out, stderr=out,
+                                     stdin=subprocess.DEVNULL)
+        child.close()
+        self.messages: list[dict[str, Any]] = []  # every message received, in order
+        self.control.sendall(json.dumps({"op": "start", "spec": spec.to_dict()}).encode())
+        self._seq = 0
+
+    def recv(self, timeout: float) -> dict[str, Any] | None:
+        """The next control message, or None on timeout or a closed socket."""
+        self.control.settimeout(max(timeout, 0.001))
+        try:
+            raw = self.control.recv(1 << 20)
+        except (TimeoutError, OSError):
+            return None
+        if not raw:
+            return None
+        msg: dict[str, Any] = json.loads(raw)
+        self.messages.append(msg)
+        return msg
+
+    def wait_state(self, state: str, within: float = 10.0, *,
+                   peer: bool | None = None) -> dict[str, Any]:
+        """Wait for a ``state`` message with ``state`` (and a peer, if ``peer``)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            msg = self.recv(deadline - time.monotonic())
+            if msg is None:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            if msg.get("op") == "state" and msg.get("state") == state and (
+                    peer is None or (msg.get("peer") is not None) == peer):
+                return msg
+        raise AssertionError(f"worker {self.spec.tunnel}: no state {state!r} within {within}s "
+                             f"(exit {self.proc.poll()}); messages: {self.messages[-5:]}"
+                             f"{self._log_tail()}")
+
+    def ping(self, within: float = 5.0) -> dict[str, Any]:
+        """Ping; return the pong's stats (other messages met on the way are kept)."""
+        self._seq += 1
+        self.control.send(json.dumps({"op": "ping", "seq": self._seq}).encode())
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            msg = self.recv(deadline - time.monotonic())
+            if msg is None:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            if msg.get("op") == "pong" and msg.get("seq") == self._seq:
+                stats: dict[str, Any] = msg["stats"]
+                return stats
+        raise AssertionError(f"worker {self.spec.tunnel}: no pong within {within}s "
+                             f"(exit {self.proc.poll()}){self._log_tail()}")
+
+    def wait_stats(self, check: Any, within: float = 10.0) -> dict[str, Any]:
+        """Ping until ``check(stats)`` is true; return those stats or fail with the last."""
+        deadline = time.monotonic() + within
+        stats: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            stats = self.ping()
+            if check(stats):
+                return stats
+            time.sleep(0.02)
+        raise AssertionError(f"worker {self.spec.tunnel}: stats never matched: {stats}")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Send ``stop`` and wait for the exit code (killed, and failing, if it hangs)."""
+        if self.proc.poll() is None:
+            try:
+                self.control.send(b'{"op":"stop"}')
+            except OSError:
+                pass
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+            raise AssertionError(f"worker {self.spec.tunnel} ignored stop{self._log_tail()}"
+                                 ) from None
+        finally:
+            self.control.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.control.close()
+
+    def _log_tail(self) -> str:
+        if self.log and self.log.exists():
+            return "\nworker log:\n" + "\n".join(self.log.read_text().splitlines()[-30:])
+        return ""
+
+
+def close_fds(*fds: int | None) -> None:
+    """Close the parent's copies of fds handed to a worker."""
+    for fd in fds:
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

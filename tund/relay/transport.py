@@ -1,0 +1,105 @@
+"""The wire end of the data path: the :class:`Transport` contract and shared helpers.
+
+A transport owns its sockets and registers them on the pump's selector with a callback
+as the key's ``data`` (``callback(mask)``). It hands every message it receives to its
+:class:`Link` (the pump) and reports state changes to it. It never blocks.
+
+States: ``"connecting"`` (no path to the peer: TCP not connected, UDP listen without a
+learned peer, endpoint not resolvable) and ``"up"``.
+"""
+
+from __future__ import annotations
+
+import random
+import selectors
+import socket
+from typing import Any, Protocol
+
+from tund.relay.codec import Address
+
+
+class Link(Protocol):
+    """What a transport calls back (implemented by the pump)."""
+
+    def deliver(self, message: bytes, source: Address | None) -> None:
+        """One message (UDP datagram / TCP frame) arrived from ``source``."""
+        ...
+
+    def on_state(self, new_path: bool) -> None:
+        """``state`` or ``peer`` changed; ``new_path``: a new connection / socket is up."""
+        ...
+
+    def on_drained(self) -> None:
+        """The outbound backlog fell below its low-water mark: resume reading the device."""
+        ...
+
+
+class Transport(Protocol):
+    """One peer over one underlay; see the module docstring."""
+
+    state: str
+    peer: Address | None
+
+    def start(self, sel: selectors.BaseSelector, link: Link, now: float) -> None:
+        """Register sockets, start connecting (role remote) or accepting (role listen)."""
+        ...
+
+    def send(self, message: bytes) -> bool:
+        """Queue or send one message; False if it was dropped (cause already counted)."""
+        ...
+
+    def flush(self) -> None:
+        """Push queued bytes to the kernel (called once per loop iteration)."""
+        ...
+
+    @property
+    def backlogged(self) -> bool:
+        """True while the outbound queue is above its high-water mark."""
+        ...
+
+    def set_peer(self, addr: Address) -> None:
+        """Move the peer endpoint (UDP roaming); a no-op where the peer is a connection."""
+        ...
+
+    def tick(self, now: float) -> None: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def close(self) -> None: ...
+
+
+def format_peer(addr: Any) -> str | None:
+    """``"ADDR:PORT"`` / ``"[V6]:PORT"`` for a socket address, None for None."""
+    if addr is None:
+        return None
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def resolve(host: str, port: int, socktype: int) -> tuple[int, Any]:
+    """``(family, sockaddr)`` of the first address of ``host``; raise OSError naming it."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socktype)
+    except socket.gaierror as e:
+        raise OSError(e.errno, f"cannot resolve {host!r}: {e.strerror}") from None
+    if not infos:
+        raise OSError(0, f"cannot resolve {host!r}: no address")
+    family, _, _, _, sockaddr = infos[0]
+    return int(family), sockaddr
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: ``min * 2**n``, capped at ``max``, x[0.5, 1]."""
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self.minimum = max(minimum, 0.001)
+        self.maximum = max(maximum, self.minimum)
+        self.attempts = 0
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+    def next_delay(self) -> float:
+        base = min(self.maximum, self.minimum * (2 ** min(self.attempts, 30)))
+        self.attempts += 1
+        return float(max(self.minimum, base * random.uniform(0.5, 1.0)))
