@@ -26,7 +26,7 @@ from typing import Any
 
 from tund import __version__, config, plan
 from tund.config import Config, InterfaceConfig, TunnelConfig
-from tund.errors import ConfigError, KernelError, ReloadError, TundError
+from tund.errors import ConfigError, ConfigIssue, KernelError, ReloadError, TundError
 from tund.netdev import reconcile, tuntap
 from tund.netdev.ip import IpRunner
 from tund.relay.spec import WorkerSpec
@@ -161,8 +161,8 @@ class Engine:
         dev = self.devices.pop(name, None)
         self.device_errors.pop(name, None)
         if dev is not None:
-            tuntap.set_persist(dev.fd, False)
-            tuntap.close(dev.fd)
+            log.info("[#] delete device %s", name, extra={"TUND_INTERFACE": name})
+            tuntap.delete_device(name, dev.fd)
 
     # ------------------------------------------------------------------ tunnels
 
@@ -263,7 +263,7 @@ class Engine:
                     new_keys[name] = read_keys(t)
                 except (OSError, ValueError) as e:
                     self._note_reload(False, f"tunnel {name}: {e}")
-                    raise ConfigError([config.ConfigIssue(
+                    raise ConfigError([ConfigIssue(
                         str(self.config_path), 0, f"tunnels.{name}", str(e))]) from None
             p = plan.diff(self.config, new,
                           {n: k.fingerprint() for n, k in self.keys.items()},
@@ -296,7 +296,7 @@ class Engine:
                 out.append(f"create device {c.name} (mode {new.interfaces[c.name].mode})")
             if c.action in ("add", "recreate", "reconfigure"):
                 state = (reconcile.read_state(self.ip, c.name)
-                         if c.action == "reconfigure" else reconcile.LinkState.empty())
+                         if c.action == "reconfigure" else reconcile.LinkState(name=c.name))
                 for step in reconcile.plan_steps(c.name, new.interfaces[c.name], state):
                     out.append("[#] " + " ".join(step.argv))
         for t in p.tunnels:
@@ -324,9 +324,8 @@ class Engine:
                     assert c.new is not None
                     dev = self.devices.get(c.name)
                     if dev is not None:
-                        tuntap.retag(dev.fd, c.name, owner=c.new.uid, group=c.new.gid,
-                                     persist=c.new.persist)
-                        actions.append(f"set owner/group/persist of {c.name}")
+                        tuntap.set_persist(dev.fd, c.new.persist)
+                        actions.append(f"set persist={c.new.persist} on {c.name}")
                 if c.action in ("add", "recreate", "reconfigure", "retag"):
                     assert c.new is not None
                     before = set(self.devices)

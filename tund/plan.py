@@ -6,8 +6,8 @@ returns a :class:`Plan`:
 
 * interfaces: ``add`` / ``remove`` / ``unchanged``, and for changed ones the least
   disruptive action: ``reconfigure`` (addresses, routes, MTU, MAC, bridge, txqueuelen:
-  applied in place by ``ip``, the worker keeps running), ``retag`` (owner, group, persist:
-  ioctls on the held device), ``recreate`` (mode, packet_info, multi_queue: a new device);
+  applied in place by ``ip``, the worker keeps running), ``retag`` (persist: an ioctl on the
+  held device), ``recreate`` (mode, packet_info, multi_queue, owner, group: a new device);
 * tunnels: ``add`` / ``remove`` / ``unchanged`` / ``restart`` (any tunnel setting or its key
   material changed, or its interface is recreated).
 
@@ -25,8 +25,10 @@ from tund.config import Config, InterfaceConfig
 InterfaceAction = Literal["add", "remove", "unchanged", "reconfigure", "retag", "recreate"]
 TunnelAction = Literal["add", "remove", "unchanged", "restart"]
 
-_RECREATE_KEYS = ("mode", "packet_info", "multi_queue")
-_RETAG_KEYS = ("owner", "group", "persist")
+# The kernel allows TUNSETOWNER/TUNSETGROUP only while attached and an adopted device must
+# match its owner: an owner or group change recreates the device, like a mode change.
+_RECREATE_KEYS = ("mode", "packet_info", "multi_queue", "owner", "group")
+_RETAG_KEYS = ("persist",)
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,9 @@ class Plan:
 
     def of(self, kind: Literal["interfaces", "tunnels"], *actions: str) -> list[str]:
         """Names of interfaces or tunnels whose action is one of ``actions``."""
-        items: tuple[InterfaceChange | TunnelChange, ...] = getattr(self, kind)
-        return [c.name for c in items if c.action in actions]
+        if kind == "interfaces":
+            return [c.name for c in self.interfaces if c.action in actions]
+        return [t.name for t in self.tunnels if t.action in actions]
 
     def summary(self) -> dict[str, dict[str, list[str]]]:
         """The added / changed / removed / unchanged lists of the reload reply."""
