@@ -75,7 +75,8 @@ class Plan:
 
     @property
     def is_noop(self) -> bool:
-        return all(c.action == "unchanged" for c in (*self.interfaces, *self.tunnels))
+        return (all(c.action == "unchanged" for c in self.interfaces)
+                and all(t.action == "unchanged" for t in self.tunnels))
 
 
 def _changed_keys(old: InterfaceConfig, new: InterfaceConfig) -> list[str]:
