@@ -171,3 +171,18 @@ def test_non_root_owner_can_attach(ns: Netns) -> None:
     assert rc != 0 and "Operation not permitted" in text
     rc, text = _attach_as(ns, name, 65534)
     assert rc == 0 and "attached" in text, text
+
+
+def test_adopt_follows_persist_and_set_persist(ns: Netns) -> None:
+    name, other = unique("nd"), unique("nd")
+    got = in_ns(ns, f"""
+        d = tuntap.open_device({name!r}, "tun"); tuntap.close(d.fd)
+        adopted = tuntap.open_device({name!r}, "tun", persist=False)
+        held = info({name!r})
+        tuntap.close(adopted.fd)
+        e = tuntap.open_device({other!r}, "tap", persist=False)
+        tuntap.set_persist(e.fd, True)
+        tuntap.close(e.fd)
+        out([held["persist"], info({name!r}), info({other!r})["persist"]])
+    """)
+    assert got == [False, None, True]
