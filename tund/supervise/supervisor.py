@@ -78,6 +78,8 @@ class TunnelRunner:
         self._streak = 0
         self._started_at = 0.0
         self._stopping = False
+        self._kill_reason: str | None = None
+        self._reported_error = False
         self._restart_handle: asyncio.TimerHandle | None = None
         self._ping_task: asyncio.Task[None] | None = None
         self._seq = 0
@@ -110,6 +112,9 @@ class TunnelRunner:
     def _spawn(self) -> None:
         loop = asyncio.get_running_loop()
         self._stopping = False
+        self._started_at = loop.time()
+        # STOPPED/FAILED/BACKOFF -> STARTING
+        self._move(TunnelState.STARTING)
         try:
             spec = self.make_spec()
         except Exception as e:  # key file unreadable, socket cannot bind, ...
@@ -118,8 +123,6 @@ class TunnelRunner:
             self._crashed(time_now=loop.time())
             return
         worker = self._spawn_cls(spec, self._message, self._exited)
-        # STOPPED/FAILED/BACKOFF -> STARTING
-        self._move(TunnelState.STARTING)
         try:
             worker.spawn(loop)
         except OSError as e:
@@ -165,6 +168,7 @@ class TunnelRunner:
         elif op == "state":
             if msg.get("error"):
                 self.last_error = str(msg["error"])
+                self._reported_error = True
             st = msg.get("state")
             if st == "up":
                 self._move(TunnelState.UP, f"peer {msg.get('peer')}")
@@ -177,10 +181,13 @@ class TunnelRunner:
         self.worker = None
         if self._stopping:
             return
-        if code not in (None, 0) and not self.last_error:
-            self.last_error = f"worker exited with status {code}"
+        if self._kill_reason:
+            self.last_error, self._kill_reason = self._kill_reason, None
         elif code is not None and code < 0:
             self.last_error = f"worker killed by signal {-code}"
+        elif code not in (None, 0) and not self._reported_error:
+            self.last_error = f"worker exited with status {code}"
+        self._reported_error = False
         log.warning("tunnel %s: worker exited (%s)", self.name, code,
                     extra={"TUND_TUNNEL": self.name})
         self._crashed(time_now=loop.time())
@@ -221,9 +228,9 @@ class TunnelRunner:
             if w is None:
                 continue
             if loop.time() - self._last_pong > self.limits.ping_timeout:
-                self.last_error = (f"worker pid {w.pid} did not answer pings for "
-                                   f"{self.limits.ping_timeout:g}s (hung); killed")
-                log.error("tunnel %s: %s", self.name, self.last_error,
+                self._kill_reason = (f"worker pid {w.pid} did not answer pings for "
+                                     f"{self.limits.ping_timeout:g}s (hung); killed")
+                log.error("tunnel %s: %s", self.name, self._kill_reason,
                           extra={"TUND_TUNNEL": self.name})
                 w.kill()
                 continue

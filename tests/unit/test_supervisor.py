@@ -1,0 +1,137 @@
+"""Tunnel supervision with a fake worker: backoff, crash loops, hung workers, counters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from tund.relay.spec import WorkerSpec
+from tund.states import TunnelState, can_move
+from tund.supervise.supervisor import Limits, TunnelRunner
+
+SPEC = WorkerSpec(tunnel="t", interface="tun0", mode="tun", transport="udp", role="remote",
+                  host="192.0.2.1", port=1, device_fd=-1)
+
+
+class FakeWorker:
+    """Stands in for WorkerProcess; tests drive its messages and death."""
+
+    all: list[FakeWorker] = []
+    answer_pings = True
+
+    def __init__(self, spec: WorkerSpec, on_message: Callable[[dict[str, Any]], None],
+                 on_exit: Callable[[int | None], None]) -> None:
+        self.spec, self.on_message, self.on_exit = spec, on_message, on_exit
+        self.pid = 1000 + len(FakeWorker.all)
+        self.killed = False
+        self.sent: list[dict[str, Any]] = []
+        FakeWorker.all.append(self)
+
+    def spawn(self, loop: asyncio.AbstractEventLoop) -> None:
+        pass
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        self.sent.append(msg)
+        if msg["op"] == "ping" and FakeWorker.answer_pings and not self.killed:
+            asyncio.get_running_loop().call_soon(
+                self.on_message, {"op": "pong", "seq": msg["seq"],
+                                  "stats": {"rx_packets": 5, "rx_bytes": 500,
+                                            "drops": {"oversize": 1}}})
+        return True
+
+    def kill(self, sig: int = 9) -> None:
+        self.killed = True
+        asyncio.get_running_loop().call_soon(self.on_exit, -sig)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        self.on_exit(0)
+
+
+def _runner(limits: Limits) -> TunnelRunner:
+    FakeWorker.all = []
+    FakeWorker.answer_pings = True
+    return TunnelRunner("t", lambda: SPEC, limits, {"interface": "tun0"},
+                        spawn=FakeWorker)  # type: ignore[arg-type]
+
+
+def test_states_module_transitions() -> None:
+    assert can_move(TunnelState.UP, TunnelState.BACKOFF)
+    assert not can_move(TunnelState.FAILED, TunnelState.UP)
+    assert not can_move(TunnelState.STOPPED, TunnelState.UP)
+
+
+def test_crash_restarts_with_backoff_and_keeps_counters() -> None:
+    async def go() -> None:
+        r = _runner(Limits(backoff_min=0.05, backoff_max=0.2, ping_interval=0.02))
+        r.start()
+        assert r.state == TunnelState.STARTING
+        FakeWorker.all[0].on_message({"op": "state", "state": "up", "peer": "192.0.2.1:1"})
+        assert r.state == TunnelState.UP
+        await r.refresh()
+        assert r.status()["rx_packets"] == 5
+        FakeWorker.all[0].on_exit(1)  # crash
+        assert r.state == TunnelState.BACKOFF
+        assert r.status()["rx_packets"] == 5  # folded into the base
+        await asyncio.sleep(0.15)
+        assert len(FakeWorker.all) == 2 and r.restarts == 1
+        await r.refresh()
+        st = r.status()
+        assert st["rx_packets"] == 10 and st["drops"] == {"oversize": 2}
+        assert st["last_error"] == "worker exited with status 1"
+        await r.stop()
+        assert r.state == TunnelState.STOPPED
+
+    asyncio.run(go())
+
+
+def test_crash_loop_ends_in_failed_and_is_not_restarted() -> None:
+    async def go() -> None:
+        r = _runner(Limits(backoff_min=0.01, backoff_max=0.01, crash_limit=3, crash_window=10,
+                           ping_interval=0.5))
+        r.start()
+        for _ in range(10):
+            if r.state == TunnelState.FAILED:
+                break
+            FakeWorker.all[-1].on_exit(2)
+            await asyncio.sleep(0.05)
+        assert r.state == TunnelState.FAILED
+        n = len(FakeWorker.all)
+        await asyncio.sleep(0.1)
+        assert len(FakeWorker.all) == n  # no more restarts
+        r.start()  # `tundctl restart` / reload gets it going again
+        assert r.state == TunnelState.STARTING
+        await r.stop()
+
+    asyncio.run(go())
+
+
+def test_hung_worker_is_killed_and_replaced() -> None:
+    async def go() -> None:
+        r = _runner(Limits(backoff_min=0.01, backoff_max=0.01, ping_interval=0.02,
+                           ping_timeout=0.1))
+        r.start()
+        FakeWorker.answer_pings = False
+        await asyncio.sleep(0.3)
+        assert FakeWorker.all[0].killed
+        assert "did not answer pings" in (r.last_error or "")
+        FakeWorker.answer_pings = True
+        await asyncio.sleep(0.1)
+        assert r.worker is not None and r.worker is not FakeWorker.all[0]
+        await r.stop()
+
+    asyncio.run(go())
+
+
+def test_spec_failure_counts_as_crash() -> None:
+    async def go() -> None:
+        def bad() -> WorkerSpec:
+            raise OSError("cannot bind tcp 0.0.0.0:1: Address already in use")
+
+        r = TunnelRunner("t", bad, Limits(backoff_min=5), {})
+        r.start()
+        assert r.state == TunnelState.BACKOFF
+        assert "Address already in use" in (r.last_error or "")
+        await r.stop()
+
+    asyncio.run(go())
