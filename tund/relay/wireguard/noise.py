@@ -78,7 +78,8 @@ class SymmetricState:
 
     def copy(self) -> SymmetricState:
         other = SymmetricState.__new__(SymmetricState)
-        other.chain, other.hash, other.key, other.nonce = self.chain, self.hash, self.key, self.nonce
+        other.chain, other.hash = self.chain, self.hash
+        other.key, other.nonce = self.key, self.nonce
         return other
 
     def mix_hash(self, data: bytes) -> None:

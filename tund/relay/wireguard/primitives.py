@@ -20,6 +20,8 @@ Contract: every function is pure (no clock, no global state apart from the OS RN
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -162,3 +164,24 @@ def time_ns(wall: float) -> int:
 def now_wall() -> float:
     """The default wall clock (kept here so callers pass time in, tests pass their own)."""
     return time.time()
+
+
+def decode_key(text: str, what: str) -> bytes:
+    """Decode a base64 key as ``wg`` prints it (44 characters) into 32 bytes.
+
+    Raise ValueError naming ``what`` and saying what is wrong (never echoing the key).
+    """
+    stripped = text.strip()
+    try:
+        raw = base64.b64decode(stripped, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what} is not valid base64 ({len(stripped)} characters); "
+                         "expected 44 characters as `wg genkey` prints") from None
+    if len(raw) != KEY_LEN:
+        raise ValueError(f"{what} decodes to {len(raw)} bytes (must be {KEY_LEN})")
+    return raw
+
+
+def encode_key(raw: bytes) -> str:
+    """Base64 of a 32-byte key, as ``wg`` prints it."""
+    return base64.b64encode(raw).decode("ascii")

@@ -1,0 +1,479 @@
+"""WireGuardCodec: the relay's :class:`~tund.relay.codec.Codec` speaking WireGuard.
+
+One codec = one peer. Sans-IO: ``now`` is ``time.monotonic()``-like and passed in; the
+wall clock (TAI64N timestamps, ``latest_handshake``) comes from the ``wall`` callable.
+
+Outbound (``seal``)::
+
+    device packet -> staged queue (bounded) -> current keypair usable?
+        yes: pad (tun) -> encrypt with next counter -> transport message(s)
+        no : handshake initiation (rate-limited to one per REKEY_TIMEOUT)
+
+Inbound (``open``) by message type::
+
+    initiation : mac1 -> [under load: mac2 or cookie reply] -> decrypt static/timestamp
+                 -> peer's key? -> timestamp newer? -> not a flood? -> response; next keypair
+    response   : mac1 -> [load: mac2] -> our pending initiation? -> decrypt -> current
+                 keypair; send staged packets (or a keepalive, confirming the keys)
+    cookie     : for our pending handshake? -> decrypt against our last mac1 -> store
+    transport  : known receiver index -> not expired -> decrypt -> replay window
+                 -> rotate next->current -> packet (an empty one is a keepalive)
+
+Drop causes (``Opened.drop``; every one is also counted in ``stats()["wg_drops"]``):
+
+``malformed``        not a well-formed WireGuard message (length, type, reserved bytes)
+``bad_mac``          handshake message whose mac1 is not for our public key
+``decrypt``          an encrypted field did not open (wrong key, other mode, tampering)
+``unknown_peer``     an initiation that opened but came from another static key
+``stale_timestamp``  an initiation whose TAI64N is not newer than the last accepted one
+``flood``            an initiation within ``handshake_initiation_rate`` of the previous
+``unknown_receiver`` response/cookie/transport for an index we do not hold
+``bad_cookie``       a cookie reply that does not open against our last mac1
+``expired``          transport on a keypair older than REJECT_AFTER_TIME
+``replay``           transport counter already seen or behind the window
+``invalid_packet``   tun mode: decrypted data that is not an IPv4/IPv6 packet
+
+Counted in ``stats()["wg_drops"]`` only (the pump never sees them as drops):
+``cookie`` (handshake answered with a cookie reply instead of processed: the reply must
+reach the pump, so ``Opened.drop`` is None), ``queue_full`` (staged packet pushed out),
+``handshake_timeout`` (staged packets flushed after REKEY_ATTEMPT_TIME of retries).
+
+Timers follow wireguard-go's ``timers.go``: retransmit handshake, send keepalive
+(KEEPALIVE_TIMEOUT after data received and nothing sent), new handshake (no reply to
+sent data within KEEPALIVE + REKEY_TIMEOUT), zero key material (3 x REJECT_AFTER_TIME),
+persistent keepalive (``spec.keepalive`` seconds).
+
+Tap mode uses a different Noise prologue (see :mod:`.noise`) and does not pad (an
+Ethernet frame has no length field to strip padding by).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tund.relay.codec import Address, Opened
+from tund.relay.spec import WorkerSpec
+from tund.relay.wireguard import messages as msgs
+from tund.relay.wireguard import noise
+from tund.relay.wireguard.cookie import CookieChecker, CookieGenerator, LoadDetector
+from tund.relay.wireguard.primitives import (
+    DecryptError,
+    clamp,
+    decode_key,
+    dh,
+    encode_key,
+    public_from_private,
+    tai64n,
+)
+from tund.relay.wireguard.session import Keypair, Keypairs
+from tund.relay.wireguard.timers import Timers
+
+_PAD = 16
+_ETH_P_IP = b"\x08\x00"
+_ETH_P_IPV6 = b"\x86\xdd"
+_DEADLINES = ("retransmit", "send_keepalive", "new_handshake", "zero_keys", "persistent")
+
+
+@dataclass
+class _Pending:
+    """Our initiation waiting for its response."""
+
+    local_index: int
+    ephemeral: bytes
+    state: noise.SymmetricState
+
+
+def ip_length(packet: bytes) -> int | None:
+    """The length an IPv4/IPv6 header claims, or None when ``packet`` is not such a packet."""
+    n = len(packet)
+    if n >= 20 and packet[0] >> 4 == 4:
+        total = int.from_bytes(packet[2:4], "big")
+        return total if 20 <= total <= n else None
+    if n >= 40 and packet[0] >> 4 == 6:
+        total = 40 + int.from_bytes(packet[4:6], "big")
+        return total if total <= n else None
+    return None
+
+
+class WireGuardCodec:
+    """WireGuard for one peer; see the module docstring for flows and drop causes.
+
+    ``spec`` supplies ``private_key``, ``peer_public_key``, ``preshared_key`` (base64),
+    ``mode``, ``role``, ``keepalive``, ``mtu``, ``packet_info`` and ``timers``
+    (test-only overrides, see :class:`~.timers.Timers`). Raise ValueError for missing or
+    bad keys, naming the field.
+    """
+
+    def __init__(self, spec: WorkerSpec, *, wall: Callable[[], float] = time.time,
+                 rand: Callable[[int], bytes] = os.urandom) -> None:
+        if spec.private_key is None or spec.peer_public_key is None:
+            raise ValueError(f"tunnel {spec.tunnel!r}: encryption \"wireguard\" needs "
+                             "private_key and peer_public_key in the worker spec")
+        self._priv = decode_key(spec.private_key, "private_key")
+        self._pub = public_from_private(self._priv)
+        self._peer = decode_key(spec.peer_public_key, "peer_public_key")
+        if self._peer == self._pub:
+            raise ValueError(f"tunnel {spec.tunnel!r}: peer_public_key is our own public key")
+        self._psk = (decode_key(spec.preshared_key, "preshared_key")
+                     if spec.preshared_key is not None else noise.ZERO_PSK)
+        try:
+            self._static_static = dh(self._priv, self._peer)
+        except DecryptError:
+            raise ValueError(f"tunnel {spec.tunnel!r}: peer_public_key is a low-order "
+                             "point (X25519 gives zero)") from None
+        self._prologue = noise.prologue_for(spec.mode)
+        self._mode = spec.mode
+        self._packet_info = spec.packet_info and spec.mode == "tun"
+        self._mtu = spec.mtu
+        self._role = spec.role
+        self._keepalive = float(spec.keepalive)
+        self._t = Timers.from_overrides(dict(spec.timers))
+        self._wall = wall
+        self._rand = rand
+        self._checker = CookieChecker(self._pub, self._t, rand)
+        self._cookies = CookieGenerator(self._peer, self._t)
+        self._load = LoadDetector(self._t)
+        self._keys = Keypairs()
+        self._pending: _Pending | None = None
+        self._staged: collections.deque[bytes] = collections.deque()
+        self._deadline: dict[str, float | None] = dict.fromkeys(_DEADLINES)
+        self._attempts = 0
+        self._need_another_keepalive = False
+        self._sent_last_minute_handshake = False
+        self._last_sent_handshake: float | None = None
+        self._last_timestamp: bytes | None = None
+        self._last_initiation: float | None = None
+        self._latest_handshake: float | None = None
+        self._drops: collections.Counter[str] = collections.Counter()
+        self._handshakes_sent = 0
+        self._cookie_replies = 0
+        self._now = float("-inf")  # the latest ``now`` passed in (for stats())
+
+    # ------------------------------------------------------------------ Codec contract
+
+    def seal(self, packet: bytes, now: float) -> list[bytes]:
+        """Stage ``packet`` and send what the session allows (see module docstring)."""
+        self._now = now
+        if self._packet_info:
+            packet = packet[4:]
+        if len(self._staged) >= max(1, self._t.staged_packets):
+            self._staged.popleft()
+            self._drops["queue_full"] += 1
+        self._staged.append(packet)
+        return self._send_staged(now)
+
+    def open(self, message: bytes, source: Address | None, now: float) -> Opened:
+        """Handle one message from the peer; never raises on hostile input."""
+        self._now = now
+        try:
+            m = msgs.parse(message)
+        except msgs.Malformed:
+            return self._drop("malformed")
+        if isinstance(m, msgs.Transport):
+            return self._open_transport(m, now)
+        if isinstance(m, msgs.CookieReply):
+            return self._open_cookie(m, now)
+        if not self._checker.check_mac1(message):
+            return self._drop("bad_mac")
+        self._load.note(now)
+        if self._load.under_load(now) and not self._checker.check_mac2(message, source, now):
+            self._drops["cookie"] += 1
+            self._cookie_replies += 1
+            reply = self._checker.create_reply(message, m.sender, source, now)
+            return Opened([], [reply], False, None)
+        if isinstance(m, msgs.Initiation):
+            return self._open_initiation(m, now)
+        return self._open_response(m, now)
+
+    def tick(self, now: float) -> list[bytes]:
+        """Run every expired timer; harmless when none is due."""
+        self._now = now
+        out: list[bytes] = []
+        for name in _DEADLINES:
+            due = self._deadline[name]
+            if due is not None and due <= now:
+                self._deadline[name] = None
+                out += getattr(self, f"_expired_{name}")(now)
+        return out
+
+    def next_deadline(self) -> float | None:
+        due = [d for d in self._deadline.values() if d is not None]
+        return min(due) if due else None
+
+    def on_connected(self, now: float) -> list[bytes]:
+        """A (new) path to the peer: the initiator side (role remote, or any side with a
+        persistent keepalive) sends a keepalive, which starts a handshake when no session
+        exists. The rate limit is reset, since an earlier initiation may have gone to a
+        dead connection."""
+        self._now = now
+        if self._role != "remote" and self._keepalive <= 0:
+            return []
+        self._last_sent_handshake = None
+        return self._send_keepalive(now)
+
+    def stats(self) -> dict[str, Any]:
+        """peer_public_key, latest_handshake (unix time or None), session (as of the latest
+        ``now`` passed in), handshakes_sent, cookie_replies_sent, wg_drops (cause -> n)."""
+        return {
+            "peer_public_key": encode_key(self._peer),
+            "latest_handshake": self._latest_handshake,
+            "session": self.session_state(self._now),
+            "handshakes_sent": self._handshakes_sent,
+            "cookie_replies_sent": self._cookie_replies,
+            "wg_drops": dict(self._drops),
+        }
+
+    # ------------------------------------------------------------------ queries
+
+    def session_state(self, now: float) -> str:
+        """``"established"`` (a current keypair may send), ``"handshaking"`` or ``"none"``."""
+        if self._usable(self._keys.current, now):
+            return "established"
+        if self._pending is not None or self._keys.next is not None:
+            return "handshaking"
+        return "none"
+
+    @property
+    def public_key(self) -> str:
+        return encode_key(self._pub)
+
+    # ------------------------------------------------------------------ sending
+
+    def _usable(self, kp: Keypair | None, now: float) -> bool:
+        return (kp is not None and kp.send_counter < self._t.reject_after_messages
+                and now - kp.created < self._t.reject_after_time)
+
+    def _send_staged(self, now: float) -> list[bytes]:
+        kp = self._keys.current
+        if kp is None or not self._usable(kp, now):
+            return self._initiate(now, retry=False)
+        out: list[bytes] = []
+        data_sent = False
+        while self._staged:
+            if kp.send_counter >= self._t.reject_after_messages:
+                break
+            packet = self._staged.popleft()
+            out.append(self._encrypt(kp, packet))
+            data_sent = data_sent or bool(packet)
+        if out:
+            self._on_authenticated_traversal(now)
+            self._deadline["send_keepalive"] = None  # any authenticated packet sent
+            self._need_another_keepalive = False
+        if data_sent and self._deadline["new_handshake"] is None:
+            self._deadline["new_handshake"] = (now + self._t.keepalive_timeout
+                                               + self._t.rekey_timeout + self._jitter())
+        if self._staged or (kp.send_counter > self._t.rekey_after_messages or (
+                kp.is_initiator and now - kp.created > self._t.rekey_after_time)):
+            out += self._initiate(now, retry=False)
+        return out
+
+    def _encrypt(self, kp: Keypair, packet: bytes) -> bytes:
+        if self._mode == "tun":
+            size = len(packet)
+            padded = min(-(-size // _PAD) * _PAD, max(self._mtu, size))
+            packet = packet + bytes(padded - size)
+        counter, sealed = kp.encrypt(packet)
+        return msgs.transport_header(kp.remote_index, counter) + sealed
+
+    def _send_keepalive(self, now: float) -> list[bytes]:
+        if not self._staged:
+            self._staged.append(b"")
+        return self._send_staged(now)
+
+    def _new_index(self) -> int:
+        taken = self._keys.indexes()
+        while True:
+            index = int.from_bytes(self._rand(4), "little")
+            if index not in taken:
+                return index
+
+    def _jitter(self) -> float:
+        return int.from_bytes(self._rand(2), "little") / 0xFFFF * self._t.rekey_jitter
+
+    def _initiate(self, now: float, *, retry: bool) -> list[bytes]:
+        if not retry:
+            self._attempts = 0
+        if (self._last_sent_handshake is not None
+                and now - self._last_sent_handshake < self._t.rekey_timeout):
+            return []
+        self._last_sent_handshake = now
+        ephemeral = clamp(self._rand(32))
+        index = self._new_index()
+        state = noise.initial_state(self._prologue, self._peer)
+        body = noise.write_initiation(state, self._priv, ephemeral, self._peer,
+                                      tai64n(self._wall()), static_static=self._static_static)
+        self._pending = _Pending(index, ephemeral, state)
+        message = self._cookies.add_macs(msgs.pack_initiation(index, body), now)
+        self._on_authenticated_traversal(now)
+        self._deadline["send_keepalive"] = None
+        self._deadline["retransmit"] = now + self._t.rekey_timeout + self._jitter()
+        self._handshakes_sent += 1
+        return [message]
+
+    # ------------------------------------------------------------------ receiving
+
+    def _drop(self, cause: str) -> Opened:
+        self._drops[cause] += 1
+        return Opened([], [], False, cause)
+
+    def _open_initiation(self, m: msgs.Initiation, now: float) -> Opened:
+        state = noise.initial_state(self._prologue, self._pub)
+        try:
+            got = noise.read_initiation(state, self._priv, m.ephemeral + m.static + m.timestamp)
+        except DecryptError:
+            return self._drop("decrypt")
+        if got.peer_static != self._peer:
+            return self._drop("unknown_peer")
+        if self._last_timestamp is not None and got.payload <= self._last_timestamp:
+            return self._drop("stale_timestamp")
+        if (self._last_initiation is not None
+                and now - self._last_initiation <= self._t.handshake_initiation_rate):
+            return self._drop("flood")
+        self._last_timestamp, self._last_initiation = got.payload, now
+        self._on_authenticated_traversal(now)
+        self._deadline["new_handshake"] = None
+        ephemeral = clamp(self._rand(32))
+        index = self._new_index()
+        body = noise.write_response(state, ephemeral, got.peer_ephemeral, got.peer_static,
+                                    self._psk, b"")
+        to_responder, to_initiator = state.split()
+        self._keys.begin(Keypair(to_initiator, to_responder, index, m.sender, now, False))
+        self._pending = None
+        self._last_sent_handshake = now
+        self._session_derived(now)
+        reply = self._cookies.add_macs(msgs.pack_response(index, m.sender, body), now)
+        self._deadline["send_keepalive"] = None
+        return Opened([], [reply], True, None)
+
+    def _open_response(self, m: msgs.Response, now: float) -> Opened:
+        pending = self._pending
+        if pending is None or m.receiver != pending.local_index:
+            return self._drop("unknown_receiver")
+        state = pending.state.copy()
+        try:
+            noise.read_response(state, pending.ephemeral, self._priv, self._psk,
+                                m.ephemeral + m.empty)
+        except DecryptError:
+            return self._drop("decrypt")
+        to_responder, to_initiator = state.split()
+        self._keys.begin(Keypair(to_responder, to_initiator, pending.local_index, m.sender,
+                                 now, True))
+        self._pending = None
+        self._session_derived(now)
+        self._handshake_complete(now)
+        self._on_authenticated_traversal(now)
+        self._deadline["new_handshake"] = None
+        return Opened([], self._send_keepalive(now), True, None)
+
+    def _open_cookie(self, m: msgs.CookieReply, now: float) -> Opened:
+        known = self._keys.indexes()
+        if self._pending is not None:
+            known.add(self._pending.local_index)
+        if m.receiver not in known:
+            return self._drop("unknown_receiver")
+        if not self._cookies.consume_reply(m, now):
+            return self._drop("bad_cookie")
+        return Opened([], [], False, None)
+
+    def _open_transport(self, m: msgs.Transport, now: float) -> Opened:
+        kp = self._keys.lookup(m.receiver)
+        if kp is None:
+            return self._drop("unknown_receiver")
+        if now - kp.created >= self._t.reject_after_time:
+            return self._drop("expired")
+        try:
+            plain = kp.decrypt(m.counter, m.ciphertext)
+        except DecryptError:
+            return self._drop("decrypt")
+        if not kp.replay.check_and_set(m.counter, self._t.reject_after_messages):
+            return self._drop("replay")
+        replies: list[bytes] = []
+        if self._keys.received_with(kp):
+            self._handshake_complete(now)
+            if self._staged:
+                replies += self._send_staged(now)
+        replies += self._keep_key_fresh_receiving(now)
+        self._on_authenticated_traversal(now)
+        self._deadline["new_handshake"] = None
+        if not plain:
+            return Opened([], replies, True, None)  # keepalive
+        if self._deadline["send_keepalive"] is None:
+            self._deadline["send_keepalive"] = now + self._t.keepalive_timeout
+        else:
+            self._need_another_keepalive = True
+        packet = self._to_device(plain)
+        if packet is None:
+            self._drops["invalid_packet"] += 1
+            return Opened([], replies, True, "invalid_packet")
+        return Opened([packet], replies, True, None)
+
+    def _to_device(self, plain: bytes) -> bytes | None:
+        if self._mode == "tap":
+            return plain
+        length = ip_length(plain)
+        if length is None:
+            return None
+        packet = plain[:length]
+        if self._packet_info:
+            proto = _ETH_P_IP if packet[0] >> 4 == 4 else _ETH_P_IPV6
+            packet = b"\x00\x00" + proto + packet
+        return packet
+
+    def _keep_key_fresh_receiving(self, now: float) -> list[bytes]:
+        kp = self._keys.current
+        if (self._sent_last_minute_handshake or kp is None or not kp.is_initiator
+                or now - kp.created <= self._t.reject_after_time - self._t.keepalive_timeout
+                - self._t.rekey_timeout):
+            return []
+        self._sent_last_minute_handshake = True
+        return self._initiate(now, retry=False)
+
+    # ------------------------------------------------------------------ timer events
+
+    def _on_authenticated_traversal(self, now: float) -> None:
+        if self._keepalive > 0:
+            self._deadline["persistent"] = now + self._keepalive
+
+    def _session_derived(self, now: float) -> None:
+        self._sent_last_minute_handshake = False
+        self._deadline["zero_keys"] = now + 3 * self._t.reject_after_time
+
+    def _handshake_complete(self, now: float) -> None:
+        self._deadline["retransmit"] = None
+        self._attempts = 0
+        self._latest_handshake = self._wall()
+
+    def _expired_retransmit(self, now: float) -> list[bytes]:
+        if self._attempts > self._t.max_handshake_attempts:
+            # Gave up after REKEY_ATTEMPT_TIME: flush what waited for the session.
+            self._drops["handshake_timeout"] += sum(1 for p in self._staged if p)
+            self._staged.clear()
+            self._pending = None
+            if self._deadline["zero_keys"] is None:
+                self._deadline["zero_keys"] = now + 3 * self._t.reject_after_time
+            return []
+        self._attempts += 1
+        return self._initiate(now, retry=True)
+
+    def _expired_send_keepalive(self, now: float) -> list[bytes]:
+        out = self._send_keepalive(now)
+        if self._need_another_keepalive:
+            self._need_another_keepalive = False
+            self._deadline["send_keepalive"] = now + self._t.keepalive_timeout
+        return out
+
+    def _expired_new_handshake(self, now: float) -> list[bytes]:
+        return self._initiate(now, retry=False)
+
+    def _expired_zero_keys(self, now: float) -> list[bytes]:
+        self._keys.clear()
+        self._pending = None
+        return []
+
+    def _expired_persistent(self, now: float) -> list[bytes]:
+        return self._send_keepalive(now) if self._keepalive > 0 else []
