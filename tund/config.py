@@ -579,7 +579,10 @@ def _message(e: Any) -> str:
         return _TYPE_MESSAGES[kind]
     if kind in _BOUND_MESSAGES:
         key, fmt = _BOUND_MESSAGES[kind]
-        return fmt.format(ctx.get(key, "?"))
+        bound = ctx.get(key, "?")
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
+        return fmt.format(bound)
     if kind == "literal_error":
         return f"must be {str(ctx.get('expected', '?')).replace(chr(39), chr(34))}"
     if kind in ("value_error", "assertion_error") and "error" in ctx:
