@@ -1,0 +1,134 @@
+"""WireGuard keys: generation, decoding, and safe loading of key files.
+
+Formats are ``wg``'s: a private key is 32 random bytes clamped for X25519, printed as
+44-character base64 (``wg genkey``); :func:`public_key` is ``wg pubkey``;
+:func:`generate_psk` is ``wg genpsk`` (32 random bytes, unclamped).
+
+Key files (:func:`load_private_key_file`, :func:`load_psk_file`) must be regular files
+of mode 0600 or stricter (no group/other bits) owned by root or the user running tund,
+and hold one base64 key. Every refusal is a ValueError naming the file and the reason,
+e.g. ``/etc/tund/a.key: mode 0644 lets group/others read it; chmod 600 /etc/tund/a.key``.
+
+:func:`check_tunnel_keys` is registered with :func:`tund.config.register_check` at import,
+so ``tund.config`` must import this module for the check to run.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from typing import Any
+
+from tund import config
+from tund.errors import ConfigIssue
+from tund.relay.wireguard.primitives import (
+    decode_key,
+    encode_key,
+    public_from_private,
+    random_private_key,
+)
+
+__all__ = ["check_tunnel_keys", "decode_key", "generate_private_key", "generate_psk",
+           "load_private_key_file", "load_psk_file", "public_key"]
+
+_MAX_KEY_FILE = 4096
+
+
+def generate_private_key() -> str:
+    """A new private key, base64, like ``wg genkey``."""
+    return encode_key(random_private_key())
+
+
+def public_key(private_b64: str) -> str:
+    """The public key of a base64 private key, like ``wg pubkey``."""
+    return encode_key(public_from_private(decode_key(private_b64, "private key")))
+
+
+def generate_psk() -> str:
+    """A new preshared key, base64, like ``wg genpsk``."""
+    return encode_key(os.urandom(32))
+
+
+def _load_key_file(path: str, what: str) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot open {what}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path}: {what} must be a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise ValueError(f"{path}: mode {mode:04o} lets group/others read it; "
+                             f"chmod 600 {path}")
+        euid = os.geteuid()
+        if st.st_uid not in (0, euid):
+            raise ValueError(f"{path}: owned by uid {st.st_uid}, not by root or the user "
+                             f"running tund (uid {euid}); chown it")
+        data = os.read(fd, _MAX_KEY_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_KEY_FILE:
+        raise ValueError(f"{path}: too large for a {what} file (one base64 key expected)")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: {what} file is not ASCII base64") from None
+    try:
+        return decode_key(text, f"{path}: {what}")
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+
+
+def load_private_key_file(path: str) -> bytes:
+    """Read a private key file (see the module docstring); 32 bytes or ValueError."""
+    return _load_key_file(path, "private key")
+
+
+def load_psk_file(path: str) -> bytes:
+    """Read a preshared key file (see the module docstring); 32 bytes or ValueError."""
+    return _load_key_file(path, "preshared key")
+
+
+def check_tunnel_keys(raw: Mapping[str, Any], issue: config.IssueFactory) -> list[ConfigIssue]:
+    """Config hook: key material of every tunnel with ``encryption = "wireguard"``.
+
+    Checks ``private_key_file`` (readable, mode, owner, a 32-byte key),
+    ``peer_public_key`` (base64 of 32 bytes, not our own public key) and
+    ``preshared_key_file`` when given. Missing keys are reported by config itself.
+    """
+    issues: list[ConfigIssue] = []
+    tunnels = raw.get("tunnels")
+    if not isinstance(tunnels, Mapping):
+        return issues
+    for name, body in tunnels.items():
+        if not isinstance(body, Mapping) or body.get("encryption", "wireguard") != "wireguard":
+            continue
+        own: bytes | None = None
+        priv = body.get("private_key_file")
+        if isinstance(priv, str):
+            try:
+                own = public_from_private(load_private_key_file(priv))
+            except ValueError as e:
+                issues.append(issue(("tunnels", name, "private_key_file"), str(e)))
+        peer = body.get("peer_public_key")
+        if isinstance(peer, str):
+            try:
+                if decode_key(peer, "peer_public_key") == own:
+                    issues.append(issue(("tunnels", name, "peer_public_key"),
+                                        "is this tunnel's own public key (from "
+                                        "private_key_file); it must be the peer's"))
+            except ValueError as e:
+                issues.append(issue(("tunnels", name, "peer_public_key"), str(e)))
+        psk = body.get("preshared_key_file")
+        if isinstance(psk, str):
+            try:
+                load_psk_file(psk)
+            except ValueError as e:
+                issues.append(issue(("tunnels", name, "preshared_key_file"), str(e)))
+    return issues
+
+
+config.register_check(check_tunnel_keys)
