@@ -71,6 +71,10 @@ def _err(text: str) -> None:
     print(f"{PROG}: {text}", file=sys.stderr)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _colour() -> bool:
     return render.use_colour(sys.stdout)
 
@@ -194,8 +198,7 @@ def cmd_check(ctx: Context, argv: list[str]) -> int:
     except ConfigError as e:
         for issue in e.issues:
             print(issue, file=sys.stderr)
-        n = len(e.issues)
-        _err(f"check: {path}: {n} problem{'s' if n != 1 else ''}")
+        _err(f"check: {path}: {_count(len(e.issues), 'problem')}")
         return EXIT_REFUSED
     except TundError as e:
         _err(f"check: {path}: {e}")
@@ -204,8 +207,9 @@ def cmd_check(ctx: Context, argv: list[str]) -> int:
         _err(f"check: {path}: validation failed unexpectedly: {type(e).__name__}: {e}")
         return EXIT_REFUSED
     files = config.config_files(path)
-    extra = f" + {len(files) - 1} drop-in{'s' if len(files) != 2 else ''}" if len(files) > 1 else ""
-    _out(f"{path}{extra}: ok ({len(cfg.interfaces)} interfaces, {len(cfg.tunnels)} tunnels)")
+    extra = f" + {_count(len(files) - 1, 'drop-in')}" if len(files) > 1 else ""
+    _out(f"{path}{extra}: ok ({_count(len(cfg.interfaces), 'interface')}, "
+         f"{_count(len(cfg.tunnels), 'tunnel')})")
     return EXIT_OK
 
 
