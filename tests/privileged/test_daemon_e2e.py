@@ -45,7 +45,8 @@ def test_tun_ping_both_ways_and_100mb_intact(tmp_path: Path, transport: str) -> 
         assert sha_s == sha_r
         print(f"{transport}: 100 MiB in {secs:.2f}s = {n * 8 / secs / 1e6:.0f} Mbit/s")
         a = ts.a.tunnel("t1")
-        assert a["rx_bytes"] > 100 * 1024 * 1024  # the payload plus IP/TCP headers
+        assert a["tx_bytes"] > 100 * 1024 * 1024  # A sent the payload plus IP/TCP headers
+        assert ts.b.tunnel("t1")["rx_bytes"] > 100 * 1024 * 1024
     finally:
         ts.a.stop()
         ts.b.stop()
