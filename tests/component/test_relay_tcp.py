@@ -60,7 +60,7 @@ def test_interop_with_a_simpletun_style_peer(worker: Factory) -> None:
 
 
 def test_remote_reconnects_with_backoff_after_the_peer_goes(worker: Factory) -> None:
-    a, da = worker("tcp", "listen")
+    a, _da = worker("tcp", "listen")
     port = a.port  # type: ignore[attr-defined]
     b, db = worker("tcp", "remote", port=port, reconnect_min=0.05, reconnect_max=0.4)
     b.wait_state("up")
@@ -98,7 +98,7 @@ def test_a_new_connection_replaces_the_current_one(worker: Factory) -> None:
 
 
 def test_listen_side_goes_connecting_when_the_peer_closes(worker: Factory) -> None:
-    a, dev = worker("tcp", "listen")
+    a, _dev = worker("tcp", "listen")
     c = socket.create_connection(("127.0.0.1", a.port), timeout=5)  # type: ignore[attr-defined]
     a.wait_state("up")
     write_frame_simpletun(c, b"\x45" + b"\x00\x03")  # half a frame, then gone

@@ -39,7 +39,7 @@ def test_listen_learns_the_peer_and_follows_it_when_it_moves(worker: Factory) ->
 
 
 def test_malformed_first_datagram_does_not_set_the_peer(worker: Factory) -> None:
-    a, dev = worker("udp", "listen")
+    a, _dev = worker("udp", "listen")
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.sendto(b"\x15garbage", ("127.0.0.1", a.port))  # type: ignore[attr-defined]
     stats = a.wait_stats(lambda st: st["drops"].get("malformed") == 1)
@@ -51,7 +51,7 @@ def test_remote_says_hello_so_the_listener_knows_it_at_once(worker: Factory) -> 
     srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     srv.bind(("127.0.0.1", 0))
     srv.settimeout(5)
-    b, dev = worker("udp", "remote", port=srv.getsockname()[1], keepalive=1)
+    _b, dev = worker("udp", "remote", port=srv.getsockname()[1], keepalive=1)
     data, addr = srv.recvfrom(100)
     assert data == b""  # hello
     t0 = time.monotonic()

@@ -31,8 +31,9 @@ def test_any_split_decodes_to_the_same_packets(pkts: list[bytes], cuts: list[int
     dec = FrameDecoder(300)
     got: list[bytes] = []
     for chunk in chunked(stream, cuts):
-        data = {"bytes": chunk, "bytearray": bytearray(chunk),
-                "memoryview": memoryview(bytearray(chunk))}[kind]
+        data: bytes | bytearray | memoryview = (
+            chunk if kind == "bytes" else bytearray(chunk) if kind == "bytearray"
+            else memoryview(bytearray(chunk)))
         got += dec.feed(data)
     assert got == pkts
     assert dec.pending == 0
@@ -78,7 +79,8 @@ def test_a_maximal_frame_split_byte_by_byte() -> None:
 
 
 def test_oversize_skipped_across_many_feeds() -> None:
-    dec = FrameDecoder(10, drops := {})
+    drops: dict[str, int] = {}
+    dec = FrameDecoder(10, drops)
     stream = encode(b"a" * 5000) + encode(b"ok")
     got = []
     for i in range(0, len(stream), 7):
