@@ -21,7 +21,7 @@ from tund.control.testing import ServerThread
 from tund.ctl import main as ctl
 from tund.errors import ConfigError, ConfigIssue, ReloadError
 
-STATUS = {
+STATUS: dict[str, Any] = {
     "daemon": {"version": "0.1.0", "pid": 99, "config": "/etc/tund/tunnels.toml",
                "started": 1.0, "reloads": 0, "last_reload": None},
     "interfaces": {"tun0": {"mode": "tun", "ifindex": 7, "exists": True, "mtu": 1420,
