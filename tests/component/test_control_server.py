@@ -305,3 +305,33 @@ def test_default_socket_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUND_CONTROL_SOCKET", "/tmp/x.sock")
     assert client.default_socket_path() == "/tmp/x.sock"
     assert client.default_socket_path("/a.sock") == "/a.sock"
+
+
+def test_daemon_closing_without_reply_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "mute.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def accept_and_hang_up() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.close()
+
+    t = threading.Thread(target=accept_and_hang_up)
+    t.start()
+    try:
+        with pytest.raises(DaemonUnreachable) as info:
+            client.call(str(path), "status", timeout=5)
+        assert info.value.reason == "closed"
+        assert "without answering" in str(info.value)
+    finally:
+        t.join(5)
+        listener.close()
+
+
+def test_silent_client_is_dropped_after_idle_timeout(server: ServerThread) -> None:
+    with raw_connect(server.path) as silent:
+        t0 = time.monotonic()
+        assert silent.recv(10) == b""
+        assert 0.5 < time.monotonic() - t0 < 4
