@@ -9,6 +9,7 @@ component and privileged tests; not imported by the worker itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -41,18 +42,25 @@ class WorkerProcess:
     """One worker subprocess plus the daemon's end of its control socket."""
 
     def __init__(self, spec: WorkerSpec, *, log: Path | None = None,
-                 argv_prefix: list[str] | None = None) -> None:
+                 command: list[str] | None = None, pass_fds: list[int] | None = None) -> None:
+        """Spawn ``command`` (default ``python -m tund.relay``) + ``--control-fd N``.
+
+        ``pass_fds`` defaults to the spec's device and socket fds; a ``command`` that
+        opens them itself (e.g. inside a network namespace) passes ``[]``.
+        """
         self.spec = spec
         self.control, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        fds = [child.fileno(), spec.device_fd]
-        if spec.socket_fd is not None:
-            fds.append(spec.socket_fd)
+        if pass_fds is None:
+            pass_fds = [spec.device_fd] + ([spec.socket_fd] if spec.socket_fd is not None
+                                           else [])
         self.log = log
         out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-        argv = [*(argv_prefix or []), sys.executable, "-m", "tund.relay",
+        argv = [*(command or [sys.executable, "-m", "tund.relay"]),
                 "--control-fd", str(child.fileno())]
-        self.proc = subprocess.Popen(argv, pass_fds=fds, stdout=out, stderr=out,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(argv, pass_fds=[child.fileno(), *pass_fds], stdout=out,
+                                     stderr=out, stdin=subprocess.DEVNULL)
+        if log:
+            out.close()  # type: ignore[union-attr]
         child.close()
         self.messages: list[dict[str, Any]] = []  # every message received, in order
         self.control.sendall(json.dumps({"op": "start", "spec": spec.to_dict()}).encode())
@@ -119,10 +127,8 @@ class WorkerProcess:
     def stop(self, timeout: float = 10.0) -> int:
         """Send ``stop`` and wait for the exit code (killed, and failing, if it hangs)."""
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(OSError):
                 self.control.send(b'{"op":"stop"}')
-            except OSError:
-                pass
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -149,7 +155,43 @@ def close_fds(*fds: int | None) -> None:
     """Close the parent's copies of fds handed to a worker."""
     for fd in fds:
         if fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
+
+
+# A worker inside a network namespace opens its TUN/TAP device (and binds its listen
+# socket) there, at fixed fd numbers, then becomes ``python -m tund.relay``.
+_IN_NETNS = r"""
+import fcntl, os, socket, struct, sys
+name, mode, pi, devfd, bind, rest = sys.argv[1], sys.argv[2], sys.argv[3] == "1", \
+    int(sys.argv[4]), sys.argv[5], sys.argv[6:]
+fd = os.open("/dev/net/tun", os.O_RDWR)
+flags = (0x0001 if mode == "tun" else 0x0002) | (0 if pi else 0x1000)
+fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH22x", name.encode(), flags))
+os.dup2(fd, devfd)
+os.close(fd)
+if bind != "-":
+    kind, host, port, sfd = bind.split(",")
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, int(port)))
+    if kind == "tcp":
+        s.listen(8)
+    os.dup2(s.fileno(), int(sfd))
+    s.close()
+os.execv(sys.executable, [sys.executable, "-m", "tund.relay", *rest])
+"""
+
+
+def netns_worker_command(netns: str, spec: WorkerSpec) -> list[str]:
+    """The ``command`` for :class:`WorkerProcess` running ``spec`` inside ``netns``.
+
+    The device named ``spec.interface`` is created (non-persistent) there and put at
+    ``spec.device_fd``; role listen binds ``spec.host:spec.port`` at ``spec.socket_fd``.
+    """
+    bind = "-"
+    if spec.role == "listen":
+        assert spec.socket_fd is not None
+        bind = f"{spec.transport},{spec.host},{spec.port},{spec.socket_fd}"
+    return ["ip", "netns", "exec", netns, sys.executable, "-c", _IN_NETNS, spec.interface,
+            spec.mode, "1" if spec.packet_info else "0", str(spec.device_fd), bind]
