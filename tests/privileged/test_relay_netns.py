@@ -137,7 +137,7 @@ def test_100_mb_arrive_intact(sites: tuple[Site, Site], transport: str,
     import sys
 
     a, b = sites
-    wa, wb = tunnel(sites, transport, tmp_path)
+    wa, _wb = tunnel(sites, transport, tmp_path)
     b.ns.wait_ping(a.overlay, within=20)
     total = 100 * 1024 * 1024
     out = tmp_path / "receiver.out"
