@@ -13,6 +13,7 @@ Typical use (see the ``sites`` fixture in conftest)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -93,10 +94,8 @@ class Netns:
         for p in self.procs:
             stop(p)
         for pid in self.pids():  # anything else left inside our own namespace
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
 
 

@@ -21,6 +21,8 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +66,10 @@ def read_keys(t: TunnelConfig) -> KeyMaterial:
     from tund import keys
 
     assert t.private_key_file is not None
-    priv = base64.b64encode(keys.load_private_key_file(Path(t.private_key_file))).decode()
+    priv = base64.b64encode(keys.load_private_key_file(t.private_key_file)).decode()
     psk = None
     if t.preshared_key_file:
-        psk = base64.b64encode(keys.load_psk_file(Path(t.preshared_key_file))).decode()
+        psk = base64.b64encode(keys.load_psk_file(t.preshared_key_file)).decode()
     return KeyMaterial(priv, t.peer_public_key, psk)
 
 
@@ -144,15 +146,21 @@ class Engine:
 
     # ------------------------------------------------------------------ interfaces
 
-    def _bring_up(self, name: str, iface: InterfaceConfig) -> None:
+    def _open_and_configure(self, name: str, iface: InterfaceConfig) -> None:
+        """Open (create or adopt) device ``name`` and apply its ``ip`` config; raises."""
+        if name not in self.devices:
+            self.devices[name] = tuntap.open_device(
+                name, iface.mode, packet_info=iface.packet_info,
+                multi_queue=iface.multi_queue, persist=iface.persist,
+                owner=iface.uid, group=iface.gid)
+        reconcile.apply(self.ip, name, iface)
         self.device_errors.pop(name, None)
+
+    def _bring_up(self, name: str, iface: InterfaceConfig) -> None:
+        """At start: like _open_and_configure, but a failure is recorded, not raised, so
+        the other interfaces and tunnels still come up."""
         try:
-            if name not in self.devices:
-                self.devices[name] = tuntap.open_device(
-                    name, iface.mode, packet_info=iface.packet_info,
-                    multi_queue=iface.multi_queue, persist=iface.persist,
-                    owner=iface.uid, group=iface.gid)
-            reconcile.apply(self.ip, name, iface)
+            self._open_and_configure(name, iface)
         except KernelError as e:
             self.device_errors[name] = str(e)
             log.error("interface %s: %s", name, e, extra={"TUND_INTERFACE": name})
@@ -271,7 +279,11 @@ class Engine:
             if dry_run:
                 return {**p.summary(), "actions": self._predict(p, new), "dry_run": True,
                         "notes": list(p.daemon_notes)}
-            actions = await self._apply(p, new, new_keys)
+            try:
+                actions = await self._apply(p, new, new_keys)
+            except ReloadError as e:
+                self._note_reload(False, str(e))
+                raise
             self._note_reload(True, "applied" if actions else "nothing to do")
             return {**p.summary(), "actions": actions, "dry_run": False,
                     "notes": list(p.daemon_notes)}
@@ -284,7 +296,8 @@ class Engine:
         out: list[str] = []
         for t in p.tunnels:
             if t.action in ("remove", "restart"):
-                out.append(f"stop worker of tunnel {t.name}" + (f" ({t.reason})" if t.reason else ""))
+                why = f" ({t.reason})" if t.reason else ""
+                out.append(f"stop worker of tunnel {t.name}{why}")
         for c in p.interfaces:
             if c.action == "remove":
                 out.append(f"delete device {c.name}")
@@ -306,44 +319,90 @@ class Engine:
 
     async def _apply(self, p: plan.Plan, new: Config,
                      new_keys: dict[str, KeyMaterial]) -> list[str]:
+        """Apply ``p`` as a transaction: on a failed step, undo what was done and re-raise.
+
+        Order keeps traffic flowing as long as possible and leaves the irreversible step
+        (deleting removed devices) for last:
+
+        1. in-place changes and additions (reconfigure, retag, add) while every worker runs;
+        2. stop the workers of removed and restarted tunnels;
+        3. recreate devices whose mode/owner changed;
+        4. commit: switch to the new config, start added and restarted tunnels;
+        5. delete devices no longer configured.
+        """
+        old, old_keys = self.config, self.keys
+        assert old is not None
         actions: list[str] = []
-        for t in p.tunnels:
-            if t.action in ("remove", "restart"):
-                await self._stop_tunnel(t.name)
-                actions.append(f"stopped worker of tunnel {t.name}")
-        old = self.config
-        self.config = new
-        self.keys = new_keys
-        self.key_errors = {}
+        undo: list[tuple[str, Callable[[], object]]] = []
+        stopped: list[str] = []
+        step = ""
         try:
-            for c in p.interfaces:
-                if c.action in ("remove", "recreate"):
+            for c in p.interfaces:  # 1
+                if c.action == "reconfigure":
+                    assert c.new is not None
+                    step = f"configure {c.name}"
+                    done = reconcile.apply(self.ip, c.name, c.new)
+                    undo.append((f"undo configure {c.name}",
+                                 partial(reconcile.rollback, self.ip, done)))
+                    actions += ["[#] ip " + " ".join(s.argv) for s in done]
+                    self._push_mtu(c.name, new)
+                elif c.action == "retag":
+                    assert c.new is not None and c.old is not None
+                    step = f"set persist={c.new.persist} on {c.name}"
+                    dev = self.devices[c.name]
+                    tuntap.set_persist(dev.fd, c.new.persist)
+                    undo.append((f"undo persist on {c.name}",
+                                 partial(tuntap.set_persist, dev.fd, c.old.persist)))
+                    actions.append(step)
+                elif c.action == "add":
+                    assert c.new is not None
+                    step = f"create {c.name}"
+                    self._open_and_configure(c.name, c.new)
+                    undo.append((f"delete {c.name}", partial(self._remove_device, c.name)))
+                    actions.append(f"created device {c.name}")
+            for t in p.tunnels:  # 2
+                if t.action in ("remove", "restart"):
+                    step = f"stop tunnel {t.name}"
+                    await self._stop_tunnel(t.name)
+                    stopped.append(t.name)
+                    actions.append(f"stopped worker of tunnel {t.name}")
+            for c in p.interfaces:  # 3
+                if c.action == "recreate":
+                    assert c.new is not None and c.old is not None
+                    step = f"recreate {c.name}"
                     self._remove_device(c.name)
-                    actions.append(f"deleted device {c.name}")
-                if c.action == "retag":
-                    assert c.new is not None
-                    dev = self.devices.get(c.name)
-                    if dev is not None:
-                        tuntap.set_persist(dev.fd, c.new.persist)
-                        actions.append(f"set persist={c.new.persist} on {c.name}")
-                if c.action in ("add", "recreate", "reconfigure", "retag"):
-                    assert c.new is not None
-                    before = set(self.devices)
-                    self._bring_up(c.name, c.new)
-                    if c.name in self.device_errors:
-                        raise ReloadError(f"interface {c.name}: {self.device_errors[c.name]}")
-                    if c.name not in before:
-                        actions.append(f"created device {c.name}")
-                    actions.append(f"configured {c.name}")
-                    if c.action == "reconfigure":
-                        self._push_mtu(c.name, new)
-        except ReloadError:
-            log.error("reload failed midway; previous config was %s", "set" if old else "empty")
-            raise
+                    undo.append((f"restore {c.name}",
+                                 partial(self._open_and_configure, c.name, c.old)))
+                    self._open_and_configure(c.name, c.new)
+                    undo.append((f"delete new {c.name}", partial(self._remove_device, c.name)))
+                    actions.append(f"recreated device {c.name} ({c.reason})")
+        except (KernelError, OSError) as e:
+            log.error("reload: step %r failed: %s; undoing %d step(s)", step, e, len(undo))
+            for what, fn in reversed(undo):
+                try:
+                    log.info("reload rollback: %s", what)
+                    fn()
+                except (KernelError, OSError) as ue:
+                    log.error("reload rollback: %s failed: %s", what, ue)
+            self.config, self.keys = old, old_keys
+            for name in stopped:  # the old config is still in force: bring them back
+                self._start_tunnel(name)
+            raise ReloadError(f"reload failed at step {step!r}: {e}; the {len(undo)} step(s) "
+                              "before it were undone and the previous configuration stays in "
+                              "force") from e
+        self.config, self.keys, self.key_errors = new, new_keys, {}  # 4
         for t in p.tunnels:
             if t.action in ("add", "restart"):
                 self._start_tunnel(t.name)
                 actions.append(f"started worker of tunnel {t.name}")
+        for c in p.interfaces:  # 5
+            if c.action == "remove":
+                try:
+                    self._remove_device(c.name)
+                    actions.append(f"deleted device {c.name}")
+                except (KernelError, OSError) as e:
+                    log.error("reload: could not delete %s: %s", c.name, e)
+                    actions.append(f"could not delete device {c.name}: {e}")
         return actions
 
     def _push_mtu(self, iface: str, new: Config) -> None:

@@ -55,7 +55,7 @@ def test_tun_ping_both_ways_and_100mb_intact(tmp_path: Path, transport: str) -> 
 def test_tap_over_tcp_arp_and_ping(tmp_path: Path) -> None:
     ts = two_sites(tmp_path)
     try:
-        ia, ib = _up_pair(ts, "tap", "tcp")
+        _ia, ib = _up_pair(ts, "tap", "tcp")
         ts.b.ns.wait_ping(ts.inner("a"), within=20)
         neigh = ts.b.ns.run("ip", "-j", "neigh", "show", "dev", ib).stdout
         entries = {e["dst"]: e for e in json.loads(neigh)}
@@ -122,7 +122,7 @@ def test_kill_worker_is_restarted_and_traffic_resumes(tmp_path: Path) -> None:
 def test_daemon_restart_keeps_persistent_device(tmp_path: Path) -> None:
     ts = two_sites(tmp_path)
     try:
-        ia, ib = _up_pair(ts, "tun", "tcp")
+        _ia, ib = _up_pair(ts, "tun", "tcp")
         ts.b.ns.wait_ping(ts.inner("a"))
         before = json.loads(ts.b.ns.run("ip", "-j", "addr", "show", "dev", ib).stdout)[0]
         assert ts.b.stop() == 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 from tund.config import parse_text
 from tund.plan import diff
 
+TUN1 = '[interfaces.tun1]\nmode = "tun"'
+TUNNEL_B = '[tunnels.b]\ninterface = "tun1"\nremote = "192.0.2.1:5000"\nencryption = "none"\n'
+
 BASE = """
 [interfaces.tun0]
 mode = "tun"
@@ -49,19 +52,19 @@ def test_address_change_is_in_place_and_keeps_the_worker() -> None:
 
 
 def test_mtu_change_is_in_place() -> None:
-    p = _plan(BASE.replace('[interfaces.tun1]\nmode = "tun"', '[interfaces.tun1]\nmode = "tun"\nmtu = 1300'))
+    p = _plan(BASE.replace(TUN1, TUN1 + "\nmtu = 1300"))
     assert {c.name: c.action for c in p.interfaces}["tun1"] == "reconfigure"
     assert p.of("tunnels", "restart") == []
 
 
 def test_mode_change_recreates_device_and_restarts_its_tunnel_only() -> None:
-    p = _plan(BASE.replace('[interfaces.tun1]\nmode = "tun"', '[interfaces.tun1]\nmode = "tap"'))
+    p = _plan(BASE.replace(TUN1, TUN1.replace('"tun"', '"tap"')))
     assert {c.name: c.action for c in p.interfaces} == {"tun0": "unchanged", "tun1": "recreate"}
     assert {t.name: t.action for t in p.tunnels} == {"a": "unchanged", "b": "restart"}
 
 
 def test_persist_change_is_a_retag() -> None:
-    p = _plan(BASE.replace('[interfaces.tun1]\nmode = "tun"', '[interfaces.tun1]\nmode = "tun"\npersist = false'))
+    p = _plan(BASE.replace(TUN1, TUN1 + "\npersist = false"))
     assert {c.name: c.action for c in p.interfaces}["tun1"] == "retag"
     assert p.of("tunnels", "restart") == []
 
@@ -80,7 +83,7 @@ def test_key_material_change_restarts_even_with_same_paths() -> None:
 
 
 def test_add_and_remove() -> None:
-    new = BASE.replace('[tunnels.b]\ninterface = "tun1"\nremote = "192.0.2.1:5000"\nencryption = "none"\n', "")
+    new = BASE.replace(TUNNEL_B, "")
     new = new.replace('[interfaces.tun1]\nmode = "tun"\n', '[interfaces.tun2]\nmode = "tap"\n')
     p = _plan(new)
     s = p.summary()

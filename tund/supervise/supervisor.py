@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -246,10 +247,8 @@ class TunnelRunner:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pong_waiters[self._seq] = fut
         if w.send({"op": "ping", "seq": self._seq}):
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(fut, timeout)
-            except TimeoutError:
-                pass
         self._pong_waiters.pop(self._seq, None)
 
     def send(self, msg: dict[str, Any]) -> bool:

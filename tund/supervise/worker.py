@@ -11,6 +11,7 @@ daemon's event loop for longer than a non-blocking send.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -99,10 +100,8 @@ class WorkerProcess:
 
     def _closed(self) -> None:
         if self._sock is not None:
-            try:
+            with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop().remove_reader(self._sock.fileno())
-            except RuntimeError:
-                pass
             self._sock.close()
             self._sock = None
         if not self._exited:
@@ -124,10 +123,8 @@ class WorkerProcess:
         if self.proc is not None and self.proc.poll() is None:
             log.info("[#] kill -%d %d (worker of tunnel %s)", sig, self.proc.pid,
                      self.spec.tunnel)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
     async def stop(self, grace: float = 2.0) -> None:
         """Ask the worker to stop; TERM then KILL if it does not exit in time."""
