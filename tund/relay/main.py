@@ -139,7 +139,7 @@ def set_process_name(tunnel: str) -> None:
 def _fatal(control: socket.socket, error: str, pump: Pump | None) -> None:
     log.error("%s", error)
     if pump is not None:
-        pump._report(error=error)
+        pump.report(error=error)
         return
     msg = {"op": "state", "state": "connecting", "peer": None, "error": error,
            "stats": {**Counters().as_dict(), "peer": None, "state": "connecting"}}
@@ -170,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         pump = build(spec, control)
         return pump.run()
     except (RelayError, OSError, ValueError) as e:
-        _fatal(control, f"{type(e).__name__}: {e}" if not isinstance(e, RelayError) else str(e),
+        _fatal(control, str(e) if isinstance(e, RelayError) else f"{type(e).__name__}: {e}",
                pump)
+        return 1
+    except Exception as e:  # a bug: say so, with the traceback in the log
+        log.exception("unexpected error")
+        _fatal(control, f"internal error: {type(e).__name__}: {e}", pump)
         return 1

@@ -75,7 +75,7 @@ class Pump:
         self._watch_device(True)
         self._running = True
         self.transport.start(self.sel, self, self.now)
-        self._report()
+        self.report()
         try:
             while self._running:
                 events = self.sel.select(self._timeout())
@@ -185,9 +185,10 @@ class Pump:
         if new_path and self.transport.state == "up":
             for m in self.codec.on_connected(self.now):
                 self.transport.send(m)
-        self._report()
+        self.report()
 
-    def _report(self, error: str | None = None) -> None:
+    def report(self, error: str | None = None) -> None:
+        """Send a ``state`` message if ``(state, peer)`` changed, or always with ``error``."""
         key = (self.transport.state, format_peer(self.transport.peer))
         if key == self._reported and error is None:
             return

@@ -23,6 +23,7 @@ import logging
 import selectors
 import socket
 import struct
+import time
 from typing import TYPE_CHECKING, Any
 
 from tund.relay.codec import Address
@@ -68,14 +69,13 @@ class TcpTransport:
         self._paused = False  # told the pump we are backlogged
         self._rbuf = bytearray(RECV_SIZE)
         self._rview = memoryview(self._rbuf)
-        self._now = 0.0
         self._sel: selectors.BaseSelector | None = None
         self._link: Link | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, sel: selectors.BaseSelector, link: Link, now: float) -> None:
-        self._sel, self._link, self._now = sel, link, now
+        self._sel, self._link = sel, link
         if self.listen_sock is not None and self.role == "listen":
             self.listen_sock.setblocking(False)
             self.listen_sock.listen(8)
@@ -110,7 +110,7 @@ class TcpTransport:
             return
         self.conn, self._target = s, addr
         self._connecting = True
-        self._deadline = self._now + CONNECT_TIMEOUT
+        self._deadline = time.monotonic() + CONNECT_TIMEOUT
         self._sel.register(s, selectors.EVENT_WRITE, self._on_connect_done)
 
     def _on_connect_done(self, mask: int) -> None:
@@ -131,10 +131,9 @@ class TcpTransport:
     def _retry_later(self, why: str) -> None:
         delay = self.backoff.next_delay()
         log.warning("%s; retrying in %.2fs", why, delay)
-        self._deadline = self._now + delay
+        self._deadline = time.monotonic() + delay
 
     def tick(self, now: float) -> None:
-        self._now = now
         if self._deadline is None or now < self._deadline:
             return
         self._deadline = None
@@ -216,7 +215,7 @@ class TcpTransport:
         log.warning("connection to %s lost: %s", format_peer(self.peer), why)
         self._drop_conn()
         if self.role == "remote":
-            self._deadline = self._now + self.backoff.next_delay()
+            self._deadline = time.monotonic() + self.backoff.next_delay()
 
     def _on_conn_event(self, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:

@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import selectors
 import socket
+import time
 from typing import TYPE_CHECKING
 
 from tund.relay.codec import Address
@@ -33,6 +34,18 @@ log = logging.getLogger("tund.relay.udp")
 RECV_BATCH = 64
 RESOLVE_EVERY = 30.0
 RECV_SIZE = 65536
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>; not in the socket module
+SOCKET_BUFFER = 4 * 1024 * 1024  # bursts wait in the kernel instead of being dropped
+
+
+def _grow_buffers(sock: socket.socket) -> None:
+    """Ask for SOCKET_BUFFER each way; ``*FORCE`` (root) passes the sysctl limits."""
+    for force, plain in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                         (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
 
 
 def _is_ip(host: str) -> bool:
@@ -62,15 +75,15 @@ class UdpTransport:
         self._deadline: float | None = None
         self._rbuf = bytearray(RECV_SIZE)
         self._rview = memoryview(self._rbuf)
-        self._now = 0.0
         self._sel: selectors.BaseSelector | None = None
         self._link: Link | None = None
 
     def start(self, sel: selectors.BaseSelector, link: Link, now: float) -> None:
-        self._sel, self._link, self._now = sel, link, now
+        self._sel, self._link = sel, link
         if self.role == "listen":
             assert self.sock is not None
             self.sock.setblocking(False)
+            _grow_buffers(self.sock)
             sel.register(self.sock, selectors.EVENT_READ, self._on_readable)
             log.info("listening on %s", format_peer(self.sock.getsockname()))
         else:
@@ -94,10 +107,10 @@ class UdpTransport:
         except OSError as e:
             delay = self.backoff.next_delay()
             log.warning("%s; retrying in %.2fs", e.strerror or e, delay)
-            self._deadline = self._now + delay
+            self._deadline = time.monotonic() + delay
             return
         self.backoff.reset()
-        self._deadline = None if _is_ip(self.host) else self._now + RESOLVE_EVERY
+        self._deadline = None if _is_ip(self.host) else time.monotonic() + RESOLVE_EVERY
         if addr == self.peer:
             return
         if self.sock is not None and self.sock.family != family:
@@ -105,6 +118,7 @@ class UdpTransport:
         if self.sock is None:
             self.sock = socket.socket(family, socket.SOCK_DGRAM)
             self.sock.setblocking(False)
+            _grow_buffers(self.sock)
             self._sel.register(self.sock, selectors.EVENT_READ, self._on_readable)
         if self.peer is not None:
             log.warning("%s now resolves to %s (was %s)", self.host, format_peer(addr),
@@ -115,7 +129,6 @@ class UdpTransport:
         self._link.on_state(True)
 
     def tick(self, now: float) -> None:
-        self._now = now
         if self._deadline is not None and now >= self._deadline and self.role == "remote":
             self._resolve()
 
