@@ -209,6 +209,15 @@ class DaemonConfig(_Model):
     # liveness: the daemon pings each worker; no pong within ping_timeout -> killed, replaced.
     ping_interval: Seconds = 1.0
     ping_timeout: Seconds = 5.0
+    # Prometheus metrics over HTTP at "IP:PORT" ("[IPv6]:PORT"); None (default): off.
+    metrics_listen: str | None = None
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_endpoint(v, allow_hostname=False)
+        return v
 
     @field_validator("control_socket")
     @classmethod
