@@ -1,0 +1,172 @@
+"""The pump's codec contract with fakes: replies, authentication, seal fan-out, drops."""
+
+from __future__ import annotations
+
+import json
+import selectors
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tund.relay.codec import Address, Codec, Opened
+from tund.relay.counters import Counters
+from tund.relay.device import PacketDevice
+from tund.relay.pump import Pump
+from tund.relay.transport import Link, Transport
+
+
+class FakeDevice:
+    def __init__(self) -> None:
+        self.inbox: list[bytes] = []  # what the device "reads"
+        self.written: list[bytes] = []
+        self.full = False
+        self.fd = 0
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def read_batch(self, limit: int = 64) -> list[bytes]:
+        out, self.inbox = self.inbox[:limit], self.inbox[limit:]
+        return out
+
+    def write(self, packet: bytes) -> bool:
+        if self.full:
+            return False
+        self.written.append(packet)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.state = "up"
+        self.peer: Address | None = ("192.0.2.1", 1)
+        self.sent: list[bytes] = []
+        self.backlogged = False
+        self.moves: list[Address] = []
+
+    def start(self, sel: selectors.BaseSelector, link: Link, now: float) -> None:
+        pass
+
+    def send(self, message: bytes) -> bool:
+        self.sent.append(message)
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def set_peer(self, addr: Address) -> None:
+        self.moves.append(addr)
+        self.peer = addr
+
+    def tick(self, now: float) -> None:
+        pass
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class ScriptedCodec:
+    """Answers ``open`` from a table; ``seal`` wraps in two messages (header + body)."""
+
+    def __init__(self) -> None:
+        self.table: dict[bytes, Opened] = {}
+
+    def seal(self, packet: bytes, now: float) -> list[bytes]:
+        if packet.startswith(b"Q"):
+            return []  # queued: handshake pending
+        return [b"H", packet]
+
+    def open(self, message: bytes, source: Address | None, now: float) -> Opened:
+        return self.table[message]
+
+    def tick(self, now: float) -> list[bytes]:
+        return [b"keepalive"]
+
+    def next_deadline(self) -> float | None:
+        return 0.0
+
+    def on_connected(self, now: float) -> list[bytes]:
+        return [b"initiation"]
+
+    def stats(self) -> dict[str, Any]:
+        return {"session": "none"}
+
+
+_d: PacketDevice = FakeDevice()
+_t: Transport = FakeTransport()
+_c: Codec = ScriptedCodec()
+
+
+@pytest.fixture
+def rig() -> Iterator[tuple[Pump, FakeDevice, FakeTransport, ScriptedCodec, socket.socket]]:
+    daemon, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    dev, tr, codec = FakeDevice(), FakeTransport(), ScriptedCodec()
+    pump = Pump(control=worker, device=dev, transport=tr, codec=codec, counters=Counters(),
+                max_packet=100)
+    yield pump, dev, tr, codec, daemon
+    daemon.close()
+    worker.close()
+
+
+def test_replies_go_back_and_unauthenticated_sources_do_not_move_the_peer(rig: Any) -> None:
+    pump, dev, tr, codec, _ = rig
+    codec.table[b"init"] = Opened([], [b"response"], False)
+    codec.table[b"data"] = Opened([b"p1", b"p2"], [], True)
+    pump.deliver(b"init", ("198.51.100.7", 9))
+    assert tr.sent == [b"response"] and tr.moves == [] and dev.written == []
+    pump.deliver(b"data", ("198.51.100.7", 9))
+    assert dev.written == [b"p1", b"p2"] and tr.moves == [("198.51.100.7", 9)]
+    assert (pump.c.rx_packets, pump.c.rx_bytes) == (2, 4)
+
+
+def test_codec_drops_oversize_and_full_device_are_counted(rig: Any) -> None:
+    pump, dev, _, codec, _ = rig
+    codec.table[b"r"] = Opened([], [], False, "replay")
+    codec.table[b"big"] = Opened([b"x" * 101, b"y" * 100], [], True)
+    pump.deliver(b"r", None)
+    pump.deliver(b"big", None)
+    dev.full = True
+    pump.deliver(b"big", None)
+    assert pump.c.drops == {"replay": 1, "oversize": 2, "device_full": 1}
+    assert dev.written == [b"y" * 100] and pump.c.rx_packets == 1
+
+
+def test_seal_fan_out_queueing_and_oversize(rig: Any) -> None:
+    pump, dev, tr, _, _ = rig
+    dev.inbox = [b"a" * 10, b"Qqueued", b"z" * 101]
+    pump._on_device(selectors.EVENT_READ)
+    assert tr.sent == [b"H", b"a" * 10]
+    assert (pump.c.tx_packets, pump.c.tx_bytes) == (2, 17)  # queued counts as sent
+    assert pump.c.drops == {"oversize": 1}
+
+
+def test_new_path_starts_the_codec_and_timers_send(rig: Any) -> None:
+    pump, _, tr, _, daemon = rig
+    pump.on_state(True)
+    assert tr.sent == [b"initiation"]
+    pump._timers()
+    assert tr.sent[-1] == b"keepalive"
+    msg = json.loads(daemon.recv(65536))
+    assert msg["op"] == "state" and msg["state"] == "up" and msg["stats"]["session"] == "none"
+    assert msg["peer"] == "192.0.2.1:1"
+
+
+def test_backlog_pauses_the_device_until_drained(rig: Any) -> None:
+    pump, dev, tr, _, daemon = rig
+    dev.fd = daemon.fileno()  # any pollable fd: only the registration is checked
+    pump._watch_device(True)
+    dev.inbox = [b"a"]
+    tr.backlogged = True
+    pump._on_device(selectors.EVENT_READ)
+    assert not pump._device_watched
+    tr.backlogged = False
+    pump.on_drained()
+    assert pump._device_watched
