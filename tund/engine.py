@@ -32,6 +32,7 @@ from tund.errors import ConfigError, ConfigIssue, KernelError, ReloadError, Tund
 from tund.netdev import reconcile, tuntap
 from tund.netdev.ip import IpRunner
 from tund.relay.spec import WorkerSpec
+from tund.status_schema import SCHEMA_VERSION as STATUS_SCHEMA_VERSION
 from tund.supervise.supervisor import Limits, TunnelRunner
 
 log = logging.getLogger("tund.engine")
@@ -430,6 +431,7 @@ class Engine:
                     "error": self.device_errors.get(name),
                 }
         return {
+            "schema": STATUS_SCHEMA_VERSION,  # the layout, documented in tund.status_schema
             "daemon": {"version": __version__, "pid": os.getpid(),
                        "config": str(self.config_path), "started": self.started,
                        "reloads": self.reloads, "last_reload": self.last_reload},

@@ -1,0 +1,81 @@
+"""The versioned shape of the ``status`` result (``tundctl status --json``), for scripts.
+
+Contract: the result carries ``"schema": SCHEMA_VERSION`` at its top level. Within one
+schema version fields are only ever *added*; a field is never removed, renamed or given
+another meaning or type without raising :data:`SCHEMA_VERSION`. Scripts should check
+``schema`` and ignore fields they do not know.
+
+The tables below name every field the daemon sends and say what it means; README.md
+("Status as JSON") documents the same fields for people, and a test keeps the two and
+the daemon's real output in step. Imports nothing from tund.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+TOP_FIELDS: dict[str, str] = {
+    "schema": "int: the version of this layout (SCHEMA_VERSION)",
+    "daemon": "object: the daemon process (DAEMON_FIELDS)",
+    "interfaces": "object: interface name -> INTERFACE_FIELDS (empty when one tunnel was asked)",
+    "tunnels": "object: tunnel name -> TUNNEL_FIELDS",
+}
+
+DAEMON_FIELDS: dict[str, str] = {
+    "version": "str: tund's version",
+    "pid": "int: the daemon's process id",
+    "config": "str: path of the main configuration file",
+    "started": "float: unix time the daemon started",
+    "reloads": "int: reloads attempted since start (successful or not)",
+    "last_reload": "object or null: {time: float unix time, ok: bool, message: str}",
+}
+
+INTERFACE_FIELDS: dict[str, str] = {
+    "mode": 'str: "tun" or "tap"',
+    "persist": "bool: the device outlives the daemon",
+    "exists": "bool: the kernel has a device of this name now",
+    "ifindex": "int or null: kernel interface index (null: not open)",
+    "mtu": "int or null: the link MTU the kernel reports",
+    "addresses": "list of str: configured ADDRESS/PREFIXLEN",
+    "owner": "str, int or null: configured owner",
+    "group": "str, int or null: configured group",
+    "error": "str or null: why the device could not be set up",
+}
+
+TUNNEL_FIELDS: dict[str, str] = {
+    # from the configuration
+    "interface": "str: the interface this tunnel carries",
+    "transport": 'str: "udp" or "tcp"',
+    "role": 'str: "listen" (waits for the peer) or "remote" (connects to it)',
+    "endpoint": 'str: the listen address or the remote "HOST:PORT"',
+    "encryption": 'str: "wireguard" or "none"',
+    # supervision
+    "state": "str: starting, connecting, up, backoff, failed or stopped",
+    "since": "float: unix time of the last state change",
+    "pid": "int or null: the worker's process id (null: no worker)",
+    "restarts": "int: worker restarts after crashes",
+    "last_error": "str or null: the latest error (crash, refusal, hang)",
+    # counters: cumulative over every worker of this tunnel since the daemon started
+    "rx_packets": "int: packets from the peer written to the device",
+    "rx_bytes": "int: bytes of those packets",
+    "tx_packets": "int: packets read from the device, sent towards the peer",
+    "tx_bytes": "int: bytes of those packets",
+    "drops": "object: cause -> int packets dropped (e.g. no_peer, oversize, malformed, "
+             "queue_full, decrypt, replay)",
+    "errors": "int: failed system calls that were not fatal",
+    "last_rx": "float or null: unix time of the latest packet from the peer",
+    "last_tx": "float or null: unix time of the latest packet to the peer",
+    "peer": 'str or null: the peer\'s current underlay address "HOST:PORT"',
+    # encryption = "wireguard" only (absent otherwise); of the live worker
+    "peer_public_key": "str: the peer's public key (base64)",
+    "latest_handshake": "float or null: unix time of the latest completed handshake",
+    "session": 'str: "established", "handshaking" or "none"',
+    "handshakes_sent": "int: handshake initiations sent",
+    "cookie_replies_sent": "int: cookie replies sent (under load)",
+    "wg_drops": "object: cause -> int, the WireGuard layer's own drop counts (some "
+                "causes are also in drops)",
+}
+
+#: Fields that only some tunnels have (encrypted ones; a live worker).
+OPTIONAL_TUNNEL_FIELDS = frozenset({"peer_public_key", "latest_handshake", "session",
+                                    "handshakes_sent", "cookie_replies_sent", "wg_drops"})
