@@ -49,9 +49,11 @@ def sites(privileged: None) -> Iterator[tuple[Site, Site]]:
             s.worker.kill()
 
 
-def start(site: Site, transport: str, role: str, tmp_path: Path) -> WorkerProcess:
+def start(site: Site, transport: str, role: str, tmp_path: Path, mode: str = "tun",
+          packet_info: bool = False) -> WorkerProcess:
     name = unique("rl")
-    spec = WorkerSpec(tunnel=name, interface=name, mode="tun", transport=transport,  # type: ignore[arg-type]
+    spec = WorkerSpec(tunnel=name, interface=name, mode=mode, transport=transport,  # type: ignore[arg-type]
+                      packet_info=packet_info,
                       role=role, host="10.220.0.1", port=5555, device_fd=DEVICE_FD,  # type: ignore[arg-type]
                       socket_fd=SOCKET_FD if role == "listen" else None, mtu=MTU,
                       reconnect_min=0.1, reconnect_max=1.0)
@@ -66,22 +68,24 @@ def start(site: Site, transport: str, role: str, tmp_path: Path) -> WorkerProces
     return w
 
 
-def tunnel(sites: tuple[Site, Site], transport: str, tmp_path: Path
-           ) -> tuple[WorkerProcess, WorkerProcess]:
+def tunnel(sites: tuple[Site, Site], transport: str, tmp_path: Path, mode: str = "tun",
+           packet_info: bool = False) -> tuple[WorkerProcess, WorkerProcess]:
     a, b = sites
-    wa = start(a, transport, "listen", tmp_path)
-    wb = start(b, transport, "remote", tmp_path)
+    wa = start(a, transport, "listen", tmp_path, mode, packet_info)
+    wb = start(b, transport, "remote", tmp_path, mode, packet_info)
     wb.wait_state("up")
     return wa, wb
 
 
-@pytest.mark.parametrize("transport", ["tcp", "udp"])
-def test_ping_across_two_workers(sites: tuple[Site, Site], transport: str,
-                                 tmp_path: Path) -> None:
+@pytest.mark.parametrize(("transport", "mode", "packet_info"), [
+    ("tcp", "tun", False), ("udp", "tun", False), ("tcp", "tap", True), ("udp", "tap", False),
+    ("udp", "tun", True)])
+def test_ping_across_two_workers(sites: tuple[Site, Site], transport: str, mode: str,
+                                 packet_info: bool, tmp_path: Path) -> None:
     a, b = sites
     log.info("no tunnel yet: ping must fail")
     assert not b.ns.ping(a.overlay, timeout=1)
-    wa, wb = tunnel(sites, transport, tmp_path)
+    wa, wb = tunnel(sites, transport, tmp_path, mode, packet_info)
     took = b.ns.wait_ping(a.overlay, within=20)
     log.info("first reply after %.2fs", took)
     assert a.ns.ping(b.overlay, count=3, interval=0.2)
