@@ -358,8 +358,13 @@ _BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def _quote(text: str) -> str:
-    """``text`` as a TOML basic string (double quotes, escapes)."""
-    return json.dumps(text, ensure_ascii=False)
+    """``text`` as a TOML basic string: double quotes, escapes for what does not print."""
+    body = json.dumps(text, ensure_ascii=False)[1:-1]
+    return '"' + "".join(c if c.isprintable() else _escape(c) for c in body) + '"'
+
+
+def _escape(c: str) -> str:
+    return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
 
 
 def render_path(path: Sequence[str | int]) -> str:
@@ -420,7 +425,17 @@ _KEYPART_RE = re.compile(r"""[A-Za-z0-9_-]+|"[^"]*"|'[^']*'""")
 
 
 def _split_key(text: str) -> tuple[str, ...]:
-    return tuple(p[1:-1] if p[:1] in "\"'" else p for p in _KEYPART_RE.findall(text))
+    return tuple(_key_part(p) for p in _KEYPART_RE.findall(text))
+
+
+def _key_part(part: str) -> str:
+    """One key part as TOML reads it: quotes removed, escapes of basic strings decoded."""
+    if part.startswith('"'):
+        try:
+            return str(tomllib.loads(f"k = {part}")["k"])
+        except (tomllib.TOMLDecodeError, ValueError):
+            return part[1:-1]
+    return part[1:-1] if part.startswith("'") else part
 
 
 def key_lines(text: str) -> dict[tuple[str, ...], int]:
@@ -433,7 +448,9 @@ def key_lines(text: str) -> dict[tuple[str, ...], int]:
     """
     lines: dict[tuple[str, ...], int] = {}
     table: tuple[str, ...] = ()
-    for no, line in enumerate(text.splitlines(), 1):
+    # split on "\n" only: str.splitlines() also breaks at \x85, \u2028 ..., which TOML
+    # allows inside strings and keys, and which would shift every later line number.
+    for no, line in enumerate(text.split("\n"), 1):
         if m := _HEADER_RE.match(line):
             table = _split_key(m.group(1))
             lines.setdefault(table, no)
@@ -797,7 +814,7 @@ def _toml_error(name: str, text: str, e: tomllib.TOMLDecodeError) -> ConfigIssue
                            "twice", m.group(1))
     what = what[:1].lower() + what[1:]
     if m.group(2) is None:
-        return ConfigIssue(name, max(1, len(text.splitlines())), "",
+        return ConfigIssue(name, max(1, len(text.rstrip("\n").split("\n"))), "",
                            f"not valid TOML: {what} (at end of file)")
     return ConfigIssue(name, int(m.group(2)), "",
                        f"not valid TOML: {what} (at column {m.group(3)})")

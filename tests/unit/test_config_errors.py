@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tund.config import load, parse_text
+from tund.config import DaemonConfig, load, parse_text
 from tund.errors import ConfigError, ConfigIssue
 
 NAME = "t.toml"
@@ -41,8 +41,7 @@ class Case:
     whole: str | None = None  # the entire rendered issue, when pinned
 
 
-DAEMON_KEYS = ("control_socket, control_group, admin_group, log_level, restart_backoff_min, "
-               "restart_backoff_max, crash_limit, crash_window, ping_interval, ping_timeout")
+DAEMON_KEYS = ", ".join(DaemonConfig.model_fields)
 
 CASES = [
     # --- TOML syntax (line from tomllib) ---
@@ -198,6 +197,11 @@ CASES = [
          "daemon.restart_backoff_min", "must not exceed restart_backoff_max = 3 (got 30)"),
     Case("seconds-zero", doc("[daemon]", "ping_interval = 0"), 2, "daemon.ping_interval",
          "must be greater than 0 (got 0)"),
+    Case("line-separators-in-comments-do-not-shift-lines",
+         doc(*TUN, "# caf\u00e9 \u2028 \x85 na\u00efve", "mtu = 1"), 4,
+         "interfaces.tun0.mtu", "must be at least 68 (got 1)"),
+    Case("unprintable-key-is-escaped", doc("[daemon]", 'log_level = "info"', '"a\\u0085b" = 1'),
+         3, 'daemon."a\\u0085b"', "unknown key"),
     # --- parser traps ---
     Case("deep-nesting", doc("[daemon]", "a = " + "[" * 600 + "]" * 600), 2, "",
          "nested too deeply"),
