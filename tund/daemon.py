@@ -63,6 +63,7 @@ class Daemon:
         self.socket_path = socket_path
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._metrics: Any = None  # tund.metrics.MetricsServer when [daemon] metrics_listen
 
     async def dispatch(self, cmd: str, args: dict[str, Any], peer: Any = None) -> dict[str, Any]:
         entry = COMMANDS.get(cmd)
@@ -110,6 +111,22 @@ class Daemon:
                 last = line
             await asyncio.sleep(1.0)
 
+    async def _start_metrics(self) -> None:
+        """Serve /metrics if configured; a failure is logged, the tunnels run on regardless."""
+        listen = self.cfg.daemon.metrics_listen
+        if not listen:
+            return
+        try:
+            from tund import metrics  # late: prometheus_client only when metrics are on
+
+            host, port = metrics.parse_listen(listen)
+            server = metrics.MetricsServer(host, port, lambda: self.engine.status())
+            await server.start()
+        except (ImportError, OSError, ValueError) as e:
+            log.error("metrics: cannot serve on %s: %s", listen, e)
+            return
+        self._metrics = server
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         server = ControlServer(self.socket_path, self.dispatch,
@@ -121,6 +138,7 @@ class Daemon:
             return 1
         try:
             await self.engine.start(self.cfg)
+            await self._start_metrics()
             loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._sighup()))
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
@@ -139,6 +157,8 @@ class Daemon:
             for t in list(self._tasks):
                 t.cancel()
             await server.close()
+            if self._metrics is not None:
+                await self._metrics.close()
             await self.engine.shutdown()
         return 0
 
