@@ -170,3 +170,25 @@ def test_backlog_pauses_the_device_until_drained(rig: Any) -> None:
     tr.backlogged = False
     pump.on_drained()
     assert pump._device_watched
+
+
+def test_update_op_changes_the_oversize_limit() -> None:
+    """A reload that changes the MTU in place tells the worker; its limit follows."""
+    import json
+    import socket
+
+    from tund.relay.codec import PlainCodec
+    from tund.relay.counters import Counters
+    from tund.relay.pump import Pump
+
+    daemon, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pump = Pump(control=worker, device=None, transport=None,  # type: ignore[arg-type]
+                codec=PlainCodec(), counters=Counters(), max_packet=1514, mtu=1500)
+    daemon.send(json.dumps({"op": "update", "mtu": 1300}).encode())
+    pump._on_control(1)
+    assert (pump.mtu, pump.max_packet) == (1300, 1314)
+    daemon.send(json.dumps({"op": "update", "mtu": 10}).encode())  # nonsense is ignored
+    pump._on_control(1)
+    assert pump.max_packet == 1314
+    daemon.close()
+    worker.close()

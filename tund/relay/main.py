@@ -97,7 +97,7 @@ def build(spec: WorkerSpec, control: socket.socket) -> Pump:
     codec = make_codec(spec)
     device = FdDevice(spec.device_fd, read_size=mp + 1)  # mp + 1 bytes read = oversize
     return Pump(control=control, device=device, transport=make_transport(spec, counters),
-                codec=codec, counters=counters, max_packet=mp)
+                codec=codec, counters=counters, max_packet=mp, mtu=spec.mtu)
 
 
 def receive_start(control: socket.socket) -> WorkerSpec:

@@ -51,13 +51,14 @@ class Pump:
 
     def __init__(self, *, control: socket.socket, device: PacketDevice,
                  transport: Transport, codec: Codec, counters: Counters,
-                 max_packet: int) -> None:
+                 max_packet: int, mtu: int | None = None) -> None:
         self.control = control
         self.device = device
         self.transport = transport
         self.codec = codec
         self.c = counters
         self.max_packet = max_packet
+        self.mtu = mtu if mtu is not None else max_packet  # max_packet - mtu = header room
         self.sel: selectors.BaseSelector = selectors.DefaultSelector()
         self.now = time.monotonic()
         self.wall = time.time()
