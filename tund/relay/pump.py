@@ -236,11 +236,11 @@ class Pump:
             self.send_control({"op": "pong", "seq": msg.get("seq"), "stats": self.stats()})
         elif op == "update":
             # the device MTU changed in place (reload): adjust the oversize limit, keep running
-            mtu = msg.get("mtu")
-            if isinstance(mtu, int) and 68 <= mtu <= 65535:
-                self.max_packet = self.max_packet - self.mtu + mtu
-                self.mtu = mtu
-                log.info("mtu now %d (largest packet %d)", mtu, self.max_packet)
+            new_mtu = msg.get("mtu")
+            if isinstance(new_mtu, int) and 68 <= new_mtu <= 65535:
+                self.max_packet = self.max_packet - self.mtu + new_mtu
+                self.mtu = new_mtu
+                log.info("mtu now %d (largest packet %d)", new_mtu, self.max_packet)
         elif op == "stop":
             log.info("stop requested")
             self._running = False
