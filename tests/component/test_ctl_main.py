@@ -267,7 +267,8 @@ def test_check_invalid_lists_located_issues(tmp_path: Path,
     rc, out, err = run(["check", str(path)], capsys)
     assert rc == 1 and out == ""
     lines = err.splitlines()
-    assert lines[0] == f"{path}:3: interfaces.tun0.mtu: must be at most 65535 (got 70000)"
+    assert lines[0].startswith(f"{path}:3: interfaces.tun0.mtu: must be "), lines[0]
+    assert lines[0].endswith("65535 (got 70000)"), lines[0]  # the wording is config.py's
     assert lines[1].startswith(f"{path}:9: tunnels.wan0.bogus: unknown key")
     assert lines[-1] == f"tundctl: check: {path}: 2 problems"
     assert "Traceback" not in err

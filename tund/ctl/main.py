@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,20 +136,82 @@ def _report_refusal(cmd: str, e: ControlError) -> None:
 # --------------------------------------------------------------------------- commands
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds (got {text!r})") from None
+    if not 0.1 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be from 0.1 to 86400 seconds (got {text})")
+    return value
+
+
+def _status_once(ctx: Context, ns: argparse.Namespace) -> tuple[int, str]:
+    """One status frame: (exit code, text); errors were already reported on stderr."""
+    result = _ask(ctx, ns, "status", {"tunnel": ns.tunnel} if ns.tunnel else None)
+    if isinstance(result, int):
+        return result, ""
+    if ns.json:
+        return EXIT_OK, render.render_json(result)
+    try:
+        return EXIT_OK, render.render_status(result, colour=_colour(), tunnel=ns.tunnel)
+    except KeyError:
+        _err(f"status: no tunnel named {ns.tunnel!r}")
+        return EXIT_REFUSED, ""
+
+
+def _watch(ctx: Context, ns: argparse.Namespace) -> int:
+    """Refresh every ``ns.interval`` s until Ctrl-C (or ``ns.count`` frames); on a tty the
+    screen is cleared for each frame, elsewhere frames follow each other under a header."""
+    tty = sys.stdout.isatty()
+    code, frames = EXIT_OK, 0
+    try:
+        while ns.count is None or frames < ns.count:
+            if frames:
+                time.sleep(ns.interval)
+            code, text = _status_once(ctx, ns)
+            header = render.watch_header(ns.interval, time.time())
+            prefix = render.CLEAR if tty else ("\n" if frames else "")
+            sys.stdout.write(f"{prefix}{header}\n\n{text}\n")
+            sys.stdout.flush()
+            frames += 1
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return code
+
+
 def cmd_status(ctx: Context, argv: list[str]) -> int:
     parser = _parser("status", "Show the daemon, its tunnels and interfaces.")
     parser.add_argument("tunnel", nargs="?", help="show only this tunnel")
+    parser.add_argument("--watch", action="store_true",
+                        help="refresh in place until Ctrl-C")
+    parser.add_argument("--interval", type=_positive, default=2.0, metavar="S",
+                        help="seconds between refreshes with --watch (default 2)")
+    parser.add_argument("--count", type=int, default=None, metavar="N",
+                        help="with --watch: stop after N refreshes")
+    ns = parser.parse_args(argv)
+    if ns.count is not None and ns.count < 1:
+        parser.error(f"--count must be at least 1 (got {ns.count})")
+    if ns.watch:
+        return _watch(ctx, ns)
+    code, text = _status_once(ctx, ns)
+    _out(text)
+    return code
+
+
+def cmd_dump(ctx: Context, argv: list[str]) -> int:
+    parser = _parser("dump", "One tab-separated line per tunnel, for scripts: "
+                     + " ".join(render.DUMP_COLUMNS) + ". Empty fields are (none), "
+                     "numbers and times 0, no encryption off.", json_flag=False)
+    parser.add_argument("tunnel", nargs="?", help="only this tunnel")
     ns = parser.parse_args(argv)
     result = _ask(ctx, ns, "status", {"tunnel": ns.tunnel} if ns.tunnel else None)
     if isinstance(result, int):
         return result
-    if ns.json:
-        _out(render.render_json(result))
-        return EXIT_OK
     try:
-        _out(render.render_status(result, colour=_colour(), tunnel=ns.tunnel))
+        _out(render.render_dump(result, tunnel=ns.tunnel))
     except KeyError:
-        _err(f"status: no tunnel named {ns.tunnel!r}")
+        _err(f"dump: no tunnel named {ns.tunnel!r}")
         return EXIT_REFUSED
     return EXIT_OK
 
@@ -183,33 +246,107 @@ def _tunnel_action(name: str, description: str) -> Callable[[Context, list[str]]
     return run
 
 
-def cmd_check(ctx: Context, argv: list[str]) -> int:
-    parser = _parser("check", "Validate a configuration file offline (no daemon needed).",
-                     daemon=False, json_flag=False)
-    parser.add_argument("path", nargs="?", help="config file (default: $TUND_CONFIG or "
-                                                "/etc/tund/tunnels.toml)")
-    ns = parser.parse_args(argv)
+_PATH_HELP = "config file (default: $TUND_CONFIG or /etc/tund/tunnels.toml)"
+
+
+def _load_config(name: str, path_arg: str | None) -> tuple[Path, Any] | int:
+    """Load and validate offline: (path, Config), or report every problem and return 1."""
     from tund import config  # late: pydantic is not needed by the daemon commands
     from tund.errors import ConfigError
 
-    path = Path(ns.path) if ns.path else config.default_config_path()
+    path = Path(path_arg) if path_arg else config.default_config_path()
     try:
-        cfg = config.load(path)
+        return path, config.load(path)
     except ConfigError as e:
         for issue in e.issues:
             print(issue, file=sys.stderr)
-        _err(f"check: {path}: {_count(len(e.issues), 'problem')}")
-        return EXIT_REFUSED
+        _err(f"{name}: {path}: {_count(len(e.issues), 'problem')}")
     except TundError as e:
-        _err(f"check: {path}: {e}")
-        return EXIT_REFUSED
+        _err(f"{name}: {path}: {e}")
     except Exception as e:  # a bug in a validator must still not print a traceback
-        _err(f"check: {path}: validation failed unexpectedly: {type(e).__name__}: {e}")
-        return EXIT_REFUSED
+        _err(f"{name}: {path}: validation failed unexpectedly: {type(e).__name__}: {e}")
+    return EXIT_REFUSED
+
+
+def cmd_check(ctx: Context, argv: list[str]) -> int:
+    parser = _parser("check", "Validate a configuration file offline (no daemon needed).",
+                     daemon=False, json_flag=False)
+    parser.add_argument("path", nargs="?", help=_PATH_HELP)
+    ns = parser.parse_args(argv)
+    from tund import config
+
+    loaded = _load_config("check", ns.path)
+    if isinstance(loaded, int):
+        return loaded
+    path, cfg = loaded
     files = config.config_files(path)
     extra = f" + {_count(len(files) - 1, 'drop-in')}" if len(files) > 1 else ""
     _out(f"{path}{extra}: ok ({_count(len(cfg.interfaces), 'interface')}, "
          f"{_count(len(cfg.tunnels), 'tunnel')})")
+    return EXIT_OK
+
+
+def cmd_config(ctx: Context, argv: list[str]) -> int:
+    parser = _parser("config", "Print the effective configuration as TOML: drop-ins merged, "
+                     "defaults filled in (offline, from the files, like `check`). Key files "
+                     "are named, never read.", daemon=False, json_flag=False)
+    parser.add_argument("path", nargs="?", help=_PATH_HELP)
+    ns = parser.parse_args(argv)
+    from tund import config
+    from tund.ctl import confout
+
+    loaded = _load_config("config", ns.path)
+    if isinstance(loaded, int):
+        return loaded
+    path, cfg = loaded
+    sys.stdout.write(confout.effective_toml(cfg, [str(f) for f in config.config_files(path)]))
+    return EXIT_OK
+
+
+def _own_public_key(private_key_file: str | None) -> tuple[str | None, str]:
+    """This end's public key from its private key file, or (None, why not)."""
+    if not private_key_file:
+        return None, "no private_key_file"
+    try:
+        from tund import keys
+
+        return keys.public_key(Path(private_key_file).read_text().strip()), ""
+    except (OSError, ValueError, TundError) as e:
+        return None, f"cannot read {private_key_file}: {getattr(e, 'strerror', None) or e}"
+
+
+def cmd_peer_config(ctx: Context, argv: list[str]) -> int:
+    parser = _parser("peer-config", "Print the TOML the other end of TUNNEL needs: listen "
+                     "and remote swapped, addresses mirrored, this end's public key.",
+                     daemon=False, json_flag=False)
+    parser.add_argument("tunnel", help="tunnel name")
+    parser.add_argument("path", nargs="?", help=_PATH_HELP)
+    parser.add_argument("--endpoint", metavar="HOST",
+                        help="this host's address or name as the peer reaches it (for a "
+                             "tunnel that listens on 0.0.0.0 or [::])")
+    ns = parser.parse_args(argv)
+    from tund.ctl import confout
+
+    loaded = _load_config("peer-config", ns.path)
+    if isinstance(loaded, int):
+        return loaded
+    _path, cfg = loaded
+    if ns.tunnel not in cfg.tunnels:
+        known = ", ".join(sorted(cfg.tunnels)) or "none"
+        _err(f"peer-config: no tunnel named {ns.tunnel!r} (configured: {known})")
+        return EXIT_REFUSED
+    t = cfg.tunnels[ns.tunnel]
+    pub, why = (_own_public_key(t.private_key_file) if t.encryption == "wireguard"
+                else (None, ""))
+    if why:
+        _err(f"peer-config: {why}; the output has a placeholder for this host's public key")
+    try:
+        text = confout.peer_toml(cfg, ns.tunnel, endpoint=ns.endpoint, public_key=pub,
+                                 key_hint=why)
+    except ValueError as e:
+        _err(f"peer-config: {e}")
+        return EXIT_REFUSED
+    sys.stdout.write(text)
     return EXIT_OK
 
 
@@ -253,7 +390,8 @@ def cmd_help(ctx: Context, argv: list[str]) -> int:
 
 COMMANDS: tuple[Command, ...] = (
     Command("status", cmd_status, "Show the daemon, its tunnels and interfaces "
-            "([TUNNEL] [--json])"),
+            "([TUNNEL] [--json] [--watch [--interval S]])"),
+    Command("dump", cmd_dump, "One tab-separated line per tunnel, for scripts ([TUNNEL])"),
     Command("reload", cmd_reload, "Re-read the configuration and apply the difference "
             "([--dry-run] [--json])"),
     Command("up", _tunnel_action("up", "Start a stopped tunnel."),
@@ -263,6 +401,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("restart", _tunnel_action("restart", "Restart a tunnel's worker."),
             "Restart a tunnel's worker (TUNNEL)"),
     Command("check", cmd_check, "Validate a configuration offline ([PATH])"),
+    Command("config", cmd_config, "Print the effective configuration as TOML ([PATH])"),
+    Command("peer-config", cmd_peer_config, "Print the other end's config of a tunnel "
+            "(TUNNEL [PATH] [--endpoint HOST])"),
     Command("genkey", _key_command("genkey", "generate_private_key",
                                    "Print a new private key (base64)."),
             "Print a new private key"),
@@ -285,7 +426,16 @@ def usage() -> str:
     lines += ["", f"`{PROG} <command> --help` shows a command's options.",
               f"The control socket is --socket PATH, else $TUND_CONTROL_SOCKET, else "
               f"{client.DEFAULT_CONTROL_SOCKET}.",
-              "Exit status: 0 ok, 1 refused or invalid, 2 usage error, 3 daemon unreachable."]
+              "",
+              "Exit status:",
+              "  0  ok",
+              "  1  refused or invalid: the daemon said no, the configuration is invalid,",
+              "     no such tunnel",
+              "  2  usage error",
+              "  3  the daemon could not be reached: no socket (not running), stale socket,",
+              "     permission denied (not root nor in the control group), no answer",
+              "",
+              "Colour only on a terminal; TUND_COLOR=always|never or NO_COLOR override."]
     return "\n".join(lines)
 
 

@@ -8,7 +8,8 @@ a missing key drops its line, it never raises.
 * :func:`render_status` one block per tunnel (``tunnel: NAME`` then indented
   ``key: value`` lines), then one short line per interface;
 * :func:`render_reload` the added / changed / removed / unchanged names and actions;
-* :func:`render_action` the answer to ``up`` / ``down`` / ``restart``.
+* :func:`render_action` the answer to ``up`` / ``down`` / ``restart``;
+* :func:`render_dump`   one tab-separated line per tunnel (:data:`DUMP_COLUMNS`), stable.
 
 Colour only when asked (``colour=True``); :func:`use_colour` decides from the stream
 and the environment (``TUND_COLOR=always|never`` wins, then ``NO_COLOR``, then isatty).
@@ -178,6 +179,8 @@ def _tunnel_block(name: str, t: Mapping[str, Any], p: _Painter, now: float) -> l
     add("peer public key", t.get("peer_public_key"))
     if _num(t.get("latest_handshake")) and t["latest_handshake"] > 0:
         add("latest handshake", ago(t["latest_handshake"], now))
+    elif "latest_handshake" in t:  # an encrypted tunnel's live worker, no handshake yet
+        add("latest handshake", "(none yet)")
     if "session" in t and t["session"] is not None:
         add("session", _session_text(t["session"]))
     add("pid", t.get("pid"))
@@ -302,3 +305,61 @@ def render_action(command: str, tunnel: str, result: Mapping[str, Any], *,
     if result.get("state"):
         return f"tunnel {tunnel}: {p.state(str(result['state']))}"
     return f"tunnel {tunnel}: {command} done"
+
+
+# --------------------------------------------------------------------------- dump
+
+#: The columns of :func:`render_dump`, in order. Within one status schema version columns
+#: are only ever appended at the end (before ``last_error``, which stays last).
+DUMP_COLUMNS: tuple[str, ...] = (
+    "tunnel", "interface", "state", "transport", "role", "endpoint", "peer", "encryption",
+    "latest_handshake", "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "drops", "errors",
+    "restarts", "pid", "since", "last_error")
+
+
+def _field(value: Any, empty: str = "(none)") -> str:
+    if value is None or value == "":
+        return empty
+    text = str(value)
+    return " ".join(text.split()) if any(c in text for c in "\t\n\r") else text
+
+
+def _int(value: Any) -> str:
+    return str(int(value)) if _num(value) else "0"
+
+
+def dump_row(name: str, t: Mapping[str, Any]) -> list[str]:
+    """The :data:`DUMP_COLUMNS` fields of one tunnel, sentinels for what is missing:
+    ``(none)`` for text, ``0`` for numbers and times (never), ``off`` for no encryption."""
+    drops = _mapping(t.get("drops"))
+    encryption = t.get("encryption")
+    return [
+        _field(name), _field(t.get("interface")), _field(t.get("state"), "unknown"),
+        _field(t.get("transport")), _field(t.get("role")), _field(t.get("endpoint")),
+        _field(t.get("peer")), "off" if encryption == "none" else _field(encryption),
+        _int(t.get("latest_handshake")), _int(t.get("rx_bytes")), _int(t.get("tx_bytes")),
+        _int(t.get("rx_packets")), _int(t.get("tx_packets")),
+        str(sum(int(n) for n in drops.values() if _num(n))), _int(t.get("errors")),
+        _int(t.get("restarts")), _int(t.get("pid")), _int(t.get("since")),
+        _field(t.get("last_error")),
+    ]
+
+
+def render_dump(result: Mapping[str, Any], *, tunnel: str | None = None) -> str:
+    """One line per tunnel (name order), fields separated by tabs, no header: see
+    :data:`DUMP_COLUMNS` and :func:`dump_row`. Raises KeyError for an unknown ``tunnel``."""
+    tunnels = {k: _mapping(v) for k, v in _mapping(result.get("tunnels")).items()}
+    if tunnel is not None:
+        tunnels = {tunnel: tunnels[tunnel]}
+    return "\n".join("\t".join(dump_row(n, tunnels[n])) for n in sorted(tunnels))
+
+
+# --------------------------------------------------------------------------- watch
+
+CLEAR = "\x1b[H\x1b[2J"
+
+
+def watch_header(interval: float, now: float, command: str = "tundctl status") -> str:
+    """``Every 2s: tundctl status    2024-01-01 12:00:00`` (like watch(1))."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+    return f"Every {interval:g}s: {command}    {stamp}"
