@@ -597,41 +597,18 @@ def _missing_key_message(path: Sequence[str | int]) -> str:
     return "required key is missing"
 
 
-def _number_text(n: Any) -> str:
-    return str(int(n)) if isinstance(n, float) and n.is_integer() else str(n)
-
-
-def _range_of(path: Sequence[str | int]) -> str | None:
-    """``"from 68 to 65535"`` for a field with a lower and an upper bound, else None."""
-    model = _model_at(path[:-1]) if path else None
-    f = model.model_fields.get(str(path[-1])) if model is not None else None
-    if f is None:
-        return None
-    constraints: list[Any] = list(f.metadata)
-    for arg in get_args(f.annotation):  # Optional[Annotated[int, Field(...)]]
-        for meta in getattr(arg, "__metadata__", ()):
-            constraints.extend(getattr(meta, "metadata", [meta]))
-    bounds = {k: getattr(c, k) for c in constraints for k in ("ge", "gt", "le", "lt")
-              if getattr(c, k, None) is not None}
-    lo = (f"from {_number_text(bounds['ge'])}" if "ge" in bounds
-          else f"greater than {_number_text(bounds['gt'])}" if "gt" in bounds else None)
-    hi = (f"{_number_text(bounds['le'])}" if "le" in bounds else None)
-    if lo is None or hi is None:
-        return None
-    return f"{lo} to {hi}" if lo.startswith("from") else f"{lo} and at most {hi}"
-
-
-def _message(e: Any, path: Sequence[str | int] = ()) -> str:
+def _message(e: Any) -> str:
     """What is wrong, for one pydantic error (without the ``(got ...)`` part)."""
     kind: str = e["type"]
     ctx: dict[str, Any] = e.get("ctx") or {}
     if kind in _TYPE_MESSAGES:
         return _TYPE_MESSAGES[kind]
     if kind in _BOUND_MESSAGES:
-        if span := _range_of(path):
-            return f"must be {span}"
         key, fmt = _BOUND_MESSAGES[kind]
-        return fmt.format(_number_text(ctx.get(key, "?")))
+        bound = ctx.get(key, "?")
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
+        return fmt.format(bound)
     if kind == "literal_error":
         return f"must be {str(ctx.get('expected', '?')).replace(chr(39), chr(34))}"
     if kind in ("value_error", "assertion_error") and "error" in ctx:
@@ -675,8 +652,7 @@ def _pydantic_issues(err: ValidationError, raw: Mapping[str, Any],
         elif e["type"] == "missing":
             issues.append(loc.issue(tuple(path), _missing_key_message(path)))
         else:
-            issues.append(loc.issue(tuple(path),
-                                    f"{_message(e, path)} (got {_got(e['input'])})"))
+            issues.append(loc.issue(tuple(path), f"{_message(e)} (got {_got(e['input'])})"))
     return issues
 
 
@@ -946,7 +922,3 @@ def load(path: Path = DEFAULT_CONFIG) -> Config:
 def default_config_path() -> Path:
     """``$TUND_CONFIG`` if set, else /etc/tund/tunnels.toml."""
     return Path(os.environ.get("TUND_CONFIG", str(DEFAULT_CONFIG)))
-
-
-# Key-file checks for encrypted tunnels live with the keys; importing registers them.
-import tund.keys  # noqa: E402,F401  (registers check_tunnel_keys via register_check)
