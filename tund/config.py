@@ -211,6 +211,23 @@ class DaemonConfig(_Model):
     ping_timeout: Seconds = 5.0
     # Prometheus metrics over HTTP at "IP:PORT" ("[IPv6]:PORT"); None (default): off.
     metrics_listen: str | None = None
+    # control socket bounds: concurrent clients, seconds a client may stay silent (also
+    # mid-line), longest request line in bytes.
+    control_max_clients: Annotated[int, Field(ge=1, le=4096)] = 32
+    control_timeout: Seconds = 30.0
+    control_max_request: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
+    # the user (name or uid) workers run as, without capabilities; a name that does not
+    # exist falls back to "nobody" (logged). "root" keeps workers privileged (not advised).
+    worker_user: str = "tund"
+
+    @field_validator("worker_user")
+    @classmethod
+    def _worker_user(cls, v: str) -> str:
+        if not v or "\0" in v or ":" in v or "/" in v or v != v.strip():
+            raise ValueError("must be a user name or a numeric uid")
+        if v.isascii() and v.isdigit():
+            _resolve_id(int(v), "user")
+        return v
 
     @field_validator("metrics_listen")
     @classmethod
