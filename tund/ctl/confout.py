@@ -23,7 +23,7 @@ import tomli_w
 
 from tund.config import Config, InterfaceConfig, TunnelConfig, render_path
 
-PLACEHOLDER_HOST = "FILL-IN-THIS-HOSTS-ADDRESS"  # not a valid host name: check refuses it
+PLACEHOLDER_HOST = "FILL_IN_THIS_HOSTS_ADDRESS"  # "_": not a valid host name, check refuses it
 
 
 def _plain(value: Any) -> Any:
@@ -148,7 +148,7 @@ def peer_toml(cfg: Config, tunnel: str, *, endpoint: str | None = None,
             why = f" ({key_hint})" if key_hint else ""
             lines.append(f"# FILL IN: this host's public key{why}: "
                          "tundctl pubkey < " + str(t.private_key_file))
-            lines.append('peer_public_key = "FILL-IN-THIS-HOSTS-PUBLIC-KEY"')
+            lines.append('peer_public_key = "FILL_IN_THIS_HOSTS_PUBLIC_KEY"')
         if t.preshared_key_file:
             lines.append(f"# the same preshared key on both ends: copy {t.preshared_key_file}")
             lines.append(f"preshared_key_file = {_q(t.preshared_key_file)}")

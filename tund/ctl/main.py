@@ -308,11 +308,14 @@ def _own_public_key(private_key_file: str | None) -> tuple[str | None, str]:
     if not private_key_file:
         return None, "no private_key_file"
     try:
+        import base64
+
         from tund import keys
 
-        return keys.public_key(Path(private_key_file).read_text().strip()), ""
+        private = base64.b64encode(keys.load_private_key_file(private_key_file)).decode()
+        return keys.public_key(private), ""
     except (OSError, ValueError, TundError) as e:
-        return None, f"cannot read {private_key_file}: {getattr(e, 'strerror', None) or e}"
+        return None, str(e)
 
 
 def cmd_peer_config(ctx: Context, argv: list[str]) -> int:
