@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The benchmark of issue 6: tund and its peers side by side, one command, as root.
+#
+#   bench/run.sh [--reps N] [--seconds S] [--impls "a b ..."] [--no-loss] [--no-scale]
+#                [--scale-only] [--tunnels N]
+#
+# Interleaved reps (A B C A B C ...) of single-stream iperf3 TCP + 20 pings through each
+# tunnel between two namespaces (pfA / pfB, from the shared anchors harness), then the
+# lossy run (1% random drop of underlay TCP/UDP by nftables, both directions), then the
+# scale run (bench/scale.py). Prints a Markdown table with the issue's ratios; results
+# under /tmp/pf-bench/<stamp>/. The peers' launchers and measure.py come from the anchors
+# harness: $TUND_ANCHORS, else ../shared/anchors next to the repository.
+set -uo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+REPS=3; SECS=10; LOSS=1; SCALE=1; ONLY_SCALE=0; TUNNELS=256
+IMPLS="direct pyrelay-tcp openvpn-udp-aead wireguard-go tund-udp-wg tund-tcp-plain tund-wggo"
+LOSS_IMPLS="openvpn-udp-aead tund-udp-wg"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --reps) REPS="$2"; shift 2 ;;
+    --seconds) SECS="$2"; shift 2 ;;
+    --impls) IMPLS="$2"; shift 2 ;;
+    --loss-impls) LOSS_IMPLS="$2"; shift 2 ;;
+    --no-loss) LOSS=0; shift ;;
+    --no-scale) SCALE=0; shift ;;
+    --scale-only) ONLY_SCALE=1; shift ;;
+    --tunnels) TUNNELS="$2"; shift 2 ;;
+    -h|--help) sed -n 2,13p "$0"; exit 0 ;;
+    *) echo "bench/run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "bench/run.sh: needs root (namespaces, tun devices)" >&2; exit 2; }
+
+export TUND_ANCHORS="${TUND_ANCHORS:-$REPO/../shared/anchors}"
+[ -f "$TUND_ANCHORS/lib.sh" ] || { echo "bench/run.sh: no anchors harness at $TUND_ANCHORS (set TUND_ANCHORS)" >&2; exit 2; }
+TUND_ANCHORS="$(cd "$TUND_ANCHORS" && pwd)"
+
+# Peers' packages (tests/setup.sh installs the rest and makes the venv).
+need=()
+for p in openvpn wireguard-go wireguard-tools iperf3 iputils-ping ethtool procps bc openssl nftables; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "bench: installing ${need[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 && \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+export TUND_VENV="${TUND_VENV:-$(bash "$REPO/tests/setup.sh")}" || exit 3
+
+# Our own namespace / device / state names (the anchors' defaults are tbA/tbB).
+export NS_A=pfA NS_B=pfB VETH_A=pfvA VETH_B=pfvB
+export STATE_ROOT=/tmp/pf-bench/state BUILD_DIR=/tmp/pf-bench/build
+STAMP="$(date +%Y%m%d-%H%M%S)"
+OUT="${OUT_DIR:-/tmp/pf-bench/$STAMP}"; mkdir -p "$OUT"
+LOG="$OUT/run.log"
+echo "bench: results in $OUT (log $LOG)"
+{
+  echo "date: $(date -Is)  kernel: $(uname -r)  cpus: $(nproc)  reps: $REPS x ${SECS}s"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  echo "tund: $(git -C "$REPO" rev-parse --short HEAD) $(git -C "$REPO" status --porcelain -- tund | wc -l) modified files under tund/"
+} | tee "$OUT/env.txt"
+
+loss_rules() {  # on|off: drop 1% of underlay TCP/UDP entering either namespace
+  local ns
+  for ns in "$NS_A" "$NS_B"; do
+    ip netns exec "$ns" nft delete table inet pfloss 2>/dev/null || true
+    [ "$1" = on ] || continue
+    ip netns exec "$ns" nft -f - <<NFT
+table inet pfloss {
+  chain input {
+    type filter hook input priority -10; policy accept;
+    meta l4proto { tcp, udp } numgen random mod 100 0 drop
+  }
+}
+NFT
+  done
+}
+
+run_set() {  # results-file impls...
+  local rf="$1" rep impl; shift
+  for rep in $(seq 1 "$REPS"); do
+    for impl in "$@"; do
+      echo "=== rep $rep/$REPS $impl" | tee -a "$LOG"
+      RESULTS_FILE="$rf" timeout $((4 * SECS + 200)) "$HERE/one.sh" "$impl" "$SECS" "$rep" \
+        tcp_single,ping >> "$LOG" 2>&1 || echo "    (failed, see $LOG)"
+      grep -E '^(tcp_single|ping) ' "$LOG" | tail -2 | sed 's/^/    /'
+    done
+  done
+}
+
+if [ "$ONLY_SCALE" = 0 ]; then
+  "$TUND_ANCHORS/netns.sh" up >> "$LOG" 2>&1 || { echo "testbed failed, see $LOG" >&2; exit 3; }
+  trap 'loss_rules off; "$TUND_ANCHORS/netns.sh" down >> "$LOG" 2>&1' EXIT
+  # shellcheck disable=SC2086
+  run_set "$OUT/results.jsonl" $IMPLS
+  if [ "$LOSS" = 1 ]; then
+    loss_rules on
+    # shellcheck disable=SC2086
+    BENCH_LOSS=1 run_set "$OUT/loss.jsonl" $LOSS_IMPLS
+    loss_rules off
+  fi
+  "$TUND_ANCHORS/netns.sh" down >> "$LOG" 2>&1
+fi
+if [ "$SCALE" = 1 ]; then
+  echo "=== scale: $TUNNELS tunnels" | tee -a "$LOG"
+  "$TUND_VENV/bin/python" "$HERE/scale.py" --venv "$TUND_VENV" -n "$TUNNELS" --out "$OUT/scale.json" >> "$LOG" 2>&1 \
+    || echo "    (scale run failed, see $LOG)"
+fi
+echo
+python3 "$HERE/report.py" "$OUT/results.jsonl" --loss "$OUT/loss.jsonl" --scale "$OUT/scale.json" | tee "$OUT/summary.md"
+echo; echo "results in $OUT"

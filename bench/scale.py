@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Scale figures: N tunnels in one daemon (default 256), WireGuard over UDP.
+
+Two throwaway namespaces ``pfsA`` / ``pfsB`` joined by a veth (10.206.0.1 <-> 10.206.0.2);
+each runs one tund daemon with N tunnels (A listens on ports 40000+i, B connects), inner
+addresses 10.207.i.1 / 10.207.i.2 (i < 256; the third octet wraps). Measures, on daemon A:
+
+* ``startup_s``: from spawning both daemons until every tunnel of A is ``up`` with an
+  established session (both daemons start at once on the same CPUs);
+* ``pss_mib_per_tunnel``: Pss (``/proc/PID/smaps_rollup``) of daemon A and all its
+  descendants, divided by N;
+* ``reload_s``: B's config changes one tunnel (keepalive 0 -> 25), ``tundctl reload``
+  runs, until that tunnel has a new established session (a new ``latest_handshake``).
+
+Prints one JSON object (also written to --out). Run as root. Removes what it created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+NS_A, NS_B = "pfsA", "pfsB"
+VETH_A, VETH_B = "pfsvA", "pfsvB"
+OUTER_A, OUTER_B = "10.206.0.1", "10.206.0.2"
+
+
+def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=60)
+
+
+def ns(name: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return sh("ip", "netns", "exec", name, *cmd, check=check)
+
+
+def testbed_down() -> None:
+    for n in (NS_A, NS_B):
+        if n in sh("ip", "netns", "list").stdout.split():
+            for pid in sh("ip", "netns", "pids", n, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            sh("ip", "netns", "del", n, check=False)
+
+
+def testbed_up() -> None:
+    testbed_down()
+    sh("ip", "netns", "add", NS_A)
+    sh("ip", "netns", "add", NS_B)
+    sh("ip", "link", "add", VETH_A, "netns", NS_A, "type", "veth", "peer", "name", VETH_B,
+       "netns", NS_B)
+    for n, dev, addr in ((NS_A, VETH_A, OUTER_A), (NS_B, VETH_B, OUTER_B)):
+        ns(n, "ip", "link", "set", "lo", "up")
+        ns(n, "ip", "addr", "add", f"{addr}/24", "dev", dev)
+        ns(n, "ip", "link", "set", dev, "up")
+
+
+def config(side: str, n: int, sd: Path, keys: dict[str, str], keepalive0: int = 0) -> str:
+    lines = [f'[daemon]\ncontrol_socket = "{sd}/{side}.sock"\n']
+    other = "B" if side == "A" else "A"
+    for i in range(n):
+        host = 1 if side == "A" else 2
+        lines.append(f'[interfaces.pfs{side}{i}]\nmode = "tun"\npersist = false\nmtu = 1420\n'
+                     f'addresses = ["10.207.{i % 256}.{host}/24"]\n')
+        endpoint = (f'listen = "{OUTER_A}:{40000 + i}"' if side == "A"
+                    else f'remote = "{OUTER_A}:{40000 + i}"')
+        ka = keepalive0 if i == 0 else 0
+        lines.append(f'[tunnels.t{i}]\ninterface = "pfs{side}{i}"\ntransport = "udp"\n'
+                     f'{endpoint}\nencryption = "wireguard"\nkeepalive = {ka}\n'
+                     f'private_key_file = "{sd}/{side}.key"\n'
+                     f'peer_public_key = "{keys[other]}"\n')
+    return "\n".join(lines)
+
+
+def status(venv: str, nsname: str, sock: Path) -> dict | None:
+    r = ns(nsname, f"{venv}/bin/tundctl", "--socket", str(sock), "status", "--json",
+           check=False)
+    if r.returncode != 0:
+        return None
+    try:
+        return json.loads(r.stdout)
+    except json.JSONDecodeError:
+        return None
+
+
+def all_up(st: dict | None, n: int) -> int:
+    if st is None:
+        return 0
+    return sum(1 for t in st["tunnels"].values()
+               if t.get("state") == "up" and t.get("session") == "established")
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(d))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def pss_kib(pids: list[int]) -> int:
+    total = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--venv", required=True)
+    ap.add_argument("-n", type=int, default=256)
+    ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    sd = Path("/tmp/pf-bench/scale")
+    sd.mkdir(parents=True, exist_ok=True)
+    keys = {}
+    for side in "AB":
+        priv = sh(f"{a.venv}/bin/tundctl", "genkey").stdout.strip()
+        (sd / f"{side}.key").write_text(priv + "\n")
+        os.chmod(sd / f"{side}.key", 0o600)
+        keys[side] = subprocess.run([f"{a.venv}/bin/tundctl", "pubkey"], input=priv,
+                                    capture_output=True, text=True, check=True).stdout.strip()
+    for side in "AB":
+        (sd / f"{side}.toml").write_text(config(side, a.n, sd, keys))
+    res: dict[str, object] = {"tunnels": a.n}
+    procs: list[subprocess.Popen[bytes]] = []
+    testbed_up()
+    try:
+        t0 = time.monotonic()
+        for side, nsname in (("A", NS_A), ("B", NS_B)):
+            log = open(sd / f"{side}.log", "wb")
+            procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", nsname, f"{a.venv}/bin/tund", "--config",
+                 str(sd / f"{side}.toml"), "--control-socket", str(sd / f"{side}.sock")],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        up = 0
+        while time.monotonic() - t0 < a.timeout:
+            up = all_up(status(a.venv, NS_A, sd / "A.sock"), a.n)
+            if up == a.n:
+                break
+            time.sleep(0.2)
+        res["startup_s"] = round(time.monotonic() - t0, 2) if up == a.n else None
+        res["up"] = up
+        time.sleep(2.0)  # settle: imports done, first handshakes over
+        pids = descendants(procs[0].pid)
+        kib = pss_kib(pids)
+        res["processes"] = len(pids)
+        res["pss_mib_total"] = round(kib / 1024, 1)
+        res["pss_mib_per_tunnel"] = round(kib / 1024 / a.n, 2)
+        # reload: one tunnel of B changes (keepalive), its worker restarts, re-handshakes
+        before = (status(a.venv, NS_B, sd / "B.sock") or {}).get("tunnels", {}).get("t0", {})
+        (sd / "B.toml").write_text(config("B", a.n, sd, keys, keepalive0=25))
+        t1 = time.monotonic()
+        r = ns(NS_B, f"{a.venv}/bin/tundctl", "--socket", str(sd / "B.sock"), "reload",
+               check=False)
+        res["reload_cmd_s"] = round(time.monotonic() - t1, 3)
+        res["reload_output"] = (r.stdout + r.stderr).strip()[-300:]
+        done = None
+        while time.monotonic() - t1 < 30:
+            t = (status(a.venv, NS_B, sd / "B.sock") or {}).get("tunnels", {}).get("t0", {})
+            if (t.get("session") == "established" and t.get("pid") != before.get("pid")
+                    and t.get("latest_handshake") != before.get("latest_handshake")):
+                done = time.monotonic() - t1
+                break
+            time.sleep(0.05)
+        res["reload_s"] = round(done, 3) if done is not None else None
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        testbed_down()
+    print(json.dumps(res))
+    if a.out:
+        Path(a.out).write_text(json.dumps(res) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
