@@ -715,7 +715,11 @@ def _cross_issues(raw: Mapping[str, Any], loc: _Locator) -> list[ConfigIssue]:
             continue
         issues.extend(_tunnel_issues(name, body, ifaces, used, loc))
     for hook in _EXTRA_CHECKS:
-        issues.extend(hook(raw, loc.issue))
+        try:
+            issues.extend(hook(raw, loc.issue))
+        except Exception as e:  # a bug in a hook must not turn into a traceback for the user
+            issues.append(loc.issue((), f"internal error in check {hook.__qualname__}: "
+                                        f"{type(e).__name__}: {e}"))
     return issues
 
 
@@ -775,7 +779,7 @@ def register_check(hook: Callable[[Mapping[str, Any], IssueFactory], list[Config
     """Add a cross-entry check run by every load (idempotent per hook).
 
     The hook gets the raw merged data (types NOT yet validated: check before use) and must
-    return issues, not raise.
+    return issues, not raise; an exception it raises anyway is reported as an issue.
     """
     if hook not in _EXTRA_CHECKS:
         _EXTRA_CHECKS.append(hook)

@@ -7,6 +7,7 @@ and arbitrary (schema-shaped and free-form) tables dumped with tomli_w.
 
 from __future__ import annotations
 
+import importlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from tund.config import (
     parse_text,
 )
 from tund.errors import ConfigError
+
+# The key-file checks hook into every load; fuzz them too, whatever the test order.
+importlib.import_module("tund.keys")
 
 FIELDS = sorted({*DaemonConfig.model_fields, *InterfaceConfig.model_fields,
                  *TunnelConfig.model_fields, *Config.model_fields})

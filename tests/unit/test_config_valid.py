@@ -202,6 +202,20 @@ def test_register_check_hook_issues_are_located(monkeypatch: pytest.MonkeyPatch)
     assert [str(i) for i in info.value.issues] == ["m.toml:7: tunnels.t.listen: hook says no"]
 
 
+def test_a_failing_hook_becomes_an_issue(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "_EXTRA_CHECKS", [])
+
+    def broken(raw: Mapping[str, Any], issue: IssueFactory) -> list[ConfigIssue]:
+        raise KeyError("oops")
+
+    register_check(broken)
+    with pytest.raises(ConfigError) as info:
+        parse_text(MINIMAL, "m.toml")
+    (issue,) = info.value.issues
+    assert issue.file == "m.toml"
+    assert "internal error in check" in issue.message and "KeyError" in issue.message
+
+
 @pytest.mark.parametrize(("name", "why"), [
     ("eth0", None),
     ("a" * 15, None),
