@@ -21,7 +21,8 @@ from typing import Any
 
 from tund import __version__, config, sdnotify
 from tund.config import Config
-from tund.control.server import ControlServer
+from tund.control import auth
+from tund.control.server import ControlServer, PeerCred
 from tund.engine import Engine
 from tund.errors import ConfigError, TundError
 
@@ -41,7 +42,8 @@ def _tunnel_arg(args: dict[str, Any]) -> str:
     return name
 
 
-COMMANDS: dict[str, tuple[Handler, str]] = {
+#: command -> (handler, right needed: "read" or "admin"; see tund.control.auth)
+COMMANDS: dict[str, tuple[Handler, auth.Right]] = {
     "status": (lambda e, a: e.status(a.get("tunnel") or None), "read"),
     "reload": (lambda e, a: e.reload(bool(a.get("dry_run", False))), "admin"),
     "up": (lambda e, a: e.tunnel_up(_tunnel_arg(a)), "admin"),
@@ -65,11 +67,29 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._metrics: Any = None  # tund.metrics.MetricsServer when [daemon] metrics_listen
 
-    async def dispatch(self, cmd: str, args: dict[str, Any], peer: Any = None) -> dict[str, Any]:
+    def policy(self) -> auth.Policy:
+        """Who may do what: the groups of the configuration in force (reloads included)."""
+        d = self.engine.config.daemon if self.engine.config is not None else self.cfg.daemon
+        return auth.Policy.current(d.control_group, d.admin_group)
+
+    async def dispatch(self, cmd: str, args: dict[str, Any],
+                       peer: PeerCred | None = None) -> dict[str, Any]:
+        """Run ``cmd`` for ``peer`` (None: the daemon itself, e.g. SIGHUP).
+
+        Raises UnknownCommand, :class:`~tund.control.auth.Denied` (logged with the peer's
+        uid and pid) when the peer lacks the command's right, or the handler's TundError.
+        """
         entry = COMMANDS.get(cmd)
         if entry is None:
             raise UnknownCommand(f"unknown command {cmd!r} (known: {', '.join(sorted(COMMANDS))})")
-        handler, _right = entry
+        handler, right = entry
+        if peer is not None:
+            try:
+                auth.authorize(cmd, right, peer.uid, peer.gid, self.policy())
+            except auth.Denied as e:
+                log.warning("control: denied %r to uid %d (pid %d, gid %d): %s",
+                            cmd, peer.uid, peer.pid, peer.gid, e)
+                raise
         if cmd == "reload" and not args.get("dry_run"):
             sdnotify.notify("RELOADING=1", "STATUS=reloading")
             try:
@@ -129,8 +149,14 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        d = self.cfg.daemon
+        # The socket's group: control_group, else admin_group (whose members could not even
+        # connect otherwise). With both set, admins must also be in control_group to connect.
         server = ControlServer(self.socket_path, self.dispatch,
-                               group=self.cfg.daemon.control_group)
+                               group=d.control_group or d.admin_group,
+                               max_request=d.control_max_request,
+                               idle_timeout=d.control_timeout,
+                               max_clients=d.control_max_clients)
         try:
             await server.start()
         except (OSError, TundError) as e:

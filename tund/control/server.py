@@ -20,9 +20,15 @@ Socket handling (see :meth:`ControlServer.start`):
 * :meth:`ControlServer.close` unlinks the socket only if it is still the one bound here.
 
 Per connection: requests are handled one at a time, replies in order; a connection
-silent for ``idle_timeout`` seconds (also mid-line) is dropped; a line longer than
-``max_request`` gets a ``too-large`` reply and the connection is closed. Connections
-are independent: a stalled client never delays another.
+silent for ``idle_timeout`` seconds (also mid-line) is dropped, and so is one that does not
+read its replies within that time; a line longer than ``max_request`` gets a ``too-large``
+reply and the connection is closed. Connections are independent: a stalled client never
+delays another. At most ``max_clients`` connections are served at once: one more is
+answered ``busy`` and closed at once (so a flood of idle clients costs the daemon at most
+``max_clients`` open sockets for ``idle_timeout`` seconds, and frees up by itself).
+
+Who may run what is decided by ``dispatch`` from the :class:`PeerCred` it is given
+(see :mod:`tund.control.auth`).
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ log = logging.getLogger("tund.control.server")
 SOCKET_MODE = 0o660
 DIR_MODE = 0o755
 DEFAULT_IDLE_TIMEOUT = 30.0
+DEFAULT_MAX_CLIENTS = 32
+_BUSY_SEND_TIMEOUT = 1.0
 _PROBE_TIMEOUT = 1.0
 _SETTLE_TURNS = 8
 
@@ -155,12 +163,15 @@ class ControlServer:
     def __init__(self, path: str | os.PathLike[str], dispatch: Dispatch, *,
                  group: str | None = None,
                  max_request: int = protocol.MAX_REQUEST,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+                 max_clients: int = DEFAULT_MAX_CLIENTS) -> None:
         self.path = Path(path)
         self._dispatch = dispatch
         self._group = group
         self._max_request = max_request
         self._idle_timeout = idle_timeout
+        self._max_clients = max_clients
+        self._refused = 0
         self._server: asyncio.Server | None = None
         self._inode: tuple[int, int] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -225,6 +236,9 @@ class ControlServer:
                 return
             sock = writer.get_extra_info("socket")
             peer = peer_credentials(sock) if sock is not None else PeerCred(0, -1, -1)
+            if len(self._handlers) > self._max_clients:
+                await self._refuse_busy(writer, peer)
+                return
             await self._serve(reader, writer, peer)
         except (ConnectionError, TimeoutError, asyncio.CancelledError):
             pass  # peer went away, stalled on reading its replies, or we are closing
@@ -235,6 +249,17 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _refuse_busy(self, writer: asyncio.StreamWriter, peer: PeerCred) -> None:
+        self._refused += 1
+        if self._refused % 100 == 1:  # a flood logs one line per 100 refusals
+            log.warning("control: %d client(s) connected, the limit; refusing pid %d (uid %d)"
+                        " (%d refused so far)", self._max_clients, peer.pid, peer.uid,
+                        self._refused)
+        writer.write(protocol.encode_error(
+            None, ErrorCode.BUSY,
+            f"too many control clients at once (limit {self._max_clients}); try again"))
+        await asyncio.wait_for(writer.drain(), _BUSY_SEND_TIMEOUT)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      peer: PeerCred) -> None:

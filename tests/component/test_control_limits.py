@@ -1,0 +1,239 @@
+"""The control socket under abuse: too many clients, stalled clients, huge lines, two daemons.
+
+Each test checks that a well-behaved client is still served promptly while the abuse goes
+on, and that the abusive connection is bounded (refused, cut off or answered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tund.control import client
+from tund.control.server import ControlSocketError, PeerCred
+from tund.control.testing import ServerThread
+from tund.errors import ControlError
+
+
+async def dispatch(cmd: str, args: dict[str, Any], peer: PeerCred) -> dict[str, Any]:
+    if cmd == "sleep":
+        await asyncio.sleep(float(args.get("seconds", 0)))
+    return {"cmd": cmd, "uid": peer.uid}
+
+
+def connect(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(str(path))
+    return s
+
+
+def read_line(s: socket.socket, within: float = 5) -> bytes:
+    """One reply line, or b"" if the server closed the connection first."""
+    buf = b""
+    deadline = time.monotonic() + within
+    while not buf.endswith(b"\n"):
+        assert time.monotonic() < deadline, f"no reply within {within}s (got {buf!r})"
+        chunk = s.recv(65536)
+        if not chunk:
+            return buf
+        buf += chunk
+    return buf
+
+
+def closed_within(s: socket.socket, within: float) -> float:
+    """Seconds until the server closes ``s`` (its replies read and dropped); fails after."""
+    start = time.monotonic()
+    s.settimeout(within + 2)
+    while True:
+        assert time.monotonic() - start < within + 2, "connection still open"
+        try:
+            if not s.recv(65536):
+                return time.monotonic() - start
+        except ConnectionResetError:
+            return time.monotonic() - start
+
+
+def timed_call(path: Path, cmd: str = "status") -> float:
+    start = time.monotonic()
+    assert client.call(str(path), cmd, timeout=5)["cmd"] == cmd
+    return time.monotonic() - start
+
+
+def served_again(path: Path, within: float = 5) -> None:
+    """A call succeeds within ``within`` s (closed clients are noticed a few turns late)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            client.call(str(path), "status", timeout=1)
+            return
+        except ControlError as e:
+            assert e.code == "busy" and time.monotonic() < deadline, f"not served: {e}"
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def sock(tmp_path: Path) -> Path:
+    return tmp_path / "control.sock"
+
+
+@contextlib.contextmanager
+def many(path: Path, n: int) -> Iterator[list[socket.socket]]:
+    conns = [connect(path) for _ in range(n)]
+    try:
+        yield conns
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_one_client_over_the_limit_is_told_busy_and_served_after(sock: Path) -> None:
+    with ServerThread(sock, dispatch, max_clients=4, idle_timeout=30) as _, many(sock, 4):
+        time.sleep(0.2)  # let the server accept all four idle clients
+        extra = connect(sock)
+        reply = json.loads(read_line(extra))
+        assert reply["ok"] is False and reply["error"]["code"] == "busy"
+        assert "limit 4" in reply["error"]["message"]
+        assert closed_within(extra, 2) < 2
+    # the four idle ones are gone: there is room again
+    with ServerThread(sock, dispatch, max_clients=4) as _:
+        assert timed_call(sock) < 1
+
+
+def test_room_frees_up_when_an_idle_client_leaves(sock: Path) -> None:
+    with ServerThread(sock, dispatch, max_clients=2, idle_timeout=30) as _:
+        with many(sock, 2):
+            time.sleep(0.2)
+            busy = connect(sock)
+            assert json.loads(read_line(busy))["error"]["code"] == "busy"
+        served_again(sock)
+
+
+def test_flood_of_connections_does_not_stall_the_server(sock: Path) -> None:
+    """200 clients in waves of 40 (the listen backlog is 64) against a limit of 8, none
+    closing: beyond the first 8, every one is refused at once, and a call still works."""
+    with ServerThread(sock, dispatch, max_clients=8, idle_timeout=30) as _:
+        start = time.monotonic()
+        with contextlib.ExitStack() as stack:
+            held = stack.enter_context(many(sock, 8))
+            time.sleep(0.2)
+            busy = 0
+            for _wave in range(5):
+                conns = stack.enter_context(many(sock, 40))
+                busy += sum(1 for c in conns
+                            if json.loads(read_line(c))["error"]["code"] == "busy")
+            assert busy == 200
+            assert len(held) == 8
+        assert time.monotonic() - start < 10
+        served_again(sock)
+
+
+def test_half_a_line_then_silence_is_cut_off_and_others_are_served(sock: Path) -> None:
+    with ServerThread(sock, dispatch, idle_timeout=1.0) as _:
+        staller = connect(sock)
+        staller.sendall(b'{"v": 1, "id": 1, "cmd": "sta')
+        assert timed_call(sock) < 0.5  # served while the staller waits
+        assert 0.8 < closed_within(staller, 3) < 3
+
+
+def test_client_that_never_reads_replies_is_dropped(sock: Path) -> None:
+    """A client that pipelines requests and never reads fills its buffers, then is cut."""
+    with ServerThread(sock, dispatch, idle_timeout=1.0) as _:
+        hog = connect(sock)
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        line = json.dumps({"v": 1, "id": 1, "cmd": "x" * 4000}).encode() + b"\n"
+        hog.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                sent += hog.send(line)
+            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                break
+        assert sent > 0
+        assert timed_call(sock) < 0.5
+        hog.setblocking(True)
+        assert closed_within(hog, 6) < 6
+
+
+def test_oversized_line_answered_too_large_without_reading_it_all(sock: Path) -> None:
+    with ServerThread(sock, dispatch, max_request=1024) as _:
+        s = connect(sock)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(b"{" + b" " * 5000)
+        reply = json.loads(read_line(s))
+        assert reply["error"]["code"] == "too-large"
+        assert "1024" in reply["error"]["message"]
+        assert timed_call(sock) < 0.5
+
+
+def test_second_server_on_the_same_socket_refuses_and_first_keeps_serving(sock: Path) -> None:
+    with ServerThread(sock, dispatch) as _:
+        second = ServerThread(sock, dispatch)
+        with pytest.raises(ControlSocketError, match="another tund is running"):
+            second.start()
+        assert timed_call(sock) < 0.5
+
+
+def test_stale_socket_is_replaced_but_a_regular_file_is_not(sock: Path) -> None:
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(sock))
+    dead.close()  # the path stays, nothing listens: stale
+    with ServerThread(sock, dispatch) as _:
+        assert timed_call(sock) < 0.5
+    sock.write_text("not a socket")
+    with pytest.raises(ControlSocketError, match="not a socket"):
+        ServerThread(sock, dispatch).start()
+    assert sock.read_text() == "not a socket"
+
+
+def test_second_real_daemon_refuses_to_start(tmp_path: Path) -> None:
+    """Two ``python -m tund`` processes on one socket: the second exits 1, the first runs."""
+    cfg = tmp_path / "tunnels.toml"
+    cfg.write_text("[daemon]\n")
+    sock = tmp_path / "control.sock"
+    argv = [sys.executable, "-m", "tund", "--config", str(cfg), "--control-socket", str(sock)]
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while not sock.exists() or not _answers(sock):
+            assert first.poll() is None, first.stderr.read() if first.stderr else ""
+            assert time.monotonic() < deadline, "first daemon did not come up"
+            time.sleep(0.1)
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1
+        assert "another tund is running" in second.stderr
+        assert _answers(sock), "the first daemon stopped answering"
+        assert first.poll() is None
+    finally:
+        first.terminate()
+        first.wait(15)
+    assert not sock.exists(), "the first daemon left its socket behind"
+
+
+def _answers(sock: Path) -> bool:
+    try:
+        client.call(str(sock), "status", timeout=5)
+        return True
+    except Exception:
+        return False
+
+
+def test_idle_timeout_and_limits_come_from_the_config() -> None:
+    from tund.config import parse_text
+
+    d = parse_text("[daemon]\ncontrol_max_clients = 3\ncontrol_timeout = 2.5\n"
+                   "control_max_request = 2048\n").daemon
+    assert (d.control_max_clients, d.control_timeout, d.control_max_request) == (3, 2.5, 2048)
+    assert os.path.isabs(d.control_socket)
