@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from tund.control import auth
 from tund.control.auth import Denied, Policy, authorize, groups_of, has_right, who_has
 
 # A real user with supplementary groups would make these tests depend on the machine, so
