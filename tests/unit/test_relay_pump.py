@@ -48,12 +48,18 @@ class FakeTransport:
         self.sent: list[bytes] = []
         self.backlogged = False
         self.moves: list[Address] = []
+        self.replied_to: list[Address] = []
 
     def start(self, sel: selectors.BaseSelector, link: Link, now: float) -> None:
         pass
 
     def send(self, message: bytes) -> bool:
         self.sent.append(message)
+        return True
+
+    def reply_to(self, message: bytes, source: Address) -> bool:
+        self.sent.append(message)
+        self.replied_to.append(source)
         return True
 
     def flush(self) -> None:
@@ -125,6 +131,19 @@ def test_replies_go_back_and_unauthenticated_sources_do_not_move_the_peer(rig: A
     pump.deliver(b"data", ("198.51.100.7", 9))
     assert dev.written == [b"p1", b"p2"] and tr.moves == [("198.51.100.7", 9)]
     assert (pump.c.rx_packets, pump.c.rx_bytes) == (2, 4)
+
+
+def test_unauthenticated_replies_go_to_their_source_and_codec_drops_merge(rig: Any) -> None:
+    pump, _dev, tr, codec, _ = rig
+    codec.table[b"flood"] = Opened([], [b"cookie"], False)
+    codec.table[b"auth"] = Opened([], [b"response"], True)
+    pump.deliver(b"flood", ("198.51.100.9", 7))
+    assert tr.replied_to == [("198.51.100.9", 7)] and tr.peer == ("192.0.2.1", 1)
+    pump.deliver(b"auth", ("192.0.2.1", 1))
+    assert tr.replied_to == [("198.51.100.9", 7)] and tr.sent == [b"cookie", b"response"]
+    pump.c.drop("replay")
+    codec.stats = lambda: {"session": "none", "drops": {"cookie": 2, "replay": 1}}
+    assert pump.stats()["drops"] == {"replay": 2, "cookie": 2}
 
 
 def test_codec_drops_oversize_and_full_device_are_counted(rig: Any) -> None:

@@ -17,12 +17,13 @@ Contract (:class:`Codec`):
     A message received from the peer (one UDP datagram or one TCP frame). ``source`` is
     the sender's address for UDP, the connection's address for TCP, or None.
     ``Opened.packets`` go to the device in order, ``Opened.replies`` back to the peer
-    (e.g. a handshake response). ``Opened.drop`` names why the message was rejected
-    (``"malformed"``, ``"replay"``, ...; the pump counts ``drops[cause] += 1`` and ignores
-    the rest of the result). ``Opened.authenticated`` says the message proves it comes
-    from the peer (a codec without authentication sets it for every well-formed
-    message); only then may a UDP transport move its peer endpoint to ``source``
-    (roaming) or learn its first peer.
+    (e.g. a handshake response), or, when the message is not ``authenticated``, back to
+    ``source`` (e.g. a cookie reply to whoever sent a handshake under load).
+    ``Opened.drop`` names why the message was rejected (``"malformed"``, ``"replay"``,
+    ...; the pump counts ``drops[cause] += 1`` and ignores the rest of the result).
+    ``Opened.authenticated`` says the message proves it comes from the peer (a codec
+    without authentication sets it for every well-formed message); only then may a UDP
+    transport move its peer endpoint to ``source`` (roaming) or learn its first peer.
 
 ``tick(now) -> list[bytes]``
     Timer-driven messages (handshake retries, keepalives). The pump calls it when
@@ -37,7 +38,10 @@ Contract (:class:`Codec`):
     state tied to the old connection may be dropped.
 
 ``stats() -> dict[str, Any]``
-    Extra JSON-serialisable fields merged into the worker's STATS.
+    Extra JSON-serialisable fields merged into the worker's STATS. Its ``drops``, if
+    present, maps cause -> count of what the codec discarded on its own (never returned
+    as ``Opened.drop``, e.g. packets queued for a session that never came); the pump adds
+    them into its ``drops``, so STATS ``drops`` holds every drop once.
 
 Codecs must not raise on hostile input: malformed messages are drops, not exceptions.
 """

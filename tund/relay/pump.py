@@ -177,8 +177,12 @@ class Pump:
                 c.rx_packets += 1
                 c.rx_bytes += len(p)
                 c.last_rx = self.wall
-        for r in op.replies:
-            self.transport.send(r)
+        if op.authenticated or source is None:
+            for r in op.replies:
+                self.transport.send(r)
+        else:  # e.g. a cookie reply: back to whoever asked, the peer may be elsewhere
+            for r in op.replies:
+                self.transport.reply_to(r, source)
 
     # ------------------------------------------------------------------ state, control
 
@@ -202,7 +206,11 @@ class Pump:
         s = self.c.as_dict()
         s["peer"] = format_peer(self.transport.peer)
         s["state"] = self.transport.state
-        s.update(self.codec.stats())
+        extra = dict(self.codec.stats())
+        drops = s["drops"]
+        for cause, n in (extra.pop("drops", None) or {}).items():  # the codec's own drops
+            drops[cause] = drops.get(cause, 0) + n
+        s.update(extra)
         return s
 
     def send_control(self, msg: dict[str, Any]) -> None:

@@ -263,6 +263,9 @@ class TcpTransport:
         out += message
         return True
 
+    def reply_to(self, message: bytes, source: Address) -> bool:
+        return self.send(message)  # the source is the connection's other end
+
     def flush(self) -> None:
         if self.out and not self._writing and self.conn is not None and self.state == "up":
             self._write()

@@ -48,6 +48,12 @@ class Transport(Protocol):
         """Queue or send one message; False if it was dropped (cause already counted)."""
         ...
 
+    def reply_to(self, message: bytes, source: Address) -> bool:
+        """Answer a message that came from ``source`` without proving it is the peer (e.g.
+        a WireGuard cookie reply): UDP sends it to ``source`` itself, not to the peer; a
+        connection-based transport sends it on the connection. False if dropped."""
+        ...
+
     def flush(self) -> None:
         """Push queued bytes to the kernel (called once per loop iteration)."""
         ...

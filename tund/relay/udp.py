@@ -185,6 +185,22 @@ class UdpTransport:
             return False
         return True
 
+    def reply_to(self, message: bytes, source: Address) -> bool:
+        """To ``source`` (listen role); a connected (remote role) socket only hears its peer."""
+        sock = self.sock
+        if self.role == "remote" or sock is None:
+            return self.send(message)
+        try:
+            sock.sendto(message, source)
+        except (BlockingIOError, InterruptedError):
+            self.c.drop("queue_full")
+            return False
+        except OSError as e:
+            self.c.errors += 1
+            log.debug("reply to %s failed: %s", format_peer(source), e)
+            return False
+        return True
+
     def flush(self) -> None:
         pass
 
