@@ -33,10 +33,12 @@ Drop causes (``Opened.drop``; every one is also counted in ``stats()["wg_drops"]
 ``replay``           transport counter already seen or behind the window
 ``invalid_packet``   tun mode: decrypted data that is not an IPv4/IPv6 packet
 
-Counted in ``stats()["wg_drops"]`` only (the pump never sees them as drops):
-``cookie`` (handshake answered with a cookie reply instead of processed: the reply must
-reach the pump, so ``Opened.drop`` is None), ``queue_full`` (staged packet pushed out),
-``handshake_timeout`` (staged packets flushed after REKEY_ATTEMPT_TIME of retries).
+The codec's own drops, never returned as ``Opened.drop`` (the reply must reach the
+pump, or no message was being opened): ``cookie`` (handshake answered with a cookie reply
+instead of processed), ``no_session`` (a packet waiting for a session pushed out of the
+bounded staging queue), ``handshake_timeout`` (staged packets flushed after
+REKEY_ATTEMPT_TIME of retries). ``stats()["drops"]`` holds exactly these (the pump adds
+them to its own ``drops``); ``stats()["wg_drops"]`` holds every WireGuard cause above.
 
 Timers follow wireguard-go's ``timers.go``: retransmit handshake, send keepalive
 (KEEPALIVE_TIMEOUT after data received and nothing sent), new handshake (no reply to
@@ -76,6 +78,7 @@ from tund.relay.wireguard.timers import Timers
 _PAD = 16
 _ETH_P_IP = b"\x08\x00"
 _ETH_P_IPV6 = b"\x86\xdd"
+_OWN_DROPS = frozenset({"cookie", "no_session", "handshake_timeout"})
 _DEADLINES = ("retransmit", "send_keepalive", "new_handshake", "zero_keys", "persistent")
 
 
@@ -163,7 +166,7 @@ class WireGuardCodec:
             packet = packet[4:]
         if len(self._staged) >= max(1, self._t.staged_packets):
             self._staged.popleft()
-            self._drops["queue_full"] += 1
+            self._drops["no_session"] += 1
         self._staged.append(packet)
         return self._send_staged(now)
 
@@ -218,7 +221,8 @@ class WireGuardCodec:
 
     def stats(self) -> dict[str, Any]:
         """peer_public_key, latest_handshake (unix time or None), session (as of the latest
-        ``now`` passed in), handshakes_sent, cookie_replies_sent, wg_drops (cause -> n)."""
+        ``now`` passed in), handshakes_sent, cookie_replies_sent, wg_drops (cause -> n),
+        drops (the codec's own causes only, see the module docstring)."""
         return {
             "peer_public_key": encode_key(self._peer),
             "latest_handshake": self._latest_handshake,
@@ -226,6 +230,7 @@ class WireGuardCodec:
             "handshakes_sent": self._handshakes_sent,
             "cookie_replies_sent": self._cookie_replies,
             "wg_drops": dict(self._drops),
+            "drops": {k: n for k, n in self._drops.items() if k in _OWN_DROPS},
         }
 
     # ------------------------------------------------------------------ queries

@@ -16,7 +16,7 @@ Beyond the whitepaper:
 * ``cookie_refresh_time`` (120 s): the cookie secret's lifetime, and a cookie's.
 * ``rekey_jitter`` (0.333 s): the retry timers' random extra delay, up to this much.
 * ``staged_packets`` (128): packets queued while no session exists; older ones are
-  dropped (counted as ``"queue_full"``) when more arrive.
+  dropped (counted as ``"no_session"``) when more arrive.
 """
 
 from __future__ import annotations
