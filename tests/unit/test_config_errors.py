@@ -354,8 +354,13 @@ def test_missing_main_file(tmp_path: Path) -> None:
     assert str(issue) == f"{tmp_path / 'nope.toml'}: cannot read: No such file or directory"
 
 
-def test_unreadable_mode(tmp_path: Path) -> None:
-    main = write(tmp_path / "tunnels.toml", doc(*TUN))
+def test_unreadable_mode() -> None:
+    import shutil
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="tund-cfg-"))  # under /tmp: traversable by anyone
+    top.chmod(0o755)
+    main = write(top / "tunnels.toml", doc(*TUN))
     main.chmod(0)
     # root reads files whatever their mode: read as an ordinary user (nobody) then
     as_root = os.geteuid() == 0
@@ -366,6 +371,7 @@ def test_unreadable_mode(tmp_path: Path) -> None:
     finally:
         if as_root:
             os.seteuid(0)
+        shutil.rmtree(top)
     assert issue.message == "cannot read: Permission denied"
 
 
