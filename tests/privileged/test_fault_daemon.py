@@ -67,6 +67,8 @@ def test_kill9_daemon_workers_exit_device_kept_new_daemon_adopts(tmp_path: Path,
               f"new daemon answering {t_start:.2f}s after the kill; probe: {res.summary()}")
         print(f"[fault 3/{transport}] ip diff before->dead: {diff(before, mid) or 'none'}; "
               f"before->after: {diff(before, after) or 'none'}; daemon fds {fds0} -> {fds1}")
+        # the worker saw its control socket close and left on its own (not killed)
+        assert ts.b.log.read_text().count("control socket closed (the daemon is gone)") == 1
         assert diff(before, mid) == [], "device state changed while the daemon was dead"
         assert diff(before, after) == [], "device state changed after the new daemon"
         assert [w.pid for w in new_workers] != [w.pid for w in old_workers]
