@@ -31,9 +31,11 @@ from tund.config import Config, InterfaceConfig, TunnelConfig
 from tund.errors import ConfigError, ConfigIssue, KernelError, ReloadError, TundError
 from tund.netdev import reconcile, tuntap
 from tund.netdev.ip import IpRunner
+from tund.relay.privileges import resolve_worker_user
 from tund.relay.spec import WorkerSpec
 from tund.status_schema import SCHEMA_VERSION as STATUS_SCHEMA_VERSION
 from tund.supervise.supervisor import Limits, TunnelRunner
+from tund.supervise.worker import WorkerProcess, worker_class
 
 log = logging.getLogger("tund.engine")
 
@@ -117,6 +119,8 @@ class Engine:
         self.reloads = 0
         self.last_reload: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
+        self._worker_user: str | None = None
+        self._worker_cls: type[WorkerProcess] = WorkerProcess
 
     # ------------------------------------------------------------------ start / stop
 
@@ -124,6 +128,7 @@ class Engine:
         """Bring up every interface and start every tunnel of ``cfg``."""
         async with self._lock:
             self.config = cfg
+            self._set_worker_user(cfg.daemon.worker_user)
             self._read_all_keys(cfg)
             for name, iface in cfg.interfaces.items():
                 self._bring_up(name, iface)
@@ -216,11 +221,18 @@ class Engine:
             private_key=km.private_key, peer_public_key=km.peer_public_key,
             preshared_key=km.preshared_key, timers=_test_timers())
 
+    def _set_worker_user(self, user: str) -> None:
+        """Workers started from now on run as ``user`` (see tund.relay.privileges)."""
+        if user != self._worker_user:
+            self._worker_user = user
+            self._worker_cls = worker_class(resolve_worker_user(user))
+
     def _start_tunnel(self, name: str) -> None:
         assert self.config is not None
         t = self.config.tunnels[name]
         runner = TunnelRunner(name, lambda: self._make_spec(name),
-                              Limits.from_config(self.config.daemon), self._describe(name, t))
+                              Limits.from_config(self.config.daemon), self._describe(name, t),
+                              spawn=self._worker_cls)
         self.runners[name] = runner
         runner.start()
 
@@ -392,6 +404,7 @@ class Engine:
                               "before it were undone and the previous configuration stays in "
                               "force") from e
         self.config, self.keys, self.key_errors = new, new_keys, {}  # 4
+        self._set_worker_user(new.daemon.worker_user)
         for t in p.tunnels:
             if t.action in ("add", "restart"):
                 self._start_tunnel(t.name)

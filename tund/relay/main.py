@@ -2,7 +2,13 @@
 
 Usage (by the daemon, see :mod:`tund.relay.spec`)::
 
-    python -m tund.relay --control-fd N
+    python -m tund.relay --control-fd N [--run-as UID:GID]
+
+Once its pump is built (fds wrapped, codec and transport made, every module imported) and
+before it reads a single packet, the worker drops its privileges
+(:mod:`tund.relay.privileges`): to ``UID:GID`` when given, no capabilities, no_new_privs,
+not dumpable, no core dumps. It refuses to run if that fails. After the drop it needs
+nothing from the file system.
 
 Exit codes: 0 after ``stop`` or when the daemon went away; 1 on a fatal error (after a
 ``state`` message carrying it); 2 when the start message itself is unusable.
@@ -25,6 +31,7 @@ from tund.relay.counters import Counters
 from tund.relay.device import FdDevice
 from tund.relay.errors import RelayError
 from tund.relay.framing import MAX_FRAME
+from tund.relay.privileges import RunAs, drop_privileges
 from tund.relay.pump import Pump
 from tund.relay.spec import WorkerSpec
 from tund.relay.tcp import TcpTransport
@@ -150,6 +157,7 @@ def _fatal(control: socket.socket, error: str, pump: Pump | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tund.relay")
     parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--run-as", type=RunAs.parse, default=None, metavar="UID:GID")
     args = parser.parse_args(argv)
     setup_logging("?")
     try:
@@ -168,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     pump: Pump | None = None
     try:
         pump = build(spec, control)
+        drop_privileges(args.run_as)  # before the first packet; raises PrivilegeError
         return pump.run()
     except (RelayError, OSError, ValueError) as e:
         _fatal(control, str(e) if isinstance(e, RelayError) else f"{type(e).__name__}: {e}",

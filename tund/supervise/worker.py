@@ -1,11 +1,14 @@
 """One relay worker process as seen from the daemon: spawn, message, stop, kill.
 
 Contract (see :mod:`tund.relay.spec` for the wire side): :meth:`WorkerProcess.spawn` starts
-``python -m tund.relay --control-fd N`` with the device fd and (role listen) the underlay
-socket inherited under the same numbers, then sends the start message carrying the spec
-(secrets travel only there). Incoming control messages are handed to ``on_message``; the
-control socket closing (the worker died) calls ``on_exit`` once. Nothing here blocks the
-daemon's event loop for longer than a non-blocking send.
+``python -m tund.relay --control-fd N [--run-as UID:GID]`` with the device fd and (role
+listen) the underlay socket inherited under the same numbers, and no other fd, then sends
+the start message carrying the spec (secrets travel only there). Incoming control messages
+are handed to ``on_message``; the control socket closing (the worker died) calls ``on_exit``
+once. Nothing here blocks the daemon's event loop for longer than a non-blocking send.
+
+Privileges: the worker drops them itself before its first packet (:mod:`tund.relay.privileges`);
+:attr:`WorkerProcess.RUN_AS` (set per configuration with :func:`worker_class`) says to whom.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from tund.relay.privileges import RunAs
 from tund.relay.spec import WorkerSpec
 
 log = logging.getLogger("tund.supervise")
@@ -31,6 +35,9 @@ MessageHandler = Callable[[dict[str, Any]], None]
 
 class WorkerProcess:
     """A spawned worker and the daemon's end of its control socket."""
+
+    #: The uid/gid workers of this class switch to; None: they keep the daemon's.
+    RUN_AS: RunAs | None = None
 
     def __init__(self, spec: WorkerSpec, on_message: MessageHandler,
                  on_exit: Callable[[int | None], None]) -> None:
@@ -53,7 +60,8 @@ class WorkerProcess:
             fds.append(self.spec.socket_fd)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tund.relay", "--control-fd", str(theirs.fileno())],
+                [sys.executable, "-m", "tund.relay", "--control-fd", str(theirs.fileno()),
+                 *(["--run-as", str(self.RUN_AS)] if self.RUN_AS is not None else [])],
                 pass_fds=fds, stdin=subprocess.DEVNULL, close_fds=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
@@ -140,3 +148,11 @@ class WorkerProcess:
             if self.proc.poll() is not None:
                 break
         self._closed()
+
+
+def worker_class(run_as: RunAs | None) -> type[WorkerProcess]:
+    """A :class:`WorkerProcess` subclass whose workers switch to ``run_as``."""
+    if run_as is None:
+        return WorkerProcess
+    return type(f"WorkerProcess_{run_as.uid}_{run_as.gid}", (WorkerProcess,),
+                {"RUN_AS": run_as})
