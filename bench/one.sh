@@ -36,9 +36,12 @@ if [ $ok != 1 ]; then
 fi
 sleep "${WARMUP_S:-1}"
 IFN="$(cat "$SD/ifname" 2>/dev/null || true)"
-MTU="$(nsA cat "/sys/class/net/$IFN/mtu" 2>/dev/null || echo null)"
-META=$(printf '{"version": "%s", "ifname": "%s", "mtu": %s, "setup_to_ping_s": %s, "loss": "%s"}' \
-  "$(timeout 10 "$L" version 2>&1 | head -1 | tr -d '"\\')" "$IFN" "$MTU" "$(echo "$t1 - $t0" | bc)" "${BENCH_LOSS:-0}")
+MTU="$( [ -n "$IFN" ] && nsA cat "/sys/class/net/$IFN/mtu" 2>/dev/null)"
+META=$(python3 -c 'import json, sys
+mtu = sys.argv[3]
+print(json.dumps({"version": sys.argv[1], "ifname": sys.argv[2], "mtu": int(mtu) if mtu.isdigit() else None,
+                  "setup_to_ping_s": round(float(sys.argv[4]), 2), "loss": sys.argv[5]}))' \
+  "$(timeout 10 "$L" version 2>&1 | head -1)" "$IFN" "$MTU" "$(echo "$t1 - $t0" | bc)" "${BENCH_LOSS:-0}")
 : > "$SD/iperf3.pids"
 spawn "$NS_B" "$SD/iperf3.pids" "$SD/iperf3-server.log" iperf3 -s -B "$INNER_B" -p 5201
 wait_listen "$NS_B" t 5201 10 || { error_line "iperf3 server did not start"; exit 6; }

@@ -2,7 +2,11 @@
 # The benchmark of issue 6: tund and its peers side by side, one command, as root.
 #
 #   bench/run.sh [--reps N] [--seconds S] [--impls "a b ..."] [--no-loss] [--no-scale]
-#                [--scale-only] [--tunnels N]
+#                [--scale-only] [--tunnels N] [--rev REV]
+#
+# --rev REV: run tund as committed at REV (git archive into /tmp/pf-bench/src-REV, first on
+# PYTHONPATH) instead of the working tree (the default, through the venv's editable
+# install).
 #
 # Interleaved reps (A B C A B C ...) of single-stream iperf3 TCP + 20 pings through each
 # tunnel between two namespaces (pfA / pfB, from the shared anchors harness), then the
@@ -13,7 +17,7 @@
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
-REPS=3; SECS=10; LOSS=1; SCALE=1; ONLY_SCALE=0; TUNNELS=256
+REV=""; REPS=3; SECS=10; LOSS=1; SCALE=1; ONLY_SCALE=0; TUNNELS=256
 IMPLS="direct pyrelay-tcp openvpn-udp-aead wireguard-go tund-udp-wg tund-tcp-plain tund-wggo"
 LOSS_IMPLS="openvpn-udp-aead tund-udp-wg"
 while [ $# -gt 0 ]; do
@@ -26,7 +30,8 @@ while [ $# -gt 0 ]; do
     --no-scale) SCALE=0; shift ;;
     --scale-only) ONLY_SCALE=1; shift ;;
     --tunnels) TUNNELS="$2"; shift 2 ;;
-    -h|--help) sed -n 2,13p "$0"; exit 0 ;;
+    --rev) REV="$2"; shift 2 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     *) echo "bench/run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -48,6 +53,15 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 export TUND_VENV="${TUND_VENV:-$(bash "$REPO/tests/setup.sh")}" || exit 3
 
+DESC="working tree $(git -C "$REPO" rev-parse --short HEAD) + $(git -C "$REPO" status --porcelain -- tund | wc -l) modified files under tund/"
+if [ -n "$REV" ]; then
+  sha="$(git -C "$REPO" rev-parse --short "$REV")" || exit 2
+  SRC="/tmp/pf-bench/src-$sha"
+  [ -d "$SRC/tund" ] || { mkdir -p "$SRC" && git -C "$REPO" archive "$sha" tund | tar -x -C "$SRC"; } || exit 3
+  export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
+  DESC="commit $sha (from $SRC)"
+fi
+
 # Our own namespace / device / state names (the anchors' defaults are tbA/tbB).
 export NS_A=pfA NS_B=pfB VETH_A=pfvA VETH_B=pfvB
 export STATE_ROOT=/tmp/pf-bench/state BUILD_DIR=/tmp/pf-bench/build
@@ -58,19 +72,21 @@ echo "bench: results in $OUT (log $LOG)"
 {
   echo "date: $(date -Is)  kernel: $(uname -r)  cpus: $(nproc)  reps: $REPS x ${SECS}s"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-  echo "tund: $(git -C "$REPO" rev-parse --short HEAD) $(git -C "$REPO" status --porcelain -- tund | wc -l) modified files under tund/"
+  echo "tund: $DESC"
 } | tee "$OUT/env.txt"
 
-loss_rules() {  # on|off: drop 1% of underlay TCP/UDP entering either namespace
+loss_rules() {  # on|off: drop 1% of underlay TCP/UDP packets entering either namespace
+  # Prerouting at priority -450 runs before IP reassembly (defrag is -400, local delivery
+  # later): every IP fragment is a packet on the wire and is dropped with probability 1%.
   local ns
   for ns in "$NS_A" "$NS_B"; do
     ip netns exec "$ns" nft delete table inet pfloss 2>/dev/null || true
     [ "$1" = on ] || continue
     ip netns exec "$ns" nft -f - <<NFT
 table inet pfloss {
-  chain input {
-    type filter hook input priority -10; policy accept;
-    meta l4proto { tcp, udp } numgen random mod 100 0 drop
+  chain pre {
+    type filter hook prerouting priority -450; policy accept;
+    meta nfproto ipv4 ip protocol { tcp, udp } numgen random mod 100 0 drop
   }
 }
 NFT

@@ -70,13 +70,21 @@ def unpack_ifreq(data: bytes) -> tuple[str, int]:
     return raw.split(b"\0", 1)[0].decode(), flags
 
 
-def device_flags(mode: Mode, *, packet_info: bool, multi_queue: bool) -> int:
-    """The TUNSETIFF flags for a device of this shape."""
+def device_flags(mode: Mode, *, packet_info: bool, multi_queue: bool,
+                 vnet_hdr: bool = False) -> int:
+    """The TUNSETIFF flags for a device of this shape.
+
+    ``vnet_hdr``: every packet read or written carries a ``virtio_net_hdr`` (needed for
+    offloads, see :mod:`tund.relay.offload`). The kernel keeps this flag per device and
+    sets it from each TUNSETIFF, so every attach must ask the same.
+    """
     flags = IFF_TUN if mode == "tun" else IFF_TAP
     if not packet_info:
         flags |= IFF_NO_PI
     if multi_queue:
         flags |= IFF_MULTI_QUEUE
+    if vnet_hdr:
+        flags |= IFF_VNET_HDR
     return flags
 
 
@@ -200,14 +208,16 @@ def attach(name: str, flags: int) -> int:
 
 def open_device(name: str, mode: Mode, *, packet_info: bool = False, multi_queue: bool = False,
                 persist: bool = True, owner: int | None = None,
-                group: int | None = None) -> OpenedDevice:
+                group: int | None = None, vnet_hdr: bool = False) -> OpenedDevice:
     """Adopt or create device ``name`` and return an fd attached to it.
 
     An existing device must match mode, packet_info, multi_queue, owner and group (else
     TunError naming each difference); its persist flag is set to ``persist`` if it differs.
+    ``vnet_hdr`` asks for IFF_VNET_HDR (see :func:`device_flags`).
     Errors from the kernel raise TunError with the device name and the errno text.
     """
-    flags = device_flags(mode, packet_info=packet_info, multi_queue=multi_queue)
+    flags = device_flags(mode, packet_info=packet_info, multi_queue=multi_queue,
+                         vnet_hdr=vnet_hdr)
     found = read_device(name)
     if found is not None:
         if diffs := mismatches(found, mode, packet_info=packet_info, multi_queue=multi_queue,

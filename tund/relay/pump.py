@@ -47,11 +47,14 @@ class Pump:
 
     ``max_packet``: the largest device packet (MTU + Ethernet header for tap + 4 for
     packet info); larger ones in either direction are dropped as ``"oversize"``.
+    ``vnet``: the device gives and takes vnet frames and ``codec`` is an
+    :class:`~tund.relay.offload.OffloadCodec` (``max_packet`` is then the largest frame;
+    an MTU update goes to the codec's ``max_packet``).
     """
 
     def __init__(self, *, control: socket.socket, device: PacketDevice,
                  transport: Transport, codec: Codec, counters: Counters,
-                 max_packet: int, mtu: int | None = None) -> None:
+                 max_packet: int, mtu: int | None = None, vnet: bool = False) -> None:
         self.control = control
         self.device = device
         self.transport = transport
@@ -59,6 +62,7 @@ class Pump:
         self.c = counters
         self.max_packet = max_packet
         self.mtu = mtu if mtu is not None else max_packet  # max_packet - mtu = header room
+        self.vnet = vnet  # device frames carry a vnet header; the codec checks the MTU
         self.sel: selectors.BaseSelector = selectors.DefaultSelector()
         self.now = time.monotonic()
         self.wall = time.time()
@@ -246,7 +250,11 @@ class Pump:
             # the device MTU changed in place (reload): adjust the oversize limit, keep running
             new_mtu = msg.get("mtu")
             if isinstance(new_mtu, int) and 68 <= new_mtu <= 65535:
-                self.max_packet = self.max_packet - self.mtu + new_mtu
+                if self.vnet:  # frames stay up to 64 KB; plain packets obey the MTU
+                    codec: Any = self.codec
+                    codec.max_packet = codec.max_packet - self.mtu + new_mtu
+                else:
+                    self.max_packet = self.max_packet - self.mtu + new_mtu
                 self.mtu = new_mtu
                 log.info("mtu now %d (largest packet %d)", new_mtu, self.max_packet)
         elif op == "stop":

@@ -54,6 +54,9 @@ class WorkerSpec:
     socket_fd: int | None = None  # role listen: bound (UDP) / listening (TCP) socket
     mtu: int = 1500
     packet_info: bool = False
+    # The device was opened with IFF_VNET_HDR (tun mode without packet info): every
+    # packet carries a virtio_net_hdr, and offloads may be negotiated (tund.relay.offload).
+    vnet_hdr: bool = False
     keepalive: int = 0
     reconnect_min: float = 0.2
     reconnect_max: float = 10.0

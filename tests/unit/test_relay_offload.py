@@ -1,0 +1,121 @@
+"""OffloadCodec: vnet framing, in-band hello negotiation, stale GSO frames, MTU checks."""
+
+from __future__ import annotations
+
+import struct
+
+from tund.relay.codec import PlainCodec
+from tund.relay.offload import (
+    F_NEEDS_CSUM,
+    GSO_TCPV4,
+    VNET_HDR_LEN,
+    ZERO_HDR,
+    OffloadCodec,
+    frame_ok,
+    hello,
+    parse_hello,
+)
+
+IP4 = bytes([0x45]) + bytes(19) + b"payload"
+PEER = ("192.0.2.1", 9)
+
+
+def vnet(flags: int, gso: int, packet: bytes) -> bytes:
+    return struct.pack("<BBHHHH", flags, gso, 0, 1400 if gso else 0, 20 if flags else 0,
+                       16 if flags else 0) + packet
+
+
+class Switch:
+    def __init__(self, ok: bool = True) -> None:
+        self.calls: list[bool] = []
+        self.ok = ok
+
+    def __call__(self, on: bool) -> bool:
+        self.calls.append(on)
+        return self.ok
+
+
+def make(negotiate: bool = True, ok: bool = True) -> tuple[OffloadCodec, Switch, dict[str, int]]:
+    sw, drops = Switch(ok), dict[str, int]()
+    return OffloadCodec(PlainCodec(), sw, max_packet=1400, drops=drops,
+                        negotiate=negotiate), sw, drops
+
+
+def test_hello_is_an_ipv4_packet_kernels_drop() -> None:
+    h = hello(False)
+    assert h[0] == 0x45 and h[9] == 253 and h[8] == 0  # TTL 0, protocol 253
+    assert h[12:20] == bytes(8)  # 0.0.0.0 -> 0.0.0.0
+    assert int.from_bytes(h[2:4], "big") == len(h)
+    total = sum(struct.unpack("!10H", h[:20]))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    assert total != 0xFFFF  # the header checksum is wrong on purpose
+    assert parse_hello(h) is False and parse_hello(hello(True)) is True
+    assert parse_hello(IP4) is None
+
+
+def test_before_the_hello_frames_go_out_as_plain_packets_after_one_hello() -> None:
+    c, sw, _ = make()
+    out = c.seal(ZERO_HDR + IP4, 0.0)
+    assert out == [hello(False), IP4]
+    assert c.seal(ZERO_HDR + IP4, 0.5) == [IP4]  # no second hello within HELLO_RETRY
+    assert c.seal(ZERO_HDR + IP4, 1.6) == [hello(False), IP4]  # retried
+    assert sw.calls == []
+
+
+def test_a_hello_turns_offloads_on_and_is_answered_then_frames_pass_whole() -> None:
+    c, sw, _ = make()
+    op = c.open(hello(False), PEER, 0.0)
+    assert op.packets == [] and op.replies == [hello(True)] and op.drop is None
+    assert sw.calls == [True] and c.peer_vnet
+    frame = vnet(F_NEEDS_CSUM, GSO_TCPV4, IP4 + bytes(60000))
+    assert c.seal(frame, 1.0) == [frame]
+    op = c.open(hello(True), PEER, 1.0)  # an ack is not answered
+    assert op.replies == [] and sw.calls == [True]
+
+
+def test_received_frames_are_written_as_they_are_and_packets_get_a_zero_header() -> None:
+    c, _, _ = make()
+    frame = vnet(F_NEEDS_CSUM, GSO_TCPV4, IP4)
+    assert c.open(frame, PEER, 0.0).packets == [frame]
+    assert c.open(IP4, PEER, 0.0).packets == [ZERO_HDR + IP4]
+
+
+def test_bad_frames_and_oversize_packets_are_dropped() -> None:
+    c, _, drops = make()
+    assert c.open(vnet(0x08, 0, IP4), PEER, 0.0).drop == "malformed"  # unknown flag
+    assert c.open(vnet(0, 0x33, IP4), PEER, 0.0).drop == "malformed"  # unknown gso
+    assert c.open(ZERO_HDR + b"\x00" * 20, PEER, 0.0).drop == "malformed"  # not IP
+    assert c.open(IP4 + bytes(1400), PEER, 0.0).drop == "oversize"
+    assert not frame_ok(ZERO_HDR)
+    assert c.seal(ZERO_HDR + IP4 + bytes(1400), 0.0) == [] and drops["oversize"] == 1
+
+
+def test_stale_gso_frames_are_dropped_until_the_peer_said_hello() -> None:
+    c, _, drops = make()
+    assert c.seal(vnet(F_NEEDS_CSUM, GSO_TCPV4, IP4), 0.0) == []
+    assert c.seal(vnet(F_NEEDS_CSUM, 0, IP4), 0.0) == []
+    assert drops["offload_stale"] == 2
+
+
+def test_a_new_path_forgets_the_peer_and_turns_offloads_off() -> None:
+    c, sw, _ = make()
+    c.open(hello(False), PEER, 0.0)
+    c.on_connected(1.0)
+    assert sw.calls == [True, False] and not c.peer_vnet
+    assert c.seal(ZERO_HDR + IP4, 1.0)[0] == hello(False)
+
+
+def test_without_negotiation_no_hello_is_sent_nor_answered() -> None:
+    c, sw, _ = make(negotiate=False)
+    assert c.seal(ZERO_HDR + IP4, 0.0) == [IP4]
+    op = c.open(hello(False), PEER, 0.0)
+    assert op.replies == [] and op.packets == [] and sw.calls == [] and not c.peer_vnet
+
+
+def test_a_device_that_refuses_offloads_keeps_plain_packets() -> None:
+    c, sw, _ = make(ok=False)
+    c.open(hello(False), PEER, 0.0)
+    assert sw.calls == [True] and not c.peer_vnet
+    assert c.seal(ZERO_HDR + IP4, 5.0)[-1] == IP4
+    assert len(hello(False)) + VNET_HDR_LEN > VNET_HDR_LEN

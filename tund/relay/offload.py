@@ -1,0 +1,206 @@
+"""TUN offloads: ``virtio_net_hdr`` framing, TUNSETOFFLOAD, and the tund-to-tund extension.
+
+A tun device opened with ``IFF_VNET_HDR`` prefixes every packet, both ways, with a
+10-byte ``struct virtio_net_hdr`` (flags, gso_type, hdr_len, gso_size, csum_start,
+csum_offset; little-endian). Once ``TUNSETOFFLOAD(CSUM|TSO4|TSO6|TSO_ECN)`` is set the
+kernel hands us TCP "super-packets" of up to 64 KB with a partial checksum
+(``NEEDS_CSUM``) and takes them back the same way: one read, one seal, one send and one
+write for up to ~45 MTU-sized packets. Such frames may only go to a peer that writes
+them into a vnet-header device of its own, so offloads are *negotiated in band*:
+
+* Each side sends a :func:`hello` packet (ack = 0) with its first outgoing packet after
+  a path comes up (repeated every ``HELLO_RETRY`` s, ``HELLO_TRIES`` times, until the
+  peer answers). A hello is an IPv4 packet that every other receiver drops: source and
+  destination 0.0.0.0, TTL 0, protocol 253 (RFC 3692 experimental) and a wrong header
+  checksum. simpletun and wireguard-go write it to their tun, where the kernel drops it
+  (wireguard-go already drops it for its disallowed source address).
+* A side that receives a hello knows the peer accepts vnet frames: it turns its
+  device's offloads on (``set_offload(True)``) and sends every packet as its raw vnet
+  frame from then on. A hello with ack = 0 is answered with an ack = 1 hello.
+* A new path (TCP reconnect, a first UDP peer) forgets the peer's capability: offloads
+  off, hello again. Frames read with a GSO type or a partial checksum while the peer
+  is not known to take them (queued before offloads went off) are dropped as
+  ``"offload_stale"``; TCP resends them.
+
+On the wire a vnet frame and an IP packet are told apart by their first byte: a vnet
+header's flags byte is < 0x10, an IP packet's is 0x4_ or 0x6_. Received IP packets are
+written with a zeroed header; received vnet frames as they are (the kernel validates
+the header, as it does for a virtual machine). Only tun mode without packet info uses
+this (the worker decides with ``WorkerSpec.vnet_hdr``).
+
+Limit: a peer replaced, on the same path, by a tund without this extension (or by
+another implementation) is only noticed at the next new path.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from tund.relay.codec import Address, Codec, Opened
+
+log = logging.getLogger("tund.relay.offload")
+
+VNET_HDR_LEN = 10
+ZERO_HDR = bytes(VNET_HDR_LEN)
+MAX_FRAME = VNET_HDR_LEN + 0xFFFF  # header + the largest IP packet
+
+# <linux/virtio_net.h>
+F_NEEDS_CSUM = 1
+F_DATA_VALID = 2
+GSO_NONE, GSO_TCPV4, GSO_UDP, GSO_TCPV6, GSO_UDP_L4, GSO_ECN = 0, 1, 3, 4, 5, 0x80
+_GSO_OK = frozenset({GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4,
+                     GSO_TCPV4 | GSO_ECN, GSO_TCPV6 | GSO_ECN})
+
+# <linux/if_tun.h>
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
+OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+
+HELLO_RETRY = 1.0
+HELLO_TRIES = 10
+_MAGIC = b"tund-offload/1\x00"
+_HELLO_LEN = 20 + len(_MAGIC) + 1
+
+
+def _ipv4_checksum(header: bytes) -> int:
+    total: int = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def hello(ack: bool) -> bytes:
+    """The negotiation packet (see the module docstring); ``ack`` answers one."""
+    head = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, _HELLO_LEN, 0, 0, 0, 253, 0,
+                                 bytes(4), bytes(4)))
+    good = _ipv4_checksum(bytes(head))
+    struct.pack_into("!H", head, 10, good ^ 0x5A5A)  # deliberately wrong: kernels drop it
+    return bytes(head) + _MAGIC + (b"\x01" if ack else b"\x00")
+
+
+def parse_hello(packet: bytes) -> bool | None:
+    """None if ``packet`` is not a hello, else its ack flag."""
+    if len(packet) != _HELLO_LEN or packet[9] != 253 or packet[20:20 + len(_MAGIC)] != _MAGIC:
+        return None
+    return packet[-1] == 1
+
+
+def frame_ok(frame: bytes) -> bool:
+    """A vnet frame we are willing to hand to the kernel: known flags and GSO type, and
+    an IPv4/IPv6 packet after the header. The kernel checks the rest."""
+    return (len(frame) > VNET_HDR_LEN and frame[0] & ~(F_NEEDS_CSUM | F_DATA_VALID) == 0
+            and frame[1] in _GSO_OK and frame[VNET_HDR_LEN] >> 4 in (4, 6))
+
+
+def set_device_offload(fd: int, on: bool) -> bool:
+    """TUNSETOFFLOAD on the device behind ``fd``; False (logged) if the kernel refuses."""
+    flags = OFFLOADS if on else 0
+    log.info("[#] ioctl TUNSETOFFLOAD fd %d 0x%02x", fd, flags)
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
+    except OSError as e:
+        log.warning("TUNSETOFFLOAD 0x%02x on fd %d failed: %s", flags, fd, e)
+        return False
+    return True
+
+
+class OffloadCodec:
+    """Wraps a :class:`~tund.relay.codec.Codec` for a vnet-header device.
+
+    Device side: ``seal`` takes vnet frames (header + packet, as read), ``open`` returns
+    vnet frames (to write as they are). Wire side: what ``inner`` makes of IP packets,
+    or of whole vnet frames once the peer said hello. ``set_offload(on)`` switches the
+    device's offloads (returns False if it could not). ``max_packet`` is the largest
+    plain IP packet (the MTU); larger plain ones are dropped as ``"oversize"``.
+    ``negotiate`` False: never say hello nor answer one (offloads stay off).
+    ``drops`` is the worker's cause -> count dict (for drops on the sealing side).
+    """
+
+    def __init__(self, inner: Codec, set_offload: Callable[[bool], bool], *,
+                 max_packet: int, drops: dict[str, int], negotiate: bool = True) -> None:
+        self.inner = inner
+        self.set_offload = set_offload
+        self.max_packet = max_packet
+        self.drops = drops
+        self.negotiate = negotiate
+        self.peer_vnet = False
+        self._hello_at: float | None = None
+        self._hello_tries = 0
+
+    def _drop(self, cause: str) -> None:
+        self.drops[cause] = self.drops.get(cause, 0) + 1
+
+    def _forget_peer(self) -> None:
+        if self.peer_vnet:
+            self.set_offload(False)
+            log.info("offloads off until the peer says hello again")
+        self.peer_vnet = False
+        self._hello_at = None
+        self._hello_tries = 0
+
+    def seal(self, frame: bytes, now: float) -> list[bytes]:
+        if self.peer_vnet:
+            return self.inner.seal(frame, now)
+        if frame[1] != GSO_NONE or frame[0] & F_NEEDS_CSUM:
+            self._drop("offload_stale")
+            return []
+        if len(frame) - VNET_HDR_LEN > self.max_packet:
+            self._drop("oversize")
+            return []
+        out: list[bytes] = []
+        if (self.negotiate and self._hello_tries < HELLO_TRIES
+                and (self._hello_at is None or now - self._hello_at >= HELLO_RETRY)):
+            self._hello_at = now
+            self._hello_tries += 1
+            out += self.inner.seal(hello(False), now)
+        out += self.inner.seal(frame[VNET_HDR_LEN:], now)
+        return out
+
+    def open(self, message: bytes, source: Address | None, now: float) -> Opened:
+        op = self.inner.open(message, source, now)
+        if op.drop is not None or not op.packets:
+            return op
+        frames: list[bytes] = []
+        replies = op.replies
+        drop: str | None = None
+        for p in op.packets:
+            if p[0] < 0x10:
+                if frame_ok(p):
+                    frames.append(p)
+                else:
+                    drop = "malformed"
+            elif (ack := parse_hello(p)) is not None:
+                if self.negotiate:
+                    replies = replies + self._on_hello(ack, now)
+            elif len(p) > self.max_packet:
+                drop = "oversize"
+            else:
+                frames.append(ZERO_HDR + p)
+        if drop is not None:
+            if not frames:
+                return Opened([], replies, op.authenticated, drop)
+            self._drop(drop)  # the pump counts only a whole message's drop
+        return Opened(frames, replies, op.authenticated, None)
+
+    def _on_hello(self, ack: bool, now: float) -> list[bytes]:
+        if not self.peer_vnet and self.set_offload(True):
+            log.info("the peer takes vnet frames: offloads on")
+            self.peer_vnet = True
+        return [] if ack else self.inner.seal(hello(True), now)
+
+    def tick(self, now: float) -> list[bytes]:
+        return self.inner.tick(now)
+
+    def next_deadline(self) -> float | None:
+        return self.inner.next_deadline()
+
+    def on_connected(self, now: float) -> list[bytes]:
+        self._forget_peer()
+        return self.inner.on_connected(now)
+
+    def stats(self) -> dict[str, Any]:
+        return self.inner.stats()
