@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import json
 import logging
+import os
 import socket
 import sys
 from typing import Any
@@ -31,6 +33,8 @@ from tund.relay.counters import Counters
 from tund.relay.device import FdDevice
 from tund.relay.errors import RelayError
 from tund.relay.framing import MAX_FRAME
+from tund.relay.offload import MAX_FRAME as VNET_MAX_FRAME
+from tund.relay.offload import OffloadCodec, set_device_offload
 from tund.relay.privileges import RunAs, drop_privileges
 from tund.relay.pump import Pump
 from tund.relay.spec import WorkerSpec
@@ -79,7 +83,9 @@ def _own_socket(spec: WorkerSpec, kind: int) -> socket.socket:
     return s
 
 
-def make_transport(spec: WorkerSpec, counters: Counters) -> Transport:
+def make_transport(spec: WorkerSpec, counters: Counters,
+                   largest: int | None = None) -> Transport:
+    """The spec's transport; ``largest``: the largest device frame (default: max_packet)."""
     kind = socket.SOCK_STREAM if spec.transport == "tcp" else socket.SOCK_DGRAM
     sock = None
     if spec.role == "listen":
@@ -94,7 +100,8 @@ def make_transport(spec: WorkerSpec, counters: Counters) -> Transport:
                               "reconnect_max": spec.reconnect_max}
     if spec.transport == "tcp":
         return TcpTransport(counters, listen_sock=sock, keepalive=spec.keepalive,
-                            max_message=max_packet(spec) + CODEC_OVERHEAD, **common)
+                            max_message=(largest or max_packet(spec)) + CODEC_OVERHEAD,
+                            **common)
     return UdpTransport(counters, sock=sock, **common)
 
 
@@ -102,6 +109,16 @@ def build(spec: WorkerSpec, control: socket.socket) -> Pump:
     counters = Counters()
     mp = max_packet(spec)
     codec = make_codec(spec)
+    if spec.vnet_hdr and spec.mode == "tun" and not spec.packet_info:
+        # vnet frames on the device (tund.relay.offload); TUND_OFFLOAD=0: no offloads
+        negotiate = os.environ.get("TUND_OFFLOAD", "1") != "0"
+        codec = OffloadCodec(codec, functools.partial(set_device_offload, spec.device_fd),
+                             max_packet=mp, drops=counters.drops, negotiate=negotiate)
+        device = FdDevice(spec.device_fd, read_size=VNET_MAX_FRAME + 1)
+        return Pump(control=control, device=device,
+                    transport=make_transport(spec, counters, VNET_MAX_FRAME),
+                    codec=codec, counters=counters, max_packet=VNET_MAX_FRAME,
+                    mtu=spec.mtu, vnet=True)
     device = FdDevice(spec.device_fd, read_size=mp + 1)  # mp + 1 bytes read = oversize
     return Pump(control=control, device=device, transport=make_transport(spec, counters),
                 codec=codec, counters=counters, max_packet=mp, mtu=spec.mtu)
