@@ -136,4 +136,6 @@ def diff(old: Config | None, new: Config,
     notes: list[str] = []
     if old is not None and old.daemon.control_socket != new.daemon.control_socket:
         notes.append("daemon.control_socket changed: takes effect at the next daemon restart")
+    if old is not None and old.daemon.metrics_listen != new.daemon.metrics_listen:
+        notes.append("daemon.metrics_listen changed: takes effect at the next daemon restart")
     return Plan(ifaces, tuple(tunnels), tuple(notes))

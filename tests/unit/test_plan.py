@@ -95,3 +95,8 @@ def test_add_and_remove() -> None:
 def test_control_socket_change_is_noted() -> None:
     p = _plan('[daemon]\ncontrol_socket = "/run/x.sock"\n' + BASE)
     assert any("control_socket" in n for n in p.daemon_notes)
+
+
+def test_metrics_listen_change_is_noted() -> None:
+    p = _plan('[daemon]\nmetrics_listen = "127.0.0.1:9586"\n' + BASE)
+    assert any("metrics_listen" in n for n in p.daemon_notes)
