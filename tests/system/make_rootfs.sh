@@ -3,8 +3,9 @@
 #
 # Usage: make_rootfs.sh run|build [DIR]
 #   run    the runtime image: systemd + tund's runtime Depends (the container has no
-#          network, so `dpkg -i tund.deb` cannot fetch anything: everything it needs is here)
-#   build  the runtime image plus the Debian build tool chain, for packaging/build-deb.sh
+#          network, so `dpkg -i tund.deb` cannot fetch anything: everything it needs is here;
+#          a Depends missing here makes the install test fail, which is how it is noticed)
+#   build  the Debian build tool chain only, for packaging/build-deb.sh
 #   DIR    defaults to /var/tmp/tsys-rootfs-PROFILE (never inside the repo)
 #
 # The cache is /var/tmp/tsys-rootfs-PROFILE-KEY.tar.zst; KEY hashes the suite, the package
@@ -26,15 +27,17 @@ FORMAT=3   # bump when the steps below change what a rootfs contains
 # tund's runtime Depends (keep in sync with packaging/debian/control) and what tests use.
 RUN_PKGS=systemd,systemd-sysv,dbus,python3,python3-pydantic,python3-tomli-w
 RUN_PKGS+=,python3-cryptography,python3-cffi-backend,python3-systemd,iproute2,iputils-ping
-RUN_PKGS+=,procps,adduser,passwd
+RUN_PKGS+=,python3-prometheus-client,procps,adduser,passwd,man-db
 # debootstrap does not resolve virtual packages: python3-cryptography needs the cffi
 # backend named explicitly.
-BUILD_PKGS=debhelper,dh-python,pybuild-plugin-pyproject,python3-all,python3-setuptools
+# The build image needs only the tool chain (the package's tests do not run at build
+# time), so a change of the runtime list does not rebuild it.
+BUILD_PKGS=build-essential,debhelper,dh-python,pybuild-plugin-pyproject,python3-all,python3-setuptools
 BUILD_PKGS+=,dpkg-dev,fakeroot
 
 case $PROFILE in
   run) PKGS=$RUN_PKGS ;;
-  build) PKGS=$RUN_PKGS,$BUILD_PKGS ;;
+  build) PKGS=$BUILD_PKGS ;;
   *) echo "make_rootfs.sh: unknown profile '$PROFILE' (expected run or build)" >&2; exit 2 ;;
 esac
 KEY=$(printf '%s|%s|%s' "$SUITE" "$PKGS" "$FORMAT" | sha256sum | cut -c1-12)
@@ -58,14 +61,16 @@ mirror() {
   echo "$uri"
 }
 
-if [ -x "$ROOT/usr/lib/systemd/systemd" ] && [ "$(cat "$ROOT/.tsys-key" 2>/dev/null)" = "$KEY" ]; then
+if [ "$(cat "$ROOT/.tsys-key" 2>/dev/null)" = "$KEY" ]; then
   log "up to date: $ROOT ($KEY)"; echo "$ROOT"; exit 0
 fi
 
-# One builder at a time per DIR (pytest-xdist workers, a parallel build-deb.sh).
-exec 9>"$ROOT.lock"
-flock -w 600 9 || { echo "make_rootfs.sh: timed out waiting for $ROOT.lock" >&2; exit 1; }
-if [ -x "$ROOT/usr/lib/systemd/systemd" ] && [ "$(cat "$ROOT/.tsys-key" 2>/dev/null)" = "$KEY" ]; then
+# One builder at a time per profile (pytest-xdist workers, a parallel build-deb.sh): they
+# share the cache file.
+LOCK=$CACHE_DIR/tsys-rootfs-$PROFILE.lock
+exec 9>"$LOCK"
+flock -w 900 9 || { echo "make_rootfs.sh: timed out waiting for $LOCK" >&2; exit 1; }
+if [ "$(cat "$ROOT/.tsys-key" 2>/dev/null)" = "$KEY" ]; then
   log "built meanwhile: $ROOT ($KEY)"; echo "$ROOT"; exit 0
 fi
 
@@ -87,6 +92,7 @@ fi
 echo tsys >"$ROOT/etc/hostname"
 : >"$ROOT/etc/machine-id"              # empty: systemd makes a fresh one at each boot
 # Quiet and fast boots: nothing that runs apt, fsck or waits for a network.
+mkdir -p "$ROOT/etc/systemd/system"
 for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
     systemd-networkd-wait-online.service fstrim.timer dpkg-db-backup.timer; do
   ln -sf /dev/null "$ROOT/etc/systemd/system/$unit"
@@ -94,7 +100,7 @@ done
 rm -f "$ROOT"/var/cache/apt/archives/*.deb
 echo "$KEY" >"$ROOT/.tsys-key"
 log "debootstrap took $((SECONDS - start)) s, $(du -sh "$ROOT" | cut -f1)"
-tar -C "$ROOT" --numeric-owner -cf - . | zstd -q -T0 -10 >"$CACHE.tmp"
-mv "$CACHE.tmp" "$CACHE"
+tar -C "$ROOT" --numeric-owner -cf - . | zstd -q -T0 -10 >"$CACHE.tmp.$$"
+mv "$CACHE.tmp.$$" "$CACHE"
 log "cached as $CACHE ($(du -h "$CACHE" | cut -f1))"
 echo "$ROOT"
