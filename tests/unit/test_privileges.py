@@ -1,0 +1,104 @@
+"""Who workers run as, and how a dropped worker's /proc status is judged (pure parts)."""
+
+from __future__ import annotations
+
+import logging
+import pwd
+from typing import Any
+
+import pytest
+
+from tund.relay import privileges
+from tund.relay.privileges import RunAs, problems, resolve_worker_user
+
+USERS = {"tund": (998, 997), "nobody": (65534, 65534), "root": (0, 0)}
+
+
+@pytest.fixture
+def userdb(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[int, int]]:
+    db = dict(USERS)
+
+    def entry(name: str, uid: int, gid: int) -> Any:
+        return pwd.struct_passwd((name, "x", uid, gid, "", "/", "/usr/sbin/nologin"))
+
+    def getpwnam(name: str) -> Any:
+        if name not in db:
+            raise KeyError(name)
+        return entry(name, *db[name])
+
+    def getpwuid(uid: int) -> Any:
+        for name, (u, g) in db.items():
+            if u == uid:
+                return entry(name, u, g)
+        raise KeyError(uid)
+
+    monkeypatch.setattr(pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(pwd, "getpwuid", getpwuid)
+    return db
+
+
+def test_configured_user_is_used(userdb: dict[str, tuple[int, int]]) -> None:
+    assert resolve_worker_user("tund", euid=0) == RunAs(998, 997, "tund")
+    assert resolve_worker_user("998", euid=0) == RunAs(998, 997, "tund")
+
+
+def test_missing_user_falls_back_to_nobody_with_a_warning(
+        userdb: dict[str, tuple[int, int]], caplog: pytest.LogCaptureFixture) -> None:
+    del userdb["tund"]
+    with caplog.at_level(logging.WARNING, "tund.relay.privileges"):
+        assert resolve_worker_user("tund", euid=0) == RunAs(65534, 65534, "nobody")
+    assert "'tund' does not exist" in caplog.text and "'nobody'" in caplog.text
+
+
+def test_without_nobody_either_the_overflow_ids_are_used(
+        userdb: dict[str, tuple[int, int]]) -> None:
+    del userdb["tund"], userdb["nobody"]
+    assert resolve_worker_user("tund", euid=0) == RunAs(65534, 65534, "65534")
+
+
+def test_root_or_a_non_root_daemon_means_no_switch(
+        userdb: dict[str, tuple[int, int]], caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "tund.relay.privileges"):
+        assert resolve_worker_user("root", euid=0) is None
+    assert "not advised" in caplog.text
+    assert resolve_worker_user("tund", euid=1000) is None
+
+
+def test_run_as_round_trips_through_the_command_line() -> None:
+    assert RunAs.parse(str(RunAs(998, 997))) == RunAs(998, 997)
+    for bad in ("998", "a:b", "-1:2", "1:", ":1", "1:2:3"):
+        with pytest.raises(ValueError, match="UID:GID"):
+            RunAs.parse(bad)
+
+
+DROPPED = {"Uid": "998 998 998 998", "Gid": "997 997 997 997", "Groups": "",
+           "CapInh": "0000000000000000", "CapPrm": "0000000000000000",
+           "CapEff": "0000000000000000", "CapBnd": "0000000000000000",
+           "CapAmb": "0000000000000000", "NoNewPrivs": "1"}
+
+
+def test_a_fully_dropped_status_has_no_problems() -> None:
+    assert problems(DROPPED, RunAs(998, 997)) == []
+
+
+@pytest.mark.parametrize(("field", "value", "expect"), [
+    ("Uid", "998 998 0 998", "Uid"),             # saved uid still root: could switch back
+    ("Gid", "0 997 997 997", "Gid"),
+    ("Groups", "0 27", "Groups"),
+    ("CapEff", "0000000000001000", "CapEff"),
+    ("CapPrm", "000001ffffffffff", "CapPrm"),
+    ("CapBnd", "000001ffffffffff", "CapBnd"),
+    ("CapAmb", "0000000000000400", "CapAmb"),
+    ("NoNewPrivs", "0", "NoNewPrivs"),
+])
+def test_each_shortfall_is_named(field: str, value: str, expect: str) -> None:
+    found = problems({**DROPPED, field: value}, RunAs(998, 997))
+    assert len(found) == 1 and found[0].startswith(expect), found
+
+
+def test_without_switch_only_capabilities_and_no_new_privs_are_judged() -> None:
+    status = {**DROPPED, "Uid": "1000 1000 1000 1000", "Gid": "1000 1000 1000 1000",
+              "CapBnd": "000001ffffffffff"}
+    assert problems(status, None) == []
+    assert problems({**status, "CapEff": "0000000000000001"}, None) != []
+    assert privileges.PRELOAD  # what the drop imports first is stated, not implicit
