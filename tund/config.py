@@ -9,6 +9,9 @@ Contract:
   File-level problems (unreadable, not UTF-8, not TOML) are reported for every file,
   and then stop: validating the rest would only add noise.
 * :func:`parse_text` does the same for in-memory TOML (tests, fuzzers).
+* Run as root (the daemon, ``tundctl check`` by root), :func:`load` refuses a file that
+  someone else could change: owned by another user, or group/other-writable, or in such a
+  directory (:func:`unsafe_ownership`); one error per file, saying why and how to fix it.
 * Nothing here touches the kernel or the network; user and group names are resolved
   with the local user database. Further checks (key files) are added by other modules
   with :func:`register_check`.
@@ -922,11 +925,42 @@ def config_files(path: Path) -> list[Path]:
     return [path, *extra]
 
 
+def unsafe_ownership(path: Path, euid: int | None = None) -> str | None:
+    """Why ``path`` (a config file) is unsafe for a process of ``euid`` to trust, or None.
+
+    Only a root process checks (a non-root one has no privileges to protect): the file and
+    the directory holding it must be owned by root and not writable by group or others
+    (a directory with the sticky bit, like /tmp, may be). The reason names the fix.
+    """
+    if (os.geteuid() if euid is None else euid) != 0:
+        return None
+    for target, what in ((path, "file"), (path.parent, "directory")):
+        try:
+            st = target.stat()
+        except OSError:
+            continue  # reading it reports the problem
+        mode = st.st_mode & 0o7777
+        if st.st_uid != 0:
+            return (f"unsafe: the {what} {target} is owned by uid {st.st_uid}, not root, so "
+                    f"that user could change what root runs; chown root {target}")
+        sticky_dir = what == "directory" and mode & 0o1000
+        if mode & 0o022 and not sticky_dir:
+            return (f"unsafe: the {what} {target} is writable by group or others (mode "
+                    f"{mode:04o}); chmod go-w {target}")
+    return None
+
+
 def load(path: Path = DEFAULT_CONFIG) -> Config:
-    """Read, merge and validate ``path`` and its drop-ins; raise ConfigError listing all issues."""
+    """Read, merge and validate ``path`` and its drop-ins; raise ConfigError listing all issues.
+
+    Run as root, also refuses files that others could change (:func:`unsafe_ownership`).
+    """
     issues: list[ConfigIssue] = []
     sources: list[_Source] = []
     for f in config_files(Path(path)):
+        if why := unsafe_ownership(f):
+            issues.append(ConfigIssue(str(f), 0, "", why))
+            continue
         try:
             data = f.read_bytes()
         except OSError as e:
