@@ -22,7 +22,7 @@ cleanup() {
   done
   ip netns del "$NA" 2>/dev/null || true
   ip netns del "$NB" 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ "${KEEP_LOGS:-0}" = 1 ]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -49,7 +49,7 @@ for _ in $(seq 1 100); do
   if ip netns exec "$NB" ping -n -c1 -W1 10.241.0.1 >/dev/null 2>&1; then ok=1; break; fi
   sleep 0.2
 done
-if [ $ok != 1 ]; then echo "no ping through the tunnel"; tail -20 "$WORK"/*.log; exit 1; fi
+if [ $ok != 1 ]; then echo "no ping through the tunnel"; tail -n 20 "$WORK"/a.log "$WORK"/b.log; exit 1; fi
 ip netns exec "$NB" ping -n -c3 -i 0.2 10.241.0.1
 
 step "tundctl status (site a)"
