@@ -112,6 +112,9 @@ def build(spec: WorkerSpec, control: socket.socket) -> Pump:
     if spec.vnet_hdr and spec.mode == "tun" and not spec.packet_info:
         # vnet frames on the device (tund.relay.offload); TUND_OFFLOAD=0: no offloads
         negotiate = os.environ.get("TUND_OFFLOAD", "1") != "0"
+        # WireGuard carries IP packets only (tun mode: the receiver strips padding by the
+        # IP length and drops anything else as invalid_packet): never offered vnet frames
+        negotiate = negotiate and spec.encryption == "none"
         codec = OffloadCodec(codec, functools.partial(set_device_offload, spec.device_fd),
                              max_packet=mp, drops=counters.drops, negotiate=negotiate)
         device = FdDevice(spec.device_fd, read_size=VNET_MAX_FRAME + 1)
