@@ -42,10 +42,28 @@ def _tunnel_arg(args: dict[str, Any]) -> str:
     return name
 
 
+def _opt_tunnel_arg(args: dict[str, Any]) -> str | None:
+    """``args.tunnel`` when given (a non-empty string), else None (all tunnels)."""
+    name = args.get("tunnel")
+    if name is None or name == "":
+        return None
+    if not isinstance(name, str):
+        raise BadRequest(f"args.tunnel must be a tunnel name (a string), "
+                         f"not {type(name).__name__}")
+    return name
+
+
+def _flag_arg(args: dict[str, Any], key: str) -> bool:
+    value = args.get(key, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"args.{key} must be true or false (got {type(value).__name__})")
+    return value
+
+
 #: command -> (handler, right needed: "read" or "admin"; see tund.control.auth)
 COMMANDS: dict[str, tuple[Handler, auth.Right]] = {
-    "status": (lambda e, a: e.status(a.get("tunnel") or None), "read"),
-    "reload": (lambda e, a: e.reload(bool(a.get("dry_run", False))), "admin"),
+    "status": (lambda e, a: e.status(_opt_tunnel_arg(a)), "read"),
+    "reload": (lambda e, a: e.reload(_flag_arg(a, "dry_run")), "admin"),
     "up": (lambda e, a: e.tunnel_up(_tunnel_arg(a)), "admin"),
     "down": (lambda e, a: e.tunnel_down(_tunnel_arg(a)), "admin"),
     "restart": (lambda e, a: e.tunnel_restart(_tunnel_arg(a)), "admin"),
