@@ -1,0 +1,107 @@
+"""Interop through the real daemon: tund <-> wireguard-go (the reference userspace WireGuard).
+
+Site ``a`` runs ``python -m tund`` with one WireGuard tunnel; site ``b`` runs
+``wireguard-go -f`` configured with ``wg set``. tund initiates (role remote, towards
+wireguard-go's listen port) or responds (role listen; wireguard-go has it as endpoint).
+Each way: pings both ways, then 100 MiB over TCP through the tunnel, byte-exact. While
+tund initiates, its rekey timer is cut to 3 s (TUND_TEST_TIMERS), so the transfer runs
+across several new handshakes; nothing may be lost and the handshake times must move.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require
+from tests.netns import tool_missing
+from tests.sites import TwoSites, new_ifname, two_sites
+from tests.transfer import transfer
+from tests.wg_helpers import KeyPair, WireGuardGo, disable_ipv6, wg_tunnel, write_key
+
+pytestmark = pytest.mark.usefixtures("privileged")
+
+WG_PORT, TUND_PORT = 51820, 51901
+MIB100 = 100 * 1024 * 1024
+INNER_A, INNER_B = "10.231.200.1", "10.231.200.2"
+
+
+def _setup(ts: TwoSites, tmp: Path, tund_initiates: bool,
+           env: dict[str, str] | None = None) -> tuple[WireGuardGo, KeyPair, KeyPair]:
+    require(tool_missing("wireguard-go", "wg"))
+    disable_ipv6(ts.a.ns, ts.b.ns)
+    ka, kb = KeyPair.new(), KeyPair.new()
+    wg = WireGuardGo(ts.b.ns, tmp / "wg", kb, WG_PORT)
+    wg.set_peer(ka.pub, f"{INNER_A}/32",
+                endpoint=None if tund_initiates else f"{ts.ua}:{TUND_PORT}")
+    wg.up(f"{INNER_B}/24")
+    ep_key, ep = (("remote", f"{ts.ub}:{WG_PORT}") if tund_initiates
+                  else ("listen", f"{ts.ua}:{TUND_PORT}"))
+    ts.a.write(wg_tunnel(new_ifname("wit"), "tun", INNER_A, "udp", ep_key, ep,
+                         write_key(ts.a.dir / "a.key", ka.priv), kb.pub, mtu=1420))
+    ts.a.start(extra_env=env)
+    return wg, ka, kb
+
+
+def _dump(ts: TwoSites, wg: WireGuardGo) -> str:
+    return (f"--- tund ---\n{ts.a.log_tail()}\n--- wireguard-go ---\n{wg.log_tail()}\n"
+            f"--- status ---\n{ts.a.ctl('status', '--json', check=False).stdout}")
+
+
+@pytest.mark.slow
+def test_tund_initiates_rekeys_during_100mb(tmp_path: Path) -> None:
+    ts = two_sites(tmp_path)
+    wg, _ka, kb = _setup(ts, tmp_path, True, env={"TUND_TEST_TIMERS": "rekey_after_time=3"})
+    try:
+        ts.a.ns.wait_ping(INNER_B, within=20)  # tund's first packet starts the handshake
+        assert ts.b.ns.ping(INNER_A, count=3)
+        st = ts.a.tunnel("t1")
+        assert st["session"] == "established" and st["peer_public_key"] == kb.pub, st
+        first_hs, first_sent = st["latest_handshake"], st["handshakes_sent"]
+        first_wg = wg.latest_handshake()
+        assert first_wg > 0 and isinstance(first_hs, float)
+        time.sleep(1.1)  # wg shows whole seconds: a later handshake must show a later one
+        n, sha_s, sha_r, secs = transfer(ts.a.ns, ts.b.ns, INNER_B, MIB100, timeout=150)
+        assert n == MIB100 and sha_s == sha_r
+        print(f"tund -> wireguard-go: 100 MiB in {secs:.1f}s, {n * 8 / secs / 1e6:.0f} Mbit/s")
+        st = ts.a.tunnel("t1")
+        assert st["latest_handshake"] > first_hs, st
+        assert st["handshakes_sent"] > first_sent, st
+        if secs > 7:  # rekey_after_time=3 s: the transfer spanned more than one rekey
+            assert st["handshakes_sent"] >= first_sent + 2, st
+        assert wg.latest_handshake() > first_wg
+        assert st["wg_drops"] == {}, st
+        assert ts.b.ns.ping(INNER_A, count=2)  # still working after the rekeys
+    except AssertionError:
+        print(_dump(ts, wg))
+        raise
+    finally:
+        ts.a.stop()
+        wg.stop()
+
+
+@pytest.mark.slow
+def test_tund_responds_100mb(tmp_path: Path) -> None:
+    ts = two_sites(tmp_path)
+    wg, _ka, kb = _setup(ts, tmp_path, False)
+    try:
+        assert ts.a.tunnel("t1")["session"] == "none"  # nothing before the peer speaks
+        ts.b.ns.wait_ping(INNER_A, within=20)  # wireguard-go initiates
+        assert ts.a.ns.ping(INNER_B, count=3)
+        st = ts.a.tunnel("t1")
+        assert st["session"] == "established" and st["peer_public_key"] == kb.pub, st
+        assert st["peer"] == f"{ts.ub}:{WG_PORT}" and st["handshakes_sent"] == 0, st
+        assert isinstance(st["latest_handshake"], float) and wg.latest_handshake() > 0
+        n, sha_s, sha_r, secs = transfer(ts.b.ns, ts.a.ns, INNER_A, MIB100, timeout=150)
+        assert n == MIB100 and sha_s == sha_r
+        print(f"wireguard-go -> tund: 100 MiB in {secs:.1f}s, {n * 8 / secs / 1e6:.0f} Mbit/s")
+        st = ts.a.tunnel("t1")
+        assert st["rx_bytes"] > MIB100 and st["wg_drops"] == {}, st
+    except AssertionError:
+        print(_dump(ts, wg))
+        raise
+    finally:
+        ts.a.stop()
+        wg.stop()
