@@ -80,8 +80,12 @@ def config(side: str, n: int, sd: Path, keys: dict[str, str], keepalive0: int = 
 
 
 def status(venv: str, nsname: str, sock: Path) -> dict | None:
-    r = ns(nsname, f"{venv}/bin/tundctl", "--socket", str(sock), "status", "--json",
-           check=False)
+    try:
+        r = subprocess.run(["ip", "netns", "exec", nsname, f"{venv}/bin/tundctl", "--socket",
+                            str(sock), "status", "--json"], capture_output=True, text=True,
+                           timeout=15)
+    except subprocess.TimeoutExpired:
+        return None
     if r.returncode != 0:
         return None
     try:
@@ -160,7 +164,7 @@ def main() -> int:
             up = all_up(status(a.venv, NS_A, sd / "A.sock"), a.n)
             if up == a.n:
                 break
-            time.sleep(0.2)
+            time.sleep(0.5)
         res["startup_s"] = round(time.monotonic() - t0, 2) if up == a.n else None
         res["up"] = up
         time.sleep(2.0)  # settle: imports done, first handshakes over

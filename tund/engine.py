@@ -76,6 +76,11 @@ def read_keys(t: TunnelConfig) -> KeyMaterial:
     return KeyMaterial(priv, t.peer_public_key, psk)
 
 
+def _vnet_hdr(iface: InterfaceConfig) -> bool:
+    """Tun devices without packet info carry a vnet header (offloads: tund.relay.offload)."""
+    return iface.mode == "tun" and not iface.packet_info
+
+
 def _sysfs_mtu(name: str) -> int | None:
     try:
         return int(Path(f"/sys/class/net/{name}/mtu").read_text())
@@ -158,7 +163,7 @@ class Engine:
             self.devices[name] = tuntap.open_device(
                 name, iface.mode, packet_info=iface.packet_info,
                 multi_queue=iface.multi_queue, persist=iface.persist,
-                owner=iface.uid, group=iface.gid)
+                owner=iface.uid, group=iface.gid, vnet_hdr=_vnet_hdr(iface))
         reconcile.apply(self.ip, name, iface)
         self.device_errors.pop(name, None)
 
@@ -216,6 +221,7 @@ class Engine:
             tunnel=name, interface=t.interface, mode=iface.mode, transport=t.transport,
             role=t.role, host=host, port=port, device_fd=dev.fd, socket_fd=sock_fd,
             mtu=iface.mtu or _sysfs_mtu(t.interface) or 1500, packet_info=iface.packet_info,
+            vnet_hdr=_vnet_hdr(iface),
             keepalive=t.keepalive, reconnect_min=t.reconnect_min,
             reconnect_max=t.reconnect_max, encryption=t.encryption,
             private_key=km.private_key, peer_public_key=km.peer_public_key,

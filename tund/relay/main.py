@@ -105,13 +105,23 @@ def make_transport(spec: WorkerSpec, counters: Counters,
     return UdpTransport(counters, sock=sock, **common)
 
 
+def offload_capable(codec: Codec) -> bool:
+    """Whether ``codec`` carries vnet frames to the peer's device unchanged (plain does;
+    the WireGuard codec strips what follows an IP packet's length, so not yet)."""
+    return isinstance(codec, PlainCodec)
+
+
 def build(spec: WorkerSpec, control: socket.socket) -> Pump:
     counters = Counters()
     mp = max_packet(spec)
     codec = make_codec(spec)
     if spec.vnet_hdr and spec.mode == "tun" and not spec.packet_info:
-        # vnet frames on the device (tund.relay.offload); TUND_OFFLOAD=0: no offloads
-        negotiate = os.environ.get("TUND_OFFLOAD", "1") != "0"
+        # vnet frames on the device (tund.relay.offload); TUND_OFFLOAD=0: no offloads.
+        # The frames' IP check moves to OffloadCodec.
+        if isinstance(codec, PlainCodec):
+            codec.ip_check = False
+        negotiate = (os.environ.get("TUND_OFFLOAD", "1") != "0"
+                     and offload_capable(codec))
         # WireGuard carries IP packets only (tun mode: the receiver strips padding by the
         # IP length and drops anything else as invalid_packet): never offered vnet frames
         negotiate = negotiate and spec.encryption == "none"

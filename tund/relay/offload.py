@@ -118,6 +118,8 @@ class OffloadCodec:
     plain IP packet (the MTU); larger plain ones are dropped as ``"oversize"``.
     ``negotiate`` False: never say hello nor answer one (offloads stay off).
     ``drops`` is the worker's cause -> count dict (for drops on the sealing side).
+    ``inner`` must pass vnet frames through (e.g. a PlainCodec without ``ip_check``):
+    this codec checks what reaches the device (IPv4/IPv6 packets, :func:`frame_ok`).
     """
 
     def __init__(self, inner: Codec, set_offload: Callable[[bool], bool], *,
@@ -176,6 +178,8 @@ class OffloadCodec:
             elif (ack := parse_hello(p)) is not None:
                 if self.negotiate:
                     replies = replies + self._on_hello(ack, now)
+            elif p[0] >> 4 not in (4, 6):
+                drop = "malformed"
             elif len(p) > self.max_packet:
                 drop = "oversize"
             else:
