@@ -31,6 +31,7 @@ from tests.sites import TwoSites
 
 CLONE_NEWNET = 0x40000000
 ETH_P_IP = 0x0800
+ETH_P_ALL = 0x0003
 
 
 # --------------------------------------------------------------------------- keys
@@ -182,19 +183,20 @@ class Sniffer:
     seen: list[Captured] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # ETH_P_ALL: a socket bound to one protocol does not see outgoing packets
         self.sock = ns_socket(self.ns, socket.AF_PACKET, socket.SOCK_DGRAM,
-                              socket.htons(ETH_P_IP))
+                              socket.htons(ETH_P_ALL))
         self.sock.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE
-        self.sock.bind((self.ifname, ETH_P_IP))
+        self.sock.bind((self.ifname, ETH_P_ALL))
         self.sock.setblocking(False)
 
     def drain(self) -> list[Captured]:
         while True:
             try:
-                pkt = self.sock.recv(70000)
+                pkt, addr = self.sock.recvfrom(70000)
             except BlockingIOError:
                 return self.seen
-            if len(pkt) < 28 or pkt[0] >> 4 != 4 or pkt[9] != 17:
+            if addr[1] != ETH_P_IP or len(pkt) < 28 or pkt[0] >> 4 != 4 or pkt[9] != 17:
                 continue
             ihl = (pkt[0] & 15) * 4
             sport, dport, _ulen = struct.unpack_from("!HHH", pkt, ihl)
@@ -209,8 +211,9 @@ class Sniffer:
         for c in self.drain():
             if c.payload[:1] == bytes([kind]) and (c.dst[1] == self.port) == to_port:
                 return c
+        seen = [(c.src, c.dst, c.payload[:4].hex(), len(c.payload)) for c in self.seen]
         raise AssertionError(f"no message of type {kind} {'to' if to_port else 'from'} "
-                             f"port {self.port} captured ({len(self.seen)} datagrams)")
+                             f"port {self.port} captured: {seen}")
 
     def close(self) -> None:
         self.sock.close()
