@@ -151,7 +151,7 @@ def _load_object(line: bytes, max_size: int, what: str) -> dict[str, Any]:
         raise ProtocolError(ErrorCode.BAD_REQUEST,
                             f"{what} is not UTF-8 text (got {_preview(body)})") from None
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_no_constant)
     except (json.JSONDecodeError, RecursionError) as e:
         detail = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
         raise ProtocolError(ErrorCode.BAD_REQUEST,
@@ -160,6 +160,11 @@ def _load_object(line: bytes, max_size: int, what: str) -> dict[str, Any]:
         raise ProtocolError(ErrorCode.BAD_REQUEST,
                             f"{what} must be a JSON object (got {type(obj).__name__})")
     return obj
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (and could not be sent back): refuse them."""
+    raise json.JSONDecodeError(f"{name} is not a JSON value", name, 0)
 
 
 def _preview(body: bytes) -> str:

@@ -1,0 +1,232 @@
+"""Fuzz targets: one function per parser of hostile input, each taking raw bytes.
+
+A target returns normally for every input, or raises one of the error types documented
+for that parser (caught here). Anything else escaping a target is a finding: an uncaught
+exception, a violated invariant (AssertionError), or, under the runner's limits, a hang
+or unbounded allocation. The same targets are driven by atheris (coverage-guided,
+:mod:`tests.fuzz.fuzz`) and by hypothesis (``tests/fuzz/test_properties.py``).
+
+=================  =====================================================  ==================
+target             input                                                  allowed errors
+=================  =====================================================  ==================
+config_bytes       a file's bytes, through :func:`tund.config.load`      ConfigError
+config_toml        UTF-8 text, through :func:`tund.config.parse_text`     ConfigError
+control_request    a request line, :func:`protocol.decode_request`       ProtocolError
+control_reply      a reply line, :func:`protocol.decode_reply`           ProtocolError
+dispatch           a request line, decoded, then ``Daemon.dispatch``      ProtocolError,
+                   (fake engine) for a peer chosen by the first byte      TundError
+framing            a TCP byte stream, split where the input says          (none)
+wg_parse           one UDP payload, :func:`messages.parse`                Malformed
+wg_open            UDP payloads into ``WireGuardCodec.open``              (none)
+=================  =====================================================  ==================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tund import config, keys
+from tund.config import Config
+from tund.control import protocol
+from tund.control.protocol import ProtocolError
+from tund.control.server import PeerCred
+from tund.daemon import Daemon
+from tund.engine import NotFound
+from tund.errors import ConfigError, TundError
+from tund.relay.framing import MAX_FRAME, FrameDecoder, encode
+from tund.relay.spec import WorkerSpec
+from tund.relay.wireguard import messages
+from tund.relay.wireguard.codec import WireGuardCodec
+
+Target = Callable[[bytes], None]
+
+logging.disable(logging.CRITICAL)  # refusals are logged by design; millions of lines help no one
+
+# --------------------------------------------------------------------------- config
+
+_TMP = Path(tempfile.mkdtemp(prefix="sc-fuzz-"))
+_CONF = _TMP / "tunnels.toml"
+
+
+def config_bytes(data: bytes) -> None:
+    """Arbitrary bytes as the config file on disk."""
+    _CONF.write_bytes(data)
+    try:
+        cfg = config.load(_CONF)
+    except ConfigError as e:
+        _check_issues(e)
+        return
+    assert isinstance(cfg, Config)
+
+
+def config_toml(data: bytes) -> None:
+    """Arbitrary text (decoded leniently) as TOML."""
+    try:
+        config.parse_text(data.decode("utf-8", "surrogateescape"))
+    except ConfigError as e:
+        _check_issues(e)
+
+
+def _check_issues(e: ConfigError) -> None:
+    assert e.issues, "ConfigError without issues"
+    for issue in e.issues:
+        assert issue.file and issue.message and issue.line >= 0, issue
+
+
+# --------------------------------------------------------------------------- control
+
+
+def control_request(data: bytes) -> None:
+    try:
+        req = protocol.decode_request(data, 4096)
+    except ProtocolError as e:
+        assert e.code in {c.value for c in protocol.ErrorCode}, e.code
+        line = protocol.encode_error(e.request_id, e.code, str(e))
+        assert protocol.decode_reply(line).error_code == e.code
+        return
+    again = protocol.decode_request(protocol.encode_request(req.id, req.cmd, req.args), 1 << 30)
+    assert (again.id, again.cmd, again.args) == (req.id, req.cmd, req.args)
+
+
+def control_reply(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        protocol.decode_reply(data, 4096)
+
+
+class FakeEngine:
+    """What Daemon.dispatch acts on, with the real engine's lookup semantics."""
+
+    config = None
+
+    def __init__(self) -> None:
+        self.tunnels = {"t1": "up", "t2": "failed"}
+
+    def _get(self, name: Any) -> str:
+        try:
+            return self.tunnels[name]
+        except KeyError:
+            raise NotFound(f"no tunnel named {name!r}") from None
+
+    async def status(self, tunnel: str | None = None) -> dict[str, Any]:
+        names = [tunnel] if tunnel else list(self.tunnels)
+        return {"tunnels": {n: {"state": self._get(n)} for n in names}}
+
+    async def reload(self, dry_run: bool = False) -> dict[str, Any]:
+        return {"actions": [], "dry_run": dry_run}
+
+    async def tunnel_up(self, name: str) -> dict[str, Any]:
+        return {"tunnel": name, "state": self._get(name)}
+
+    tunnel_down = tunnel_up
+    tunnel_restart = tunnel_up
+
+    def counts(self) -> tuple[int, int]:
+        return 1, len(self.tunnels)
+
+
+_LOOP = asyncio.new_event_loop()
+_DAEMON = Daemon(Config(), _CONF, str(_TMP / "control.sock"))
+_DAEMON.engine = FakeEngine()  # type: ignore[assignment]
+_PEERS = [PeerCred(1, 0, 0), PeerCred(2, 65534, 65534), PeerCred(3, 4242, 4242),
+          PeerCred(4, -1, -1)]
+
+
+def dispatch(data: bytes) -> None:
+    """First byte picks the peer; the rest is a request line for the daemon."""
+    peer = _PEERS[data[0] % len(_PEERS)] if data else _PEERS[0]
+    try:
+        req = protocol.decode_request(data[1:])
+        result = _LOOP.run_until_complete(_DAEMON.dispatch(req.cmd, req.args, peer))
+    except TundError as e:
+        assert isinstance(e.code, str) and e.code, e
+        return
+    assert isinstance(result, dict)
+    protocol.encode_result(req.id, result)  # the reply must be encodable
+
+
+# --------------------------------------------------------------------------- framing
+
+
+def framing(data: bytes) -> None:
+    """The first 2 bytes: max_size and chunk size; the rest a stream fed in chunks.
+
+    Invariants: never raises; buffers at most one frame (no unbounded growth); packets
+    are within max_size; feeding well-formed frames gives them back exactly.
+    """
+    max_size = 1 + (int.from_bytes(data[:2], "big") % MAX_FRAME) if len(data) >= 2 else 1500
+    step = 1 + (data[2] if len(data) > 2 else 0)
+    dec = FrameDecoder(max_size)
+    stream = data[3:]
+    for i in range(0, len(stream), step):
+        for packet in dec.feed(stream[i:i + step]):
+            assert 0 < len(packet) <= max_size
+        assert dec.pending <= max_size + 1, (dec.pending, max_size)
+    packets = [p for p in (stream[i:i + 97] for i in range(0, len(stream), 97)) if p]
+    good = FrameDecoder(MAX_FRAME)
+    wire = b"".join(encode(p) for p in packets)
+    out: list[bytes] = []
+    for i in range(0, len(wire), step):
+        out += good.feed(wire[i:i + step])
+    assert out == packets
+
+
+# --------------------------------------------------------------------------- wireguard
+
+
+def wg_parse(data: bytes) -> None:
+    try:
+        m = messages.parse(data)
+    except messages.Malformed as e:
+        assert e.cause == "malformed"
+        return
+    assert messages.message_type(data) is not None, m
+
+
+_PRIV_A, _PRIV_B = keys.generate_private_key(), keys.generate_private_key()
+
+
+def _codec() -> WireGuardCodec:
+    spec = WorkerSpec(tunnel="fuzz", interface="fz0", mode="tun", transport="udp",
+                      role="listen", host="127.0.0.1", port=1, device_fd=-1,
+                      encryption="wireguard", private_key=_PRIV_A,
+                      peer_public_key=keys.public_key(_PRIV_B),
+                      preshared_key=base64.b64encode(bytes(32)).decode())
+    return WireGuardCodec(spec, wall=lambda: 1_700_000_000.0, rand=lambda n: bytes(n))
+
+
+_CODEC = _codec()
+
+
+def wg_open(data: bytes) -> None:
+    """Several messages (split at 0xff 0xfe) into one codec; the first byte of each part
+    also picks its type byte, so every parser branch is reached."""
+    now = 1000.0
+    for part in data.split(b"\xff\xfe")[:8]:
+        if part:
+            part = bytes([1 + part[0] % 4]) + part[1:]
+        opened = _CODEC.open(part, ("127.0.0.1", 1), now)
+        assert isinstance(opened.packets, list) and isinstance(opened.replies, list)
+        assert opened.drop is None or isinstance(opened.drop, str)
+        now += 0.5
+    _CODEC.tick(now)
+    json.dumps(_CODEC.stats())
+
+
+TARGETS: dict[str, Target] = {
+    "config_bytes": config_bytes,
+    "config_toml": config_toml,
+    "control_request": control_request,
+    "control_reply": control_reply,
+    "dispatch": dispatch,
+    "framing": framing,
+    "wg_parse": wg_parse,
+    "wg_open": wg_open,
+}
