@@ -6,13 +6,16 @@ import struct
 
 from tund.relay.codec import PlainCodec
 from tund.relay.offload import (
+    ENVELOPE_LEN,
     F_NEEDS_CSUM,
     GSO_TCPV4,
     VNET_HDR_LEN,
     ZERO_HDR,
     OffloadCodec,
+    envelope,
     frame_ok,
     hello,
+    is_envelope,
     parse_hello,
 )
 
@@ -119,3 +122,16 @@ def test_a_device_that_refuses_offloads_keeps_plain_packets() -> None:
     assert sw.calls == [True] and not c.peer_vnet
     assert c.seal(ZERO_HDR + IP4, 5.0)[-1] == IP4
     assert len(hello(False)) + VNET_HDR_LEN > VNET_HDR_LEN
+
+
+def test_enveloped_frames_pass_a_codec_that_only_carries_ip_packets() -> None:
+    sw, drops = Switch(), dict[str, int]()
+    c = OffloadCodec(PlainCodec(ip_check=True), sw, max_packet=1400, drops=drops,
+                     enveloped=True)
+    c.open(hello(False), PEER, 0.0)
+    frame = vnet(F_NEEDS_CSUM, GSO_TCPV4, IP4 + bytes(60000))
+    (wire,) = c.seal(frame, 1.0)
+    assert wire[0] >> 4 == 6 and int.from_bytes(wire[4:6], "big") == len(frame)
+    assert wire[ENVELOPE_LEN:] == frame
+    assert c.open(wire, PEER, 1.0).packets == [frame]
+    assert is_envelope(envelope(frame)) and not is_envelope(IP4)

@@ -105,12 +105,6 @@ def make_transport(spec: WorkerSpec, counters: Counters,
     return UdpTransport(counters, sock=sock, **common)
 
 
-def offload_capable(codec: Codec) -> bool:
-    """Whether ``codec`` carries vnet frames to the peer's device unchanged (plain does;
-    the WireGuard codec strips what follows an IP packet's length, so not yet)."""
-    return isinstance(codec, PlainCodec)
-
-
 def build(spec: WorkerSpec, control: socket.socket) -> Pump:
     counters = Counters()
     mp = max_packet(spec)
@@ -120,13 +114,12 @@ def build(spec: WorkerSpec, control: socket.socket) -> Pump:
         # The frames' IP check moves to OffloadCodec.
         if isinstance(codec, PlainCodec):
             codec.ip_check = False
-        negotiate = (os.environ.get("TUND_OFFLOAD", "1") != "0"
-                     and offload_capable(codec))
+        negotiate = os.environ.get("TUND_OFFLOAD", "1") != "0"
         # WireGuard carries IP packets only (tun mode: the receiver strips padding by the
-        # IP length and drops anything else as invalid_packet): never offered vnet frames
-        negotiate = negotiate and spec.encryption == "none"
+        # IP length and drops anything else as invalid_packet): frames go in envelopes
         codec = OffloadCodec(codec, functools.partial(set_device_offload, spec.device_fd),
-                             max_packet=mp, drops=counters.drops, negotiate=negotiate)
+                             max_packet=mp, drops=counters.drops, negotiate=negotiate,
+                             enveloped=not isinstance(codec, PlainCodec))
         device = FdDevice(spec.device_fd, read_size=VNET_MAX_FRAME + 1)
         return Pump(control=control, device=device,
                     transport=make_transport(spec, counters, VNET_MAX_FRAME),

@@ -23,7 +23,10 @@ them into a vnet-header device of its own, so offloads are *negotiated in band*:
   ``"offload_stale"``; TCP resends them.
 
 On the wire a vnet frame and an IP packet are told apart by their first byte: a vnet
-header's flags byte is < 0x10, an IP packet's is 0x4_ or 0x6_. Received IP packets are
+header's flags byte is < 0x10, an IP packet's is 0x4_ or 0x6_. A codec that only carries
+IP packets (WireGuard strips its padding by the IP header's length) gets each frame in an
+*envelope*: a 40-byte IPv6 header (next header 253, addresses ::, payload length = the
+frame's) followed by the frame; the receiver takes the frame out again. Received IP packets are
 written with a zeroed header; received vnet frames as they are (the kernel validates
 the header, as it does for a virtual machine). Only tun mode without packet info uses
 this (the worker decides with ``WorkerSpec.vnet_hdr``).
@@ -89,6 +92,20 @@ def parse_hello(packet: bytes) -> bool | None:
     return packet[-1] == 1
 
 
+_ENV = struct.Struct("!IHBB16s16s")
+ENVELOPE_LEN = _ENV.size
+
+
+def envelope(frame: bytes) -> bytes:
+    """``frame`` inside an IPv6 header that says "253, from :: to ::" (see above)."""
+    return _ENV.pack(0x60000000, len(frame), 253, 0, bytes(16), bytes(16)) + frame
+
+
+def is_envelope(packet: bytes) -> bool:
+    return (len(packet) > ENVELOPE_LEN and packet[0] == 0x60 and packet[6] == 253
+            and packet[8:40] == bytes(32))
+
+
 def frame_ok(frame: bytes) -> bool:
     """A vnet frame we are willing to hand to the kernel: known flags and GSO type, and
     an IPv4/IPv6 packet after the header. The kernel checks the rest."""
@@ -117,14 +134,17 @@ class OffloadCodec:
     device's offloads (returns False if it could not). ``max_packet`` is the largest
     plain IP packet (the MTU); larger plain ones are dropped as ``"oversize"``.
     ``negotiate`` False: never say hello nor answer one (offloads stay off).
+    ``enveloped``: frames travel in envelopes (for a codec that needs IP packets).
     ``drops`` is the worker's cause -> count dict (for drops on the sealing side).
     ``inner`` must pass vnet frames through (e.g. a PlainCodec without ``ip_check``):
     this codec checks what reaches the device (IPv4/IPv6 packets, :func:`frame_ok`).
     """
 
     def __init__(self, inner: Codec, set_offload: Callable[[bool], bool], *,
-                 max_packet: int, drops: dict[str, int], negotiate: bool = True) -> None:
+                 max_packet: int, drops: dict[str, int], negotiate: bool = True,
+                 enveloped: bool = False) -> None:
         self.inner = inner
+        self.enveloped = enveloped
         self.set_offload = set_offload
         self.max_packet = max_packet
         self.drops = drops
@@ -146,7 +166,7 @@ class OffloadCodec:
 
     def seal(self, frame: bytes, now: float) -> list[bytes]:
         if self.peer_vnet:
-            return self.inner.seal(frame, now)
+            return self.inner.seal(envelope(frame) if self.enveloped else frame, now)
         if frame[1] != GSO_NONE or frame[0] & F_NEEDS_CSUM:
             self._drop("offload_stale")
             return []
@@ -170,6 +190,8 @@ class OffloadCodec:
         replies = op.replies
         drop: str | None = None
         for p in op.packets:
+            if self.enveloped and p[0] == 0x60 and is_envelope(p):
+                p = p[ENVELOPE_LEN:]
             if p[0] < 0x10:
                 if frame_ok(p):
                     frames.append(p)
