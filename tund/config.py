@@ -717,6 +717,7 @@ def _cross_issues(raw: Mapping[str, Any], loc: _Locator) -> list[ConfigIssue]:
         if not isinstance(body, Mapping):
             continue
         issues.extend(_tunnel_issues(name, body, ifaces, used, loc))
+    _register_builtin_checks()
     for hook in _EXTRA_CHECKS:
         try:
             issues.extend(hook(raw, loc.issue))
@@ -776,6 +777,12 @@ IssueFactory = Callable[[KeyPath, str], ConfigIssue]
 #: Further checks registered by other modules (e.g. key files for encryption); each gets the
 #: raw merged data and a factory that turns (key path, message) into a located ConfigIssue.
 _EXTRA_CHECKS: list[Callable[[Mapping[str, Any], IssueFactory], list[ConfigIssue]]] = []
+
+
+def _register_builtin_checks() -> None:
+    """Import the modules whose checks every load runs (they import this module, so not at
+    the top): tund.keys registers the key-file check."""
+    import tund.keys  # noqa: F401
 
 
 def register_check(hook: Callable[[Mapping[str, Any], IssueFactory], list[ConfigIssue]]) -> None:
