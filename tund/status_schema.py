@@ -60,8 +60,11 @@ TUNNEL_FIELDS: dict[str, str] = {
     "rx_bytes": "int: bytes of those packets",
     "tx_packets": "int: packets read from the device, sent towards the peer",
     "tx_bytes": "int: bytes of those packets",
-    "drops": "object: cause -> int packets dropped (e.g. no_peer, oversize, malformed, "
-             "queue_full, decrypt, replay)",
+    "drops": "object: cause -> int, every drop counted once, by cause: the relay's "
+             "(no_peer, oversize, queue_full, device_full, malformed) and, with WireGuard, "
+             "its own (malformed, bad_mac, decrypt, unknown_peer, stale_timestamp, flood, "
+             "unknown_receiver, bad_cookie, expired, replay, invalid_packet, cookie, "
+             "no_session, handshake_timeout); a cause appears once counted",
     "errors": "int: failed system calls that were not fatal",
     "last_rx": "float or null: unix time of the latest packet from the peer",
     "last_tx": "float or null: unix time of the latest packet to the peer",
@@ -72,8 +75,8 @@ TUNNEL_FIELDS: dict[str, str] = {
     "session": 'str: "established", "handshaking" or "none"',
     "handshakes_sent": "int: handshake initiations sent",
     "cookie_replies_sent": "int: cookie replies sent (under load)",
-    "wg_drops": "object: cause -> int, the WireGuard layer's own drop counts (some "
-                "causes are also in drops)",
+    "wg_drops": "object: cause -> int, the live worker's WireGuard causes only (a view "
+                "of drops for diagnosis: each is also counted there)",
 }
 
 #: Fields that only some tunnels have (encrypted ones; a live worker).
