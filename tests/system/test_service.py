@@ -118,8 +118,6 @@ def test_journal_carries_tunnel_fields(installed: Container) -> None:
     assert "SYSLOG_IDENTIFIER=tund" in entry and "_TRANSPORT=journal" in entry, entry
 
 
-@pytest.mark.xfail(strict=True, reason="the supervisor logs TUND_TUNNEL only; it should log "
-                   "through tund.logs.tunnel_logger(tunnel, interface)")
 def test_journal_carries_interface_field(installed: Container) -> None:
     ct = installed
     start_with(ct, ALPHA)

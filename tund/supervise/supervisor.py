@@ -18,18 +18,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from tund.config import DaemonConfig
+from tund.logs import tunnel_logger
 from tund.relay.spec import WorkerSpec
 from tund.states import TunnelState, can_move
 from tund.supervise.worker import WorkerProcess
-
-log = logging.getLogger("tund.supervise")
 
 _COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "errors")
 STABLE_AFTER = 10.0  # seconds a worker must live for its crash streak to reset
@@ -65,6 +63,8 @@ class TunnelRunner:
         self.make_spec = make_spec
         self.limits = limits
         self.describe = describe  # static fields for status: interface, transport, role, ...
+        # every message carries TUND_TUNNEL and TUND_INTERFACE (journal fields / stderr prefix)
+        self.log = tunnel_logger(name, str(describe.get("interface", "")), "tund.supervise")
         self._spawn_cls = spawn
         self._on_change = on_change or (lambda: None)
         self.state = TunnelState.STOPPED
@@ -93,10 +93,10 @@ class TunnelRunner:
         if self.state == new:
             return
         if not can_move(self.state, new):
-            log.error("tunnel %s: refusing state change %s -> %s", self.name, self.state, new)
+            self.log.error("tunnel %s: refusing state change %s -> %s", self.name, self.state, new)
             return
-        log.info("tunnel %s: %s -> %s%s", self.name, self.state, new, f" ({why})" if why else "",
-                 extra={"TUND_TUNNEL": self.name})
+        self.log.info("tunnel %s: %s -> %s%s", self.name, self.state, new,
+                      f" ({why})" if why else "")
         self.state = new
         self.since = time.time()
         self._on_change()
@@ -120,7 +120,7 @@ class TunnelRunner:
             spec = self.make_spec()
         except Exception as e:  # key file unreadable, socket cannot bind, ...
             self.last_error = str(e)
-            log.error("tunnel %s: cannot start: %s", self.name, e, extra={"TUND_TUNNEL": self.name})
+            self.log.error("tunnel %s: cannot start: %s", self.name, e)
             self._crashed(time_now=loop.time())
             return
         worker = self._spawn_cls(spec, self._message, self._exited)
@@ -134,8 +134,7 @@ class TunnelRunner:
         self._live = {}
         self._started_at = loop.time()
         self._last_pong = loop.time()
-        log.info("tunnel %s: worker pid %s started", self.name, worker.pid,
-                 extra={"TUND_TUNNEL": self.name})
+        self.log.info("tunnel %s: worker pid %s started", self.name, worker.pid)
         if self._ping_task is None or self._ping_task.done():
             self._ping_task = loop.create_task(self._pinger())
 
@@ -189,8 +188,7 @@ class TunnelRunner:
         elif code not in (None, 0) and not self._reported_error:
             self.last_error = f"worker exited with status {code}"
         self._reported_error = False
-        log.warning("tunnel %s: worker exited (%s)", self.name, code,
-                    extra={"TUND_TUNNEL": self.name})
+        self.log.warning("tunnel %s: worker exited (%s)", self.name, code)
         self._crashed(time_now=loop.time())
 
     def _crashed(self, time_now: float) -> None:
@@ -231,8 +229,7 @@ class TunnelRunner:
             if loop.time() - self._last_pong > self.limits.ping_timeout:
                 self._kill_reason = (f"worker pid {w.pid} did not answer pings for "
                                      f"{self.limits.ping_timeout:g}s (hung); killed")
-                log.error("tunnel %s: %s", self.name, self._kill_reason,
-                          extra={"TUND_TUNNEL": self.name})
+                self.log.error("tunnel %s: %s", self.name, self._kill_reason)
                 w.kill()
                 continue
             self._seq += 1
