@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.system.container import Container
 
 CONFIG = "/etc/tund/tunnels.toml"
