@@ -123,11 +123,6 @@ def test_peer_daemon_away_30s_tunnel_recovers_by_itself(tmp_path: Path, transpor
         ts.b.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "tund bug: TunnelRunner._pinger (tund/supervise/supervisor.py) kills a worker when "
-    "loop.time() - _last_pong > ping_timeout, even when the daemon itself was stalled and "
-    "sent no ping meanwhile; a daemon stall (SIGSTOP here; starting 50 workers on a loaded "
-    "host in test_fault_reload) kills every healthy worker as 'hung'"))
 def test_daemon_stall_does_not_kill_healthy_workers(tmp_path: Path) -> None:
     ts = fault_sites(tmp_path)
     try:

@@ -31,6 +31,9 @@ class FakeWorker:
     def spawn(self, loop: asyncio.AbstractEventLoop) -> None:
         pass
 
+    def drain(self) -> None:
+        pass
+
     def send(self, msg: dict[str, Any]) -> bool:
         self.sent.append(msg)
         if msg["op"] == "ping" and FakeWorker.answer_pings and not self.killed:
@@ -111,6 +114,7 @@ def test_hung_worker_is_killed_and_replaced() -> None:
         r = _runner(Limits(backoff_min=0.01, backoff_max=0.01, ping_interval=0.02,
                            ping_timeout=0.1))
         r.start()
+        FakeWorker.all[0].on_message({"op": "state", "state": "connecting"})
         FakeWorker.answer_pings = False
         await asyncio.sleep(0.3)
         assert FakeWorker.all[0].killed
@@ -132,6 +136,36 @@ def test_spec_failure_counts_as_crash() -> None:
         r.start()
         assert r.state == TunnelState.BACKOFF
         assert "Address already in use" in (r.last_error or "")
+        await r.stop()
+
+    asyncio.run(go())
+
+
+def test_a_stall_of_the_daemon_does_not_condemn_healthy_workers() -> None:
+    """Only pings really sent and left unanswered count: a blocked daemon loop sends none."""
+    import time
+
+    async def go() -> None:
+        r = _runner(Limits(ping_interval=0.02, ping_timeout=0.1))
+        r.start()
+        FakeWorker.all[0].on_message({"op": "state", "state": "up", "peer": "x"})
+        await asyncio.sleep(0.1)
+        time.sleep(0.5)  # the daemon's loop is blocked for 5x ping_timeout
+        await asyncio.sleep(0.2)
+        assert not FakeWorker.all[0].killed
+        assert r.restarts == 0 and len(FakeWorker.all) == 1
+        await r.stop()
+
+    asyncio.run(go())
+
+
+def test_a_starting_worker_gets_a_grace_period() -> None:
+    async def go() -> None:
+        r = _runner(Limits(ping_interval=0.02, ping_timeout=0.05))
+        FakeWorker.answer_pings = False  # still importing Python: no answer yet
+        r.start()
+        await asyncio.sleep(0.3)
+        assert not FakeWorker.all[0].killed  # START_GRACE, not ping_timeout, applies
         await r.stop()
 
     asyncio.run(go())

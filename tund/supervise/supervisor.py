@@ -31,6 +31,7 @@ from tund.supervise.worker import WorkerProcess
 
 _COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "errors")
 STABLE_AFTER = 10.0  # seconds a worker must live for its crash streak to reset
+START_GRACE = 15.0  # seconds a new worker may take to start Python and send its first message
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class TunnelRunner:
         self._restart_handle: asyncio.TimerHandle | None = None
         self._ping_task: asyncio.Task[None] | None = None
         self._seq = 0
-        self._last_pong = 0.0
+        self._outstanding: dict[int, float] = {}  # ping seq -> loop time it was sent
+        self._heard = False  # the live worker has sent at least one message
         self._pong_waiters: dict[int, asyncio.Future[None]] = {}
 
     # ------------------------------------------------------------------ state
@@ -133,7 +135,8 @@ class TunnelRunner:
         self.worker = worker
         self._live = {}
         self._started_at = loop.time()
-        self._last_pong = loop.time()
+        self._outstanding = {}
+        self._heard = False
         self.log.info("tunnel %s: worker pid %s started", self.name, worker.pid)
         if self._ping_task is None or self._ping_task.done():
             self._ping_task = loop.create_task(self._pinger())
@@ -158,11 +161,15 @@ class TunnelRunner:
 
     def _message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
+        self._heard = True
         if isinstance(msg.get("stats"), dict):
             self._live = msg["stats"]
         if op == "pong":
-            self._last_pong = asyncio.get_running_loop().time()
-            fut = self._pong_waiters.pop(int(msg.get("seq", -1)), None)
+            seq = int(msg.get("seq", -1))
+            # a pong answers its ping and every older one (the worker handles them in order)
+            for old_seq in [k for k in self._outstanding if k <= seq]:
+                del self._outstanding[old_seq]
+            fut = self._pong_waiters.pop(seq, None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
         elif op == "state":
@@ -220,20 +227,34 @@ class TunnelRunner:
     # ------------------------------------------------------------------ liveness
 
     async def _pinger(self) -> None:
+        """Ping the worker; kill it when its oldest unanswered ping is too old.
+
+        The age is that of a ping we really sent, so a stall of the daemon's own loop (no
+        pings sent meanwhile) never condemns a healthy worker; pending pongs are read before
+        judging. Until the worker's first message, it gets ``START_GRACE`` to start Python.
+        """
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.limits.ping_interval)
             w = self.worker
             if w is None:
                 continue
-            if loop.time() - self._last_pong > self.limits.ping_timeout:
+            w.drain()  # pongs that arrived while the loop was busy count
+            if self.worker is not w:
+                continue
+            now = loop.time()
+            limit = self.limits.ping_timeout if self._heard else max(
+                self.limits.ping_timeout, START_GRACE)
+            oldest = min(self._outstanding.values(), default=None)
+            if oldest is not None and now - oldest > limit:
                 self._kill_reason = (f"worker pid {w.pid} did not answer pings for "
-                                     f"{self.limits.ping_timeout:g}s (hung); killed")
+                                     f"{now - oldest:.1f}s (limit {limit:g}s: hung); killed")
                 self.log.error("tunnel %s: %s", self.name, self._kill_reason)
                 w.kill()
                 continue
             self._seq += 1
-            w.send({"op": "ping", "seq": self._seq})
+            if w.send({"op": "ping", "seq": self._seq}):
+                self._outstanding[self._seq] = now
 
     async def refresh(self, timeout: float = 0.5) -> None:
         """Ask the live worker for fresh counters (for an exact status)."""

@@ -85,6 +85,11 @@ class WorkerProcess:
         except (BlockingIOError, BrokenPipeError, ConnectionResetError, OSError):
             return False
 
+    def drain(self) -> None:
+        """Handle every control message already queued (used before judging liveness)."""
+        if self._sock is not None:
+            self._readable()
+
     def _readable(self) -> None:
         assert self._sock is not None
         while True:
