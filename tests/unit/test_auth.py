@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grp
+import logging
 import os
 import pwd
 from typing import Any
@@ -111,3 +112,35 @@ def test_authorize_passes_silently_when_allowed() -> None:
     authorize("status", "read", 1001, 1001, BOTH)
     authorize("up", "admin", 1002, 1002, BOTH)
     assert Policy.current(None, None).daemon_uid == os.geteuid()
+
+
+def test_daemon_dispatch_enforces_the_right_of_each_command(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Daemon.dispatch checks the COMMANDS table's right before running the handler."""
+    import asyncio
+    from pathlib import Path
+
+    from tests.fuzz.targets import FakeEngine
+    from tund.config import parse_text
+    from tund.control.server import PeerCred
+    from tund.daemon import COMMANDS, Daemon
+
+    assert {cmd: right for cmd, (_, right) in COMMANDS.items()} == {
+        "status": "read", "reload": "admin", "up": "admin", "down": "admin",
+        "restart": "admin"}
+    cfg = parse_text('[daemon]\ncontrol_group = "tundctl"\nadmin_group = "tundadm"\n')
+    daemon = Daemon(cfg, Path("/nonexistent.toml"), "/nonexistent.sock")
+    daemon.engine = FakeEngine()  # type: ignore[assignment]
+    reader, admin = PeerCred(11, 1001, 1001), PeerCred(12, 1002, 1002)
+
+    async def run() -> None:
+        assert "tunnels" in await daemon.dispatch("status", {}, reader)
+        with pytest.raises(Denied, match="up needs admin rights: root or a member of "
+                                         "group 'tundadm'"):
+            await daemon.dispatch("up", {"tunnel": "t1"}, reader)
+        assert (await daemon.dispatch("up", {"tunnel": "t1"}, admin))["tunnel"] == "t1"
+        assert (await daemon.dispatch("reload", {}, None))["dry_run"] is False  # SIGHUP
+
+    with caplog.at_level(logging.WARNING, "tund.daemon"):
+        asyncio.run(run())
+    assert "denied 'up' to uid 1001 (pid 11, gid 1001)" in caplog.text
