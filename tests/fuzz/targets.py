@@ -24,10 +24,12 @@ wg_open            UDP payloads into ``WireGuardCodec.open``              (none)
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import contextlib
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +55,7 @@ logging.disable(logging.CRITICAL)  # refusals are logged by design; millions of 
 # --------------------------------------------------------------------------- config
 
 _TMP = Path(tempfile.mkdtemp(prefix="sc-fuzz-"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 _CONF = _TMP / "tunnels.toml"
 
 
