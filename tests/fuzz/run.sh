@@ -21,7 +21,7 @@ total=0
 for t in "${TARGETS[@]}"; do
   mkdir -p "$DIR/$t"
   log="$DIR/$t.log"
-  "$PY" -m tests.fuzz.fuzz "$t" "$DIR/$t" -max_total_time="$SECONDS_EACH" -timeout=10 \
+  TMPDIR="$DIR" "$PY" -m tests.fuzz.fuzz "$t" "$DIR/$t" -max_total_time="$SECONDS_EACH" -timeout=10 \
     -rss_limit_mb=1024 -artifact_prefix="$DIR/" >"$log" 2>&1
   rc=$?
   runs=$(sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)

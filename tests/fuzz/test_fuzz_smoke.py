@@ -33,7 +33,8 @@ def test_every_fuzzer_runs_clean_for_a_short_budget(tmp_path: Path) -> None:
             [sys.executable, "-m", "tests.fuzz.fuzz", name, str(corpus),
              f"-max_total_time={SECONDS}", "-timeout=10", "-rss_limit_mb=1024",
              f"-artifact_prefix={tmp_path}/"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "TMPDIR": str(tmp_path)})  # libFuzzer exits without atexit
     report, failures = [], []
     for name, p in procs.items():
         out, _ = p.communicate(timeout=SECONDS + 60)
