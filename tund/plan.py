@@ -138,4 +138,10 @@ def diff(old: Config | None, new: Config,
         notes.append("daemon.control_socket changed: takes effect at the next daemon restart")
     if old is not None and old.daemon.metrics_listen != new.daemon.metrics_listen:
         notes.append("daemon.metrics_listen changed: takes effect at the next daemon restart")
+    if old is not None and (old.daemon.control_group, old.daemon.admin_group) != (
+            new.daemon.control_group, new.daemon.admin_group):
+        notes.append("daemon.control_group/admin_group changed: rights apply now; the socket's "
+                     "group changes at the next daemon restart")
+    if old is not None and old.daemon.worker_user != new.daemon.worker_user:
+        notes.append("daemon.worker_user changed: applies to workers started from now on")
     return Plan(ifaces, tuple(tunnels), tuple(notes))

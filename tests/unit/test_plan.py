@@ -100,3 +100,9 @@ def test_control_socket_change_is_noted() -> None:
 def test_metrics_listen_change_is_noted() -> None:
     p = _plan('[daemon]\nmetrics_listen = "127.0.0.1:9586"\n' + BASE)
     assert any("metrics_listen" in n for n in p.daemon_notes)
+
+
+def test_rights_and_worker_user_changes_are_noted() -> None:
+    p = _plan('[daemon]\nworker_user = "nobody"\nadmin_group = "root"\n' + BASE)
+    assert any("worker_user" in n for n in p.daemon_notes)
+    assert any("admin_group" in n for n in p.daemon_notes)
