@@ -62,6 +62,8 @@ if [ -n "$REV" ]; then
   DESC="commit $sha (from $SRC)"
 fi
 
+export TUND_BENCH_DESC="$DESC"
+
 # Our own namespace / device / state names (the anchors' defaults are tbA/tbB).
 export NS_A=pfA NS_B=pfB VETH_A=pfvA VETH_B=pfvB
 export STATE_ROOT=/tmp/pf-bench/state BUILD_DIR=/tmp/pf-bench/build

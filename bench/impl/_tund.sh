@@ -83,6 +83,6 @@ case "${1:-}" in
   version)
     v="$("$V/bin/tund" --version 2>&1 | head -1)"
     [ "$MODE" = wggo ] && v="$v <-> $(wireguard-go --version | head -1)"
-    echo "$v ($(git -C "$(dirname "$0")/../.." rev-parse --short HEAD 2>/dev/null || echo ?))" ;;
+    echo "$v (${TUND_BENCH_DESC:-working tree})" ;;
   *) echo "usage: $0 up|down|version" >&2; exit 2 ;;
 esac
