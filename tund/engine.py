@@ -221,7 +221,7 @@ class Engine:
             tunnel=name, interface=t.interface, mode=iface.mode, transport=t.transport,
             role=t.role, host=host, port=port, device_fd=dev.fd, socket_fd=sock_fd,
             mtu=iface.mtu or _sysfs_mtu(t.interface) or 1500, packet_info=iface.packet_info,
-            vnet_hdr=_vnet_hdr(iface),
+            vnet_hdr=_vnet_hdr(iface), offload=t.offload,
             keepalive=t.keepalive, reconnect_min=t.reconnect_min,
             reconnect_max=t.reconnect_max, encryption=t.encryption,
             private_key=km.private_key, peer_public_key=km.peer_public_key,

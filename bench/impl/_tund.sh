@@ -6,6 +6,7 @@
 #   udp-plain  tund <-> tund, UDP, no encryption
 #   tcp-plain  tund <-> tund, TCP (simpletun framing), no encryption
 #   wggo       wireguard-go in namespace A <-> tund in namespace B (interop)
+# Offload negotiation (the tunnel's `offload` key) is on unless TUND_BENCH_OFFLOAD=false.
 # Usage: tund-<mode>.sh up|down|version
 set -euo pipefail
 ANCHORS="${TUND_ANCHORS:?set by bench/run.sh}"
@@ -40,6 +41,7 @@ interface = "pft$1"
 transport = "$transport"
 $3
 encryption = "$enc"
+offload = ${TUND_BENCH_OFFLOAD:-true}
 $keys
 EOC
 }

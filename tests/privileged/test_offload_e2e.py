@@ -60,6 +60,7 @@ interface = "{ifname}"
 transport = "{transport}"
 {endpoint}
 encryption = "{encryption}"
+offload = true
 {wg}
 """
 

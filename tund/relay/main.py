@@ -110,11 +110,13 @@ def build(spec: WorkerSpec, control: socket.socket) -> Pump:
     mp = max_packet(spec)
     codec = make_codec(spec)
     if spec.vnet_hdr and spec.mode == "tun" and not spec.packet_info:
-        # vnet frames on the device (tund.relay.offload); TUND_OFFLOAD=0: no offloads.
+        # vnet frames on the device (tund.relay.offload); offloads only when negotiated.
         # The frames' IP check moves to OffloadCodec.
         if isinstance(codec, PlainCodec):
             codec.ip_check = False
-        negotiate = os.environ.get("TUND_OFFLOAD", "1") != "0"
+        # the tunnel's `offload` setting; TUND_OFFLOAD=1/0 in the environment overrides it
+        negotiate = {"1": True, "0": False}.get(os.environ.get("TUND_OFFLOAD", ""),
+                                                spec.offload)
         # WireGuard carries IP packets only (tun mode: the receiver strips padding by the
         # IP length and drops anything else as invalid_packet): frames go in envelopes
         codec = OffloadCodec(codec, functools.partial(set_device_offload, spec.device_fd),

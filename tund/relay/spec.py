@@ -57,6 +57,7 @@ class WorkerSpec:
     # The device was opened with IFF_VNET_HDR (tun mode without packet info): every
     # packet carries a virtio_net_hdr, and offloads may be negotiated (tund.relay.offload).
     vnet_hdr: bool = False
+    offload: bool = False  # negotiate TSO super-packets with the peer (tund.relay.offload)
     keepalive: int = 0
     reconnect_min: float = 0.2
     reconnect_max: float = 10.0
