@@ -36,6 +36,7 @@ def main(argv: list[str]) -> None:
         if not any(path.iterdir()):
             for i, seed in enumerate(seeds.seeds(name)):
                 (path / f"seed-{i}").write_bytes(seed)
+    targets.quiet()
     atheris.Setup([argv[0], *rest], targets.TARGETS[name])
     atheris.Fuzz()
 

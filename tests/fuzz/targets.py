@@ -50,7 +50,13 @@ from tund.relay.wireguard.codec import WireGuardCodec
 
 Target = Callable[[bytes], None]
 
-logging.disable(logging.CRITICAL)  # refusals are logged by design; millions of lines help no one
+
+
+def quiet() -> None:
+    """Silence logging for a fuzzing process (refusals are logged by design; millions of
+    lines help no one). Called by the fuzz runner only, never at import: importing this
+    module from a test must not change logging for the tests that follow."""
+    logging.disable(logging.CRITICAL)
 
 # --------------------------------------------------------------------------- config
 
