@@ -12,4 +12,4 @@ echo "== lint: ruff, mypy --strict"
 "$VENV/bin/ruff" check tund tests
 "$VENV/bin/mypy" tund
 echo "== tests"
-exec "$VENV/bin/pytest" -p no:cacheprovider tests "$@"
+exec "$VENV/bin/pytest" -p no:cacheprovider --durations=15 tests "$@"
