@@ -257,22 +257,27 @@ class Engine:
             known = ", ".join(sorted(self.runners)) or "none"
             raise NotFound(f"no tunnel named {name!r} (configured: {known})") from None
 
+    # up/down/restart take the reload lock: they never interleave with a reload.
+
     async def tunnel_up(self, name: str) -> dict[str, Any]:
-        r = self.runner(name)
-        if r.worker is None:
-            r.start()
-        return {"tunnel": name, "state": str(r.state)}
+        async with self._lock:
+            r = self.runner(name)
+            if r.worker is None:
+                r.start()
+            return {"tunnel": name, "state": str(r.state)}
 
     async def tunnel_down(self, name: str) -> dict[str, Any]:
-        r = self.runner(name)
-        await r.stop()
-        return {"tunnel": name, "state": str(r.state)}
+        async with self._lock:
+            r = self.runner(name)
+            await r.stop()
+            return {"tunnel": name, "state": str(r.state)}
 
     async def tunnel_restart(self, name: str) -> dict[str, Any]:
-        r = self.runner(name)
-        await r.stop()
-        r.start()
-        return {"tunnel": name, "state": str(r.state)}
+        async with self._lock:
+            r = self.runner(name)
+            await r.stop()
+            r.start()
+            return {"tunnel": name, "state": str(r.state)}
 
     # ------------------------------------------------------------------ reload
 

@@ -167,3 +167,30 @@ mode = "tan"
     assert p2.returncode == 1
     assert f"{ts.a.config}:3: interfaces.tun0.mode:" in p2.stderr
     assert "Traceback" not in p2.stderr
+
+
+def test_down_up_restart_one_tunnel(tmp_path: Path) -> None:
+    ts = two_sites(tmp_path)
+    try:
+        _up_pair(ts, "tun", "udp")
+        ts.b.ns.wait_ping(ts.inner("a"))
+        pid = ts.b.wait_state("t1", "up")["pid"]
+        ts.b.ctl("down", "t1")
+        st = ts.b.tunnel("t1")
+        assert st["state"] == "stopped" and st["pid"] is None
+        assert not Path(f"/proc/{pid}").exists() or "tund.relay" not in Path(
+            f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        assert not ts.b.ns.ping(ts.inner("a"), count=2)  # nothing carries the traffic now
+        one = json.loads(ts.b.ctl("status", "t1", "--json").stdout)
+        assert list(one["tunnels"]) == ["t1"]
+        ts.b.ctl("up", "t1")
+        ts.b.ns.wait_ping(ts.inner("a"), within=20)
+        pid2 = ts.b.wait_state("t1", "up")["pid"]
+        ts.b.ctl("restart", "t1")
+        ts.b.ns.wait_ping(ts.inner("a"), within=20)
+        assert ts.b.wait_state("t1", "up")["pid"] not in (pid, pid2)
+        p = ts.b.ctl("down", "nosuch", check=False)
+        assert p.returncode == 1 and "nosuch" in p.stderr
+    finally:
+        ts.a.stop()
+        ts.b.stop()
