@@ -135,10 +135,14 @@ class Engine:
             self.config = cfg
             self._set_worker_user(cfg.daemon.worker_user)
             self._read_all_keys(cfg)
+            # yield to the loop between items: with many tunnels, status requests and the
+            # workers already started are served while the rest comes up
             for name, iface in cfg.interfaces.items():
                 self._bring_up(name, iface)
+                await asyncio.sleep(0)
             for name in cfg.tunnels:
                 self._start_tunnel(name)
+                await asyncio.sleep(0)
 
     async def shutdown(self) -> None:
         """Stop workers; keep persistent devices (with addresses); drop the rest."""
