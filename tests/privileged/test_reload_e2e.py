@@ -9,26 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.sites import TwoSites, new_ifname, two_sites
+from tests.sites import TwoSites, new_ifname, plain_tunnel, two_sites
 
 pytestmark = pytest.mark.usefixtures("privileged")
-
-
-def _tunnel(name: str, ifname: str, addr: str, key: str, endpoint: str,
-            extra_tun: str = "", extra_if: str = "") -> str:
-    return f"""
-[interfaces.{ifname}]
-mode = "tun"
-addresses = ["{addr}/24"]
-{extra_if}
-
-[tunnels.{name}]
-interface = "{ifname}"
-transport = "tcp"
-{key} = "{endpoint}"
-encryption = "none"
-{extra_tun}
-"""
 
 
 class Pair:
@@ -47,14 +30,11 @@ class Pair:
         for name, idx in tunnels.items():
             ia, ib = self.ifs.setdefault(name, (new_ifname(), new_ifname()))
             port = 56000 + idx
-            if side == "a":
-                parts.append(_tunnel(name, ia, self.addr(idx, "a"), "listen",
-                                     f"{self.ts.ua}:{port}", (extra or {}).get(name, ""),
-                                     (extra_if or {}).get(name, "")))
-            else:
-                parts.append(_tunnel(name, ib, self.addr(idx, "b"), "remote",
-                                     f"{self.ts.ua}:{port}", (extra or {}).get(name, ""),
-                                     (extra_if or {}).get(name, "")))
+            ifname, key = (ia, "listen") if side == "a" else (ib, "remote")
+            parts.append(plain_tunnel(ifname, "tun", self.addr(idx, side), "tcp", key,
+                                      f"{self.ts.ua}:{port}", tunnel=name,
+                                      extra_if=(extra_if or {}).get(name, ""),
+                                      extra_tun=(extra or {}).get(name, "")))
         return "\n".join(parts)
 
 
