@@ -121,7 +121,8 @@ def build(spec: WorkerSpec, control: socket.socket) -> Pump:
         # IP length and drops anything else as invalid_packet): frames go in envelopes
         codec = OffloadCodec(codec, functools.partial(set_device_offload, spec.device_fd),
                              max_packet=mp, drops=counters.drops, negotiate=negotiate,
-                             enveloped=not isinstance(codec, PlainCodec))
+                             enveloped=not isinstance(codec, PlainCodec),
+                             chunked=spec.transport == "udp")
         device = FdDevice(spec.device_fd, read_size=VNET_MAX_FRAME + 1)
         return Pump(control=control, device=device,
                     transport=make_transport(spec, counters, VNET_MAX_FRAME),
