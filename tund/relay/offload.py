@@ -43,6 +43,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from tund.relay import chunks
 from tund.relay.codec import Address, Codec, Opened
 
 log = logging.getLogger("tund.relay.offload")
@@ -65,7 +66,7 @@ OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
 
 HELLO_RETRY = 1.0
 HELLO_TRIES = 10
-_MAGIC = b"tund-offload/1\x00"
+_MAGIC = b"tund-offload/2\x00"  # /2: super-packets travel in chunks over UDP
 _HELLO_LEN = 20 + len(_MAGIC) + 1
 
 
@@ -136,15 +137,22 @@ class OffloadCodec:
     ``negotiate`` False: never say hello nor answer one (offloads stay off).
     ``enveloped``: frames travel in envelopes (for a codec that needs IP packets).
     ``drops`` is the worker's cause -> count dict (for drops on the sealing side).
+    ``chunked`` (a datagram transport): TCP super-packets travel as MTU-sized chunks
+    (:mod:`tund.relay.chunks`); :meth:`expired` then returns the frames rebuilt from
+    chunks that waited too long for a lost companion (the pump calls it at
+    :meth:`next_deadline`).
     ``inner`` must pass vnet frames through (e.g. a PlainCodec without ``ip_check``):
     this codec checks what reaches the device (IPv4/IPv6 packets, :func:`frame_ok`).
     """
 
     def __init__(self, inner: Codec, set_offload: Callable[[bool], bool], *,
                  max_packet: int, drops: dict[str, int], negotiate: bool = True,
-                 enveloped: bool = False) -> None:
+                 enveloped: bool = False, chunked: bool = False) -> None:
         self.inner = inner
         self.enveloped = enveloped
+        self.chunked = chunked
+        self._frame_id = 0
+        self._reasm = chunks.Reassembler()
         self.set_offload = set_offload
         self.max_packet = max_packet
         self.drops = drops
@@ -166,6 +174,12 @@ class OffloadCodec:
 
     def seal(self, frame: bytes, now: float) -> list[bytes]:
         if self.peer_vnet:
+            if self.chunked and frame[1] != GSO_NONE:
+                self._frame_id = (self._frame_id + 1) & 0x7FFF
+                cut = chunks.split(frame, self.max_packet, self._frame_id)
+                if cut is not None:
+                    seal = self.inner.seal
+                    return [m for c in cut for m in seal(c, now)]
             return self.inner.seal(envelope(frame) if self.enveloped else frame, now)
         if frame[1] != GSO_NONE or frame[0] & F_NEEDS_CSUM:
             self._drop("offload_stale")
@@ -192,6 +206,13 @@ class OffloadCodec:
         for p in op.packets:
             if self.enveloped and p[0] == 0x60 and is_envelope(p):
                 p = p[ENVELOPE_LEN:]
+            elif self.chunked and chunks.is_chunk(p) and parse_hello(p) is None:
+                r = self._reasm
+                bad = r.malformed, r.stray
+                frames += r.add(p, now)
+                if (r.malformed, r.stray) != bad:
+                    drop = "malformed" if r.malformed != bad[0] else "duplicate"
+                continue
             if p[0] < 0x10:
                 if frame_ok(p):
                     frames.append(p)
@@ -222,7 +243,14 @@ class OffloadCodec:
         return self.inner.tick(now)
 
     def next_deadline(self) -> float | None:
-        return self.inner.next_deadline()
+        inner, mine = self.inner.next_deadline(), self._reasm.deadline
+        if mine is None or (inner is not None and inner < mine):
+            return inner
+        return mine
+
+    def expired(self, now: float) -> list[bytes]:
+        """Frames rebuilt from an incomplete chunked frame whose wait is over."""
+        return self._reasm.expire(now)
 
     def on_connected(self, now: float) -> list[bytes]:
         self._forget_peer()

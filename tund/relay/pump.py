@@ -15,6 +15,9 @@ Inbound (peer -> device)::
                          "malformed")               replies -> send;       "device_full")
                                                     authenticated -> set_peer)
 
+With a vnet device over UDP the codec rebuilds super-packets from chunks; one whose
+missing chunks never came is written in pieces when the codec's deadline passes.
+
 Control: the daemon's SEQPACKET socket is watched by the same selector, so a ``ping``
 is answered only by a loop that is really turning. ``stop`` ends the loop after the
 current batch; a closed control socket (the daemon died) ends it too. Every change of
@@ -116,6 +119,9 @@ class Pump:
         if d is not None and now >= d:
             for m in self.codec.tick(now):
                 self.transport.send(m)
+            if self.vnet:  # frames rebuilt from chunks whose companions were lost
+                codec: Any = self.codec
+                self._write(codec.expired(now))
 
     def _watch_device(self, on: bool) -> None:
         if on == self._device_watched:
@@ -166,27 +172,30 @@ class Pump:
         if op.authenticated and source is not None and source != self.transport.peer:
             self.transport.set_peer(source)
         if op.packets:
-            write, maxp = self.device.write, self.max_packet
-            for p in op.packets:
-                if len(p) > maxp:
-                    c.drop("oversize")
-                    continue
-                try:
-                    if not write(p):
-                        c.drop("device_full")
-                        continue
-                except OSError:
-                    c.errors += 1
-                    continue
-                c.rx_packets += 1
-                c.rx_bytes += len(p)
-                c.last_rx = self.wall
+            self._write(op.packets)
         if op.authenticated or source is None:
             for r in op.replies:
                 self.transport.send(r)
         else:  # e.g. a cookie reply: back to whoever asked, the peer may be elsewhere
             for r in op.replies:
                 self.transport.reply_to(r, source)
+
+    def _write(self, packets: list[bytes]) -> None:
+        write, maxp, c = self.device.write, self.max_packet, self.c
+        for p in packets:
+            if len(p) > maxp:
+                c.drop("oversize")
+                continue
+            try:
+                if not write(p):
+                    c.drop("device_full")
+                    continue
+            except OSError:
+                c.errors += 1
+                continue
+            c.rx_packets += 1
+            c.rx_bytes += len(p)
+            c.last_rx = self.wall
 
     # ------------------------------------------------------------------ state, control
 
