@@ -84,6 +84,7 @@ class Pump:
         self._running = True
         self.transport.start(self.sel, self, self.now)
         self.report()
+        self.transport.flush()  # what a new path said first (hello, handshake)
         try:
             while self._running:
                 events = self.sel.select(self._timeout())

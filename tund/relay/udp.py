@@ -11,6 +11,15 @@ kernel then filters other senders and reports ICMP errors). A host name is resol
 again every ``RESOLVE_EVERY`` seconds and the socket re-pointed if the address changed;
 an unresolvable name is retried with backoff.
 
+Batching: :meth:`UdpTransport.send` queues; :meth:`UdpTransport.flush` (once per loop
+iteration, or when the queue holds ``FLUSH_BYTES``) sends each run of equal-sized
+datagrams (the last of a run may be shorter) with one ``sendmsg`` and ``UDP_SEGMENT``
+(generic segmentation offload: one trip through the stack for up to ``GSO_SEGMENTS``
+datagrams), and everything else one datagram per call. Order is kept. A kernel or route
+that refuses UDP_SEGMENT turns it off for this socket and the datagrams go one by one.
+The socket asks for ``UDP_GRO``: the kernel may then hand over a train of datagrams of
+one size in one read, with their size in a control message; they are split again here.
+
 ICMP errors (ECONNREFUSED, EHOSTUNREACH, ...) on send or receive count as ``errors`` and
 are not fatal; a full socket buffer drops the datagram as ``"queue_full"``.
 """
@@ -18,10 +27,12 @@ are not fatal; a full socket buffer drops the datagram as ``"queue_full"``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import selectors
 import socket
+import struct
 import time
 from typing import TYPE_CHECKING
 
@@ -36,6 +47,20 @@ RESOLVE_EVERY = 30.0
 RECV_SIZE = 65536
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>; not in the socket module
 SOCKET_BUFFER = 4 * 1024 * 1024  # bursts wait in the kernel instead of being dropped
+SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104  # <linux/udp.h>
+GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS of older kernels
+GSO_BYTES = 65000  # one UDP_SEGMENT send: below 65535 minus the IPv6/IPv4 and UDP headers
+FLUSH_BYTES = 1 << 20  # send queued datagrams once this many bytes wait
+_GRO_SPACE = socket.CMSG_SPACE(4)
+
+
+def _enable_gro(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError as e:
+        log.debug("UDP_GRO not available: %s", e)
+        return False
+    return True
 
 
 def _grow_buffers(sock: socket.socket) -> None:
@@ -77,6 +102,10 @@ class UdpTransport:
         self._rview = memoryview(self._rbuf)
         self._sel: selectors.BaseSelector | None = None
         self._link: Link | None = None
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self.gso = True  # False once the kernel refused UDP_SEGMENT on this socket
+        self._gro = False
 
     def start(self, sel: selectors.BaseSelector, link: Link, now: float) -> None:
         self._sel, self._link = sel, link
@@ -84,12 +113,14 @@ class UdpTransport:
             assert self.sock is not None
             self.sock.setblocking(False)
             _grow_buffers(self.sock)
+            self._gro = _enable_gro(self.sock)
             sel.register(self.sock, selectors.EVENT_READ, self._on_readable)
             log.info("listening on %s", format_peer(self.sock.getsockname()))
         else:
             self._resolve()
 
     def close(self) -> None:
+        self._out.clear()
         if self.sock is not None:
             if self._sel is not None:
                 with contextlib.suppress(KeyError, ValueError):
@@ -115,10 +146,13 @@ class UdpTransport:
             return
         if self.sock is not None and self.sock.family != family:
             self.close()
+        else:
+            self.flush()  # what was queued for the old address
         if self.sock is None:
             self.sock = socket.socket(family, socket.SOCK_DGRAM)
             self.sock.setblocking(False)
             _grow_buffers(self.sock)
+            self._gro = _enable_gro(self.sock)
             self._sel.register(self.sock, selectors.EVENT_READ, self._on_readable)
         if self.peer is not None:
             log.warning("%s now resolves to %s (was %s)", self.host, format_peer(addr),
@@ -152,57 +186,116 @@ class UdpTransport:
     def _on_readable(self, mask: int) -> None:
         sock, view, link = self.sock, self._rview, self._link
         assert sock is not None and link is not None
-        recv, deliver = sock.recvfrom_into, link.deliver
+        deliver, gro = link.deliver, self._gro
+        recv = sock.recvmsg_into if gro else None
         for _ in range(RECV_BATCH):
+            size = 0
             try:
-                n, addr = recv(view)
+                if recv is not None:
+                    n, anc, _flags, addr = recv([view], _GRO_SPACE)
+                    for level, kind, data in anc:
+                        if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
+                            size = struct.unpack_from("=i", data)[0]
+                else:
+                    n, addr = sock.recvfrom_into(view)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:  # a queued ICMP error
                 self.c.errors += 1
                 log.debug("receive error: %s", e)
                 continue
-            deliver(bytes(view[:n]), addr)
+            if 0 < size < n:  # a train of datagrams of ``size`` bytes (the last may be short)
+                for off in range(0, n, size):
+                    deliver(bytes(view[off:min(off + size, n)]), addr)
+                    if self.sock is not sock:
+                        return
+            else:
+                deliver(bytes(view[:n]), addr)
             if self.sock is not sock:
                 return
 
     def send(self, message: bytes) -> bool:
+        """Queue ``message`` for :meth:`flush`; False (counted as ``no_peer``) while
+        there is no peer. A send that fails later is counted then, by its cause."""
+        if self.peer is None or self.sock is None:
+            self.c.drop("no_peer")
+            return False
+        self._out.append(message)
+        self._out_bytes += len(message)
+        if self._out_bytes >= FLUSH_BYTES:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Send what :meth:`send` queued, in order (see the module docstring)."""
+        out = self._out
+        if not out:
+            return
+        self._out, self._out_bytes = [], 0
+        i, n = 0, len(out)
+        while i < n:
+            size, j = len(out[i]), i + 1
+            if self.gso and size:
+                limit = min(n, i + min(GSO_SEGMENTS, GSO_BYTES // size))
+                while j < limit and len(out[j]) == size:
+                    j += 1
+                if j < limit and 0 < len(out[j]) < size:
+                    j += 1  # a shorter datagram may end the train
+            if j - i > 1:
+                self._send_train(out[i:j], size)
+            else:
+                self._send_to(out[i], self.peer)
+            i = j
+
+    def _send_train(self, batch: list[bytes], size: int) -> None:
         sock, peer = self.sock, self.peer
-        if peer is None or sock is None:
+        if sock is None or peer is None:
+            self.c.drop("no_peer", len(batch))
+            return
+        anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        data = [b"".join(batch)]
+        try:
+            if self.role == "remote":
+                sock.sendmsg(data, anc)
+            else:
+                sock.sendmsg(data, anc, 0, peer)
+        except (BlockingIOError, InterruptedError):
+            self.c.drop("queue_full", len(batch))
+        except OSError as e:
+            if e.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                log.info("UDP_SEGMENT refused (%s): sending datagrams one by one", e)
+                self.gso = False
+                for m in batch:
+                    self._send_to(m, peer)
+                return
+            self.c.errors += 1
+            log.debug("send to %s failed: %s", format_peer(peer), e)
+
+    def _send_to(self, message: bytes, dest: Address | None) -> bool:
+        sock = self.sock
+        if sock is None or dest is None:
             self.c.drop("no_peer")
             return False
         try:
             if self.role == "remote":
                 sock.send(message)
             else:
-                sock.sendto(message, peer)
+                sock.sendto(message, dest)
         except (BlockingIOError, InterruptedError):
             self.c.drop("queue_full")
             return False
         except OSError as e:  # ICMP errors, EMSGSIZE, unreachable routes
             self.c.errors += 1
-            log.debug("send to %s failed: %s", format_peer(peer), e)
+            log.debug("send to %s failed: %s", format_peer(dest), e)
             return False
         return True
 
     def reply_to(self, message: bytes, source: Address) -> bool:
         """To ``source`` (listen role); a connected (remote role) socket only hears its peer."""
-        sock = self.sock
-        if self.role == "remote" or sock is None:
+        if self.role == "remote" or self.sock is None:
             return self.send(message)
-        try:
-            sock.sendto(message, source)
-        except (BlockingIOError, InterruptedError):
-            self.c.drop("queue_full")
-            return False
-        except OSError as e:
-            self.c.errors += 1
-            log.debug("reply to %s failed: %s", format_peer(source), e)
-            return False
-        return True
-
-    def flush(self) -> None:
-        pass
+        self.flush()  # keep the order of what was queued before
+        return self._send_to(message, source)
 
 
 if TYPE_CHECKING:

@@ -1,0 +1,84 @@
+"""UdpTransport batching over real loopback sockets: UDP_SEGMENT trains out, UDP_GRO in.
+
+A train sent with UDP_SEGMENT must reach a plain receiver as the same datagrams in the
+same order; a GRO-coalesced train (loopback keeps a GSO train whole for a UDP_GRO socket)
+must be split back into its datagrams before the pump sees them.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import struct
+import time
+
+from tund.relay.codec import Address
+from tund.relay.counters import Counters
+from tund.relay.udp import SOL_UDP, UDP_SEGMENT, UdpTransport
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, Address | None]] = []
+
+    def deliver(self, message: bytes, source: Address | None) -> None:
+        self.got.append((message, source))
+
+    def on_state(self, new_path: bool) -> None:
+        pass
+
+    def on_drained(self) -> None:
+        pass
+
+
+def messages() -> list[bytes]:
+    out = [bytes([i]) * 1000 for i in range(20)] + [b"s" * 500]  # a train, short last
+    out += [b"x" * 700, b"y" * 700, b""]  # another train, then an empty keepalive
+    out += [b"z" * 1200] + [bytes([100 + i]) * 900 for i in range(70)]  # > GSO_SEGMENTS
+    return out
+
+
+def test_queued_datagrams_leave_in_order_as_trains() -> None:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(5)
+    sel = selectors.DefaultSelector()
+    c = Counters()
+    tx = UdpTransport(c, role="remote", host="127.0.0.1", port=rx.getsockname()[1])
+    tx.start(sel, Sink(), time.monotonic())
+    try:
+        sent = messages()
+        for m in sent:
+            assert tx.send(m)
+        tx.flush()
+        got = [rx.recvfrom(65536)[0] for _ in sent]
+        assert got == sent
+        assert tx.gso and c.drops == {} and c.errors == 0
+    finally:
+        tx.close()
+        rx.close()
+        sel.close()
+
+
+def test_a_gro_train_is_split_back_into_its_datagrams() -> None:
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    lsock.bind(("127.0.0.1", 0))
+    sel = selectors.DefaultSelector()
+    sink = Sink()
+    rx = UdpTransport(Counters(), role="listen", host="127.0.0.1", port=0, sock=lsock)
+    rx.start(sel, sink, time.monotonic())
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.connect(lsock.getsockname())
+    try:
+        train = [bytes([i]) * 1200 for i in range(10)] + [b"end" * 100]
+        tx.sendmsg([b"".join(train)], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 1200))])
+        deadline = time.monotonic() + 5
+        while len(sink.got) < len(train) and time.monotonic() < deadline:
+            for key, mask in sel.select(0.1):
+                key.data(mask)
+        assert [m for m, _ in sink.got] == train
+        assert {src for _, src in sink.got} == {tx.getsockname()}
+    finally:
+        rx.close()
+        tx.close()
+        sel.close()
