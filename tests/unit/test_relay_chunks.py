@@ -38,7 +38,7 @@ ACK, PSH, FIN, CWR = 0x10, 0x08, 0x01, 0x80
 def _sum16(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
@@ -79,9 +79,9 @@ def kernel_checksum_ok(frame: bytes) -> bool:
 def ip_ok(frame: bytes) -> bool:
     pkt = frame[VNET.size:]
     if pkt[0] >> 4 == 4:
-        return (struct.unpack_from("!H", pkt, 2)[0] == len(pkt)
-                and _sum16(pkt[:20]) == 0xFFFF)
-    return struct.unpack_from("!H", pkt, 4)[0] == len(pkt) - 40
+        return bool(struct.unpack_from("!H", pkt, 2)[0] == len(pkt)
+                    and _sum16(pkt[:20]) == 0xFFFF)
+    return bool(struct.unpack_from("!H", pkt, 4)[0] == len(pkt) - 40)
 
 
 @pytest.mark.parametrize("v6", [False, True])
