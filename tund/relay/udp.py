@@ -16,7 +16,9 @@ iteration, or when the queue holds ``FLUSH_BYTES``) sends each run of equal-size
 datagrams (the last of a run may be shorter) with one ``sendmsg`` and ``UDP_SEGMENT``
 (generic segmentation offload: one trip through the stack for up to ``GSO_SEGMENTS``
 datagrams), and everything else one datagram per call. Order is kept. A kernel or route
-that refuses UDP_SEGMENT turns it off for this socket and the datagrams go one by one.
+that refuses UDP_SEGMENT turns it off for this socket and the datagrams go one by one;
+datagrams larger than the path MTU (EMSGSIZE in a train) are from then on sent alone, so
+the kernel may fragment them.
 The socket asks for ``UDP_GRO``: the kernel may then hand over a train of datagrams of
 one size in one read, with their size in a control message; they are split again here.
 
@@ -105,6 +107,7 @@ class UdpTransport:
         self._out: list[bytes] = []
         self._out_bytes = 0
         self.gso = True  # False once the kernel refused UDP_SEGMENT on this socket
+        self._train_max = 1 << 16  # datagrams this large are sent alone (path MTU; EMSGSIZE)
         self._gro = False
 
     def start(self, sel: selectors.BaseSelector, link: Link, now: float) -> None:
@@ -235,7 +238,7 @@ class UdpTransport:
         i, n = 0, len(out)
         while i < n:
             size, j = len(out[i]), i + 1
-            if self.gso and size:
+            if self.gso and 0 < size < self._train_max:
                 limit = min(n, i + min(GSO_SEGMENTS, GSO_BYTES // size))
                 while j < limit and len(out[j]) == size:
                     j += 1
@@ -262,6 +265,11 @@ class UdpTransport:
         except (BlockingIOError, InterruptedError):
             self.c.drop("queue_full", len(batch))
         except OSError as e:
+            if e.errno == errno.EMSGSIZE:  # larger than the path MTU: the kernel fragments
+                self._train_max = min(self._train_max, size)  # lone datagrams only
+                for m in batch:
+                    self._send_to(m, peer)
+                return
             if e.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                 log.info("UDP_SEGMENT refused (%s): sending datagrams one by one", e)
                 self.gso = False
