@@ -154,6 +154,47 @@ def test_replay_window_boundaries() -> None:
     assert w2.check_and_set(10**6, lim) and w2.check_and_set(10**6 - 1, lim)  # big jump
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["next", "near", "back", "jump", "any"]),
+                          st.integers(0, 2 * WINDOW)), max_size=300),
+       st.sampled_from([0, 63, 64, 2**63, 2**64 - 3 * WINDOW]),
+       st.sampled_from([2**64, 2**64 - 2**13 - 1, 2**63 + 5000]))
+def test_replay_window_matches_a_reference_model(steps: list[tuple[str, int]], base: int,
+                                                 limit: int) -> None:
+    """The ring accepts exactly what "newer, or unseen and at most WINDOW behind" says."""
+    w, seen, newest = ReplayWindow(), set(), -1
+    for kind, k in steps:
+        top = max(newest, base)
+        counter = {"next": top + 1, "near": top + k % 70, "back": top - k,
+                   "jump": top + k * 3, "any": base + k}[kind]
+        want = (0 <= counter < limit
+                and (counter > newest or (newest - counter <= WINDOW and counter not in seen)))
+        assert w.check_and_set(counter, limit) is want, (counter, newest)
+        if want:
+            seen.add(counter)
+            newest = max(newest, counter)
+
+
+@pytest.mark.parametrize("mtu", [1420, 1421, 60])
+def test_sealing_pads_alike_with_and_without_a_session(mtu: int) -> None:
+    """Packets staged before the handshake and packets sealed on an established session
+    get the same padding (to 16, never past the MTU) and arrive unpadded."""
+    sizes = [20, 28, 31, 32, 33, mtu - 1, mtu, mtu + 1, mtu + 17]
+    p = pair(a_kw={"mtu": mtu})
+    (init,) = p.a.seal(ip_packet(sizes[0]), 1.0)
+    staged = [p.a.seal(ip_packet(n), 1.0) for n in sizes[1:]]
+    assert staged == [[]] * (len(sizes) - 1)
+    (resp,) = ok(p.b.open(init, SRC, 1.0)).replies
+    queued = ok(p.a.open(resp, SRC, 1.0)).replies  # the staged packets, in order
+    direct = [m for n in sizes for m in p.a.seal(ip_packet(n), 2.0)]
+    for batch in (queued, direct):
+        assert len(batch) == len(sizes)
+        for n, m in zip(sizes, batch, strict=True):
+            padded = n if n >= mtu else min(-(-n // 16) * 16, mtu)
+            assert len(m) == 16 + padded + 16, (mtu, n)
+            assert ok(p.b.open(m, SRC, 2.0)).packets == [ip_packet(n)]
+
+
 def test_transport_replay_and_reorder_in_the_codec() -> None:
     p = pair()
     handshake(p)

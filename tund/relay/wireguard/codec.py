@@ -53,10 +53,13 @@ from __future__ import annotations
 
 import collections
 import os
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from cryptography.exceptions import InvalidTag
 
 from tund.relay.codec import Address, Opened
 from tund.relay.spec import WorkerSpec
@@ -64,6 +67,7 @@ from tund.relay.wireguard import messages as msgs
 from tund.relay.wireguard import noise
 from tund.relay.wireguard.cookie import CookieChecker, CookieGenerator, LoadDetector
 from tund.relay.wireguard.primitives import (
+    AEAD_NONCE,
     DecryptError,
     clamp,
     decode_key,
@@ -80,6 +84,17 @@ _ETH_P_IP = b"\x08\x00"
 _ETH_P_IPV6 = b"\x86\xdd"
 _OWN_DROPS = frozenset({"cookie", "no_session", "handshake_timeout"})
 _DEADLINES = ("retransmit", "send_keepalive", "new_handshake", "zero_keys", "persistent")
+_ZEROS = tuple(bytes(i) for i in range(_PAD))  # padding, by length
+# The transport header as one little-endian word: type 4 with its 3 reserved bytes zero.
+_TRANSPORT_WORD = msgs.TYPE_TRANSPORT
+_HEADER = struct.Struct("<IIQ")
+_pack_header = _HEADER.pack
+_unpack_header = _HEADER.unpack_from
+_nonce = AEAD_NONCE.pack
+_HDR_LEN = msgs.TRANSPORT_HEADER_LEN
+_MIN_LEN = msgs.TRANSPORT_MIN_LEN
+_MAX_LEN = msgs.MAX_TRANSPORT
+assert _HEADER.size == _HDR_LEN
 
 
 @dataclass
@@ -95,10 +110,10 @@ def ip_length(packet: bytes) -> int | None:
     """The length an IPv4/IPv6 header claims, or None when ``packet`` is not such a packet."""
     n = len(packet)
     if n >= 20 and packet[0] >> 4 == 4:
-        total = int.from_bytes(packet[2:4], "big")
+        total = packet[2] << 8 | packet[3]
         return total if 20 <= total <= n else None
     if n >= 40 and packet[0] >> 4 == 6:
-        total = 40 + int.from_bytes(packet[4:6], "big")
+        total = 40 + (packet[4] << 8 | packet[5])
         return total if total <= n else None
     return None
 
@@ -135,7 +150,19 @@ class WireGuardCodec:
         self._mtu = spec.mtu
         self._role = spec.role
         self._keepalive = float(spec.keepalive)
-        self._t = Timers.from_overrides(dict(spec.timers))
+        self._t = t = Timers.from_overrides(dict(spec.timers))
+        # Timers is frozen: the per-packet paths read these copies.
+        self._tun = spec.mode == "tun"
+        self._reject_messages = t.reject_after_messages
+        self._reject_time = t.reject_after_time
+        self._keepalive_timeout = t.keepalive_timeout
+        self._staged_max = max(1, t.staged_packets)
+        # seal's direct path: no rekey by message count or age can be due below these
+        self._direct_messages = min(t.rekey_after_messages, t.reject_after_messages)
+        self._direct_age = min(t.rekey_after_time, t.reject_after_time)
+        # _keep_key_fresh_receiving has work only for a current keypair older than this
+        self._last_minute_age = (t.reject_after_time - t.keepalive_timeout
+                                 - t.rekey_timeout)
         self._wall = wall
         self._rand = rand
         self._checker = CookieChecker(self._pub, self._t, rand)
@@ -164,21 +191,56 @@ class WireGuardCodec:
         self._now = now
         if self._packet_info:
             packet = packet[4:]
-        if len(self._staged) >= max(1, self._t.staged_packets):
+        kp = self._keys.current
+        if (kp is not None and packet and not self._staged
+                and kp.send_counter < self._direct_messages
+                and now - kp.created < self._direct_age):
+            return [self._seal_direct(kp, packet, now)]
+        if len(self._staged) >= self._staged_max:
             self._staged.popleft()
             self._drops["no_session"] += 1
         self._staged.append(packet)
         return self._send_staged(now)
 
+    def _seal_direct(self, kp: Keypair, packet: bytes, now: float) -> bytes:
+        """The per-packet path of :meth:`seal`: a usable current keypair that needs no
+        rekey, nothing staged, a non-empty packet. Does what :meth:`_send_staged` does
+        for that case, without the queue."""
+        counter = kp.send_counter
+        kp.send_counter = counter + 1
+        if self._tun:
+            size = len(packet)
+            mtu = self._mtu
+            if size < mtu:
+                pad = -size & (_PAD - 1)
+                if pad:
+                    packet += _ZEROS[pad if size + pad <= mtu else mtu - size]
+        message = _pack_header(_TRANSPORT_WORD, kp.remote_index, counter) + kp.seal(
+            _nonce(counter), packet, None)
+        deadline = self._deadline
+        if self._keepalive > 0:  # _on_authenticated_traversal
+            deadline["persistent"] = now + self._keepalive
+        deadline["send_keepalive"] = None
+        self._need_another_keepalive = False
+        if deadline["new_handshake"] is None:
+            deadline["new_handshake"] = (now + self._keepalive_timeout
+                                         + self._t.rekey_timeout + self._jitter())
+        return message
+
     def open(self, message: bytes, source: Address | None, now: float) -> Opened:
         """Handle one message from the peer; never raises on hostile input."""
         self._now = now
+        n = len(message)
+        if _MIN_LEN <= n <= _MAX_LEN:
+            word, receiver, counter = _unpack_header(message)
+            if word == _TRANSPORT_WORD:
+                return self._open_transport(receiver, counter, message, now)
         try:
             m = msgs.parse(message)
         except msgs.Malformed:
             return self._drop("malformed")
-        if isinstance(m, msgs.Transport):
-            return self._open_transport(m, now)
+        if isinstance(m, msgs.Transport):  # not reached: the test above takes every one
+            return self._open_transport(m.receiver, m.counter, message, now)
         if isinstance(m, msgs.CookieReply):
             return self._open_cookie(m, now)
         if not self._checker.check_mac1(message):
@@ -205,8 +267,11 @@ class WireGuardCodec:
         return out
 
     def next_deadline(self) -> float | None:
-        due = [d for d in self._deadline.values() if d is not None]
-        return min(due) if due else None
+        first: float | None = None
+        for d in self._deadline.values():
+            if d is not None and (first is None or d < first):
+                first = d
+        return first
 
     def on_connected(self, now: float) -> list[bytes]:
         """A (new) path to the peer: the initiator side (role remote, or any side with a
@@ -278,12 +343,12 @@ class WireGuardCodec:
         return out
 
     def _encrypt(self, kp: Keypair, packet: bytes) -> bytes:
-        if self._mode == "tun":
+        if self._tun:
             size = len(packet)
             padded = min(-(-size // _PAD) * _PAD, max(self._mtu, size))
-            packet = packet + bytes(padded - size)
+            packet = packet + _ZEROS[padded - size]
         counter, sealed = kp.encrypt(packet)
-        return msgs.transport_header(kp.remote_index, counter) + sealed
+        return _pack_header(_TRANSPORT_WORD, kp.remote_index, counter) + sealed
 
     def _send_keepalive(self, now: float) -> list[bytes]:
         if not self._staged:
@@ -385,45 +450,71 @@ class WireGuardCodec:
             return self._drop("bad_cookie")
         return Opened([], [], False, None)
 
-    def _open_transport(self, m: msgs.Transport, now: float) -> Opened:
-        kp = self._keys.lookup(m.receiver)
-        if kp is None:
-            return self._drop("unknown_receiver")
-        if now - kp.created >= self._t.reject_after_time:
+    def _open_transport(self, receiver: int, counter: int, message: bytes,
+                        now: float) -> Opened:
+        """A well-formed transport message (header fields already unpacked)."""
+        keys = self._keys
+        kp = keys.current
+        if kp is None or kp.local_index != receiver:
+            kp = keys.lookup(receiver)
+            if kp is None:
+                return self._drop("unknown_receiver")
+        if now - kp.created >= self._reject_time:
             return self._drop("expired")
         try:
-            plain = kp.decrypt(m.counter, m.ciphertext)
-        except DecryptError:
+            plain = kp.open(_nonce(counter), message[_HDR_LEN:], None)
+        except InvalidTag:
             return self._drop("decrypt")
-        if not kp.replay.check_and_set(m.counter, self._t.reject_after_messages):
+        if not kp.replay.check_and_set(counter, self._reject_messages):
             return self._drop("replay")
         replies: list[bytes] = []
-        if self._keys.received_with(kp):
+        if kp is keys.next:
+            keys.received_with(kp)
             self._handshake_complete(now)
             if self._staged:
                 replies += self._send_staged(now)
-        replies += self._keep_key_fresh_receiving(now)
-        self._on_authenticated_traversal(now)
-        self._deadline["new_handshake"] = None
+        current = keys.current
+        if (not self._sent_last_minute_handshake and current is not None
+                and current.is_initiator and now - current.created > self._last_minute_age):
+            replies += self._keep_key_fresh_receiving(now)
+        deadline = self._deadline
+        if self._keepalive > 0:  # _on_authenticated_traversal
+            deadline["persistent"] = now + self._keepalive
+        deadline["new_handshake"] = None
         if not plain:
             return Opened([], replies, True, None)  # keepalive
-        if self._deadline["send_keepalive"] is None:
-            self._deadline["send_keepalive"] = now + self._t.keepalive_timeout
+        if deadline["send_keepalive"] is None:
+            deadline["send_keepalive"] = now + self._keepalive_timeout
         else:
             self._need_another_keepalive = True
-        packet = self._to_device(plain)
+        if self._tun and not self._packet_info:  # ip_length and _to_device, inline
+            size = len(plain)
+            version = plain[0] >> 4
+            if version == 4 and size >= 20:
+                length = plain[2] << 8 | plain[3]
+                if 20 <= length <= size:
+                    return Opened([plain if length == size else plain[:length]], replies,
+                                  True, None)
+            elif version == 6 and size >= 40:
+                length = 40 + (plain[4] << 8 | plain[5])
+                if length <= size:
+                    return Opened([plain if length == size else plain[:length]], replies,
+                                  True, None)
+            packet = None
+        else:
+            packet = self._to_device(plain)
         if packet is None:
             self._drops["invalid_packet"] += 1
             return Opened([], replies, True, "invalid_packet")
         return Opened([packet], replies, True, None)
 
     def _to_device(self, plain: bytes) -> bytes | None:
-        if self._mode == "tap":
+        if not self._tun:
             return plain
         length = ip_length(plain)
         if length is None:
             return None
-        packet = plain[:length]
+        packet = plain[:length] if length != len(plain) else plain
         if self._packet_info:
             proto = _ETH_P_IP if packet[0] >> 4 == 4 else _ETH_P_IPV6
             packet = b"\x00\x00" + proto + packet

@@ -40,6 +40,8 @@ TIMESTAMP_LEN = 12
 
 _SIGMA = b"expand 32-byte k"
 _WORDS16 = struct.Struct("<16I")
+#: ``AEAD_NONCE.pack(counter)`` is :func:`aead_nonce` in one C call (the per-packet form).
+AEAD_NONCE = struct.Struct("<4xQ")
 _TAI64_BASE = 0x400000000000000A  # TAI64 label of 1970-01-01 00:00:10 TAI (= 00:00:00 UTC)
 _WHITEN = 0xFFFFFF  # nanoseconds rounded down to 2^24 ns, like wireguard-go, to blur clocks
 
@@ -79,7 +81,7 @@ def kdf(n: int, key: bytes, data: bytes) -> list[bytes]:
 
 def aead_nonce(counter: int) -> bytes:
     """The 96-bit ChaCha20-Poly1305 nonce for a 64-bit counter: 32 zero bits || LE64."""
-    return b"\x00\x00\x00\x00" + counter.to_bytes(8, "little")
+    return AEAD_NONCE.pack(counter)
 
 
 def aead_encrypt(key: bytes, counter: int, plaintext: bytes, ad: bytes) -> bytes:

@@ -15,20 +15,26 @@ from __future__ import annotations
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from tund.relay.wireguard.primitives import DecryptError, aead_nonce
+from tund.relay.wireguard.primitives import AEAD_NONCE, DecryptError
 from tund.relay.wireguard.replay import ReplayWindow
+
+_nonce = AEAD_NONCE.pack
 
 
 class Keypair:
-    """One direction pair of transport keys with our/their receiver index."""
+    """One direction pair of transport keys with our/their receiver index.
 
-    __slots__ = ("_recv", "_send", "created", "is_initiator", "local_index", "remote_index",
-                 "replay", "send_counter")
+    ``seal`` / ``open`` are the AEAD's own bound ``encrypt`` / ``decrypt`` (nonce,
+    data, None), for the codec's per-packet paths; ``open`` raises InvalidTag.
+    """
+
+    __slots__ = ("created", "is_initiator", "local_index", "open", "remote_index", "replay",
+                 "seal", "send_counter")
 
     def __init__(self, send_key: bytes, recv_key: bytes, local_index: int, remote_index: int,
                  created: float, is_initiator: bool) -> None:
-        self._send = ChaCha20Poly1305(send_key)
-        self._recv = ChaCha20Poly1305(recv_key)
+        self.seal = ChaCha20Poly1305(send_key).encrypt
+        self.open = ChaCha20Poly1305(recv_key).decrypt
         self.local_index = local_index
         self.remote_index = remote_index
         self.created = created
@@ -40,12 +46,12 @@ class Keypair:
         """Encrypt with the next send counter; returns (counter, ciphertext || tag)."""
         counter = self.send_counter
         self.send_counter += 1
-        return counter, self._send.encrypt(aead_nonce(counter), plaintext, None)
+        return counter, self.seal(_nonce(counter), plaintext, None)
 
     def decrypt(self, counter: int, ciphertext: bytes) -> bytes:
         """Open a transport payload; raise DecryptError on a bad tag. No replay check."""
         try:
-            return self._recv.decrypt(aead_nonce(counter), ciphertext, None)
+            return self.open(_nonce(counter), ciphertext, None)
         except InvalidTag:
             raise DecryptError("transport tag mismatch") from None
 
