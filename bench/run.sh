@@ -64,9 +64,11 @@ fi
 
 export TUND_BENCH_DESC="$DESC"
 
-# Our own namespace / device / state names (the anchors' defaults are tbA/tbB).
-export NS_A=pfA NS_B=pfB VETH_A=pfvA VETH_B=pfvB
-export STATE_ROOT=/tmp/pf-bench/state BUILD_DIR=/tmp/pf-bench/build
+# Our own namespace / device / state names (the anchors' defaults are tbA/tbB); BENCH_TAG
+# (default pf) lets two benchmarks run side by side without sharing names.
+TAG="${BENCH_TAG:-pf}"
+export NS_A="${TAG}A" NS_B="${TAG}B" VETH_A="${TAG}vA" VETH_B="${TAG}vB"
+export STATE_ROOT="/tmp/pf-bench/state-$TAG" BUILD_DIR=/tmp/pf-bench/build
 STAMP="$(date +%Y%m%d-%H%M%S)"
 OUT="${OUT_DIR:-/tmp/pf-bench/$STAMP}"; mkdir -p "$OUT"
 LOG="$OUT/run.log"
@@ -80,9 +82,17 @@ echo "bench: results in $OUT (log $LOG)"
 loss_rules() {  # on|off: drop 1% of underlay TCP/UDP packets entering either namespace
   # Prerouting at priority -450 runs before IP reassembly (defrag is -400, local delivery
   # later): every IP fragment is a packet on the wire and is dropped with probability 1%.
-  local ns
+  # A veth hands a UDP_SEGMENT train (or a TSO burst) over as one buffer, which a real wire
+  # would not: segmentation offloads are off on the veths while the loss rules are on, so
+  # the kernel cuts trains into datagrams before the veth and each is lost on its own.
+  local ns dev
   for ns in "$NS_A" "$NS_B"; do
+    dev="$VETH_A"; [ "$ns" = "$NS_B" ] && dev="$VETH_B"
     ip netns exec "$ns" nft delete table inet pfloss 2>/dev/null || true
+    local onoff=on; [ "$1" = on ] && onoff=off
+    ip netns list | grep -qw "$ns" || continue
+    ip netns exec "$ns" ethtool -K "$dev" tx-udp-segmentation "$onoff" tso "$onoff" gso "$onoff" \
+      >/dev/null 2>&1 || echo "loss: ethtool -K $dev ... $onoff failed" >&2
     [ "$1" = on ] || continue
     ip netns exec "$ns" nft -f - <<NFT
 table inet pfloss {
