@@ -44,6 +44,12 @@ def _sum16(data: bytes) -> int:
     return total
 
 
+def add(r: Reassembler, chunk: bytes, now: float) -> list[bytes]:
+    out: list[bytes] = []
+    assert r.add(chunk, now, out) is None
+    return out
+
+
 def tso_frame(v6: bool = False, payload_len: int = 20000, gso: int = 1448,
               flags: int = ACK | PSH | FIN | CWR, ecn: bool = False) -> bytes:
     payload = random.Random(payload_len).randbytes(payload_len)
@@ -93,11 +99,11 @@ def test_chunks_fit_the_mtu_and_rebuild_the_frame_bit_for_bit_in_any_order(v6: b
     assert all(struct.unpack_from("!H", c, 2 if not v6 else 4)[0] + (40 if v6 else 0)
                == len(c) for c in cut)  # the IP length says the chunk's length
     r = Reassembler()
-    out = [f for c in cut for f in r.add(c, 0.0)]
+    out = [f for c in cut for f in add(r, c, 0.0)]
     assert out == [frame] and r.deadline is None
     shuffled = list(cut)
     random.Random(1).shuffle(shuffled)
-    out = [f for c in shuffled for f in r.add(c, 0.0)]
+    out = [f for c in shuffled for f in add(r, c, 0.0)]
     assert out == [frame] and (r.malformed, r.stray, r.partial) == (0, 0, 0)
 
 
@@ -116,7 +122,7 @@ def test_lost_chunks_leave_valid_runs_that_carry_exactly_the_bytes_that_arrived(
     out: list[bytes] = []
     for i, c in enumerate(cut):
         if i not in gone:
-            out += r.add(c, 10.0)
+            out += add(r, c, 10.0)
     assert out == [] and r.deadline == pytest.approx(10.0 + WAIT)
     assert r.expire(10.0) == []  # not yet
     out = r.expire(10.0 + WAIT)
@@ -159,11 +165,11 @@ def test_a_newer_frame_pushes_out_an_incomplete_one() -> None:
     one, two = split(tso_frame(), 1400, 1), split(tso_frame(payload_len=9000), 1400, 2)
     assert one is not None and two is not None
     r = Reassembler()
-    out = [f for c in one[1:] for f in r.add(c, 0.0)]  # the first chunk is lost
+    out = [f for c in one[1:] for f in add(r, c, 0.0)]  # the first chunk is lost
     assert out == []
-    out = r.add(two[0], 0.0)
+    out = add(r, two[0], 0.0)
     assert len(out) == 1 and kernel_checksum_ok(out[0]) and r.partial == 1
-    out = [f for c in two[1:] for f in r.add(c, 0.0)]
+    out = [f for c in two[1:] for f in add(r, c, 0.0)]
     assert out == [tso_frame(payload_len=9000)]
 
 
@@ -171,17 +177,18 @@ def test_malformed_and_repeated_chunks_are_counted_and_dropped() -> None:
     cut = split(tso_frame(), 1400, 3)
     assert cut is not None
     r = Reassembler()
-    assert r.add(cut[0], 0.0) == [] and r.add(cut[0], 0.0) == []
-    assert r.stray == 1
+    assert add(r, cut[0], 0.0) == []
+    out: list[bytes] = []
+    assert r.add(cut[0], 0.0, out) == "duplicate" and out == [] and r.stray == 1
     bad = bytearray(cut[1])
     bad[-6] = 200  # index beyond the count
-    assert r.add(bytes(bad), 0.0) == []
-    assert r.add(cut[1][:30], 0.0) == []  # truncated
+    assert r.add(bytes(bad), 0.0, out) == "malformed"
+    assert r.add(cut[1][:30], 0.0, out) == "malformed"  # truncated
     short = bytearray(cut[1])
     del short[100:110]  # a middle chunk shorter than the chunk size
     struct.pack_into("!H", short, 2, len(short))
-    assert r.add(bytes(short), 0.0) == []
-    assert r.malformed == 3
+    assert r.add(bytes(short), 0.0, out) == "malformed"
+    assert r.malformed == 3 and out == []
 
 
 def test_frames_not_worth_cutting_travel_whole() -> None:

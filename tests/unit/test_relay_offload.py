@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+from tests.unit.test_relay_chunks import kernel_checksum_ok, tso_frame
+from tund.relay.chunks import WAIT
 from tund.relay.codec import PlainCodec
 from tund.relay.offload import (
     ENVELOPE_LEN,
@@ -135,3 +137,29 @@ def test_enveloped_frames_pass_a_codec_that_only_carries_ip_packets() -> None:
     assert wire[ENVELOPE_LEN:] == frame
     assert c.open(wire, PEER, 1.0).packets == [frame]
     assert is_envelope(envelope(frame)) and not is_envelope(IP4)
+
+
+def test_over_udp_super_packets_travel_in_chunks_no_larger_than_the_mtu() -> None:
+    pair = []
+    for _ in range(2):
+        sw, drops = Switch(), dict[str, int]()
+        c = OffloadCodec(PlainCodec(ip_check=True), sw, max_packet=1400, drops=drops,
+                         enveloped=True, chunked=True)
+        c.open(hello(False), PEER, 0.0)
+        pair.append(c)
+    a, b = pair
+    frame = tso_frame(payload_len=60000)
+    wire = a.seal(frame, 1.0)
+    assert len(wire) > 40 and all(len(m) <= 1400 for m in wire)
+    got = [f for m in wire for f in b.open(m, PEER, 1.0).packets]
+    assert got == [frame]
+    small = vnet(0, 0, IP4)  # not a super-packet: one enveloped message, as before
+    (m,) = a.seal(small, 1.0)
+    assert b.open(m, PEER, 1.0).packets == [small]
+    # a lost chunk: the rest is written as valid runs once the wait is over
+    wire = a.seal(frame, 2.0)
+    got = [f for m in wire[:3] + wire[4:] for f in b.open(m, PEER, 2.0).packets]
+    assert got == [] and b.next_deadline() is not None
+    runs = b.expired(2.0 + WAIT)
+    assert len(runs) == 2 and all(kernel_checksum_ok(r) for r in runs)
+    assert b.open(wire[5], PEER, 2.1).drop is None  # a late straggler starts a new frame

@@ -145,7 +145,7 @@ def is_chunk(packet: bytes) -> bool:
 class Reassembler:
     """Collects the chunks of one frame at a time; see the module docstring.
 
-    :meth:`add` takes a chunk and returns the frames (vnet header + packet) now ready to
+    :meth:`add` takes a chunk and appends the frames (vnet header + packet) now ready to
     write: the whole frame when its last missing chunk arrives, or the runs of an older
     incomplete frame that a newer frame pushed out. :meth:`expire` returns the runs of a
     frame that waited longer than :data:`WAIT`; :attr:`deadline` says when that is.
@@ -166,33 +166,51 @@ class Reassembler:
         self._size = 0
         self._gso = 0
 
-    def add(self, chunk: bytes, now: float) -> list[bytes]:
+    def add(self, chunk: bytes, now: float, out: list[bytes]) -> str | None:
+        """Take ``chunk``; append the frames now ready to ``out``. Returns None, or why the
+        chunk was dropped: ``"malformed"`` or ``"duplicate"`` (also counted here)."""
+        end = len(chunk) - TRAILER_LEN
+        parts = self._parts
+        if end > 40 and parts:  # the common case: the next chunk of the frame being built
+            fid, i, n, size, _ = TRAILER.unpack_from(chunk, end)
+            if fid == self._fid and n == len(parts) and size == self._size and i < n:
+                hlen = len(self._header)
+                body = end - hlen
+                if body == size or (i == n - 1 and 0 < body < size):
+                    if parts[i] is not None:
+                        self.stray += 1
+                        return "duplicate"
+                    parts[i] = chunk[hlen:end]
+                    self._missing -= 1
+                    if not self._missing:
+                        out.append(self._run(0, n))
+                        self._reset()
+                    return None
+        return self._add_first(chunk, now, out)
+
+    def _add_first(self, chunk: bytes, now: float, out: list[bytes]) -> str | None:
+        """A chunk that does not continue the current frame: check it all; it starts a new
+        frame (giving up the current one) unless it is malformed."""
         h = _headers(chunk, 0)
         if h is None or len(chunk) < h[1] + TRAILER_LEN + 1:
             self.malformed += 1
-            return []
+            return "malformed"
         iphl, hlen = h
         fid, i, n, size, gso = TRAILER.unpack_from(chunk, len(chunk) - TRAILER_LEN)
         body = len(chunk) - hlen - TRAILER_LEN
         if not (n > 1 and i < n and size > 0 and gso > 0
                 and (body == size if i < n - 1 else body <= size)):
             self.malformed += 1
-            return []
-        out: list[bytes] = []
-        if fid != self._fid or n != len(self._parts) or size != self._size:
-            out = self._give_up()
-            self._fid, self._parts, self._missing = fid, [None] * n, n
-            self._header, self._iphl, self._size, self._gso = chunk[:hlen], iphl, size, gso
-            self.deadline = now + WAIT
-        if self._parts[i] is not None:
-            self.stray += 1
-            return out
+            return "malformed"
+        if fid == self._fid and n == len(self._parts) and size == self._size:
+            self.malformed += 1  # same frame, other header length
+            return "malformed"
+        out += self._give_up()
+        self._fid, self._parts, self._missing = fid, [None] * n, n - 1
+        self._header, self._iphl, self._size, self._gso = chunk[:hlen], iphl, size, gso
         self._parts[i] = chunk[hlen:len(chunk) - TRAILER_LEN]
-        self._missing -= 1
-        if self._missing == 0:
-            out.append(self._run(0, len(self._parts)))
-            self._reset()
-        return out
+        self.deadline = now + WAIT
+        return None
 
     def expire(self, now: float) -> list[bytes]:
         if self.deadline is None or now < self.deadline:

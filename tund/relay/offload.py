@@ -200,18 +200,23 @@ class OffloadCodec:
         op = self.inner.open(message, source, now)
         if op.drop is not None or not op.packets:
             return op
-        frames: list[bytes] = []
+        if self.chunked and len(op.packets) == 1:  # the bulk of a transfer: one chunk
+            p = op.packets[0]
+            if chunks.is_chunk(p) and not (self.enveloped and p[0] == 0x60 and is_envelope(p)):
+                frames: list[bytes] = []
+                cause = self._reasm.add(p, now, frames)
+                if cause is not None:
+                    return Opened([], op.replies, op.authenticated, cause)
+                op.packets = frames
+                return op
+        frames = []
         replies = op.replies
         drop: str | None = None
         for p in op.packets:
             if self.enveloped and p[0] == 0x60 and is_envelope(p):
                 p = p[ENVELOPE_LEN:]
-            elif self.chunked and chunks.is_chunk(p) and parse_hello(p) is None:
-                r = self._reasm
-                bad = r.malformed, r.stray
-                frames += r.add(p, now)
-                if (r.malformed, r.stray) != bad:
-                    drop = "malformed" if r.malformed != bad[0] else "duplicate"
+            elif self.chunked and chunks.is_chunk(p):  # (a hello is shorter than any chunk)
+                drop = self._reasm.add(p, now, frames) or drop
                 continue
             if p[0] < 0x10:
                 if frame_ok(p):
