@@ -93,14 +93,20 @@ def test_bad_frames_and_oversize_packets_are_dropped() -> None:
     assert c.open(ZERO_HDR + b"\x00" * 20, PEER, 0.0).drop == "malformed"  # not IP
     assert c.open(IP4 + bytes(1400), PEER, 0.0).drop == "oversize"
     assert not frame_ok(ZERO_HDR)
-    assert c.seal(ZERO_HDR + IP4 + bytes(1400), 0.0) == [] and drops["oversize"] == 1
+    assert c.seal(ZERO_HDR + IP4 + bytes(1400), 0.0) == [hello(False)]  # only the hello
+    assert drops["oversize"] == 1
 
 
-def test_stale_gso_frames_are_dropped_until_the_peer_said_hello() -> None:
-    c, _, drops = make()
-    assert c.seal(vnet(F_NEEDS_CSUM, GSO_TCPV4, IP4), 0.0) == []
-    assert c.seal(vnet(F_NEEDS_CSUM, 0, IP4), 0.0) == []
+def test_stale_gso_frames_are_dropped_but_still_carry_the_hello() -> None:
+    # a restarted worker finds the device's offloads on: every frame may be "stale", and
+    # without the hello going out anyway the peers would never agree again
+    c, sw, drops = make()
+    assert c.on_connected(0.0) == [] and sw.calls == [False]  # offloads off at once
+    assert c.seal(vnet(F_NEEDS_CSUM, GSO_TCPV4, IP4), 0.0) == [hello(False)]
+    assert c.seal(vnet(F_NEEDS_CSUM, 0, IP4), 0.1) == []
     assert drops["offload_stale"] == 2
+    assert c.open(hello(True), PEER, 0.2).replies == [] and c.peer_vnet
+    assert sw.calls == [False, True]
 
 
 def test_a_new_path_forgets_the_peer_and_turns_offloads_off() -> None:
@@ -108,6 +114,8 @@ def test_a_new_path_forgets_the_peer_and_turns_offloads_off() -> None:
     c.open(hello(False), PEER, 0.0)
     c.on_connected(1.0)
     assert sw.calls == [True, False] and not c.peer_vnet
+    c.on_connected(2.0)  # known to be off already: no second ioctl
+    assert sw.calls == [True, False]
     assert c.seal(ZERO_HDR + IP4, 1.0)[0] == hello(False)
 
 

@@ -158,6 +158,7 @@ class OffloadCodec:
         self.drops = drops
         self.negotiate = negotiate
         self.peer_vnet = False
+        self._device_off = False  # known to be off (we turned it off ourselves)
         self._hello_at: float | None = None
         self._hello_tries = 0
 
@@ -165,8 +166,12 @@ class OffloadCodec:
         self.drops[cause] = self.drops.get(cause, 0) + 1
 
     def _forget_peer(self) -> None:
-        if self.peer_vnet:
+        if self.peer_vnet or not self._device_off:
+            # also on a worker's first path: a worker before it (killed, restarted) may
+            # have left the device's offloads on, and the kernel would keep handing over
+            # super-packets and partial checksums that no plain peer can take
             self.set_offload(False)
+            self._device_off = True
             log.info("offloads off until the peer says hello again")
         self.peer_vnet = False
         self._hello_at = None
@@ -181,19 +186,18 @@ class OffloadCodec:
                     seal = self.inner.seal
                     return [m for c in cut for m in seal(c, now)]
             return self.inner.seal(envelope(frame) if self.enveloped else frame, now)
-        if frame[1] != GSO_NONE or frame[0] & F_NEEDS_CSUM:
-            self._drop("offload_stale")
-            return []
-        if len(frame) - VNET_HDR_LEN > self.max_packet:
-            self._drop("oversize")
-            return []
         out: list[bytes] = []
         if (self.negotiate and self._hello_tries < HELLO_TRIES
                 and (self._hello_at is None or now - self._hello_at >= HELLO_RETRY)):
-            self._hello_at = now
+            self._hello_at = now  # with any frame, even one dropped below
             self._hello_tries += 1
             out += self.inner.seal(hello(False), now)
-        out += self.inner.seal(frame[VNET_HDR_LEN:], now)
+        if frame[1] != GSO_NONE or frame[0] & F_NEEDS_CSUM:
+            self._drop("offload_stale")
+        elif len(frame) - VNET_HDR_LEN > self.max_packet:
+            self._drop("oversize")
+        else:
+            out += self.inner.seal(frame[VNET_HDR_LEN:], now)
         return out
 
     def open(self, message: bytes, source: Address | None, now: float) -> Opened:
@@ -242,6 +246,7 @@ class OffloadCodec:
         if not self.peer_vnet and self.set_offload(True):
             log.info("the peer takes vnet frames: offloads on")
             self.peer_vnet = True
+            self._device_off = False
         return [] if ack else self.inner.seal(hello(True), now)
 
     def tick(self, now: float) -> list[bytes]:
