@@ -95,6 +95,8 @@ _HDR_LEN = msgs.TRANSPORT_HEADER_LEN
 _MIN_LEN = msgs.TRANSPORT_MIN_LEN
 _MAX_LEN = msgs.MAX_TRANSPORT
 assert _HEADER.size == _HDR_LEN
+_JITTER_BLOCK = 128
+_JITTER_DRAWS = struct.Struct(f"<{_JITTER_BLOCK}H")
 
 
 @dataclass
@@ -165,6 +167,7 @@ class WireGuardCodec:
                                  - t.rekey_timeout)
         self._wall = wall
         self._rand = rand
+        self._jitter_pool: list[int] = []  # 16-bit draws for _jitter, used from the end
         self._checker = CookieChecker(self._pub, self._t, rand)
         self._cookies = CookieGenerator(self._peer, self._t)
         self._load = LoadDetector(self._t)
@@ -363,7 +366,14 @@ class WireGuardCodec:
                 return index
 
     def _jitter(self) -> float:
-        return int.from_bytes(self._rand(2), "little") / 0xFFFF * self._t.rekey_jitter
+        """Up to ``rekey_jitter`` s, from 16 random bits. The bits come from ``rand`` in
+        blocks of :data:`_JITTER_BLOCK` draws: a sealed packet that (re)arms the
+        new-handshake timer needs one, and that is every first packet sent after one
+        was received, so drawing them one at a time cost a getrandom call per packet."""
+        pool = self._jitter_pool
+        if not pool:
+            pool.extend(_JITTER_DRAWS.unpack(self._rand(_JITTER_DRAWS.size)))
+        return pool.pop() / 0xFFFF * self._t.rekey_jitter
 
     def _initiate(self, now: float, *, retry: bool) -> list[bytes]:
         if not retry:
