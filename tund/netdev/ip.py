@@ -8,6 +8,11 @@ Contract:
   stderr) when ``ip`` exits non-zero, cannot be started, or runs past ``timeout``.
 * :meth:`IpRunner.json` runs ``ip -json ARGS`` for reads (logged at debug only) and returns
   the parsed JSON (``[]`` for empty output).
+* :meth:`IpRunner.batch` runs several changes through one ``ip -batch -`` (one process
+  instead of one each): every command is logged as above before the batch starts; ``ip``
+  stops at the first failing command, and :class:`IpBatchError` (an IpCommandError naming
+  that command) says how many ran before it (``done``). :func:`run_batch` does the same
+  with any :class:`Ip`, one command at a time when it has no ``batch``.
 * ``netns`` makes every command act in that network namespace (``ip -n NS``).
 
 Code that changes links takes an :class:`Ip` (the Protocol), so tests pass a fake.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import logging
+import re
 import shlex
 import subprocess
 from collections.abc import Sequence
@@ -25,6 +31,19 @@ from typing import Any, Protocol
 from tund.errors import IpCommandError
 
 log = logging.getLogger("tund.netdev.ip")
+
+#: What ``ip -batch`` prints when a line fails (``-`` is stdin, N counts from 1).
+_BATCH_FAILED = re.compile(r"^Command failed -:(\d+)\s*$", re.MULTILINE)
+#: Arguments ``ip -batch`` would split or treat as a comment; such commands run alone.
+_BATCH_UNSAFE = re.compile(r"[\s\"'#\\]")
+
+
+class IpBatchError(IpCommandError):
+    """Command ``done`` (counting from 0) of a batch failed; the ``done`` before it ran."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str, done: int) -> None:
+        super().__init__(argv, returncode, stderr)
+        self.done = done
 
 
 class Ip(Protocol):
@@ -71,6 +90,38 @@ class IpRunner:
         log.info("[#] %s", shlex.join(cmd))
         return self._exec(cmd)
 
+    def batch(self, argvs: Sequence[Sequence[str]]) -> None:
+        """Log each change, then run them all through one ``ip -batch -``.
+
+        Raises IpBatchError for the first failing command (``done`` ran before it), and a
+        plain IpCommandError (``done`` unknown: treat all as possibly run) when ``ip``
+        fails without saying which line.
+        """
+        if not argvs:
+            return
+        unsafe = [a for argv in argvs for a in argv if not a or _BATCH_UNSAFE.search(a)]
+        if unsafe:
+            raise ValueError(f"ip -batch cannot carry the argument {unsafe[0]!r}")
+        for argv in argvs:
+            log.info("[#] %s", shlex.join(self.command(argv)))
+        cmd = self.command(["-batch", "-"])
+        text = "".join(" ".join(argv) + "\n" for argv in argvs)
+        try:
+            p = subprocess.run(cmd, input=text, capture_output=True, text=True,
+                               timeout=self.timeout + len(argvs) * 0.1)
+        except FileNotFoundError as e:
+            raise IpCommandError(cmd, 127, f"cannot run {cmd[0]}: {e.strerror}") from e
+        except subprocess.TimeoutExpired as e:
+            raise IpCommandError(cmd, -1, f"no answer within {e.timeout:g}s") from e
+        if p.returncode == 0:
+            return
+        m = _BATCH_FAILED.search(p.stderr)
+        if m is None or not 1 <= int(m.group(1)) <= len(argvs):
+            raise IpCommandError(cmd, p.returncode, p.stderr)
+        line = int(m.group(1))
+        stderr = "\n".join(x for x in p.stderr.splitlines() if not _BATCH_FAILED.match(x))
+        raise IpBatchError(self.command(argvs[line - 1]), p.returncode, stderr, line - 1)
+
     def json(self, argv: Sequence[str]) -> Any:
         """Run ``ip -json ARGV`` (a read) and parse its output."""
         cmd = self.command(argv, json=True)
@@ -82,3 +133,22 @@ class IpRunner:
             return jsonlib.loads(out)
         except ValueError as e:
             raise IpCommandError(cmd, 0, f"output is not JSON ({e}): {out[:200]!r}") from e
+
+
+def run_batch(ip: Ip, argvs: Sequence[Sequence[str]]) -> None:
+    """Run ``argvs`` in order through ``ip``: one ``ip -batch`` when it can, else one by one.
+
+    Raises IpBatchError for the first failing command, with how many ran before it.
+    """
+    batch = getattr(ip, "batch", None)
+    if batch is not None and not any(_BATCH_UNSAFE.search(a) or not a
+                                     for argv in argvs for a in argv):
+        batch(argvs)
+        return
+    for i, argv in enumerate(argvs):
+        try:
+            ip.run(argv)
+        except IpBatchError:
+            raise
+        except IpCommandError as e:
+            raise IpBatchError(e.argv, e.returncode, e.stderr, i) from e

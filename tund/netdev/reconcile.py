@@ -12,6 +12,10 @@ Contract:
 * :func:`apply` reads, plans and runs the steps. If one fails, the steps already applied are
   undone in reverse order (best effort, each logged) and the IpCommandError is re-raised,
   so the link is left as it was found. A second apply runs no command.
+* :func:`read_states` and :func:`apply_many` do the same for many links at once (daemon
+  start): three reads in all, and the steps of every link through one ``ip -batch``. A
+  failing step fails its own link only (rolled back as in :func:`apply`); the links
+  after it are still configured.
 
 Known limits: ``ip route replace`` takes over a same-prefix route of the main table with the
 same metric (e.g. the kernel's connected route of an address); rolling back deletes it.
@@ -27,7 +31,7 @@ from typing import Any
 
 from tund.config import InterfaceConfig
 from tund.errors import IpCommandError
-from tund.netdev.ip import Ip
+from tund.netdev.ip import Ip, IpBatchError, run_batch
 
 log = logging.getLogger("tund.netdev.reconcile")
 
@@ -113,6 +117,20 @@ def read_state(ip: Ip, name: str) -> LinkState:
     r4 = ip.json(["-4", "route", "show", "dev", name, "proto", "static"])
     r6 = ip.json(["-6", "route", "show", "dev", name, "proto", "static"])
     return parse_state(name, links[0], r4, r6)
+
+
+def read_states(ip: Ip, names: Iterable[str]) -> dict[str, LinkState]:
+    """Read links ``names`` with three ``ip -json`` reads in all; absent links are left out."""
+    wanted = set(names)
+    links = {link.get("ifname"): link for link in ip.json(["addr", "show"])}
+    routes: dict[int, dict[str, list[dict[str, Any]]]] = {4: {}, 6: {}}
+    for fam in (4, 6):
+        for r in ip.json([f"-{fam}", "route", "show", "proto", "static"]):
+            if r.get("dev") in wanted and "dst" in r:
+                routes[fam].setdefault(r["dev"], []).append(r)
+    return {name: parse_state(name, links[name], routes[4].get(name, []),
+                              routes[6].get(name, []))
+            for name in wanted if name in links}
 
 
 # --------------------------------------------------------------------------- planning
@@ -241,3 +259,55 @@ def apply(ip: Ip, name: str, iface: InterfaceConfig) -> list[Step]:
 def bring_down(ip: Ip, name: str) -> None:
     """Set link ``name`` administratively down (addresses and routes stay with it)."""
     ip.run(_link_set(name, "down"))
+
+
+def apply_many(ip: Ip, links: Sequence[tuple[str, InterfaceConfig]],
+               states: dict[str, LinkState]) -> dict[str, list[Step] | IpCommandError]:
+    """Bring each link to its config, all steps through as few ``ip -batch`` runs as can be.
+
+    ``states`` is what :func:`read_states` found. Returns, per link, the steps run or the
+    error that failed it: a link missing from ``states``, or a failing step (its link's
+    earlier steps are undone in reverse order, as :func:`apply` does; the links after it
+    go on in a new batch). Should ``ip`` fail without naming the command, the remaining
+    links are applied one at a time with :func:`apply` (which reads each afresh).
+    """
+    out: dict[str, list[Step] | IpCommandError] = {}
+    plans: list[tuple[str, InterfaceConfig, list[Step]]] = []
+    for name, iface in links:
+        if name not in states:
+            out[name] = IpCommandError(["ip", "-json", "addr", "show", "dev", name], 1,
+                                       f"no link named {name}")
+            continue
+        plans.append((name, iface, plan_steps(name, iface, states[name])))
+    while plans:
+        argvs = [step.argv for _, _, steps in plans for step in steps]
+        try:
+            run_batch(ip, argvs)
+        except IpBatchError as e:
+            first = e.done
+            for i, (name, _, steps) in enumerate(plans):
+                if first < len(steps):  # the failing link
+                    log.warning("%s: %r failed (%s); undoing %d applied step(s)", name,
+                                steps[first].describe, e.stderr, first)
+                    rollback(ip, steps[:first])
+                    out[name] = e
+                    plans = plans[i + 1:]
+                    break
+                out[name] = steps
+                first -= len(steps)
+            else:  # ip named a command past the end: nothing is known to be left
+                plans = []
+            continue
+        except IpCommandError as e:
+            log.warning("ip -batch failed without naming a command (%s); configuring the "
+                        "%d link(s) one by one", e, len(plans))
+            for name, iface, _ in plans:
+                try:
+                    out[name] = apply(ip, name, iface)
+                except IpCommandError as err:
+                    out[name] = err
+            break
+        for name, _, steps in plans:
+            out[name] = steps
+        break
+    return out
