@@ -6,7 +6,8 @@
   namespace and a receiver in the other, both ``python -m tests.faults``; the
   :class:`ProbeResult` gives loss and the longest interruption (the longest time between
   two consecutive arrivals, and the longest run of missing sequence numbers).
-* Leak checks from ``/proc``: relay workers (:func:`relay_workers`, :func:`workers_in`),
+* Leak checks from ``/proc``: relay workers (:func:`relay_workers`, :func:`workers_in`;
+  the fork server is not one, see :func:`fork_servers`),
   which device each one holds (:func:`tun_ifaces`), fd counts, children, CPU time, and
   :func:`teardown_checked`, which stops both daemons and proves nothing is left behind
   (no process in either namespace, no process in their netns after deletion, no
@@ -34,6 +35,7 @@ from typing import Any
 
 from tests.netns import Netns, unique
 from tests.sites import Site, TwoSites, plain_tunnel
+from tund.relay.zygote import ZYGOTE_COMM
 
 PREFIX = "fi"
 UNDERLAY_NET = 76  # 10.76.0.0/24 underlay; TwoSites.inner() gives 10.77.0.x inside
@@ -296,6 +298,7 @@ class Proc:
     state: str
     netns: int  # inode of /proc/PID/ns/net
     cmdline: str
+    comm: str = ""  # /proc/PID/comm: "tund-zygote" for the fork server, "relay:<tunnel>" ...
 
 
 def _proc(pid: int, netns: int | None = None) -> Proc | None:
@@ -310,7 +313,8 @@ def _proc(pid: int, netns: int | None = None) -> Proc | None:
     except (OSError, ValueError):
         return None
     rest = stat.rsplit(")", 1)[1].split()
-    return Proc(pid, int(rest[1]), rest[0], ns, cmd)
+    comm = stat.split("(", 1)[1].rsplit(")", 1)[0]
+    return Proc(pid, int(rest[1]), rest[0], ns, cmd, comm)
 
 
 def processes(netns: int | None = None) -> list[Proc]:
@@ -322,9 +326,21 @@ def processes(netns: int | None = None) -> list[Proc]:
     return out
 
 
-def relay_workers(netns: int | None = None) -> list[Proc]:
-    """Live (not zombie) ``python -m tund.relay`` processes (in ``netns`` if given)."""
+def _relay_processes(netns: int | None) -> list[Proc]:
     return [p for p in processes(netns) if "-m tund.relay" in p.cmdline and p.state != "Z"]
+
+
+def relay_workers(netns: int | None = None) -> list[Proc]:
+    """Live (not zombie) relay workers (in ``netns`` if given): ``python -m tund.relay``
+    processes, spawned or forked by the fork server, but not the fork server itself
+    (nor its short-lived middle processes, which carry its thread name too)."""
+    return [p for p in _relay_processes(netns) if p.comm != ZYGOTE_COMM]
+
+
+def fork_servers(netns: int | None = None) -> list[Proc]:
+    """Live fork servers (``python -m tund.relay --fork-server``, thread name
+    ``tund-zygote``), in ``netns`` if given."""
+    return [p for p in _relay_processes(netns) if p.comm == ZYGOTE_COMM]
 
 
 def netns_inode(ns: Netns) -> int:
@@ -337,9 +353,10 @@ def workers_in(ns: Netns | int) -> list[Proc]:
 
 
 def orphan_workers(inodes: set[int]) -> list[Proc]:
-    """Relay workers in our namespaces whose parent is not a live tund daemon."""
+    """Relay workers and fork servers in our namespaces whose parent is not a live tund
+    daemon (forked workers are re-parented to the daemon, a child subreaper)."""
     out = []
-    for p in relay_workers():
+    for p in _relay_processes(None):
         if p.netns not in inodes:
             continue
         parent = _proc(p.ppid)

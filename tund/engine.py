@@ -6,7 +6,13 @@ Contract: :class:`Engine` is what control commands act on. It owns
   non-persistent device lives exactly as long as the daemon, and a restarted worker gets
   the same device and the packets queued meanwhile);
 * one pre-bound underlay socket per listening tunnel (survives worker restarts);
-* one :class:`~tund.supervise.supervisor.TunnelRunner` per tunnel.
+* one :class:`~tund.supervise.supervisor.TunnelRunner` per tunnel;
+* the fork server (:mod:`tund.supervise.forkserver`) that starts their workers, started
+  first at :meth:`Engine.start` so its imports overlap the device setup, stopped last.
+
+At start every device is opened, then all of them are configured together
+(:func:`tund.netdev.reconcile.apply_many`: three reads and one ``ip -batch``, run off the
+event loop), every listening socket is bound, then every tunnel is started.
 
 :meth:`reload` validates the whole new config first (nothing changes if it is invalid),
 plans with :func:`tund.plan.diff`, and touches only what changed. Reloads are serialized.
@@ -34,6 +40,7 @@ from tund.netdev.ip import IpRunner
 from tund.relay.privileges import resolve_worker_user
 from tund.relay.spec import WorkerSpec
 from tund.status_schema import SCHEMA_VERSION as STATUS_SCHEMA_VERSION
+from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, SpawnLauncher
 from tund.supervise.supervisor import Limits, TunnelRunner
 from tund.supervise.worker import WorkerProcess, worker_class
 
@@ -110,7 +117,9 @@ def bind_underlay(t: TunnelConfig) -> socket.socket:
 class Engine:
     """Devices, listeners and tunnel runners for one configuration at a time."""
 
-    def __init__(self, config_path: Path, ip: IpRunner | None = None) -> None:
+    def __init__(self, config_path: Path, ip: IpRunner | None = None,
+                 fork_server: bool = True) -> None:
+        """``fork_server`` False: every worker is spawned as a fresh interpreter."""
         self.config_path = config_path
         self.ip = ip or IpRunner()
         self.config: Config | None = None
@@ -126,6 +135,8 @@ class Engine:
         self._lock = asyncio.Lock()
         self._worker_user: str | None = None
         self._worker_cls: type[WorkerProcess] = WorkerProcess
+        self.fork_server: ForkServer | None = ForkServer() if fork_server else None
+        self._launcher: Launcher = SpawnLauncher()
 
     # ------------------------------------------------------------------ start / stop
 
@@ -133,16 +144,42 @@ class Engine:
         """Bring up every interface and start every tunnel of ``cfg``."""
         async with self._lock:
             self.config = cfg
+            self._start_fork_server()
             self._set_worker_user(cfg.daemon.worker_user)
             self._read_all_keys(cfg)
-            # yield to the loop between items: with many tunnels, status requests and the
+            await self._bring_up_all(cfg)
+            self._bind_listeners(cfg)
+            # yield to the loop between tunnels: with many, status requests and the
             # workers already started are served while the rest comes up
-            for name, iface in cfg.interfaces.items():
-                self._bring_up(name, iface)
-                await asyncio.sleep(0)
             for name in cfg.tunnels:
                 self._start_tunnel(name)
                 await asyncio.sleep(0)
+
+    def _bind_listeners(self, cfg: Config) -> None:
+        """Bind every listening tunnel's socket before starting any worker, so that what
+        peers send meanwhile (handshakes) waits in the socket instead of being refused.
+
+        A socket that cannot be bound is left for :meth:`_make_spec`, which tries again
+        and reports the error as the tunnel's own.
+        """
+        for name, t in cfg.tunnels.items():
+            if t.role == "listen" and name not in self.listeners:
+                try:
+                    self.listeners[name] = bind_underlay(t)
+                except OSError:
+                    continue  # reported by _make_spec when the tunnel starts
+
+    def _start_fork_server(self) -> None:
+        """Start the zygote (not waiting for it); spawn workers if it cannot start."""
+        if self.fork_server is None:
+            return
+        try:
+            self.fork_server.start()
+        except ForkServerError as e:
+            log.warning("%s; workers are spawned one by one instead", e)
+            self.fork_server = None
+            return
+        self._launcher = self.fork_server
 
     async def shutdown(self) -> None:
         """Stop workers; keep persistent devices (with addresses); drop the rest."""
@@ -158,6 +195,8 @@ class Engine:
                          "persistent: stays" if persistent else "not persistent: removed")
                 tuntap.close(dev.fd)
             self.devices.clear()
+            if self.fork_server is not None:
+                self.fork_server.close()
 
     # ------------------------------------------------------------------ interfaces
 
@@ -179,6 +218,44 @@ class Engine:
         except KernelError as e:
             self.device_errors[name] = str(e)
             log.error("interface %s: %s", name, e, extra={"TUND_INTERFACE": name})
+
+    async def _bring_up_all(self, cfg: Config) -> None:
+        """At start: open every device, then configure all of them in one go.
+
+        A device that fails is recorded in ``device_errors`` (its own changes undone) and
+        the others still come up. The ``ip`` runs happen in a thread, so the event loop
+        keeps serving status requests meanwhile (the reload lock is held).
+        """
+        opened: list[tuple[str, InterfaceConfig]] = []
+        for name, iface in cfg.interfaces.items():
+            try:
+                if name not in self.devices:
+                    self.devices[name] = tuntap.open_device(
+                        name, iface.mode, packet_info=iface.packet_info,
+                        multi_queue=iface.multi_queue, persist=iface.persist,
+                        owner=iface.uid, group=iface.gid, vnet_hdr=_vnet_hdr(iface))
+                opened.append((name, iface))
+            except KernelError as e:
+                self.device_errors[name] = str(e)
+                log.error("interface %s: %s", name, e, extra={"TUND_INTERFACE": name})
+        if not opened:
+            return
+        try:
+            states = await asyncio.to_thread(reconcile.read_states, self.ip,
+                                             [n for n, _ in opened])
+        except KernelError as e:
+            log.warning("cannot read the links at once (%s); configuring them one by one", e)
+            for name, iface in opened:
+                self._bring_up(name, iface)
+                await asyncio.sleep(0)
+            return
+        results = await asyncio.to_thread(reconcile.apply_many, self.ip, opened, states)
+        for name, res in results.items():
+            if isinstance(res, KernelError):
+                self.device_errors[name] = str(res)
+                log.error("interface %s: %s", name, res, extra={"TUND_INTERFACE": name})
+            else:
+                self.device_errors.pop(name, None)
 
     def _remove_device(self, name: str) -> None:
         dev = self.devices.pop(name, None)
@@ -235,7 +312,7 @@ class Engine:
         """Workers started from now on run as ``user`` (see tund.relay.privileges)."""
         if user != self._worker_user:
             self._worker_user = user
-            self._worker_cls = worker_class(resolve_worker_user(user))
+            self._worker_cls = worker_class(resolve_worker_user(user), self._launcher)
 
     def _start_tunnel(self, name: str) -> None:
         assert self.config is not None

@@ -3,6 +3,7 @@
 Usage (by the daemon, see :mod:`tund.relay.spec`)::
 
     python -m tund.relay --control-fd N [--run-as UID:GID]
+    python -m tund.relay --fork-server --control-fd N     (the zygote: tund.relay.zygote)
 
 Once its pump is built (fds wrapped, codec and transport made, every module imported) and
 before it reads a single packet, the worker drops its privileges
@@ -150,11 +151,12 @@ def receive_start(control: socket.socket) -> WorkerSpec:
         raise RelayError(f"bad start message: {e}") from None
 
 
-def setup_logging(tunnel: str) -> None:
+def setup_logging(tunnel: str, program: str = "tund-relay") -> None:
+    """Log to stderr at info, every line tagged ``PROGRAM[TUNNEL]``."""
     tag = tunnel.replace("%", "%%")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(
-        f"%(asctime)s tund-relay[{tag}] %(levelname)s %(name)s: %(message)s"))
+        f"%(asctime)s {program}[{tag}] %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
@@ -181,15 +183,28 @@ def _fatal(control: socket.socket, error: str, pump: Pump | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m tund.relay``: parse the command line, then :func:`run` (or the zygote)."""
     parser = argparse.ArgumentParser(prog="python -m tund.relay")
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--run-as", type=RunAs.parse, default=None, metavar="UID:GID")
+    parser.add_argument("--fork-server", action="store_true",
+                        help="fork workers on request (tund.relay.zygote), run none")
     args = parser.parse_args(argv)
+    if args.fork_server:
+        from tund.relay import zygote
+
+        setup_logging("fork-server", "tund-zygote")
+        return zygote.serve(args.control_fd)
+    return run(args.control_fd, args.run_as)
+
+
+def run(control_fd: int, run_as: RunAs | None) -> int:
+    """One worker on control socket ``control_fd``: start message, pump, exit code."""
     setup_logging("?")
     try:
-        control = socket.socket(fileno=args.control_fd)
+        control = socket.socket(fileno=control_fd)
     except OSError as e:
-        log.error("--control-fd %d is not a socket: %s", args.control_fd, e)
+        log.error("--control-fd %d is not a socket: %s", control_fd, e)
         return 2
     try:
         spec = receive_start(control)
@@ -202,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     pump: Pump | None = None
     try:
         pump = build(spec, control)
-        drop_privileges(args.run_as)  # before the first packet; raises PrivilegeError
+        drop_privileges(run_as)  # before the first packet; raises PrivilegeError
         return pump.run()
     except (RelayError, OSError, ValueError) as e:
         _fatal(control, str(e) if isinstance(e, RelayError) else f"{type(e).__name__}: {e}",

@@ -137,7 +137,9 @@ class TunnelRunner:
         self._started_at = loop.time()
         self._outstanding = {}
         self._heard = False
-        self.log.info("tunnel %s: worker pid %s started", self.name, worker.pid)
+        # a forked worker's pid comes a moment later (tund.supervise.forkserver)
+        self.log.info("tunnel %s: worker pid %s started", self.name,
+                      worker.pid if worker.pid is not None else "(pending)")
         if self._ping_task is None or self._ping_task.done():
             self._ping_task = loop.create_task(self._pinger())
 

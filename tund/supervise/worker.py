@@ -1,9 +1,12 @@
 """One relay worker process as seen from the daemon: spawn, message, stop, kill.
 
 Contract (see :mod:`tund.relay.spec` for the wire side): :meth:`WorkerProcess.spawn` starts
-``python -m tund.relay --control-fd N [--run-as UID:GID]`` with the device fd and (role
-listen) the underlay socket inherited under the same numbers, and no other fd, then sends
-the start message carrying the spec (secrets travel only there). Incoming control messages
+a ``python -m tund.relay`` worker through :attr:`WorkerProcess.LAUNCHER`
+(:mod:`tund.supervise.forkserver`: forked by the zygote, or spawned as
+``python -m tund.relay --control-fd N [--run-as UID:GID]``) with its control end, the
+device fd and (role listen) the underlay socket under the same numbers as in the daemon,
+and no other fd, then sends the start message carrying the spec (secrets travel only
+there). Either way the worker is the daemon's child. Incoming control messages
 are handed to ``on_message``; the control socket closing (the worker died) calls ``on_exit``
 once. Nothing here blocks the daemon's event loop for longer than a non-blocking send.
 
@@ -17,16 +20,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from tund.relay.privileges import RunAs
 from tund.relay.spec import WorkerSpec
+from tund.supervise.forkserver import Child, Launcher, SpawnLauncher
 
 log = logging.getLogger("tund.supervise")
 
@@ -38,6 +40,8 @@ class WorkerProcess:
 
     #: The uid/gid workers of this class switch to; None: they keep the daemon's.
     RUN_AS: RunAs | None = None
+    #: How workers of this class are started (set per daemon with :func:`worker_class`).
+    LAUNCHER: Launcher = SpawnLauncher()
 
     def __init__(self, spec: WorkerSpec, on_message: MessageHandler,
                  on_exit: Callable[[int | None], None]) -> None:
@@ -45,7 +49,7 @@ class WorkerProcess:
         self._on_message = on_message
         self._on_exit = on_exit
         self._sock: socket.socket | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Child | None = None
         self._exited = False
 
     @property
@@ -59,12 +63,7 @@ class WorkerProcess:
         if self.spec.socket_fd is not None:
             fds.append(self.spec.socket_fd)
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tund.relay", "--control-fd", str(theirs.fileno()),
-                 *(["--run-as", str(self.RUN_AS)] if self.RUN_AS is not None else [])],
-                pass_fds=fds, stdin=subprocess.DEVNULL, close_fds=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
+            self.proc = self.LAUNCHER.launch(fds, self.RUN_AS)
         except OSError:
             ours.close()
             raise
@@ -134,10 +133,10 @@ class WorkerProcess:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the process by PID (never by name)."""
         if self.proc is not None and self.proc.poll() is None:
-            log.info("[#] kill -%d %d (worker of tunnel %s)", sig, self.proc.pid,
+            log.info("[#] kill -%d %s (worker of tunnel %s)", sig, self.proc.pid or "(pending)",
                      self.spec.tunnel)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, sig)
+                self.proc.send_signal(sig)
 
     async def stop(self, grace: float = 2.0) -> None:
         """Ask the worker to stop; TERM then KILL if it does not exit in time."""
@@ -155,9 +154,12 @@ class WorkerProcess:
         self._closed()
 
 
-def worker_class(run_as: RunAs | None) -> type[WorkerProcess]:
-    """A :class:`WorkerProcess` subclass whose workers switch to ``run_as``."""
-    if run_as is None:
+def worker_class(run_as: RunAs | None,
+                 launcher: Launcher | None = None) -> type[WorkerProcess]:
+    """A :class:`WorkerProcess` subclass whose workers switch to ``run_as`` and are started
+    by ``launcher`` (default: spawned)."""
+    if run_as is None and launcher is None:
         return WorkerProcess
-    return type(f"WorkerProcess_{run_as.uid}_{run_as.gid}", (WorkerProcess,),
-                {"RUN_AS": run_as})
+    name = f"WorkerProcess_{run_as.uid}_{run_as.gid}" if run_as else "WorkerProcess_"
+    return type(name, (WorkerProcess,),
+                {"RUN_AS": run_as, "LAUNCHER": launcher or WorkerProcess.LAUNCHER})

@@ -1,0 +1,302 @@
+"""The fork server ("zygote"): one pre-imported Python that forks relay workers on request.
+
+Usage (by the daemon, see :mod:`tund.supervise.forkserver`)::
+
+    python -m tund.relay --fork-server --control-fd N
+
+Starting a worker as a fresh ``python -m tund.relay`` costs the interpreter start and the
+imports (cryptography, the WireGuard code, ...) every time, and each worker then holds
+its own private copy of all of it. The zygote pays that once: it imports everything a
+worker needs (:data:`PRELOAD`), freezes the garbage collector's view of it
+(``gc.freeze()``: the collector never writes to those objects' pages, so forked workers
+keep sharing them), and then forks one worker per request.
+
+Protocol, on the ``SOCK_SEQPACKET`` socket ``N`` (one JSON object per datagram):
+
+zygote -> daemon, once, when ready
+    ``{"op": "ready", "pid": PID}``
+daemon -> zygote
+    ``{"op": "fork", "id": ID, "fds": [CONTROL, DEVICE, SOCKET?], "run_as": "UID:GID"|null}``
+    with the worker's fds attached (``SCM_RIGHTS``, same order); ``fds`` are the numbers
+    the worker must find them under (those named in its start message); ``ID`` is any
+    integer, echoed in the reply;
+one reply per request, not necessarily in request order
+    ``{"op": "forked", "id": ID, "pid": PID}`` (sent by the worker itself) or
+    ``{"op": "error", "id": ID, "error": TEXT}``.
+
+Requests are not waited for: the daemon may send many before reading any reply.
+
+Each worker is forked twice (zygote -> short-lived middle process -> worker): the middle
+process exits at once, so the worker is re-parented to the nearest subreaper, which is the
+daemon (it sets ``PR_SET_CHILD_SUBREAPER`` before starting the zygote). The daemon is then
+the worker's parent, exactly as with a spawned worker: it reaps it, gets its exit status,
+and may signal its PID without a reuse race. The worker sends its ``forked`` reply only
+once it has been re-parented, so it already is the daemon's child when its PID arrives.
+The zygote ignores ``SIGCHLD`` (the kernel reaps the middle processes); the middle and the
+worker restore the default.
+
+In the worker, right after the fork: the thread is named ``tund-relay``; once re-parented
+it replies; the received fds are moved to the requested numbers; every other fd above 2
+is closed (the zygote's socket too: the worker holds no reference to other workers or to
+the zygote); then it runs :func:`tund.relay.main.main` on its control fd, which drops
+privileges before its first packet as always, and ``os._exit``\\ s with its code. A worker's
+``/proc/PID/cmdline`` is the zygote's (``... -m tund.relay --fork-server ...``); the thread
+name (``comm``) tells them apart: ``tund-zygote`` for the zygote, ``tund-relay`` /
+``relay:<tunnel>`` for workers.
+
+The zygote exits 0 when the daemon's end of the socket closes (the daemon stopped or died);
+it never runs a worker itself and never touches a packet.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import gc
+import importlib
+import json
+import logging
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from tund.relay.privileges import RunAs
+
+log = logging.getLogger("tund.relay.zygote")
+
+#: Thread names (``/proc/PID/comm``) of the zygote and of a worker before its start message.
+ZYGOTE_COMM = "tund-zygote"
+WORKER_COMM = "tund-relay"
+#: What a worker may import, imported once here (missing optional ones are skipped).
+PRELOAD = (
+    "tund.relay.main", "tund.relay.pump", "tund.relay.udp", "tund.relay.tcp",
+    "tund.relay.offload", "tund.relay.privileges", "tund.relay.wireguard.codec",
+    "encodings.idna", "selectors", "ctypes",
+)
+MAX_FDS = 3  # control, device, socket
+REPARENT_TIMEOUT = 5.0  # seconds a worker waits for its middle process to exit
+_MSG_SIZE = 1 << 16
+
+
+class ForkRequestError(ValueError):
+    """A fork request the zygote cannot act on (the reply carries the message)."""
+
+
+def _set_comm(name: str) -> None:
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15], 0, 0, 0)
+
+
+def preload() -> list[str]:
+    """Import :data:`PRELOAD`; return the names that could not be imported."""
+    missing = []
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def request_id(msg: bytes) -> int | None:
+    """The ``id`` of a request, if it has a usable one (for the error reply)."""
+    try:
+        rid = json.loads(msg).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return rid if isinstance(rid, int) and not isinstance(rid, bool) else None
+
+
+def parse_request(msg: bytes, fds: list[int]) -> tuple[int, list[int], str | None]:
+    """``(id, target fd numbers, run_as text)`` of a fork request; ForkRequestError if
+    unusable.
+
+    Targets must be distinct integers above 2, one per received fd, at most
+    :data:`MAX_FDS` of them (control first).
+    """
+    try:
+        req = json.loads(msg)
+    except ValueError as e:
+        raise ForkRequestError(f"fork request is not JSON ({e}): {msg[:80]!r}") from None
+    if not isinstance(req, dict) or req.get("op") != "fork":
+        raise ForkRequestError(f"expected op 'fork' (got {msg[:80]!r})")
+    rid = request_id(msg)
+    if rid is None:
+        raise ForkRequestError(f"fork request without an integer id (got {req.get('id')!r})")
+    targets = req.get("fds")
+    if (not isinstance(targets, list) or not 2 <= len(targets) <= MAX_FDS
+            or not all(isinstance(t, int) and not isinstance(t, bool) and t > 2
+                       for t in targets)
+            or len(set(targets)) != len(targets)):
+        raise ForkRequestError(f"fds must be 2 or 3 distinct numbers above 2 (got {targets!r})")
+    if len(fds) != len(targets):
+        raise ForkRequestError(f"{len(targets)} fd number(s) named but {len(fds)} fd(s) "
+                               "attached")
+    run_as = req.get("run_as")
+    if run_as is not None:
+        try:
+            RunAs.parse(run_as)
+        except (ValueError, AttributeError):
+            raise ForkRequestError(f"run_as must be 'UID:GID' or null (got {run_as!r})") from None
+    return rid, targets, run_as
+
+
+def place_fds(fds: list[int], targets: list[int]) -> None:
+    """Move ``fds[i]`` to number ``targets[i]`` and close every other fd above 2.
+
+    Safe when a received fd already sits on another one's target: all of them are first
+    duplicated above every number involved.
+    """
+    floor = max([*fds, *targets]) + 1
+    high = [_dup_above(fd, floor) for fd in fds]
+    for fd, target in zip(high, targets, strict=True):
+        os.dup2(fd, target, inheritable=True)
+    keep = sorted(targets)
+    start = 3
+    for k in keep:
+        os.closerange(start, k)
+        start = k + 1
+    os.closerange(start, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def _dup_above(fd: int, floor: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+
+
+def _wait_reparented(middle: int) -> None:
+    """Block until the middle process has exited, which re-parents us (no busy wait).
+
+    A pidfd turns readable once the process has exited and its children were handed on;
+    the loop after it only covers kernels without pidfds.
+    """
+    try:
+        pidfd = os.pidfd_open(middle)
+    except OSError:  # already gone (so we were handed on), or no pidfd support
+        pidfd = -1
+    if pidfd >= 0:
+        try:
+            select.select([pidfd], [], [], REPARENT_TIMEOUT)
+        finally:
+            os.close(pidfd)
+    deadline = time.monotonic() + REPARENT_TIMEOUT
+    while os.getppid() == middle and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def _worker(server: socket.socket, rid: int, middle: int, fds: list[int],
+            targets: list[int], run_as: str | None) -> None:
+    """In the forked worker: wait to be re-parented, reply, run; never returns."""
+    code = 1
+    try:
+        _set_comm(WORKER_COMM)
+        _wait_reparented(middle)
+        _reply(server, {"op": "forked", "id": rid, "pid": os.getpid()})
+        server.detach()  # its fd is closed by place_fds; the object must not close it again
+        place_fds(fds, targets)
+        from tund.relay import main as relay_main
+
+        code = relay_main.run(targets[0], RunAs.parse(run_as) if run_as else None)
+    except BaseException:  # nothing may unwind into the zygote's loop
+        with contextlib.suppress(Exception):
+            log.exception("worker failed")
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def fork_worker(server: socket.socket, rid: int, fds: list[int], targets: list[int],
+                run_as: str | None) -> None:
+    """Fork (through a middle process) a worker that replies to request ``rid`` itself.
+
+    Raises OSError when the first fork fails; when the second one does, the middle
+    process sends the error reply.
+    """
+    middle = os.fork()
+    if middle != 0:
+        return
+    status = 0
+    try:  # the middle process: fork the worker and leave at once
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        try:
+            me = os.getpid()  # not os.getppid() in the worker: we may be gone by then
+            if os.fork() == 0:
+                _worker(server, rid, me, fds, targets, run_as)
+        except OSError as e:
+            status = 1
+            _reply(server, {"op": "error", "id": rid, "error": f"cannot fork a worker: {e}"})
+    except BaseException:  # never return into the zygote's loop
+        status = 1
+    finally:
+        os._exit(status)
+
+
+def _recv(server: socket.socket) -> tuple[bytes, list[int]]:
+    fds = array.array("i")
+    msg, ancdata, flags, _ = server.recvmsg(_MSG_SIZE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - (len(data) % fds.itemsize)])
+    if flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        return msg, [-1] * (MAX_FDS + 1)  # too many fds: refused by parse_request
+    return msg, list(fds)
+
+
+def _reply(server: socket.socket, msg: dict[str, Any]) -> None:
+    server.send(json.dumps(msg).encode())
+
+
+def serve(control_fd: int) -> int:
+    """Run the zygote on ``control_fd`` until the daemon closes it; return the exit code."""
+    _set_comm(ZYGOTE_COMM)
+    try:
+        server = socket.socket(fileno=control_fd)
+    except OSError as e:
+        log.error("--control-fd %d is not a socket: %s", control_fd, e)
+        return 2
+    server.set_inheritable(False)
+    missing = preload()
+    if missing:
+        log.warning("fork server: could not import %s; workers will import them themselves",
+                    ", ".join(missing))
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the middle processes
+    gc.collect()
+    gc.freeze()  # forked workers share these pages: the collector never writes to them
+    _reply(server, {"op": "ready", "pid": os.getpid()})
+    while True:
+        try:
+            msg, fds = _recv(server)
+        except (ConnectionResetError, BrokenPipeError):
+            return 0
+        except KeyboardInterrupt:
+            return 0
+        if not msg:
+            return 0  # the daemon is gone
+        reply: dict[str, Any] | None = None
+        try:
+            rid, targets, run_as = parse_request(msg, fds)
+            fork_worker(server, rid, fds, targets, run_as)
+        except (ForkRequestError, OSError) as e:
+            reply = {"op": "error", "id": request_id(msg), "error": str(e)}
+        finally:
+            for fd in fds:
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+        if reply is not None:
+            try:
+                _reply(server, reply)
+            except OSError:
+                return 0

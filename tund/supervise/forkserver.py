@@ -1,0 +1,448 @@
+"""How the daemon starts worker processes: spawned, or forked by a fork server (zygote).
+
+Contract: a :class:`Launcher` takes the worker's fds (control end first, then the device,
+then the underlay socket if any) and a :class:`~tund.relay.privileges.RunAs`, starts one
+``python -m tund.relay`` worker that finds each fd under the same number, and returns a
+:class:`Child`: the PID, ``poll()``/``wait(timeout)`` with ``subprocess`` semantics (exit
+code, or ``-SIGNAL``; ``wait`` raises :class:`subprocess.TimeoutExpired`), and
+``send_signal``. In both cases the worker is a child of the daemon, so the daemon reaps it
+and may signal its PID without a reuse race.
+
+* :class:`SpawnLauncher`: ``subprocess.Popen`` of a fresh interpreter per worker (each
+  pays Python's start and the imports, and keeps private copies of them).
+* :class:`ForkServer`: one zygote (:mod:`tund.relay.zygote`) started once, with the relay
+  modules imported, forks each worker (milliseconds, pages shared). It is started early
+  (:meth:`ForkServer.start` does not wait), waited for at the first launch, restarted at
+  the next launch if it died, and when it cannot start or take a request, that launch
+  falls back to spawning (logged); after a failed start it is not tried again for
+  :attr:`ForkServer.retry_after` seconds. The daemon becomes a child subreaper
+  (``PR_SET_CHILD_SUBREAPER``) so that forked workers are re-parented to it.
+
+Launches are pipelined: inside a running event loop, :meth:`ForkServer.launch` only sends
+the request and returns a :class:`ForkedChild` whose ``pid`` is None until the reply is
+read (by an event-loop reader; :meth:`ForkedChild.wait` also reads replies itself).
+Signals sent meanwhile are delivered once the PID is known. A request the zygote refuses,
+or loses by dying, makes its child count as exited with status :data:`FORK_FAILED`; its
+control socket closes too (the fds in flight are dropped), so the supervisor sees an
+ordinary crash and restarts it with backoff. Without a running loop (tests, tools) a
+launch waits for its reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from tund.relay.privileges import RunAs
+
+log = logging.getLogger("tund.supervise")
+
+_PR_SET_CHILD_SUBREAPER = 36
+#: Exit status of a worker the zygote refused or lost (it never ran).
+FORK_FAILED = 255
+
+
+class Child(Protocol):
+    """A started worker process (``subprocess.Popen`` has this shape)."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+
+class Launcher(Protocol):
+    """Starts workers; see the module docstring for the contract."""
+
+    def launch(self, fds: Sequence[int], run_as: RunAs | None) -> Child: ...
+
+
+def worker_argv(control_fd: int, run_as: RunAs | None) -> list[str]:
+    """The command line of a spawned worker."""
+    return [sys.executable, "-m", "tund.relay", "--control-fd", str(control_fd),
+            *(["--run-as", str(run_as)] if run_as is not None else [])]
+
+
+def _child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+class SpawnLauncher:
+    """One fresh ``python -m tund.relay`` per worker (``subprocess.Popen``)."""
+
+    def launch(self, fds: Sequence[int], run_as: RunAs | None) -> Child:
+        """Spawn the worker with ``fds`` inherited; OSError if it cannot start."""
+        return subprocess.Popen(worker_argv(fds[0], run_as), pass_fds=list(fds),
+                                stdin=subprocess.DEVNULL, close_fds=True, env=_child_env())
+
+
+class ForkedChild:
+    """A worker forked by the zygote and re-parented to us: we are its parent and reaper.
+
+    ``pid`` is None until the zygote's reply is read (see the module docstring).
+    """
+
+    def __init__(self, server: ForkServer, rid: int) -> None:
+        self.server = server
+        self.rid = rid
+        self.pid: int | None = None
+        self.returncode: int | None = None
+        self.error: str | None = None
+        self._signals: list[int] = []
+
+    @property
+    def pending(self) -> bool:
+        """The reply has not been read yet."""
+        return self.pid is None and self.returncode is None
+
+    def resolved(self, pid: int) -> None:
+        """The zygote reports the PID: deliver the signals sent meanwhile."""
+        self.pid = pid
+        for sig in self._signals:
+            self.send_signal(sig)
+        self._signals.clear()
+
+    def failed(self, error: str) -> None:
+        """The worker was never started (refused, or the zygote went away)."""
+        log.warning("fork server: worker request %d failed: %s", self.rid, error)
+        self.error = error
+        self.returncode = FORK_FAILED
+
+    def poll(self) -> int | None:
+        """The exit code (``-SIGNAL`` if killed) once it exited, else None."""
+        if self.returncode is not None or self.pid is None:
+            return self.returncode
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            # cannot happen once re-parented; the worker replies only after that
+            log.warning("worker pid %d is not a child of the daemon: exit status unknown",
+                        self.pid)
+            self.returncode = FORK_FAILED
+            return self.returncode
+        if pid == self.pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the exit; subprocess.TimeoutExpired after ``timeout`` seconds.
+
+        A child still waiting for its PID reads the zygote's replies for at most
+        ``timeout`` (or the server's ``request_timeout``), then counts as failed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.pending:
+            limit = self.server.request_timeout if timeout is None else timeout
+            self.server.read_replies(until=self, timeout=limit)
+            if self.pending:
+                if timeout is not None:
+                    raise subprocess.TimeoutExpired(f"worker request {self.rid}", timeout)
+                self.failed(f"no reply within {limit:g}s")
+        if self.pid is None:
+            return self.returncode if self.returncode is not None else FORK_FAILED
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except OSError:
+            pidfd = -1  # already reaped, or no pidfd support: poll
+        try:
+            while (code := self.poll()) is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise subprocess.TimeoutExpired(f"worker pid {self.pid}", timeout or 0.0)
+                if pidfd >= 0:
+                    select.select([pidfd], [], [], 1.0 if left is None else left)
+                else:
+                    time.sleep(0.05 if left is None else min(left, 0.05))
+            return code
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the worker by PID (later, if its PID is not known yet); not once reaped."""
+        if self.pending:
+            self._signals.append(sig)
+        elif self.poll() is None:
+            assert self.pid is not None
+            os.kill(self.pid, sig)
+
+
+class ForkServerError(OSError):
+    """The zygote could not be started or did not fork a worker (the launch falls back)."""
+
+
+def become_subreaper() -> bool:
+    """``PR_SET_CHILD_SUBREAPER`` on this process; False (logged) if the kernel refuses."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), ctypes.c_ulong(0),
+                  ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+        log.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: %s",
+                    os.strerror(ctypes.get_errno()))
+        return False
+    return True
+
+
+class ForkServer:
+    """A :class:`Launcher` backed by one zygote process, falling back to ``fallback``."""
+
+    def __init__(self, *, fallback: Launcher | None = None, ready_timeout: float = 20.0,
+                 request_timeout: float = 5.0, retry_after: float = 30.0,
+                 argv: Sequence[str] | None = None) -> None:
+        self.fallback = fallback or SpawnLauncher()
+        self.ready_timeout = ready_timeout
+        self.request_timeout = request_timeout
+        self.retry_after = retry_after
+        self._argv = list(argv) if argv is not None else [
+            sys.executable, "-m", "tund.relay", "--fork-server", "--control-fd"]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._ready = False
+        self._failed_at: float | None = None
+        self._subreaper: bool | None = None
+        self.forked = 0  # workers started by the zygote
+        self.spawned = 0  # workers started by the fallback
+        self._next_id = 0
+        self._pending: dict[int, ForkedChild] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The zygote's PID while it runs."""
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def start(self) -> None:
+        """Start the zygote without waiting for it (its imports overlap the caller's work).
+
+        Raises ForkServerError if the process cannot be started.
+        """
+        self.close()
+        if self._subreaper is None:
+            self._subreaper = become_subreaper()
+        if not self._subreaper:
+            raise ForkServerError("the daemon cannot be a child subreaper: forked workers "
+                                  "would not be its children")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = [*self._argv, str(theirs.fileno())]
+        log.info("[#] %s (fork server)", " ".join(argv))
+        try:
+            self.proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()],
+                                         stdin=subprocess.DEVNULL, close_fds=True,
+                                         env=_child_env())
+        except OSError as e:
+            ours.close()
+            raise ForkServerError(f"cannot start the fork server {argv[0]}: {e}") from e
+        finally:
+            theirs.close()
+        ours.set_inheritable(False)
+        ours.setblocking(False)
+        self._sock = ours
+        self._ready = False
+
+    def close(self) -> None:
+        """Stop the zygote (it exits when its socket closes; killed if it lingers).
+
+        Requests still without a reply fail (their workers count as exited).
+        """
+        if self._sock is not None:
+            self._unwatch()
+            with contextlib.suppress(ForkServerError):  # replies that came: pids are known
+                while (msg := self._recv(0.0, "fork reply")) is not None:
+                    self._dispatch(msg)
+            self._sock.close()
+            self._sock = None
+        pending, self._pending = self._pending, {}
+        for child in pending.values():
+            child.failed("the fork server was stopped before it replied")
+        proc, self.proc = self.proc, None
+        self._ready = False
+        if proc is not None:
+            try:
+                proc.wait(2.0)
+            except subprocess.TimeoutExpired:
+                log.info("[#] kill -%d %d (fork server)", signal.SIGKILL, proc.pid)
+                proc.kill()
+                proc.wait()
+
+    def _recv(self, timeout: float, what: str) -> dict[str, Any] | None:
+        """One message; None when none came within ``timeout`` (0: do not wait).
+
+        The socket stays non-blocking: waits are explicit selects.
+        """
+        assert self._sock is not None
+        if timeout > 0 and not select.select([self._sock], [], [], timeout)[0]:
+            return None
+        try:
+            data = self._sock.recv(1 << 16)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            raise ForkServerError(f"fork server: {what}: {e}") from e
+        if not data:
+            code = self.proc.poll() if self.proc is not None else None
+            raise ForkServerError(f"fork server exited (status {code}) before its {what}")
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            raise ForkServerError(f"fork server sent malformed data ({len(data)} bytes) "
+                                  f"instead of its {what}") from None
+        if not isinstance(msg, dict):
+            raise ForkServerError(f"fork server sent {msg!r} instead of its {what}")
+        return msg
+
+    def _send(self, data: bytes, fds: Sequence[int]) -> None:
+        """Send one request, waiting up to ``request_timeout`` for room in the zygote's
+        queue (a Unix datagram queue holds only ``net.unix.max_dgram_qlen`` messages)."""
+        assert self._sock is not None
+        deadline = time.monotonic() + self.request_timeout
+        while True:
+            try:
+                self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                             _fd_array(fds))])
+                return
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ForkServerError(f"fork server pid {self.pid} took no request for "
+                                          f"{self.request_timeout:g}s") from None
+                # replies are read meanwhile: a zygote blocked on its reply frees up
+                readable, _, _ = select.select([self._sock], [self._sock], [], left)
+                if readable:
+                    self.read_replies()
+                    if self._sock is None:
+                        raise ForkServerError("fork server went away") from None
+            except OSError as e:
+                raise ForkServerError(f"fork server: cannot send a fork request: {e}") from e
+
+    def read_replies(self, until: ForkedChild | None = None, timeout: float = 0.0) -> None:
+        """Read the replies that came; with ``until``, wait up to ``timeout`` for its one.
+
+        A dead or confused zygote is closed (its pending requests fail).
+        """
+        deadline = time.monotonic() + timeout
+        while self._sock is not None:
+            left = deadline - time.monotonic() if until is not None and until.pending else 0.0
+            try:
+                msg = self._recv(left, "fork reply")
+            except ForkServerError as e:  # it died: restarted at the next launch
+                log.warning("%s", e)
+                self.close()
+                return
+            if msg is None:
+                return
+            self._dispatch(msg)
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        """Hand one reply to the child waiting for it."""
+        child = self._pending.pop(msg.get("id"), None)  # type: ignore[arg-type]
+        if child is None:
+            log.warning("fork server: reply to no pending request: %r", msg)
+        elif msg.get("op") == "forked" and isinstance(msg.get("pid"), int):
+            child.resolved(msg["pid"])
+        else:
+            child.failed(str(msg.get("error", msg)))
+
+    def _watch(self) -> None:
+        """Read replies from the running event loop, if there is one."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._loop is not loop and self._sock is not None:
+            self._unwatch()
+            loop.add_reader(self._sock.fileno(), self.read_replies)
+            self._loop = loop
+
+    def _unwatch(self) -> None:
+        if self._loop is not None and self._sock is not None:
+            with contextlib.suppress(RuntimeError, ValueError):
+                self._loop.remove_reader(self._sock.fileno())
+        self._loop = None
+
+    def _ensure(self) -> None:
+        """A running, ready zygote; (re)start it if needed. Raises ForkServerError (and
+        then it is not started again for ``retry_after`` seconds)."""
+        try:
+            self._ensure_once()
+        except ForkServerError:
+            self._failed_at = time.monotonic()
+            self.close()
+            raise
+
+    def _ensure_once(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            log.warning("fork server pid %d exited with status %s; restarting it",
+                        self.proc.pid, self.proc.returncode)
+            self.close()
+        if self.proc is None:
+            if (self._failed_at is not None
+                    and time.monotonic() - self._failed_at < self.retry_after):
+                raise ForkServerError("fork server failed recently; not retried yet")
+            self.start()
+        if not self._ready:
+            msg = self._recv(self.ready_timeout, "ready message")
+            if msg is None:
+                raise ForkServerError(f"fork server pid {self.pid}: no ready message within "
+                                      f"{self.ready_timeout:g}s")
+            if msg.get("op") != "ready":
+                raise ForkServerError(f"fork server: expected op 'ready' (got {msg!r})")
+            self._ready = True
+            log.info("fork server pid %s ready", self.pid)
+
+    def _fork(self, fds: Sequence[int], run_as: RunAs | None) -> ForkedChild:
+        self._ensure()
+        assert self._sock is not None
+        self._next_id += 1
+        child = ForkedChild(self, self._next_id)
+        req = json.dumps({"op": "fork", "id": child.rid, "fds": list(fds),
+                          "run_as": str(run_as) if run_as is not None else None})
+        try:
+            self._send(req.encode(), fds)
+        except ForkServerError:
+            self.close()  # dead or stuck: started afresh at the next launch
+            raise
+        self._pending[child.rid] = child
+        self._watch()
+        if self._loop is None:  # nobody reads replies for us: wait for this one
+            self.read_replies(until=child, timeout=self.request_timeout)
+        return child
+
+    def launch(self, fds: Sequence[int], run_as: RunAs | None) -> Child:
+        """Fork the worker (see the module docstring); spawn it if the zygote cannot take
+        the request (logged). Raises OSError."""
+        try:
+            child = self._fork(fds, run_as)
+        except ForkServerError as e:
+            log.warning("%s; spawning the worker instead", e)
+            self.spawned += 1
+            return self.fallback.launch(fds, run_as)
+        self.forked += 1
+        return child
+
+
+def _fd_array(fds: Sequence[int]) -> bytes:
+    import array
+
+    return array.array("i", fds).tobytes()
+
+
+def close_quietly(server: ForkServer | None) -> None:
+    """Stop ``server`` if there is one, ignoring errors (for shutdown paths)."""
+    if server is not None:
+        with contextlib.suppress(OSError):
+            server.close()
