@@ -117,6 +117,25 @@ def descendants(root: int) -> list[int]:
     return out
 
 
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds the processes ``pids`` used so far."""
+    total = 0
+    for p in pids:
+        try:
+            rest = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(rest[11]) + int(rest[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def pss_kib(pids: list[int]) -> int:
     total = 0
     for p in pids:
@@ -174,6 +193,16 @@ def main() -> int:
         res["processes"] = len(pids)
         res["pss_mib_total"] = round(kib / 1024, 1)
         res["pss_mib_per_tunnel"] = round(kib / 1024 / a.n, 2)
+        # where it goes: the daemon, its fork server (comm tund-zygote), the workers
+        root = procs[0].pid
+        zyg = [p for p in pids if comm(p) == "tund-zygote"]
+        workers = [p for p in pids if p != root and p not in zyg]
+        res["pss_mib"] = {"daemon": round(pss_kib([root]) / 1024, 1),
+                          "fork_server": round(pss_kib(zyg) / 1024, 1),
+                          "worker_avg": round(pss_kib(workers) / 1024 / max(1, len(workers)),
+                                              2)}
+        res["cpu_s"] = {"daemon": cpu_s([root]), "fork_server": cpu_s(zyg),
+                        "workers": round(cpu_s(workers), 2)}
         # reload: one tunnel of B changes (keepalive), its worker restarts, re-handshakes
         before = (status(a.venv, NS_B, sd / "B.sock") or {}).get("tunnels", {}).get("t0", {})
         (sd / "B.toml").write_text(config("B", a.n, sd, keys, keepalive0=25))
