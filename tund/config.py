@@ -326,10 +326,10 @@ class TunnelConfig(_Model):
     peer_public_key: str | None = None
     preshared_key_file: str | None = None
     keepalive: Annotated[int, Field(ge=0, le=65535)] = 0
-    # Experimental: negotiate TSO super-packets with a tund peer (tun mode without
-    # packet_info). Much faster on a clean link; a lost fragment costs a whole 64 KB
-    # super-packet, so it collapses on lossy links. Off by default.
-    offload: bool = False
+    # Negotiate TSO super-packets with a tund peer (tun mode without packet_info;
+    # tund.relay.offload). Over UDP they travel in MTU-sized chunks (tund.relay.chunks),
+    # so a lost datagram costs one chunk. Other peers get plain packets. On by default.
+    offload: bool = True
     reconnect_min: Seconds = 0.2
     reconnect_max: Seconds = 10.0
 
