@@ -89,8 +89,13 @@ def _vnet_hdr(iface: InterfaceConfig) -> bool:
 
 
 def _sysfs_mtu(name: str) -> int | None:
+    """The link MTU the kernel reports for ``name``; None if there is no such link.
+
+    Plain ``open`` (no pathlib): a status of many interfaces reads one file per interface.
+    """
     try:
-        return int(Path(f"/sys/class/net/{name}/mtu").read_text())
+        with open(f"/sys/class/net/{name}/mtu", "rb") as f:
+            return int(f.read())
     except (OSError, ValueError):
         return None
 
@@ -527,11 +532,12 @@ class Engine:
         if cfg is not None and tunnel is None:
             for name, iface in cfg.interfaces.items():
                 dev = self.devices.get(name)
+                mtu = _sysfs_mtu(name)
                 ifaces[name] = {
                     "mode": iface.mode, "persist": iface.persist,
-                    "exists": Path(f"/sys/class/net/{name}").exists(),
+                    "exists": mtu is not None or os.path.exists(f"/sys/class/net/{name}"),
                     "ifindex": dev.info.ifindex if dev else None,
-                    "mtu": _sysfs_mtu(name), "addresses": list(iface.addresses),
+                    "mtu": mtu, "addresses": list(iface.addresses),
                     "owner": iface.owner, "group": iface.group,
                     "error": self.device_errors.get(name),
                 }
