@@ -414,9 +414,11 @@ def stable_fd_count(pid: int, within: float = 5.0) -> int:
     return last
 
 
-def children(pid: int) -> list[Proc]:
-    """Live (not zombie) direct children of ``pid``."""
-    return [p for p in processes() if p.ppid == pid and p.state != "Z"]
+def children(pid: int, fork_server: bool = False) -> list[Proc]:
+    """Live (not zombie) direct children of ``pid``; of a daemon, its workers (its fork
+    server too only with ``fork_server``)."""
+    return [p for p in processes() if p.ppid == pid and p.state != "Z"
+            and (fork_server or p.comm != ZYGOTE_COMM)]
 
 
 def cpu_seconds(pid: int) -> float:
