@@ -10,9 +10,9 @@ Contract: :class:`Engine` is what control commands act on. It owns
 * the fork server (:mod:`tund.supervise.forkserver`) that starts their workers, started
   first at :meth:`Engine.start` so its imports overlap the device setup, stopped last.
 
-At start every device is opened, then all of them are configured together
-(:func:`tund.netdev.reconcile.apply_many`: three reads and one ``ip -batch``, run off the
-event loop), every listening socket is bound, then every tunnel is started.
+At start every listening socket is bound, every device is opened, then all of them are
+configured together (:func:`tund.netdev.reconcile.apply_many`: three reads and one
+``ip -batch``, run off the event loop), then every tunnel is started.
 
 :meth:`reload` validates the whole new config first (nothing changes if it is invalid),
 plans with :func:`tund.plan.diff`, and touches only what changed. Reloads are serialized.
@@ -152,8 +152,8 @@ class Engine:
             self._start_fork_server()
             self._set_worker_user(cfg.daemon.worker_user)
             self._read_all_keys(cfg)
-            await self._bring_up_all(cfg)
             self._bind_listeners(cfg)
+            await self._bring_up_all(cfg)
             # yield to the loop between tunnels: with many, status requests and the
             # workers already started are served while the rest comes up
             for name in cfg.tunnels:
