@@ -23,7 +23,13 @@ import pytest
 from tund.relay.spec import WorkerSpec
 from tund.relay.testing import fake_device, listening_socket
 from tund.relay.zygote import WORKER_COMM, ZYGOTE_COMM
-from tund.supervise.forkserver import FORK_FAILED, ForkedChild, ForkServer, SpawnLauncher
+from tund.supervise.forkserver import (
+    DEATH_LIMIT,
+    FORK_FAILED,
+    ForkedChild,
+    ForkServer,
+    SpawnLauncher,
+)
 from tund.supervise.worker import WorkerProcess, worker_class
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -269,3 +275,15 @@ def test_worker_comm_before_its_start_message(server: ForkServer) -> None:
     finally:
         for s in (ours, theirs, dev, dev_worker):
             s.close()
+
+
+def test_a_fork_server_that_keeps_dying_is_given_up_for_a_while(server: ForkServer,
+                                                                 dummy: list[int]) -> None:
+    for _ in range(DEATH_LIMIT):
+        assert isinstance(server.launch(dummy, None), ForkedChild)  # (re)started
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(10)
+    child = server.launch(dummy, None)
+    assert not isinstance(child, ForkedChild) and server.spawned == 1
+    assert child.wait(10) == 2  # the spawned worker: control socket closed, no start

@@ -14,7 +14,8 @@ and may signal its PID without a reuse race.
   modules imported, forks each worker (milliseconds, pages shared). It is started early
   (:meth:`ForkServer.start` does not wait), waited for at the first launch, restarted at
   the next launch if it died, and when it cannot start or take a request, that launch
-  falls back to spawning (logged); after a failed start it is not tried again for
+  falls back to spawning (logged); after a failed start (or :data:`DEATH_LIMIT` deaths
+  within :data:`DEATH_WINDOW` seconds) it is not tried again for
   :attr:`ForkServer.retry_after` seconds. The daemon becomes a child subreaper
   (``PR_SET_CHILD_SUBREAPER``) so that forked workers are re-parented to it.
 
@@ -52,6 +53,8 @@ log = logging.getLogger("tund.supervise")
 _PR_SET_CHILD_SUBREAPER = 36
 #: Exit status of a worker the zygote refused or lost (it never ran).
 FORK_FAILED = 255
+#: A zygote found dead this often within this many seconds counts as a failed start.
+DEATH_LIMIT, DEATH_WINDOW = 3, 60.0
 
 
 class Child(Protocol):
@@ -218,6 +221,7 @@ class ForkServer:
         self.forked = 0  # workers started by the zygote
         self.spawned = 0  # workers started by the fallback
         self._next_id = 0
+        self._deaths: list[float] = []  # when it was found dead (monotonic)
         self._pending: dict[int, ForkedChild] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -341,6 +345,7 @@ class ForkServer:
                 msg = self._recv(left, "fork reply")
             except ForkServerError as e:  # it died: restarted at the next launch
                 log.warning("%s", e)
+                self._deaths.append(time.monotonic())
                 self.close()
                 return
             if msg is None:
@@ -388,8 +393,15 @@ class ForkServer:
         if self.proc is not None and self.proc.poll() is not None:
             log.warning("fork server pid %d exited with status %s; restarting it",
                         self.proc.pid, self.proc.returncode)
+            self._deaths.append(time.monotonic())
             self.close()
         if self.proc is None:
+            now = time.monotonic()
+            self._deaths = [t for t in self._deaths if now - t < DEATH_WINDOW]
+            if len(self._deaths) >= DEATH_LIMIT:
+                self._deaths.clear()
+                raise ForkServerError(f"fork server died {DEATH_LIMIT} times within "
+                                      f"{DEATH_WINDOW:g}s")
             if (self._failed_at is not None
                     and time.monotonic() - self._failed_at < self.retry_after):
                 raise ForkServerError("fork server failed recently; not retried yet")
