@@ -59,6 +59,9 @@ if [ -n "$REV" ]; then
   SRC="/tmp/pf-bench/src-$sha"
   [ -d "$SRC/tund" ] || { mkdir -p "$SRC" && git -C "$REPO" archive "$sha" tund | tar -x -C "$SRC"; } || exit 3
   export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
+  # `python -m tund.relay` would put the current directory first on sys.path: the workers
+  # would run the working tree (when started from the repository) while the daemon runs REV
+  export PYTHONSAFEPATH=1
   DESC="commit $sha (from $SRC)"
 fi
 
