@@ -30,7 +30,7 @@ from tund.supervise.forkserver import (
     ForkServer,
     SpawnLauncher,
 )
-from tund.supervise.worker import WorkerProcess, worker_class
+from tund.supervise.worker import WorkerProcess, spec_dict, worker_class
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -287,3 +287,12 @@ def test_a_fork_server_that_keeps_dying_is_given_up_for_a_while(server: ForkServ
     child = server.launch(dummy, None)
     assert not isinstance(child, ForkedChild) and server.spawned == 1
     assert child.wait(10) == 2  # the spawned worker: control socket closed, no start
+
+
+def test_start_message_spec_is_to_dict() -> None:
+    spec = WorkerSpec(tunnel="t", interface="i", mode="tun", transport="udp", role="listen",
+                      host="127.0.0.1", port=1, device_fd=5, socket_fd=6,
+                      encryption="wireguard", private_key="k", peer_public_key="p",
+                      timers={"rekey_timeout": 1.0})
+    assert json.dumps(spec_dict(spec)) == json.dumps(spec.to_dict())
+    assert WorkerSpec.from_dict(json.loads(json.dumps(spec_dict(spec)))) == spec
