@@ -16,7 +16,10 @@ Inbound (peer -> device)::
                                                     authenticated -> set_peer)
 
 With a vnet device over UDP the codec rebuilds super-packets from chunks; one whose
-missing chunks never came is written in pieces when the codec's deadline passes.
+missing chunks never came is written in pieces when the codec's deadline passes. With a
+vnet device, what a batch of messages yields for the device is held until the end of the
+loop iteration (or ``RX_HOLD`` frames) and written through
+:func:`tund.relay.coalesce.coalesce`: runs of plain TCP segments go in as one super-frame.
 
 Control: the daemon's SEQPACKET socket is watched by the same selector, so a ``ping``
 is answered only by a loop that is really turning. ``stop`` ends the loop after the
@@ -35,6 +38,7 @@ import socket
 import time
 from typing import Any
 
+from tund.relay.coalesce import coalesce
 from tund.relay.codec import Address, Codec
 from tund.relay.counters import Counters
 from tund.relay.device import BATCH, PacketDevice
@@ -43,6 +47,7 @@ from tund.relay.transport import Transport, format_peer
 log = logging.getLogger("tund.relay.pump")
 
 MAX_WAIT = 1.0  # the loop wakes at least this often, even with nothing to do
+RX_HOLD = 256  # vnet: frames held for coalescing before a write even within one batch
 
 
 class Pump:
@@ -72,6 +77,7 @@ class Pump:
         self._running = False
         self._device_watched = False
         self._reported: tuple[str, str | None] | None = None
+        self._rx: list[bytes] = []  # vnet: frames for the device, written once per batch
         self.exit_code = 0
 
     # ------------------------------------------------------------------ the loop
@@ -94,6 +100,8 @@ class Pump:
                     key.data(mask)
                     if not self._running:
                         break
+                if self._rx:
+                    self._flush_rx()
                 self._timers()
                 self.transport.flush()
         finally:
@@ -122,7 +130,8 @@ class Pump:
                 self.transport.send(m)
             if self.vnet:  # frames rebuilt from chunks whose companions were lost
                 codec: Any = self.codec
-                self._write(codec.expired(now))
+                self._rx += codec.expired(now)
+                self._flush_rx()
 
     def _watch_device(self, on: bool) -> None:
         if on == self._device_watched:
@@ -173,13 +182,22 @@ class Pump:
         if op.authenticated and source is not None and source != self.transport.peer:
             self.transport.set_peer(source)
         if op.packets:
-            self._write(op.packets)
+            if self.vnet:  # written at the end of the batch, coalesced (tund.relay.coalesce)
+                self._rx += op.packets
+                if len(self._rx) >= RX_HOLD:
+                    self._flush_rx()
+            else:
+                self._write(op.packets)
         if op.authenticated or source is None:
             for r in op.replies:
                 self.transport.send(r)
         else:  # e.g. a cookie reply: back to whoever asked, the peer may be elsewhere
             for r in op.replies:
                 self.transport.reply_to(r, source)
+
+    def _flush_rx(self) -> None:
+        rx, self._rx = self._rx, []
+        self._write(coalesce(rx))
 
     def _write(self, packets: list[bytes]) -> None:
         write, maxp, c = self.device.write, self.max_packet, self.c

@@ -1,0 +1,121 @@
+"""coalesce(): runs of plain TCP segments become one valid GSO super-frame, nothing else moves.
+
+A merged frame is checked as the kernel would complete it (tests.unit.test_relay_chunks:
+kernel_checksum_ok, ip_ok) and its payload against the segments' payloads in order.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+
+from tests.unit.test_relay_chunks import SRC4, SRC6, DST4, DST6, ip_ok, kernel_checksum_ok
+from tund.relay.chunks import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, VNET, ipv4_header_checksum
+from tund.relay.coalesce import MAX_SEGMENTS, coalesce
+
+ACK, PSH, FIN, SYN = 0x10, 0x08, 0x01, 0x02
+ZERO = bytes(VNET.size)
+
+
+def segment(seq: int, payload: bytes, flags: int = ACK, v6: bool = False, ident: int = 7,
+            ack: int = 99, sport: int = 40000, window: int = 512) -> bytes:
+    """A plain frame (zero vnet header) with a valid TCP segment (timestamps option)."""
+    tcp = bytearray(struct.pack("!HHIIBBHHH", sport, 5201, seq, ack, 8 << 4, flags, window,
+                                0, 0)) + b"\x01\x01\x08\x0a" + bytes(8)
+    tcp_len = len(tcp) + len(payload)
+    if v6:
+        ip = bytearray(struct.pack("!IHBB", 0x60000000, tcp_len, 6, 64)) + SRC6 + DST6
+        addrs = SRC6 + DST6
+    else:
+        ip = bytearray(struct.pack("!BBHHHBBH", 0x45, 0, 20 + tcp_len, ident, 0x4000, 64, 6,
+                                   0)) + SRC4 + DST4
+        struct.pack_into("!H", ip, 10, ipv4_header_checksum(ip))
+        addrs = SRC4 + DST4
+    data = addrs + struct.pack("!IxxxB", tcp_len, 6) + bytes(tcp) + payload
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    struct.pack_into("!H", tcp, 16, ~total & 0xFFFF)
+    return ZERO + bytes(ip) + bytes(tcp) + payload
+
+
+def stream(n: int, size: int = 1368, seq: int = 1000, v6: bool = False, last_psh: bool = True
+           ) -> tuple[list[bytes], bytes]:
+    rnd = random.Random(n)
+    payloads = [rnd.randbytes(size) for _ in range(n)]
+    frames = []
+    for i, p in enumerate(payloads):
+        flags = ACK | (PSH if last_psh and i == n - 1 else 0)
+        frames.append(segment((seq + i * size) % 2**32, p, flags, v6, ident=7 + i))
+    return frames, b"".join(payloads)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_a_run_of_segments_becomes_one_valid_super_frame(v6: bool) -> None:
+    frames, payload = stream(20, v6=v6, seq=2**32 - 5000)  # the sequence wraps inside
+    (merged,) = coalesce(frames)
+    flags, kind, hdr_len, gso, start, offset = VNET.unpack_from(merged)
+    hlen = (40 if v6 else 20) + 32
+    assert (flags, kind, hdr_len, gso, start, offset) == (
+        F_NEEDS_CSUM, GSO_TCPV6 if v6 else GSO_TCPV4, hlen, 1368, hlen - 32, 16)
+    assert ip_ok(merged) and kernel_checksum_ok(merged)
+    assert merged[VNET.size + hlen:] == payload
+    assert merged[VNET.size + hlen - 32 + 13] == ACK | PSH  # PSH from the last segment
+
+
+def test_everything_else_passes_unchanged_and_in_order() -> None:
+    frames, _ = stream(3)
+    syn = segment(5, b"", SYN)
+    ack_only = segment(4100, b"", ACK)
+    other_flow = segment(1000 + 3 * 1368, b"x" * 1368, sport=40001)
+    udp = bytearray(frames[0])
+    udp[VNET.size + 9] = 17
+    vnet_frame = VNET.pack(F_NEEDS_CSUM, GSO_TCPV4, 52, 1368, 20, 16) + frames[0][10:]
+    fin = segment(1000 + 3 * 1368, b"y" * 100, ACK | FIN)
+    batch = [syn, *frames[:2], ack_only, frames[2], bytes(udp), vnet_frame, other_flow, fin]
+    out = coalesce(batch)
+    assert out[0] == syn and out[2] == ack_only and out[3] == frames[2]
+    assert out[4:] == [bytes(udp), vnet_frame, other_flow, fin]
+    assert len(out) == 8 and kernel_checksum_ok(out[1])  # only frames[0:2] merged
+
+
+@pytest.mark.parametrize("breaker", ["gap", "ack", "window", "ttl", "longer", "psh", "ident"])
+def test_a_segment_that_does_not_continue_the_run_starts_a_new_one(breaker: str) -> None:
+    frames, _ = stream(4, last_psh=False)
+    seq3 = 1000 + 3 * 1368
+    third = {
+        "gap": segment(seq3 + 1, b"z" * 1368),
+        "ack": segment(seq3, b"z" * 1368, ack=100),
+        "window": segment(seq3, b"z" * 1368, window=1024),
+        "ttl": frames[3][:VNET.size + 8] + b"\x3f" + frames[3][VNET.size + 9:],
+        "longer": segment(seq3, b"z" * 1400),
+        "psh": frames[3],
+        "ident": segment(seq3, b"z" * 1368, ident=500),
+    }[breaker]
+    batch = frames[:3] + [third]
+    if breaker == "psh":  # PSH on a middle segment ends the run after it
+        batch = [frames[0], segment(1000 + 1368, frames[1][-1368:], ACK | PSH), frames[2]]
+        out = coalesce(batch)
+        assert len(out) == 2 and out[1] == frames[2]
+        return
+    out = coalesce(batch)
+    if breaker == "ident":  # the IPv4 identification may change: still one run
+        assert len(out) == 1
+        return
+    assert len(out) == 2 and out[1] == third and kernel_checksum_ok(out[0])
+
+
+def test_runs_are_capped() -> None:
+    frames, payload = stream(MAX_SEGMENTS + 5, size=500)
+    out = coalesce(frames)
+    assert len(out) == 2
+    assert b"".join(f[VNET.size + 52:] for f in out) == payload
+    big, payload = stream(60, size=1400)  # 60 x 1400 > 64 KB: split by length
+    out = coalesce(big)
+    assert len(out) == 2 and all(len(f) - VNET.size <= 0xFFFF for f in out)
+    assert b"".join(f[VNET.size + 52:] for f in out) == payload
+    assert all(kernel_checksum_ok(f) for f in out)

@@ -1,0 +1,143 @@
+"""Receive coalescing: consecutive TCP segments of one flow become one GSO super-frame.
+
+A peer that sends plain MTU-sized packets (wireguard-go, simpletun, a tund without
+offloads) costs one ``write`` into the tun device, and one trip through the kernel's
+stack, per packet; that is most of a worker's time on a bulk transfer. Written to a
+vnet-header device, a run of segments that the kernel's own GRO would merge can go in as
+one super-frame instead (wireguard-go does the same on its tun).
+
+:func:`coalesce` takes the frames of one receive batch, in order (vnet header + packet,
+as the pump would write them) and returns the frames to write, in the same order. Only
+frames with a zero vnet header that hold an IPv4 (no options, not fragmented) or IPv6
+(no extension header) TCP segment with data are candidates. A segment joins the run
+before it when it continues it exactly: same header bytes except the lengths, IPv4
+identification and checksum, TCP sequence number, checksum and PSH; sequence number
+equal to the end of the run; flags ACK (with PSH only on a run's last segment); payload
+the size of the run's first (a shorter one ends the run). A run is capped at
+``MAX_SEGMENTS`` segments and 64 KB.
+
+A run of two or more becomes one frame: the first segment's header with the run's
+lengths (and a fresh IPv4 header checksum), PSH if the last had it, ``NEEDS_CSUM`` with
+the TCP pseudo-header sum in the checksum field and ``gso_size`` the segment size (as a
+GRO'd packet). The segments' own TCP checksums are not re-verified: the tunnel already
+checked the bytes (WireGuard's AEAD, UDP or TCP checksums underneath), and computing them
+in Python would cost more than the write saved. Everything else passes unchanged.
+
+Pure function: no I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from tund.relay.chunks import (
+    F_NEEDS_CSUM,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    VNET,
+    ipv4_header_checksum,
+    pseudo_header_sum,
+)
+
+MAX_SEGMENTS = 64
+_MAX_LEN = 0xFFFF
+_ZERO = bytes(VNET.size)
+_V = VNET.size
+_ACK, _PSH = 0x10, 0x08
+_SEQ = struct.Struct("!I")
+
+
+def _segment(f: bytes) -> tuple[int, int, int, int] | None:
+    """``(ip header length, ip + tcp header length, sequence number, tcp flags)`` of a
+    candidate frame, or None."""
+    if len(f) < _V + 60 or f[:_V] != _ZERO:
+        return None
+    b0 = f[_V]
+    if b0 == 0x45:
+        if f[_V + 9] != 6 or f[_V + 6] & 0x3F or f[_V + 7]:  # TCP; not a fragment
+            return None
+        iphl = 20
+        if (f[_V + 2] << 8 | f[_V + 3]) != len(f) - _V:
+            return None
+    elif b0 >> 4 == 6:
+        if f[_V + 6] != 6 or 40 + (f[_V + 4] << 8 | f[_V + 5]) != len(f) - _V:
+            return None
+        iphl = 40
+    else:
+        return None
+    tcp = _V + iphl
+    hlen = iphl + (f[tcp + 12] >> 4) * 4
+    flags = f[tcp + 13]
+    if hlen < iphl + 20 or len(f) - _V <= hlen or flags & ~(_ACK | _PSH) or not flags & _ACK:
+        return None
+    return iphl, hlen, _SEQ.unpack_from(f, tcp + 4)[0], flags
+
+
+def _same_flow(a: bytes, b: bytes, iphl: int, hlen: int) -> bool:
+    """Header bytes equal but for lengths, IPv4 id and checksum, seq, TCP csum, PSH."""
+    s, t = _V, _V + iphl
+    if iphl == 20:
+        if a[s:s + 2] != b[s:s + 2] or a[s + 6:s + 10] != b[s + 6:s + 10] \
+                or a[s + 12:t] != b[s + 12:t]:
+            return False
+    elif a[s:s + 4] != b[s:s + 4] or a[s + 6:t] != b[s + 6:t]:
+        return False
+    return (a[t:t + 4] == b[t:t + 4] and a[t + 8:t + 13] == b[t + 8:t + 13]
+            and a[t + 14:t + 16] == b[t + 14:t + 16] and a[t + 18:_V + hlen] == b[t + 18:_V + hlen])
+
+
+def coalesce(frames: list[bytes]) -> list[bytes]:
+    """See the module docstring."""
+    out: list[bytes] = []
+    run: list[bytes] = []
+    first = b""
+    iphl = hlen = size = total = 0
+    next_seq = 0
+    closed = False
+    for f in frames:
+        seg = _segment(f)
+        if seg is not None and run and not closed:
+            _, s_hlen, seq, flags = seg
+            payload = len(f) - _V - s_hlen
+            if (s_hlen == hlen and seq == next_seq and payload <= size
+                    and len(run) < MAX_SEGMENTS and total + payload <= _MAX_LEN - hlen
+                    and _same_flow(first, f, iphl, hlen)):
+                run.append(f)
+                total += payload
+                next_seq = (seq + payload) & 0xFFFFFFFF
+                closed = payload < size or bool(flags & _PSH)
+                continue
+        if run:
+            out.append(_merge(run, iphl, hlen, size, total))
+            run = []
+        if seg is None:
+            out.append(f)
+            continue
+        iphl, hlen, seq, flags = seg
+        size = total = len(f) - _V - hlen
+        first, run = f, [f]
+        next_seq = (seq + size) & 0xFFFFFFFF
+        closed = bool(flags & _PSH)
+    if run:
+        out.append(_merge(run, iphl, hlen, size, total))
+    return out
+
+
+def _merge(run: list[bytes], iphl: int, hlen: int, size: int, total: int) -> bytes:
+    first = run[0]
+    if len(run) == 1:
+        return first
+    hdr = bytearray(first[_V:_V + hlen])
+    if iphl == 20:
+        struct.pack_into("!H", hdr, 2, hlen + total)
+        struct.pack_into("!H", hdr, 10, 0)
+        struct.pack_into("!H", hdr, 10, ipv4_header_checksum(hdr[:20]))
+        kind = GSO_TCPV4
+    else:
+        struct.pack_into("!H", hdr, 4, hlen - 40 + total)
+        kind = GSO_TCPV6
+    hdr[iphl + 13] |= run[-1][_V + iphl + 13] & _PSH
+    struct.pack_into("!H", hdr, iphl + 16, pseudo_header_sum(hdr, hlen - iphl + total))
+    head = VNET.pack(F_NEEDS_CSUM, kind, hlen, size, iphl, 16) + bytes(hdr)
+    start = _V + hlen
+    return b"".join([head, *(f[start:] for f in run)])
