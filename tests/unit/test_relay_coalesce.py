@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from tests.unit.test_relay_chunks import SRC4, SRC6, DST4, DST6, ip_ok, kernel_checksum_ok
+from tests.unit.test_relay_chunks import DST4, DST6, SRC4, SRC6, ip_ok, kernel_checksum_ok
 from tund.relay.chunks import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, VNET, ipv4_header_checksum
 from tund.relay.coalesce import MAX_SEGMENTS, coalesce
 
@@ -96,7 +96,7 @@ def test_a_segment_that_does_not_continue_the_run_starts_a_new_one(breaker: str)
         "psh": frames[3],
         "ident": segment(seq3, b"z" * 1368, ident=500),
     }[breaker]
-    batch = frames[:3] + [third]
+    batch = [*frames[:3], third]
     if breaker == "psh":  # PSH on a middle segment ends the run after it
         batch = [frames[0], segment(1000 + 1368, frames[1][-1368:], ACK | PSH), frames[2]]
         out = coalesce(batch)
