@@ -171,7 +171,7 @@ def test_new_path_starts_the_codec_and_timers_send(rig: Any) -> None:
     pump, _, tr, _, daemon = rig
     pump.on_state(True)
     assert tr.sent == [b"initiation"]
-    pump._timers()
+    pump._codec_timers(pump.now)
     assert tr.sent[-1] == b"keepalive"
     msg = json.loads(daemon.recv(65536))
     assert msg["op"] == "state" and msg["state"] == "up" and msg["stats"]["session"] == "none"

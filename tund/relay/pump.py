@@ -91,10 +91,20 @@ class Pump:
         self.transport.start(self.sel, self, self.now)
         self.report()
         self.transport.flush()  # what a new path said first (hello, handshake)
+        codec, transport, select = self.codec, self.transport, self.sel.select
         try:
             while self._running:
-                events = self.sel.select(self._timeout())
-                self.now = time.monotonic()
+                # deadlines are read once per turn; one that moved during the turn is
+                # seen at the next (ticks that come early are harmless by contract)
+                cd, td = codec.next_deadline(), transport.next_deadline()
+                now = time.monotonic()
+                wait = MAX_WAIT
+                if cd is not None and cd - now < wait:
+                    wait = cd - now
+                if td is not None and td - now < wait:
+                    wait = td - now
+                events = select(wait if wait > 0.0 else 0.0)
+                self.now = now = time.monotonic()
                 self.wall = time.time()
                 for key, mask in events:
                     key.data(mask)
@@ -102,36 +112,26 @@ class Pump:
                         break
                 if self._rx:
                     self._flush_rx()
-                self._timers()
-                self.transport.flush()
+                if td is not None and now >= td:
+                    transport.tick(now)
+                if cd is not None and now >= cd:
+                    self._codec_timers(now)
+                transport.flush()
         finally:
             try:
-                self.transport.flush()  # best effort: what the last batch queued
+                transport.flush()  # best effort: what the last batch queued
             finally:
-                self.transport.close()
+                transport.close()
             self.sel.close()
         return self.exit_code
 
-    def _timeout(self) -> float:
-        wait = MAX_WAIT
-        for d in (self.codec.next_deadline(), self.transport.next_deadline()):
-            if d is not None:
-                wait = min(wait, d - time.monotonic())
-        return max(wait, 0.0)
-
-    def _timers(self) -> None:
-        now = self.now
-        d = self.transport.next_deadline()
-        if d is not None and now >= d:
-            self.transport.tick(now)
-        d = self.codec.next_deadline()
-        if d is not None and now >= d:
-            for m in self.codec.tick(now):
-                self.transport.send(m)
-            if self.vnet:  # frames rebuilt from chunks whose companions were lost
-                codec: Any = self.codec
-                self._rx += codec.expired(now)
-                self._flush_rx()
+    def _codec_timers(self, now: float) -> None:
+        for m in self.codec.tick(now):
+            self.transport.send(m)
+        if self.vnet:  # frames rebuilt from chunks whose companions were lost
+            codec: Any = self.codec
+            self._rx += codec.expired(now)
+            self._flush_rx()
 
     def _watch_device(self, on: bool) -> None:
         if on == self._device_watched:
