@@ -122,13 +122,32 @@ def resolve_worker_user(user: str, euid: int | None = None) -> RunAs | None:
 # --------------------------------------------------------------------------- worker side
 
 
+_LIBC: ctypes.CDLL | None = None
+_LAST_CAP: int | None = None
+
+
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
+    """libc, loaded once per process image (a forked worker inherits it, resolved)."""
+    global _LIBC
+    if _LIBC is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+        libc.prctl.restype = ctypes.c_int
+        _LIBC = libc
+    return _LIBC
+
+
+def prepare() -> None:
+    """Load libc and read the kernel's last capability now, changing nothing: the fork
+    server calls it once, so each worker's :func:`drop_privileges` has less to do."""
+    libc = _libc()
+    _prctl(libc, _PR_GET_DUMPABLE, 0, "PR_GET_DUMPABLE")
+    _ = libc.capset
+    _last_cap()
 
 
 def _prctl(libc: ctypes.CDLL, option: int, arg: int = 0, what: str = "") -> int:
-    rc = int(libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                        ctypes.c_ulong(0)))
+    rc = int(libc.prctl(option, arg, 0, 0, 0))
     if rc < 0:
         err = ctypes.get_errno()
         raise PrivilegeError(f"prctl({what or option}) failed: {os.strerror(err)}")
@@ -154,10 +173,14 @@ def _clear_capabilities(libc: ctypes.CDLL) -> None:
 
 
 def _last_cap() -> int:
-    try:
-        return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
-    except (OSError, ValueError):
-        return 40
+    """The highest capability number this kernel knows (read once per process image)."""
+    global _LAST_CAP
+    if _LAST_CAP is None:
+        try:
+            _LAST_CAP = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+        except (OSError, ValueError):
+            _LAST_CAP = 40
+    return _LAST_CAP
 
 
 def _drop_bounding_set(libc: ctypes.CDLL) -> None:

@@ -163,6 +163,7 @@ def warm_up(rounds: int = WARM_ROUNDS) -> list[str]:
                     ours.send(json.dumps({"op": "stop"}).encode())
                     pump.run()
                     privileges.problems(privileges.read_status(), None)
+                    privileges.prepare()
                 except Exception as e:  # best effort: workers then just start slower
                     failed.append(f"{type(e).__name__}: {e}")
                 finally:
