@@ -21,6 +21,7 @@ from tund.relay.chunks import (
     GSO_TCPV6,
     VNET,
     WAIT,
+    LossMeter,
     Reassembler,
     ipv4_header_checksum,
     is_chunk,
@@ -198,3 +199,38 @@ def test_frames_not_worth_cutting_travel_whole() -> None:
     plain[1] = GSO_NONE
     assert split(bytes(plain), 1400, 1) is None
     assert split(tso_frame(payload_len=60000), 1400, 1) is not None
+
+
+def test_loss_meter_counts_gaps_and_partial_frames_and_advises_with_hysteresis() -> None:
+    fid = 0x7FF0  # frame ids wrap
+
+    def feed(m: LossMeter, n: int, bad_every: int = 0, skip: bool = False) -> None:
+        nonlocal fid
+        for i in range(n):
+            bad = bad_every and i % bad_every == 0
+            if bad and skip:
+                fid = (fid + 1) & 0x7FFF  # this one never arrived
+            m.frame(fid, not (bad and not skip))
+            fid = (fid + 1) & 0x7FFF
+
+    m = LossMeter(chunks=False)
+    feed(m, LossMeter.WINDOW)
+    assert m.q == 0.0 and m.pending is False  # the first advice: whole
+    m = LossMeter(chunks=False)
+    feed(m, LossMeter.EARLY_BAD - 1, bad_every=1)  # fewer bad ones than the early verdict
+    assert m.pending is None
+    m = LossMeter(chunks=False)
+    feed(m, 20, bad_every=3, skip=True)  # frames lost entirely (gaps): an early verdict
+    assert m.pending is True and m.chunks and m.q is not None and m.q > 0.2
+    m = LossMeter(chunks=True)
+    feed(m, LossMeter.WINDOW, bad_every=20)  # 5%: between the thresholds: keep chunks
+    assert m.chunks and m.pending is True  # said once
+    m.pending = None
+    m.now = 0.5
+    feed(m, LossMeter.WINDOW, bad_every=20)
+    assert m.chunks and m.pending is None  # no change, not due again yet
+    m.now = 1.6
+    feed(m, LossMeter.WINDOW)  # clean: whole again
+    assert m.pending is False and not m.chunks
+    m.frame((fid + 5000) & 0x7FFF, True)  # a jump: numbering restarted, not 5000 lost
+    assert m._bad == 0

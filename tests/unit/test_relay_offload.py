@@ -5,7 +5,8 @@ from __future__ import annotations
 import struct
 
 from tests.unit.test_relay_chunks import kernel_checksum_ok, tso_frame
-from tund.relay.chunks import WAIT
+from tund.relay import chunks
+from tund.relay.chunks import WAIT, LossMeter
 from tund.relay.codec import PlainCodec
 from tund.relay.offload import (
     ENVELOPE_LEN,
@@ -18,7 +19,9 @@ from tund.relay.offload import (
     frame_ok,
     hello,
     is_envelope,
+    mode_advice,
     parse_hello,
+    parse_mode_advice,
 )
 
 IP4 = bytes([0x45]) + bytes(19) + b"payload"
@@ -156,6 +159,7 @@ def test_over_udp_super_packets_travel_in_chunks_no_larger_than_the_mtu() -> Non
         c.open(hello(False), PEER, 0.0)
         pair.append(c)
     a, b = pair
+    a.send_chunks = True  # as the peer's LossMeter advises on a lossy path (below)
     frame = tso_frame(payload_len=60000)
     wire = a.seal(frame, 1.0)
     assert len(wire) > 40 and all(len(m) <= 1400 for m in wire)
@@ -171,3 +175,39 @@ def test_over_udp_super_packets_travel_in_chunks_no_larger_than_the_mtu() -> Non
     runs = b.expired(2.0 + WAIT)
     assert len(runs) == 2 and all(kernel_checksum_ok(r) for r in runs)
     assert b.open(wire[5], PEER, 2.1).drop is None  # a late straggler starts a new frame
+
+
+def test_super_packets_go_whole_until_the_peer_sees_them_lost_then_in_chunks() -> None:
+    pair = []
+    for _ in range(2):
+        c = OffloadCodec(PlainCodec(ip_check=True), Switch(), max_packet=1400,
+                         drops=dict[str, int](), enveloped=True, chunked=True)
+        c.open(hello(False), PEER, 0.0)
+        pair.append(c)
+    a, b = pair
+    frame = tso_frame(payload_len=60000)
+    advice: list[bytes] = []
+    assert a.send_chunks  # the safe start
+    for i in range(LossMeter.WINDOW * 2):  # a clean path
+        op = None
+        for m in a.seal(frame, 1.0):
+            op = b.open(m, PEER, 1.0 + i * 0.001)
+            advice += op.replies
+        assert op is not None and op.packets == [frame]
+        for r in op.replies:
+            a.open(r, PEER, 1.0)
+    assert [parse_mode_advice(r) for r in advice] == [False]  # "whole" said once
+    assert not a.send_chunks and len(a.seal(frame, 1.5)) == 1
+    advice = []
+    for i in range(LossMeter.WINDOW * 2):  # every fifth frame lost on the way
+        (m,) = a.seal(frame, 2.0)
+        if i % 5:
+            advice += b.open(m, PEER, 2.0 + i * 0.001).replies
+    assert [parse_mode_advice(r) for r in advice][:1] == [True]
+    for r in advice:
+        assert a.open(r, PEER, 3.0).packets == []
+    assert a.send_chunks
+    wire = a.seal(frame, 3.0)
+    assert len(wire) > 40 and all(chunks.is_chunk(w) for w in wire)
+    assert [f for w in wire for f in b.open(w, PEER, 3.0).packets] == [frame]
+    assert parse_hello(mode_advice(True)) is None and parse_mode_advice(hello(True)) is None

@@ -153,7 +153,8 @@ class Reassembler:
     one already held (both are dropped), ``partial`` frames given up incomplete.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, meter: LossMeter | None = None) -> None:
+        self.meter = meter  # told of every frame completed or given up
         self.malformed = 0
         self.partial = 0
         self.stray = 0
@@ -184,6 +185,8 @@ class Reassembler:
                     self._missing -= 1
                     if not self._missing:
                         out.append(self._run(0, n))
+                        if self.meter is not None:
+                            self.meter.frame(fid, True)
                         self._reset()
                     return None
         return self._add_first(chunk, now, out)
@@ -224,6 +227,8 @@ class Reassembler:
         if not self._parts:
             return []
         self.partial += 1
+        if self.meter is not None:
+            self.meter.frame(self._fid, False)
         parts, out, start = self._parts, [], None
         for i in range(len(parts) + 1):
             if i < len(parts) and parts[i] is not None:
@@ -278,3 +283,68 @@ def pseudo_header_sum(hdr: bytes | bytearray, tcp_len: int) -> int:
     addrs = bytes(hdr[12:20]) if hdr[0] >> 4 == 4 else bytes(hdr[8:40])
     total = sum(struct.unpack(f"!{len(addrs) // 2}H", addrs)) + _TCP
     return _fold(total + (tcp_len >> 16) + (tcp_len & 0xFFFF))
+
+
+class LossMeter:
+    """The share of super-packets that arrive incomplete, and the mode it calls for.
+
+    The sender numbers every super-packet (frame id, 15 bits), sent whole or in chunks.
+    :meth:`frame` is told of each one that arrived, complete or not; frame ids skipped
+    count as lost. Over each window of ``WINDOW`` frames the share that was incomplete or
+    lost is ``q``. With a fragment loss rate ``p`` on the path, a 64 KB frame of ~45
+    fragments (whole) or ~48 chunks is incomplete with probability ``1 - (1 - p)**45``
+    in both modes, so ``q`` says how lossy the path is whichever mode is in use: above
+    ``CHUNK_ABOVE`` the sender should cut frames into chunks (a lost datagram then costs
+    one chunk, not 64 KB), below ``WHOLE_BELOW`` it may send them whole again (one AEAD
+    and one datagram per frame: much cheaper).
+
+    While the advice is "whole", ``EARLY_BAD`` incomplete frames end the window early: a
+    lossy path loses a third of the frames and the TCP inside may slow to a crawl before a
+    full window has passed.
+
+    :meth:`frame` sets :attr:`pending` to the advice (True: chunks, False: whole) when it
+    changed or is due again (every ``REPEAT`` s of :attr:`now`, as the advice itself may
+    be lost); the owner sends it and clears :attr:`pending`.
+    """
+
+    WINDOW = 64
+    EARLY_BAD = 6  # this many bad ones while frames go whole: judge at once (TCP may stall)
+    CHUNK_ABOVE = 0.08
+    WHOLE_BELOW = 0.03
+    REPEAT = 1.0
+
+    def __init__(self, chunks: bool = False) -> None:
+        self.chunks = chunks  # the current advice
+        self.q: float | None = None  # the last window's share
+        self._last: int | None = None
+        self._seen = 0
+        self._bad = 0
+        self._said_at: float | None = None
+        self.now = 0.0  # set by the owner (sans-IO)
+        self.pending: bool | None = None
+
+    def frame(self, fid: int, complete: bool) -> None:
+        fid &= 0x7FFF
+        if self._last is not None:
+            gap = (fid - self._last - 1) & 0x7FFF
+            if gap < 1024:  # more is a restart of the numbering, not loss
+                self._seen += gap
+                self._bad += gap
+        self._last = fid
+        self._seen += 1
+        if not complete:
+            self._bad += 1
+        if self._seen < self.WINDOW and (self.chunks or self._bad < self.EARLY_BAD):
+            return
+        self.q = self._bad / self._seen
+        self._seen = self._bad = 0
+        before = self.chunks
+        if self.q > self.CHUNK_ABOVE:
+            self.chunks = True
+        elif self.q < self.WHOLE_BELOW:
+            self.chunks = False
+        now = self.now
+        if (self.chunks != before or self._said_at is None
+                or now - self._said_at >= self.REPEAT):
+            self._said_at = now
+            self.pending = self.chunks

@@ -77,29 +77,61 @@ def _ipv4_checksum(header: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def hello(ack: bool) -> bytes:
-    """The negotiation packet (see the module docstring); ``ack`` answers one."""
+def _control(kind: int) -> bytes:
     head = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, _HELLO_LEN, 0, 0, 0, 253, 0,
                                  bytes(4), bytes(4)))
     good = _ipv4_checksum(bytes(head))
     struct.pack_into("!H", head, 10, good ^ 0x5A5A)  # deliberately wrong: kernels drop it
-    return bytes(head) + _MAGIC + (b"\x01" if ack else b"\x00")
+    return bytes(head) + _MAGIC + bytes([kind])
+
+
+def _control_kind(packet: bytes) -> int | None:
+    if len(packet) != _HELLO_LEN or packet[9] != 253 or packet[20:20 + len(_MAGIC)] != _MAGIC:
+        return None
+    return packet[-1]
+
+
+def hello(ack: bool) -> bytes:
+    """The negotiation packet (see the module docstring); ``ack`` answers one."""
+    return _control(1 if ack else 0)
 
 
 def parse_hello(packet: bytes) -> bool | None:
     """None if ``packet`` is not a hello, else its ack flag."""
-    if len(packet) != _HELLO_LEN or packet[9] != 253 or packet[20:20 + len(_MAGIC)] != _MAGIC:
-        return None
-    return packet[-1] == 1
+    kind = _control_kind(packet)
+    return None if kind is None or kind > 1 else kind == 1
+
+
+def mode_advice(chunks: bool) -> bytes:
+    """The receiver's advice (a packet like the hello): cut super-packets into chunks, or
+    send them whole (see :class:`tund.relay.chunks.LossMeter`)."""
+    return _control(2 if chunks else 3)
+
+
+def parse_mode_advice(packet: bytes) -> bool | None:
+    """None if ``packet`` is not a mode advice, else True for chunks."""
+    kind = _control_kind(packet)
+    return None if kind not in (2, 3) else kind == 2
 
 
 _ENV = struct.Struct("!IHBB16s16s")
 ENVELOPE_LEN = _ENV.size
 
 
-def envelope(frame: bytes) -> bytes:
-    """``frame`` inside an IPv6 header that says "253, from :: to ::" (see above)."""
-    return _ENV.pack(0x60000000, len(frame), 253, 0, bytes(16), bytes(16)) + frame
+_NUMBERED = 0x80000  # flow label bit: the low 15 bits are the super-packet's frame id
+
+
+def envelope(frame: bytes, frame_id: int | None = None) -> bytes:
+    """``frame`` inside an IPv6 header that says "253, from :: to ::" (see above); a
+    super-packet's frame id goes in the flow label."""
+    label = 0 if frame_id is None else _NUMBERED | frame_id & 0x7FFF
+    return _ENV.pack(0x60000000 | label, len(frame), 253, 0, bytes(16), bytes(16)) + frame
+
+
+def envelope_frame_id(packet: bytes) -> int | None:
+    """The frame id an envelope carries, or None."""
+    label = (packet[1] & 0x0F) << 16 | packet[2] << 8 | packet[3]
+    return label & 0x7FFF if label & _NUMBERED else None
 
 
 def is_envelope(packet: bytes) -> bool:
@@ -151,8 +183,14 @@ class OffloadCodec:
         self.inner = inner
         self.enveloped = enveloped
         self.chunked = chunked
+        # WireGuard over UDP adapts: super-packets go in chunks while the peer's LossMeter
+        # sees many incomplete ones (and at first), whole while it sees few; plain UDP
+        # always chunks
+        self.adaptive = chunked and enveloped
+        self.send_chunks = chunked  # the safe start; a clean path soon says "whole"
         self._frame_id = 0
-        self._reasm = chunks.Reassembler()
+        self._meter = chunks.LossMeter(chunks=True)
+        self._reasm = chunks.Reassembler(self._meter)
         self.set_offload = set_offload
         self.max_packet = max_packet
         self.drops = drops
@@ -174,18 +212,21 @@ class OffloadCodec:
             self._device_off = True
             log.info("offloads off until the peer says hello again")
         self.peer_vnet = False
+        self.send_chunks = self.chunked
         self._hello_at = None
         self._hello_tries = 0
 
     def seal(self, frame: bytes, now: float) -> list[bytes]:
         if self.peer_vnet:
+            fid = None
             if self.chunked and frame[1] != GSO_NONE:
-                self._frame_id = (self._frame_id + 1) & 0x7FFF
-                cut = chunks.split(frame, self.max_packet, self._frame_id)
-                if cut is not None:
-                    seal = self.inner.seal
-                    return [m for c in cut for m in seal(c, now)]
-            return self.inner.seal(envelope(frame) if self.enveloped else frame, now)
+                self._frame_id = fid = (self._frame_id + 1) & 0x7FFF
+                if self.send_chunks:
+                    cut = chunks.split(frame, self.max_packet, fid)
+                    if cut is not None:
+                        seal = self.inner.seal
+                        return [m for c in cut for m in seal(c, now)]
+            return self.inner.seal(envelope(frame, fid) if self.enveloped else frame, now)
         out: list[bytes] = []
         if (self.negotiate and self._hello_tries < HELLO_TRIES
                 and (self._hello_at is None or now - self._hello_at >= HELLO_RETRY)):
@@ -204,6 +245,8 @@ class OffloadCodec:
         op = self.inner.open(message, source, now)
         if op.drop is not None or not op.packets:
             return op
+        meter = self._meter
+        meter.now = now
         if self.chunked and len(op.packets) == 1:  # the bulk of a transfer: one chunk
             p = op.packets[0]
             if chunks.is_chunk(p) and not (self.enveloped and p[0] == 0x60 and is_envelope(p)):
@@ -212,12 +255,16 @@ class OffloadCodec:
                 if cause is not None:
                     return Opened([], op.replies, op.authenticated, cause)
                 op.packets = frames
+                if meter.pending is not None:
+                    op.replies = op.replies + self._advise(now)
                 return op
         frames = []
         replies = op.replies
         drop: str | None = None
         for p in op.packets:
             if self.enveloped and p[0] == 0x60 and is_envelope(p):
+                if self.adaptive and (fid := envelope_frame_id(p)) is not None:
+                    meter.frame(fid, True)
                 p = p[ENVELOPE_LEN:]
             elif self.chunked and chunks.is_chunk(p):  # (a hello is shorter than any chunk)
                 drop = self._reasm.add(p, now, frames) or drop
@@ -230,17 +277,30 @@ class OffloadCodec:
             elif (ack := parse_hello(p)) is not None:
                 if self.negotiate:
                     replies = replies + self._on_hello(ack, now)
+            elif (advice := parse_mode_advice(p)) is not None:
+                if self.adaptive and advice != self.send_chunks:
+                    log.info("the peer sees %s of our super-packets incomplete: sending them %s",
+                             "many" if advice else "few", "in chunks" if advice else "whole")
+                    self.send_chunks = advice
             elif p[0] >> 4 not in (4, 6):
                 drop = "malformed"
             elif len(p) > self.max_packet:
                 drop = "oversize"
             else:
                 frames.append(ZERO_HDR + p)
+        if meter.pending is not None and self.adaptive:
+            replies = replies + self._advise(now)
         if drop is not None:
             if not frames:
                 return Opened([], replies, op.authenticated, drop)
             self._drop(drop)  # the pump counts only a whole message's drop
         return Opened(frames, replies, op.authenticated, None)
+
+    def _advise(self, now: float) -> list[bytes]:
+        advice, self._meter.pending = self._meter.pending, None
+        if not self.adaptive or advice is None:
+            return []
+        return self.inner.seal(mode_advice(advice), now)
 
     def _on_hello(self, ack: bool, now: float) -> list[bytes]:
         if not self.peer_vnet and self.set_offload(True):
