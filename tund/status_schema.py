@@ -61,7 +61,8 @@ TUNNEL_FIELDS: dict[str, str] = {
     "tx_packets": "int: packets read from the device, sent towards the peer",
     "tx_bytes": "int: bytes of those packets",
     "drops": "object: cause -> int, every drop counted once, by cause: the relay's "
-             "(no_peer, oversize, queue_full, device_full, malformed) and, with WireGuard, "
+             "(no_peer, oversize, queue_full, device_full, malformed; with offloads "
+             "offload_stale, duplicate) and, with WireGuard, "
              "its own (malformed, bad_mac, decrypt, unknown_peer, stale_timestamp, flood, "
              "unknown_receiver, bad_cookie, expired, replay, invalid_packet, cookie, "
              "no_session, handshake_timeout); a cause appears once counted",
@@ -77,8 +78,13 @@ TUNNEL_FIELDS: dict[str, str] = {
     "cookie_replies_sent": "int: cookie replies sent (under load)",
     "wg_drops": "object: cause -> int, the live worker's WireGuard causes only (a view "
                 "of drops for diagnosis: each is also counted there)",
+    # tun mode without packet_info only (a vnet-header device); of the live worker
+    "offload": 'str: "off" (the peer has not agreed to offloads), "frames" (super-packets '
+               'go whole), "chunks" (cut into MTU-sized chunks: over UDP at first and while '
+               "the peer sees many arrive incomplete; always without encryption)",
 }
 
 #: Fields that only some tunnels have (encrypted ones; a live worker).
-OPTIONAL_TUNNEL_FIELDS = frozenset({"peer_public_key", "latest_handshake", "session",
-                                    "handshakes_sent", "cookie_replies_sent", "wg_drops"})
+WIREGUARD_FIELDS = frozenset({"peer_public_key", "latest_handshake", "session",
+                              "handshakes_sent", "cookie_replies_sent", "wg_drops"})
+OPTIONAL_TUNNEL_FIELDS = WIREGUARD_FIELDS | {"offload"}

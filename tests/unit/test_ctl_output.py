@@ -108,7 +108,17 @@ def test_wireguard_stats_fields_are_documented() -> None:
     src = inspect.getsource(WireGuardCodec.stats)
     found = set(re.findall(r'"([a-z_]+)":', src))
     assert found <= set(status_schema.TUNNEL_FIELDS), found - set(status_schema.TUNNEL_FIELDS)
-    assert found >= status_schema.OPTIONAL_TUNNEL_FIELDS
+    assert found >= status_schema.WIREGUARD_FIELDS
+
+
+def test_offload_stats_fields_are_documented() -> None:
+    import inspect
+    import re
+
+    from tund.relay.offload import OffloadCodec
+
+    found = set(re.findall(r'"([a-z_]+)":', inspect.getsource(OffloadCodec.stats)))
+    assert found == status_schema.OPTIONAL_TUNNEL_FIELDS - status_schema.WIREGUARD_FIELDS
 
 
 def test_readme_documents_every_status_field() -> None:

@@ -327,4 +327,5 @@ class OffloadCodec:
         return self.inner.on_connected(now)
 
     def stats(self) -> dict[str, Any]:
-        return self.inner.stats()
+        mode = "off" if not self.peer_vnet else "chunks" if self.send_chunks else "frames"
+        return {**self.inner.stats(), "offload": mode}
