@@ -43,7 +43,8 @@ TRAILER_LEN = TRAILER.size
 PROTO = 253
 MIN_CHUNK = 256  # a smaller payload slice: the frame is not worth cutting (sent whole)
 MAX_CHUNKS = 255
-WAIT = 0.005  # seconds an incomplete frame waits for its missing chunks
+WAIT = 0.001  # seconds an incomplete frame waits for its missing chunks (the TCP
+# inside learns of the hole only once the runs after it are written)
 
 F_NEEDS_CSUM = 1
 GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_ECN = 0, 1, 4, 0x80
