@@ -5,7 +5,10 @@ Start-up: the daemon creates a ``SOCK_SEQPACKET`` socketpair and runs::
     python -m tund.relay --control-fd N
 
 with ``pass_fds`` holding the control end, the device fd and (role ``listen``) the
-pre-bound underlay socket. Its first message on the control socket is::
+pre-bound underlay socket; or, the usual way, the fork server (``python -m tund.relay
+--fork-server``, :mod:`tund.relay.zygote`) forks a worker that finds the same fds under
+the same numbers (:mod:`tund.supervise.forkserver`). Its first message on the control
+socket is::
 
     {"op": "start", "spec": WorkerSpec.to_dict()}
 
