@@ -6,12 +6,10 @@ import struct
 
 from tests.unit.test_relay_chunks import kernel_checksum_ok, tso_frame
 from tund.relay import chunks
-from tund.relay.chunks import WAIT, LossMeter
+from tund.relay.chunks import F_NEEDS_CSUM, GSO_TCPV4, WAIT, LossMeter
 from tund.relay.codec import PlainCodec
 from tund.relay.offload import (
     ENVELOPE_LEN,
-    F_NEEDS_CSUM,
-    GSO_TCPV4,
     VNET_HDR_LEN,
     ZERO_HDR,
     OffloadCodec,

@@ -44,18 +44,25 @@ from collections.abc import Callable
 from typing import Any
 
 from tund.relay import chunks
+from tund.relay.chunks import (
+    F_NEEDS_CSUM,
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    ipv4_header_checksum,
+)
 from tund.relay.codec import Address, Codec, Opened
 
 log = logging.getLogger("tund.relay.offload")
 
-VNET_HDR_LEN = 10
+VNET_HDR_LEN = chunks.VNET_LEN
 ZERO_HDR = bytes(VNET_HDR_LEN)
 MAX_FRAME = VNET_HDR_LEN + 0xFFFF  # header + the largest IP packet
 
 # <linux/virtio_net.h>
-F_NEEDS_CSUM = 1
 F_DATA_VALID = 2
-GSO_NONE, GSO_TCPV4, GSO_UDP, GSO_TCPV6, GSO_UDP_L4, GSO_ECN = 0, 1, 3, 4, 5, 0x80
+GSO_UDP, GSO_UDP_L4 = 3, 5  # (F_NEEDS_CSUM and the TCP types: tund.relay.chunks)
 _GSO_OK = frozenset({GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4,
                      GSO_TCPV4 | GSO_ECN, GSO_TCPV6 | GSO_ECN})
 
@@ -70,17 +77,10 @@ _MAGIC = b"tund-offload/2\x00"  # /2: super-packets travel in chunks over UDP
 _HELLO_LEN = 20 + len(_MAGIC) + 1
 
 
-def _ipv4_checksum(header: bytes) -> int:
-    total: int = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _control(kind: int) -> bytes:
     head = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, _HELLO_LEN, 0, 0, 0, 253, 0,
                                  bytes(4), bytes(4)))
-    good = _ipv4_checksum(bytes(head))
+    good = ipv4_header_checksum(head)
     struct.pack_into("!H", head, 10, good ^ 0x5A5A)  # deliberately wrong: kernels drop it
     return bytes(head) + _MAGIC + bytes([kind])
 
