@@ -18,6 +18,8 @@ from tund.relay.udp import SOL_UDP, UDP_SEGMENT, UdpTransport
 
 
 class Sink:
+    busy = True  # read whole batches (tund.relay.transport.Link.busy)
+
     def __init__(self) -> None:
         self.got: list[tuple[bytes, Address | None]] = []
 

@@ -31,6 +31,9 @@ class FakeDevice:
         out, self.inbox = self.inbox[:limit], self.inbox[limit:]
         return out
 
+    def read_one(self) -> bytes | None:
+        return self.inbox.pop(0) if self.inbox else None
+
     def write(self, packet: bytes) -> bool:
         if self.full:
             return False
@@ -46,6 +49,7 @@ class FakeTransport:
         self.state = "up"
         self.peer: Address | None = ("192.0.2.1", 1)
         self.sent: list[bytes] = []
+        self.sent_now: list[bytes] = []  # what went by send_now (also in sent)
         self.backlogged = False
         self.moves: list[Address] = []
         self.replied_to: list[Address] = []
@@ -55,6 +59,11 @@ class FakeTransport:
 
     def send(self, message: bytes) -> bool:
         self.sent.append(message)
+        return True
+
+    def send_now(self, message: bytes) -> bool:
+        self.sent.append(message)
+        self.sent_now.append(message)
         return True
 
     def reply_to(self, message: bytes, source: Address) -> bool:
@@ -80,17 +89,26 @@ class FakeTransport:
 
 
 class ScriptedCodec:
-    """Answers ``open`` from a table; ``seal`` wraps in two messages (header + body)."""
+    """Answers ``open`` from a table; ``seal`` wraps in two messages (header + body),
+    ``seal_one`` takes only packets that start with "1"; a table entry that is bytes is
+    ``open_one``'s bare packet."""
 
     def __init__(self) -> None:
-        self.table: dict[bytes, Opened] = {}
+        self.table: dict[bytes, Opened | bytes] = {}
 
     def seal(self, packet: bytes, now: float) -> list[bytes]:
         if packet.startswith(b"Q"):
             return []  # queued: handshake pending
         return [b"H", packet]
 
+    def seal_one(self, packet: bytes, now: float) -> bytes | None:
+        return b"one:" + packet if packet.startswith(b"1") else None
+
     def open(self, message: bytes, source: Address | None, now: float) -> Opened:
+        r = self.table[message]
+        return Opened([r], [], True) if isinstance(r, bytes) else r
+
+    def open_one(self, message: bytes, source: Address | None, now: float) -> bytes | Opened:
         return self.table[message]
 
     def tick(self, now: float) -> list[bytes]:
@@ -160,11 +178,37 @@ def test_codec_drops_oversize_and_full_device_are_counted(rig: Any) -> None:
 
 def test_seal_fan_out_queueing_and_oversize(rig: Any) -> None:
     pump, dev, tr, _, _ = rig
+    pump.busy = True
     dev.inbox = [b"a" * 10, b"Qqueued", b"z" * 101]
     pump._on_device(selectors.EVENT_READ)
     assert tr.sent == [b"H", b"a" * 10]
     assert (pump.c.tx_packets, pump.c.tx_bytes) == (2, 17)  # queued counts as sent
     assert pump.c.drops == {"oversize": 1}
+
+
+def test_the_first_packet_takes_the_short_path_and_the_rest_follow(rig: Any) -> None:
+    pump, dev, tr, _, _ = rig
+    dev.inbox = [b"1st", b"a" * 10, b"1again"]
+    pump._on_device(selectors.EVENT_READ)  # after an idle wait: one packet per call
+    assert tr.sent_now == [b"one:1st"] and dev.inbox == [b"a" * 10, b"1again"]
+    pump.busy = True  # in a busy loop the rest of the batch follows
+    pump._on_device(selectors.EVENT_READ)
+    assert tr.sent == [b"one:1st", b"H", b"a" * 10, b"H", b"1again"]
+    assert (pump.c.tx_packets, pump.c.tx_bytes) == (3, 19)
+    dev.inbox = [b"a" * 101, b"1after"]  # an oversize first packet is dropped, not sealed
+    pump._on_device(selectors.EVENT_READ)
+    assert pump.c.drops == {"oversize": 1} and tr.sent[-2:] == [b"H", b"1after"]
+
+
+def test_a_bare_packet_from_open_one_is_written_and_moves_the_peer(rig: Any) -> None:
+    pump, dev, tr, codec, _ = rig
+    codec.table[b"d"] = b"pkt"
+    codec.table[b"big"] = b"x" * 101
+    pump.deliver(b"d", ("198.51.100.7", 9))
+    pump.deliver(b"d", ("198.51.100.7", 9))
+    assert dev.written == [b"pkt", b"pkt"] and tr.moves == [("198.51.100.7", 9)]
+    pump.deliver(b"big", ("198.51.100.7", 9))
+    assert (pump.c.rx_packets, pump.c.rx_bytes, pump.c.drops) == (2, 6, {"oversize": 1})
 
 
 def test_new_path_starts_the_codec_and_timers_send(rig: Any) -> None:

@@ -73,6 +73,13 @@ def _segment(f: bytes) -> tuple[int, int, int, int] | None:
     return iphl, hlen, _SEQ.unpack_from(f, tcp + 4)[0], flags
 
 
+def may_lead(frame: bytes) -> bool:
+    """True if ``frame`` could start a run that later frames join (a candidate segment
+    without PSH); a frame for which this is False may be written at once."""
+    seg = _segment(frame)
+    return seg is not None and not seg[3] & _PSH
+
+
 def _same_flow(a: bytes, b: bytes, iphl: int, hlen: int) -> bool:
     """Header bytes equal but for lengths, IPv4 id and checksum, seq, TCP csum, PSH."""
     s, t = _V, _V + iphl

@@ -13,6 +13,12 @@ Contract (:class:`Codec`):
     queued (bounded; the codec drops and counts the excess in ``stats()``), and may
     return handshake messages before the data. The pump counts the packet as sent.
 
+``seal_one(packet, now) -> bytes | None``
+    The per-packet fast path of ``seal`` for the steady state (a session is up, nothing
+    is queued, no timer or negotiation wants to add a message): the one message
+    ``seal`` would return, with the same effects; else None, with no effect at all (the
+    pump then calls ``seal``).
+
 ``open(message, source, now) -> Opened``
     A message received from the peer (one UDP datagram or one TCP frame). ``source`` is
     the sender's address for UDP, the connection's address for TCP, or None.
@@ -24,6 +30,11 @@ Contract (:class:`Codec`):
     ``Opened.authenticated`` says the message proves it comes from the peer (a codec
     without authentication sets it for every well-formed message); only then may a UDP
     transport move its peer endpoint to ``source`` (roaming) or learn its first peer.
+
+``open_one(message, source, now) -> bytes | Opened``
+    Exactly ``open``, except that its most common result, an authenticated message
+    carrying one packet and needing no reply (``Opened([packet], [], True)``), may come
+    back as that packet alone, without the ``Opened`` around it.
 
 ``tick(now) -> list[bytes]``
     Timer-driven messages (handshake retries, keepalives). The pump calls it when
@@ -69,7 +80,12 @@ class Codec(Protocol):
 
     def seal(self, packet: bytes, now: float) -> list[bytes]: ...
 
+    def seal_one(self, packet: bytes, now: float) -> bytes | None: ...
+
     def open(self, message: bytes, source: Address | None, now: float) -> Opened: ...
+
+    def open_one(self, message: bytes, source: Address | None, now: float) -> bytes | Opened:
+        ...
 
     def tick(self, now: float) -> list[bytes]: ...
 
@@ -108,6 +124,15 @@ class PlainCodec:
     def seal(self, packet: bytes, now: float) -> list[bytes]:
         self._last_send = now
         return [packet]
+
+    def seal_one(self, packet: bytes, now: float) -> bytes:
+        self._last_send = now
+        return packet
+
+    def open_one(self, message: bytes, source: Address | None, now: float) -> bytes | Opened:
+        if len(message) >= self.min_len and (not self.ip_check or message[0] >> 4 in (4, 6)):
+            return message
+        return self.open(message, source, now)
 
     def open(self, message: bytes, source: Address | None, now: float) -> Opened:
         n = len(message)

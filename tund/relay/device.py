@@ -31,6 +31,10 @@ class PacketDevice(Protocol):
         """
         ...
 
+    def read_one(self) -> bytes | None:
+        """One packet, or None when the device has none (as :meth:`read_batch`)."""
+        ...
+
     def write(self, packet: bytes) -> bool:
         """Write one packet; False when the device queue is full (the packet is lost).
 
@@ -40,6 +44,16 @@ class PacketDevice(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def _gone(fd: int) -> RelayError:
+    return RelayError(f"device fd {fd}: end of file (the device is gone)")
+
+
+def _check_read_error(fd: int, e: OSError) -> None:
+    """A read error other than "no packet now" (EAGAIN, EINTR) means the device is gone."""
+    if e.errno not in (errno.EAGAIN, errno.EINTR):
+        raise RelayError(f"device fd {fd}: read failed: {e.strerror} (errno {e.errno})") from e
 
 
 class FdDevice:
@@ -60,18 +74,25 @@ class FdDevice:
             for _ in range(limit):
                 p = read(fd, size)
                 if not p:
-                    raise RelayError(f"device fd {fd}: end of file (the device is gone)")
+                    raise _gone(fd)
                 out.append(p)
-        except BlockingIOError:
-            pass
-        except InterruptedError:
+        except (BlockingIOError, InterruptedError):
             pass
         except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.EINTR):
-                return out
-            raise RelayError(f"device fd {fd}: read failed: {e.strerror} (errno {e.errno})"
-                             ) from e
+            _check_read_error(fd, e)
         return out
+
+    def read_one(self) -> bytes | None:
+        try:
+            p = os.read(self.fd, self.read_size)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as e:
+            _check_read_error(self.fd, e)
+            return None
+        if not p:
+            raise _gone(self.fd)
+        return p
 
     def write(self, packet: bytes) -> bool:
         try:

@@ -121,11 +121,15 @@ ENVELOPE_LEN = _ENV.size
 _NUMBERED = 0x80000  # flow label bit: the low 15 bits are the super-packet's frame id
 
 
+_ZERO_ADDR = bytes(16)
+_ZERO_ADDRS = bytes(32)
+
+
 def envelope(frame: bytes, frame_id: int | None = None) -> bytes:
     """``frame`` inside an IPv6 header that says "253, from :: to ::" (see above); a
     super-packet's frame id goes in the flow label."""
     label = 0 if frame_id is None else _NUMBERED | frame_id & 0x7FFF
-    return _ENV.pack(0x60000000 | label, len(frame), 253, 0, bytes(16), bytes(16)) + frame
+    return _ENV.pack(0x60000000 | label, len(frame), 253, 0, _ZERO_ADDR, _ZERO_ADDR) + frame
 
 
 def envelope_frame_id(packet: bytes) -> int | None:
@@ -136,7 +140,7 @@ def envelope_frame_id(packet: bytes) -> int | None:
 
 def is_envelope(packet: bytes) -> bool:
     return (len(packet) > ENVELOPE_LEN and packet[0] == 0x60 and packet[6] == 253
-            and packet[8:40] == bytes(32))
+            and packet[8:40] == _ZERO_ADDRS)
 
 
 def frame_ok(frame: bytes) -> bool:
@@ -216,7 +220,24 @@ class OffloadCodec:
         self._hello_at = None
         self._hello_tries = 0
 
+    def seal_one(self, frame: bytes, now: float) -> bytes | None:
+        """:meth:`seal` for a frame that becomes one message: not a super-packet that
+        travels numbered or in chunks, no hello due (else None, nothing changed)."""
+        if self.peer_vnet:
+            if self.chunked and frame[1] != GSO_NONE:
+                return None
+            return self.inner.seal_one(envelope(frame) if self.enveloped else frame, now)
+        if (frame[1] != GSO_NONE or frame[0] & F_NEEDS_CSUM
+                or len(frame) - VNET_HDR_LEN > self.max_packet
+                or (self.negotiate and self._hello_tries < HELLO_TRIES
+                    and (self._hello_at is None or now - self._hello_at >= HELLO_RETRY))):
+            return None
+        return self.inner.seal_one(frame[VNET_HDR_LEN:], now)
+
     def seal(self, frame: bytes, now: float) -> list[bytes]:
+        message = self.seal_one(frame, now)
+        if message is not None:
+            return [message]
         if self.peer_vnet:
             fid = None
             if self.chunked and frame[1] != GSO_NONE:
@@ -241,8 +262,35 @@ class OffloadCodec:
             out += self.inner.seal(frame[VNET_HDR_LEN:], now)
         return out
 
+    def open_one(self, message: bytes, source: Address | None, now: float) -> bytes | Opened:
+        """:meth:`open`; a message that yields one frame and no reply comes back as the
+        frame alone: a valid frame, bare or in an unnumbered envelope, or a plain IPv4/IPv6
+        packet that is not protocol 253 (not a hello, advice, chunk or envelope)."""
+        p = self.inner.open_one(message, source, now)
+        if not isinstance(p, bytes):
+            return self._opened(p, now)
+        n = len(p)
+        v = p[0] >> 4 if n else -1
+        if v == 0:  # a vnet frame (a peer that takes them, without envelopes)
+            if frame_ok(p):
+                return p
+        elif v == 4 and 20 <= n <= self.max_packet and p[9] != 253:
+            return ZERO_HDR + p
+        elif v == 6 and n >= 40:
+            if p[6] != 253:
+                if n <= self.max_packet:
+                    return ZERO_HDR + p
+            elif self.enveloped and is_envelope(p) and not (p[1] & 0x0F | p[2] | p[3]):
+                frame = p[ENVELOPE_LEN:]  # an unnumbered envelope: no LossMeter news
+                if frame_ok(frame):
+                    return frame
+        return self._opened(Opened([p], [], True), now)
+
     def open(self, message: bytes, source: Address | None, now: float) -> Opened:
-        op = self.inner.open(message, source, now)
+        return self._opened(self.inner.open(message, source, now), now)
+
+    def _opened(self, op: Opened, now: float) -> Opened:
+        """What :meth:`open` makes of the inner codec's result ``op``."""
         if op.drop is not None or not op.packets:
             return op
         meter = self._meter

@@ -38,15 +38,17 @@ import socket
 import time
 from typing import Any
 
-from tund.relay.coalesce import coalesce
-from tund.relay.codec import Address, Codec
+from tund.relay.coalesce import coalesce, may_lead
+from tund.relay.codec import Address, Codec, Opened
 from tund.relay.counters import Counters
 from tund.relay.device import BATCH, PacketDevice
+from tund.relay.poller import Poller
 from tund.relay.transport import Transport, format_peer
 
 log = logging.getLogger("tund.relay.pump")
 
 MAX_WAIT = 1.0  # the loop wakes at least this often, even with nothing to do
+RECHECK = 0.001  # a busy loop reads the timers' deadlines at least this often
 RX_HOLD = 256  # vnet: frames held for coalescing before a write even within one batch
 
 
@@ -71,19 +73,25 @@ class Pump:
         self.max_packet = max_packet
         self.mtu = mtu if mtu is not None else max_packet  # max_packet - mtu = header room
         self.vnet = vnet  # device frames carry a vnet header; the codec checks the MTU
-        self.sel: selectors.BaseSelector = selectors.DefaultSelector()
+        self.sel = Poller()
         self.now = time.monotonic()
         self.wall = time.time()
         self._running = False
         self._device_watched = False
         self._reported: tuple[str, str | None] | None = None
         self._rx: list[bytes] = []  # vnet: frames for the device, written once per batch
+        self.busy = False  # see tund.relay.transport.Link.busy
         self.exit_code = 0
 
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> int:
-        """Run until ``stop`` or the control socket closes; return the exit code."""
+        """Run until ``stop`` or the control socket closes; return the exit code.
+
+        After a turn that did work the loop first polls without waiting, and reads the
+        timers' deadlines only when nothing is ready or ``RECHECK`` has passed: a packet
+        that arrives while one is being handled (the reply to what was just sent) is
+        taken at once. The loop only ever waits with fresh deadlines."""
         self.control.settimeout(2.0)  # sends may wait briefly; reads follow readiness
         self.sel.register(self.control, selectors.EVENT_READ, self._on_control)
         self._watch_device(True)
@@ -91,31 +99,43 @@ class Pump:
         self.transport.start(self.sel, self, self.now)
         self.report()
         self.transport.flush()  # what a new path said first (hello, handshake)
-        codec, transport, select = self.codec, self.transport, self.sel.select
+        codec, transport, poll, mono = self.codec, self.transport, self.sel.poll, time.monotonic
+        cd = td = None
+        recheck = 0.0
+        busy = False
         try:
             while self._running:
-                # deadlines are read once per turn; one that moved during the turn is
-                # seen at the next (ticks that come early are harmless by contract)
-                cd, td = codec.next_deadline(), transport.next_deadline()
-                now = time.monotonic()
-                wait = MAX_WAIT
-                if cd is not None and cd - now < wait:
-                    wait = cd - now
-                if td is not None and td - now < wait:
-                    wait = td - now
-                events = select(wait if wait > 0.0 else 0.0)
-                self.now = now = time.monotonic()
+                now = mono()
+                if busy and now < recheck:
+                    ready = poll(0.0)
+                    if not ready:
+                        busy = False
+                        continue
+                else:
+                    cd, td = codec.next_deadline(), transport.next_deadline()
+                    recheck = now + RECHECK
+                    wait = MAX_WAIT
+                    if cd is not None and cd - now < wait:
+                        wait = cd - now
+                    if td is not None and td - now < wait:
+                        wait = td - now
+                    ready = poll(wait if wait > 0.0 else 0.0)
+                self.now = now = mono()
                 self.wall = time.time()
-                for key, mask in events:
-                    key.data(mask)
+                self.busy = busy  # this turn follows one that did work, without a wait
+                busy = bool(ready)
+                for callback, mask in ready:
+                    callback(mask)
                     if not self._running:
                         break
                 if self._rx:
                     self._flush_rx()
                 if td is not None and now >= td:
                     transport.tick(now)
+                    recheck = 0.0  # the next turn reads the new deadlines
                 if cd is not None and now >= cd:
                     self._codec_timers(now)
+                    recheck = 0.0
                 transport.flush()
         finally:
             try:
@@ -145,7 +165,30 @@ class Pump:
     # ------------------------------------------------------------------ device -> peer
 
     def _on_device(self, mask: int) -> None:
-        packets = self.device.read_batch(BATCH)
+        # The first packet goes out before the rest are read, by the shortest path the
+        # codec and transport offer (seal_one, send_now). After an idle wait it is usually
+        # alone: the rest of the batch is read only in a busy loop, and otherwise the
+        # next poll (which does not wait after work) says whether more are there.
+        device, transport = self.device, self.transport
+        p = device.read_one()
+        if p is None:
+            return
+        message = self.codec.seal_one(p, self.now) if len(p) <= self.max_packet else None
+        if message is None:
+            self._send_packets([p])
+            transport.flush()
+        elif transport.send_now(message):
+            c = self.c
+            c.tx_packets += 1
+            c.tx_bytes += len(p)
+            c.last_tx = self.wall
+        if self.busy and not transport.backlogged:  # else the next poll says if more wait
+            self._send_packets(device.read_batch(BATCH - 1))
+            transport.flush()
+        if transport.backlogged:
+            self._watch_device(False)  # backpressure: the kernel's device queue drops
+
+    def _send_packets(self, packets: list[bytes]) -> None:
         seal, send, now, maxp = self.codec.seal, self.transport.send, self.now, self.max_packet
         n = nbytes = 0
         for p in packets:
@@ -164,9 +207,6 @@ class Pump:
             c.tx_packets += n
             c.tx_bytes += nbytes
             c.last_tx = self.wall
-        self.transport.flush()
-        if self.transport.backlogged:
-            self._watch_device(False)  # backpressure: the kernel's device queue drops
 
     def on_drained(self) -> None:
         self._watch_device(True)
@@ -174,20 +214,30 @@ class Pump:
     # ------------------------------------------------------------------ peer -> device
 
     def deliver(self, message: bytes, source: Address | None) -> None:
-        op = self.codec.open(message, source, self.now)
-        c = self.c
+        opened = self.codec.open_one(message, source, self.now)
+        if not isinstance(opened, bytes):
+            self._deliver_opened(opened, source)
+            return
+        # the common case: authenticated, one packet, no reply
+        transport = self.transport
+        if source is not None and source != transport.peer:
+            transport.set_peer(source)
+        if self.vnet and (self._rx or may_lead(opened)):
+            self._hold(opened)  # written at the end of the batch, coalesced
+        else:
+            self._write_one(opened)  # nothing could join it: no need to wait
+
+    def _deliver_opened(self, op: Opened, source: Address | None) -> None:
         if op.drop is not None:
-            c.drop(op.drop)
+            self.c.drop(op.drop)
             return
         if op.authenticated and source is not None and source != self.transport.peer:
             self.transport.set_peer(source)
-        if op.packets:
-            if self.vnet:  # written at the end of the batch, coalesced (tund.relay.coalesce)
-                self._rx += op.packets
-                if len(self._rx) >= RX_HOLD:
-                    self._flush_rx()
+        for p in op.packets:
+            if self.vnet and (self._rx or may_lead(p)):
+                self._hold(p)
             else:
-                self._write(op.packets)
+                self._write_one(p)
         if op.authenticated or source is None:
             for r in op.replies:
                 self.transport.send(r)
@@ -195,26 +245,34 @@ class Pump:
             for r in op.replies:
                 self.transport.reply_to(r, source)
 
+    def _hold(self, frame: bytes) -> None:
+        """vnet: keep ``frame`` for :func:`~tund.relay.coalesce.coalesce` at the end of
+        the loop iteration (or once ``RX_HOLD`` frames wait)."""
+        rx = self._rx
+        rx.append(frame)
+        if len(rx) >= RX_HOLD:
+            self._flush_rx()
+
     def _flush_rx(self) -> None:
         rx, self._rx = self._rx, []
-        self._write(coalesce(rx))
+        for p in coalesce(rx):
+            self._write_one(p)
 
-    def _write(self, packets: list[bytes]) -> None:
-        write, maxp, c = self.device.write, self.max_packet, self.c
-        for p in packets:
-            if len(p) > maxp:
-                c.drop("oversize")
-                continue
-            try:
-                if not write(p):
-                    c.drop("device_full")
-                    continue
-            except OSError:
-                c.errors += 1
-                continue
-            c.rx_packets += 1
-            c.rx_bytes += len(p)
-            c.last_rx = self.wall
+    def _write_one(self, p: bytes) -> None:
+        c = self.c
+        if len(p) > self.max_packet:
+            c.drop("oversize")
+            return
+        try:
+            if not self.device.write(p):
+                c.drop("device_full")
+                return
+        except OSError:
+            c.errors += 1
+            return
+        c.rx_packets += 1
+        c.rx_bytes += len(p)
+        c.last_rx = self.wall
 
     # ------------------------------------------------------------------ state, control
 

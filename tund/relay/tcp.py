@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from tund.relay.codec import Address
 from tund.relay.counters import Counters
 from tund.relay.framing import MAX_FRAME, FrameDecoder
+from tund.relay.poller import Registry
 from tund.relay.transport import Backoff, Link, format_peer, resolve
 
 log = logging.getLogger("tund.relay.tcp")
@@ -69,12 +70,12 @@ class TcpTransport:
         self._paused = False  # told the pump we are backlogged
         self._rbuf = bytearray(RECV_SIZE)
         self._rview = memoryview(self._rbuf)
-        self._sel: selectors.BaseSelector | None = None
+        self._sel: Registry | None = None
         self._link: Link | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, sel: selectors.BaseSelector, link: Link, now: float) -> None:
+    def start(self, sel: Registry, link: Link, now: float) -> None:
         self._sel, self._link = sel, link
         if self.listen_sock is not None and self.role == "listen":
             self.listen_sock.setblocking(False)
@@ -262,6 +263,12 @@ class TcpTransport:
         out += _pack_len(n)
         out += message
         return True
+
+    def send_now(self, message: bytes) -> bool:
+        ok = self.send(message)
+        if ok and not self._writing:
+            self._write()  # (send() saw a connection that is up)
+        return ok
 
     def reply_to(self, message: bytes, source: Address) -> bool:
         return self.send(message)  # the source is the connection's other end

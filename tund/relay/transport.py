@@ -11,15 +11,23 @@ learned peer, endpoint not resolvable) and ``"up"``.
 from __future__ import annotations
 
 import random
-import selectors
 import socket
 from typing import Any, Protocol
 
 from tund.relay.codec import Address
+from tund.relay.poller import Registry
 
 
 class Link(Protocol):
-    """What a transport calls back (implemented by the pump)."""
+    """What a transport calls back (implemented by the pump).
+
+    ``busy``: the current loop turn follows one that did work, without a wait in
+    between. A readiness callback then reads a whole batch; otherwise (after an idle
+    wait) it may take one message and leave the rest to the next poll, which does not
+    wait: the message is handled without first paying for the read that finds none.
+    """
+
+    busy: bool
 
     def deliver(self, message: bytes, source: Address | None) -> None:
         """One message (UDP datagram / TCP frame) arrived from ``source``."""
@@ -40,12 +48,17 @@ class Transport(Protocol):
     state: str
     peer: Address | None
 
-    def start(self, sel: selectors.BaseSelector, link: Link, now: float) -> None:
+    def start(self, sel: Registry, link: Link, now: float) -> None:
         """Register sockets, start connecting (role remote) or accepting (role listen)."""
         ...
 
     def send(self, message: bytes) -> bool:
         """Queue or send one message; False if it was dropped (cause already counted)."""
+        ...
+
+    def send_now(self, message: bytes) -> bool:
+        """``send`` then ``flush``, in fewer steps when nothing is queued (the latency
+        path: one message after an idle wait). False if it was dropped (counted)."""
         ...
 
     def reply_to(self, message: bytes, source: Address) -> bool:

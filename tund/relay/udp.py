@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from tund.relay.codec import Address
 from tund.relay.counters import Counters
+from tund.relay.poller import Registry
 from tund.relay.transport import Backoff, Link, format_peer, resolve
 
 log = logging.getLogger("tund.relay.udp")
@@ -102,7 +103,7 @@ class UdpTransport:
         self._deadline: float | None = None
         self._rbuf = bytearray(RECV_SIZE)
         self._rview = memoryview(self._rbuf)
-        self._sel: selectors.BaseSelector | None = None
+        self._sel: Registry | None = None
         self._link: Link | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -110,7 +111,7 @@ class UdpTransport:
         self._train_max = 1 << 16  # datagrams this large are sent alone (path MTU; EMSGSIZE)
         self._gro = False
 
-    def start(self, sel: selectors.BaseSelector, link: Link, now: float) -> None:
+    def start(self, sel: Registry, link: Link, now: float) -> None:
         self._sel, self._link = sel, link
         if self.role == "listen":
             assert self.sock is not None
@@ -191,7 +192,7 @@ class UdpTransport:
         assert sock is not None and link is not None
         deliver, gro = link.deliver, self._gro
         recv = sock.recvmsg_into if gro else None
-        for _ in range(RECV_BATCH):
+        for _ in range(RECV_BATCH if link.busy else 1):  # (see Link.busy)
             size = 0
             try:
                 if recv is not None:
@@ -228,6 +229,13 @@ class UdpTransport:
         if self._out_bytes >= FLUSH_BYTES:
             self.flush()
         return True
+
+    def send_now(self, message: bytes) -> bool:
+        if self._out:
+            ok = self.send(message)
+            self.flush()
+            return ok
+        return self._send_to(message, self.peer)
 
     def flush(self) -> None:
         """Send what :meth:`send` queued, in order (see the module docstring)."""

@@ -57,7 +57,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from cryptography.exceptions import InvalidTag
 
@@ -191,24 +191,31 @@ class WireGuardCodec:
 
     def seal(self, packet: bytes, now: float) -> list[bytes]:
         """Stage ``packet`` and send what the session allows (see module docstring)."""
+        message = self.seal_one(packet, now)
+        if message is not None:
+            return [message]
         self._now = now
         if self._packet_info:
             packet = packet[4:]
-        kp = self._keys.current
-        if (kp is not None and packet and not self._staged
-                and kp.send_counter < self._direct_messages
-                and now - kp.created < self._direct_age):
-            return [self._seal_direct(kp, packet, now)]
         if len(self._staged) >= self._staged_max:
             self._staged.popleft()
             self._drops["no_session"] += 1
         self._staged.append(packet)
         return self._send_staged(now)
 
-    def _seal_direct(self, kp: Keypair, packet: bytes, now: float) -> bytes:
+    def seal_one(self, packet: bytes, now: float) -> bytes | None:
         """The per-packet path of :meth:`seal`: a usable current keypair that needs no
-        rekey, nothing staged, a non-empty packet. Does what :meth:`_send_staged` does
-        for that case, without the queue."""
+        rekey, nothing staged, a non-empty packet (else None, nothing changed). Does what
+        :meth:`_send_staged` does for that case, without the queue."""
+        kp = self._keys.current
+        if (kp is None or self._staged or kp.send_counter >= self._direct_messages
+                or now - kp.created >= self._direct_age):
+            return None
+        if self._packet_info:
+            packet = packet[4:]
+        if not packet:
+            return None
+        self._now = now
         counter = kp.send_counter
         kp.send_counter = counter + 1
         if self._tun:
@@ -257,6 +264,16 @@ class WireGuardCodec:
         if isinstance(m, msgs.Initiation):
             return self._open_initiation(m, now)
         return self._open_response(m, now)
+
+    def open_one(self, message: bytes, source: Address | None, now: float) -> bytes | Opened:
+        """:meth:`open`; a transport message with one packet and no reply comes back as
+        the packet alone."""
+        if _MIN_LEN <= len(message) <= _MAX_LEN:
+            word, receiver, counter = _unpack_header(message)
+            if word == _TRANSPORT_WORD:
+                self._now = now
+                return self._open_transport(receiver, counter, message, now, True)
+        return self.open(message, source, now)
 
     def tick(self, now: float) -> list[bytes]:
         """Run every expired timer; harmless when none is due."""
@@ -460,9 +477,18 @@ class WireGuardCodec:
             return self._drop("bad_cookie")
         return Opened([], [], False, None)
 
+    @overload
     def _open_transport(self, receiver: int, counter: int, message: bytes,
-                        now: float) -> Opened:
-        """A well-formed transport message (header fields already unpacked)."""
+                        now: float) -> Opened: ...
+
+    @overload
+    def _open_transport(self, receiver: int, counter: int, message: bytes,
+                        now: float, one: Literal[True]) -> Opened | bytes: ...
+
+    def _open_transport(self, receiver: int, counter: int, message: bytes,
+                        now: float, one: bool = False) -> Opened | bytes:
+        """A well-formed transport message (header fields already unpacked); with
+        ``one``, a single packet without replies comes back bare (:meth:`open_one`)."""
         keys = self._keys
         kp = keys.current
         if kp is None or kp.local_index != receiver:
@@ -497,25 +523,32 @@ class WireGuardCodec:
             deadline["send_keepalive"] = now + self._keepalive_timeout
         else:
             self._need_another_keepalive = True
+        packet: bytes | None
         if self._tun and not self._packet_info:  # ip_length and _to_device, inline
             size = len(plain)
             version = plain[0] >> 4
             if version == 4 and size >= 20:
                 length = plain[2] << 8 | plain[3]
                 if 20 <= length <= size:
-                    return Opened([plain if length == size else plain[:length]], replies,
-                                  True, None)
+                    packet = plain if length == size else plain[:length]
+                    if one and not replies:
+                        return packet
+                    return Opened([packet], replies, True, None)
             elif version == 6 and size >= 40:
                 length = 40 + (plain[4] << 8 | plain[5])
                 if length <= size:
-                    return Opened([plain if length == size else plain[:length]], replies,
-                                  True, None)
+                    packet = plain if length == size else plain[:length]
+                    if one and not replies:
+                        return packet
+                    return Opened([packet], replies, True, None)
             packet = None
         else:
             packet = self._to_device(plain)
         if packet is None:
             self._drops["invalid_packet"] += 1
             return Opened([], replies, True, "invalid_packet")
+        if one and not replies:
+            return packet
         return Opened([packet], replies, True, None)
 
     def _to_device(self, plain: bytes) -> bytes | None:
