@@ -13,7 +13,7 @@ import pytest
 
 from tests.unit.test_relay_chunks import DST4, DST6, SRC4, SRC6, ip_ok, kernel_checksum_ok
 from tund.relay.chunks import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, VNET, ipv4_header_checksum
-from tund.relay.coalesce import MAX_SEGMENTS, coalesce
+from tund.relay.coalesce import MAX_SEGMENTS, coalesce, may_lead
 
 ACK, PSH, FIN, SYN = 0x10, 0x08, 0x01, 0x02
 ZERO = bytes(VNET.size)
@@ -119,3 +119,16 @@ def test_runs_are_capped() -> None:
     assert len(out) == 2 and all(len(f) - VNET.size <= 0xFFFF for f in out)
     assert b"".join(f[VNET.size + 52:] for f in out) == payload
     assert all(kernel_checksum_ok(f) for f in out)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_may_lead_says_which_frames_must_wait_for_a_run(v6: bool) -> None:
+    """Only a data segment without PSH may start a run; anything else can be written at
+    once (the pump's latency path relies on "False" being right)."""
+    assert may_lead(segment(1, b"x" * 1000, v6=v6))
+    assert not may_lead(segment(1, b"x" * 1000, ACK | PSH, v6=v6))
+    assert not may_lead(segment(1, b"", v6=v6))  # a bare ACK
+    assert not may_lead(segment(1, b"x" * 10, ACK | SYN, v6=v6))
+    udp = bytearray(segment(1, b"x" * 1000, v6=v6))
+    udp[len(ZERO) + (6 if v6 else 9)] = 17
+    assert not may_lead(bytes(udp)) and not may_lead(ZERO + b"\x45")

@@ -7,7 +7,7 @@ import struct
 from tests.unit.test_relay_chunks import kernel_checksum_ok, tso_frame
 from tund.relay import chunks
 from tund.relay.chunks import F_NEEDS_CSUM, GSO_TCPV4, WAIT, LossMeter
-from tund.relay.codec import PlainCodec
+from tund.relay.codec import Opened, PlainCodec
 from tund.relay.offload import (
     ENVELOPE_LEN,
     VNET_HDR_LEN,
@@ -209,3 +209,62 @@ def test_super_packets_go_whole_until_the_peer_sees_them_lost_then_in_chunks() -
     assert len(wire) > 40 and all(chunks.is_chunk(w) for w in wire)
     assert [f for w in wire for f in b.open(w, PEER, 3.0).packets] == [frame]
     assert parse_hello(mode_advice(True)) is None and parse_mode_advice(hello(True)) is None
+
+
+def _twins(**kw: bool) -> tuple[OffloadCodec, OffloadCodec]:
+    def one() -> OffloadCodec:
+        return OffloadCodec(PlainCodec(ip_check=True), Switch(), max_packet=1400,
+                            drops=dict[str, int](), **kw)
+    return one(), one()
+
+
+def _state(c: OffloadCodec) -> tuple[object, ...]:
+    return (c.peer_vnet, c.send_chunks, c._hello_tries, c._hello_at, c._frame_id,
+            dict(c.drops), {k: v for k, v in vars(c._meter).items() if k != "now"},
+            c._reasm.deadline, c.stats())  # (the meter's clock is set before each use)
+
+
+def _as_opened(r: bytes | Opened) -> Opened:
+    return Opened([r], [], True) if isinstance(r, bytes) else r
+
+
+def test_open_one_and_seal_one_do_exactly_what_open_and_seal_do() -> None:
+    """Every kind of message and frame, before and after the hello, enveloped or not:
+    the short paths give the same result and leave the same state as the general ones
+    (and say None, changing nothing, where they do not apply)."""
+    tcp = tso_frame(payload_len=3000)
+    numbered = envelope(tcp, 7)
+    v6 = bytes([0x60, 0, 0, 0, 0, 8, 17, 64]) + bytes(32) + bytes(8)
+    proto253 = bytes([0x45, 0, 0, 28, 0, 0, 0, 0, 64, 253]) + bytes(18)
+    messages = [IP4, v6, proto253, hello(False), hello(True), mode_advice(True),
+                mode_advice(False), envelope(vnet(0, 0, IP4)), numbered,
+                envelope(b"\x7f" + bytes(30)), vnet(0, 0, IP4), b"\x45", b"",
+                IP4 + bytes(1400), bytes([0x50]) + bytes(30)]
+    messages += chunks.split(tcp, 1400, 9) or []
+    frames = [ZERO_HDR + IP4, tcp, vnet(F_NEEDS_CSUM, 0, IP4), ZERO_HDR + IP4 + bytes(1400)]
+    short = {"open": 0, "seal": 0}  # how often the short paths applied
+    for kw in ({}, {"enveloped": True}, {"enveloped": True, "chunked": True},
+               {"chunked": True}):
+        for hello_first in (False, True):
+            a, b = _twins(**kw)
+            if hello_first:
+                a.open(hello(False), PEER, 0.0)
+                b.open(hello(False), PEER, 0.0)
+            for i, m in enumerate(messages):
+                now = 1.0 + i
+                r = a.open_one(m, PEER, now)
+                short["open"] += isinstance(r, bytes)
+                assert _as_opened(r) == b.open(m, PEER, now), (kw, m)
+                assert _state(a) == _state(b), (kw, m)
+            for i, f in enumerate(frames * 2):
+                now = 50.0 + i * 0.3
+                before = _state(a)
+                one = a.seal_one(f, now)
+                if one is None:
+                    assert _state(a) == before, (kw, f)
+                    assert a.seal(f, now) == b.seal(f, now), (kw, f)
+                else:
+                    short["seal"] += 1
+                    assert [one] == b.seal(f, now), (kw, f)
+                assert _state(a) == _state(b), (kw, f)
+    assert short["open"] >= 16 and short["seal"] >= 16, short

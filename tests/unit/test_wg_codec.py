@@ -206,6 +206,30 @@ def test_transport_replay_and_reorder_in_the_codec() -> None:
     assert p.b.stats()["wg_drops"] == {"replay": 1}
 
 
+def test_the_short_paths_seal_and_open_one_packet_and_defer_everything_else() -> None:
+    p = pair()
+    assert p.a.seal_one(ip_packet(), 1.0) is None  # no session: nothing staged, nothing sent
+    assert p.a.stats()["session"] == "none"
+    init, _, _ = handshake(p)
+    assert isinstance(p.b.open_one(init, SRC, 2.0), Opened)  # a handshake (here a stale one)
+    msgs = [p.a.seal_one(ip_packet(40, i), 2.0) for i in range(3)]
+    assert all(isinstance(m, bytes) for m in msgs)
+    assert p.b.open_one(msgs[1], SRC, 2.0) == ip_packet(40, 1)  # bare: one packet, no reply
+    assert p.b.open_one(msgs[0], SRC, 2.0) == ip_packet(40, 0)
+    replayed = p.b.open_one(msgs[1], SRC, 2.0)
+    assert isinstance(replayed, Opened) and replayed.drop == "replay"
+    assert isinstance(p.b.open_one(flip(msgs[2], 40), SRC, 2.0), Opened)  # "decrypt" drop
+    assert p.b.open_one(msgs[2], SRC, 2.0) == ip_packet(40, 2)
+    (keepalive,) = p.b.tick(2.0 + 10.5)  # B received data and sent nothing: a keepalive
+    got = p.a.open_one(keepalive, SRC, 12.5)
+    assert isinstance(got, Opened) and got.packets == [] and got.authenticated
+    assert p.b.stats()["wg_drops"] == {"stale_timestamp": 1, "replay": 1, "decrypt": 1}
+    # near rekey time the short path steps aside and seal() starts the new handshake
+    p.wall.t += 200
+    assert p.a.seal_one(ip_packet(), 130.0) is None
+    assert [len(m) for m in p.a.seal(ip_packet(), 130.0)] == [64, 148]
+
+
 # ----------------------------------------------------------------------------- tampering
 
 

@@ -76,6 +76,8 @@ def _segment(f: bytes) -> tuple[int, int, int, int] | None:
 def may_lead(frame: bytes) -> bool:
     """True if ``frame`` could start a run that later frames join (a candidate segment
     without PSH); a frame for which this is False may be written at once."""
+    if len(frame) < _V + 60 or 6 not in (frame[_V + 9], frame[_V + 6]):
+        return False  # not TCP (IPv4 protocol, IPv6 next header): the common quick answer
     seg = _segment(frame)
     return seg is not None and not seg[3] & _PSH
 

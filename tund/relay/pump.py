@@ -1,27 +1,35 @@
-"""The packet loop of one worker: one selector, readiness -> bounded batches -> counters.
+"""The packet loop of one worker: one epoll, readiness -> bounded batches -> counters.
 
 Outbound (device -> peer)::
 
-    device fd --read_batch(64)--> size check --codec.seal--> transport.send
-        (drops: "oversize")                                   (drops: "no_peer",
+    device fd --read_one--> size check --codec.seal_one--> transport.send_now
+              (after an idle wait: the latency path; None from seal_one -> as below)
+    device fd --read_batch(63)--> size check --codec.seal--> transport.send
+        (drops: "oversize")        (busy loop only)         (drops: "no_peer",
                                                                "queue_full")
     ... once per loop iteration: transport.flush()   (TCP: one send for the batch)
     transport.backlogged -> stop watching the device until on_drained()
 
 Inbound (peer -> device)::
 
-    socket --recv--> [TCP: FrameDecoder] --> deliver --codec.open--> device.write
+    socket --recv--> [TCP: FrameDecoder] --> deliver --codec.open_one--> device.write
                         (drops: "oversize",        (drops: codec causes;  (drops: "oversize",
                          "malformed")               replies -> send;       "device_full")
                                                     authenticated -> set_peer)
 
+``open_one`` gives the common result (one packet, authenticated, no reply) bare; the rest
+comes as an ``Opened``. After an idle wait a transport reads one message per readiness
+event (``busy`` is False, see :class:`tund.relay.transport.Link`); the loop then polls
+without waiting, so more that arrived are taken at once, and in a busy loop in batches.
+
 With a vnet device over UDP the codec rebuilds super-packets from chunks; one whose
 missing chunks never came is written in pieces when the codec's deadline passes. With a
-vnet device, what a batch of messages yields for the device is held until the end of the
-loop iteration (or ``RX_HOLD`` frames) and written through
-:func:`tund.relay.coalesce.coalesce`: runs of plain TCP segments go in as one super-frame.
+vnet device, TCP segments that could start a run (:func:`tund.relay.coalesce.may_lead`,
+or anything behind one) are held until the end of the loop iteration (or ``RX_HOLD``
+frames) and written through :func:`tund.relay.coalesce.coalesce`: runs of plain TCP
+segments go in as one super-frame; every other frame is written at once.
 
-Control: the daemon's SEQPACKET socket is watched by the same selector, so a ``ping``
+Control: the daemon's SEQPACKET socket is watched by the same epoll, so a ``ping``
 is answered only by a loop that is really turning. ``stop`` ends the loop after the
 current batch; a closed control socket (the daemon died) ends it too. Every change of
 ``(state, peer)`` is reported with a ``state`` message.

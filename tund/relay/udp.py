@@ -103,6 +103,7 @@ class UdpTransport:
         self._deadline: float | None = None
         self._rbuf = bytearray(RECV_SIZE)
         self._rview = memoryview(self._rbuf)
+        self._rviews = [self._rview]  # recvmsg_into's buffer list, made once
         self._sel: Registry | None = None
         self._link: Link | None = None
         self._out: list[bytes] = []
@@ -190,13 +191,13 @@ class UdpTransport:
     def _on_readable(self, mask: int) -> None:
         sock, view, link = self.sock, self._rview, self._link
         assert sock is not None and link is not None
-        deliver, gro = link.deliver, self._gro
+        deliver, gro, views = link.deliver, self._gro, self._rviews
         recv = sock.recvmsg_into if gro else None
         for _ in range(RECV_BATCH if link.busy else 1):  # (see Link.busy)
             size = 0
             try:
                 if recv is not None:
-                    n, anc, _flags, addr = recv([view], _GRO_SPACE)
+                    n, anc, _flags, addr = recv(views, _GRO_SPACE)
                     for level, kind, data in anc:
                         if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
                             size = struct.unpack_from("=i", data)[0]
