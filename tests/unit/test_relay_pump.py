@@ -178,7 +178,7 @@ def test_codec_drops_oversize_and_full_device_are_counted(rig: Any) -> None:
 
 def test_seal_fan_out_queueing_and_oversize(rig: Any) -> None:
     pump, dev, tr, _, _ = rig
-    pump.busy = True
+    pump.busy, pump._device_turn = True, pump.turn - 1  # a stream: batches
     dev.inbox = [b"a" * 10, b"Qqueued", b"z" * 101]
     pump._on_device(selectors.EVENT_READ)
     assert tr.sent == [b"H", b"a" * 10]
@@ -191,11 +191,12 @@ def test_the_first_packet_takes_the_short_path_and_the_rest_follow(rig: Any) -> 
     dev.inbox = [b"1st", b"a" * 10, b"1again"]
     pump._on_device(selectors.EVENT_READ)  # after an idle wait: one packet per call
     assert tr.sent_now == [b"one:1st"] and dev.inbox == [b"a" * 10, b"1again"]
-    pump.busy = True  # in a busy loop the rest of the batch follows
-    pump._on_device(selectors.EVENT_READ)
+    pump.busy, pump.turn = True, pump.turn + 1  # the device again in the next busy turn:
+    pump._on_device(selectors.EVENT_READ)  # a stream, the rest of the batch follows
     assert tr.sent == [b"one:1st", b"H", b"a" * 10, b"H", b"1again"]
     assert (pump.c.tx_packets, pump.c.tx_bytes) == (3, 19)
     dev.inbox = [b"a" * 101, b"1after"]  # an oversize first packet is dropped, not sealed
+    pump.turn += 1
     pump._on_device(selectors.EVENT_READ)
     assert pump.c.drops == {"oversize": 1} and tr.sent[-2:] == [b"H", b"1after"]
 

@@ -5,7 +5,7 @@ Outbound (device -> peer)::
     device fd --read_one--> size check --codec.seal_one--> transport.send_now
               (after an idle wait: the latency path; None from seal_one -> as below)
     device fd --read_batch(63)--> size check --codec.seal--> transport.send
-        (drops: "oversize")        (busy loop only)         (drops: "no_peer",
+        (drops: "oversize")     (ready in the last turn too)  (drops: "no_peer",
                                                                "queue_full")
     ... once per loop iteration: transport.flush()   (TCP: one send for the batch)
     transport.backlogged -> stop watching the device until on_drained()
@@ -89,6 +89,8 @@ class Pump:
         self._reported: tuple[str, str | None] | None = None
         self._rx: list[bytes] = []  # vnet: frames for the device, written once per batch
         self.busy = False  # see tund.relay.transport.Link.busy
+        self.turn = 0  # loop turns that handled events
+        self._device_turn = -2  # the last turn that read the device
         self.exit_code = 0
 
     # ------------------------------------------------------------------ the loop
@@ -131,6 +133,7 @@ class Pump:
                 self.now = now = mono()
                 self.wall = time.time()
                 self.busy = busy  # this turn follows one that did work, without a wait
+                self.turn += 1
                 busy = bool(ready)
                 for callback, mask in ready:
                     callback(mask)
@@ -174,9 +177,9 @@ class Pump:
 
     def _on_device(self, mask: int) -> None:
         # The first packet goes out before the rest are read, by the shortest path the
-        # codec and transport offer (seal_one, send_now). After an idle wait it is usually
-        # alone: the rest of the batch is read only in a busy loop, and otherwise the
-        # next poll (which does not wait after work) says whether more are there.
+        # codec and transport offer (seal_one, send_now). The rest of the batch is read
+        # only when the device was ready in the turn before too (a stream); a lone packet
+        # (a request, or the answer to what just arrived) leaves no read behind it.
         device, transport = self.device, self.transport
         p = device.read_one()
         if p is None:
@@ -190,7 +193,9 @@ class Pump:
             c.tx_packets += 1
             c.tx_bytes += len(p)
             c.last_tx = self.wall
-        if self.busy and not transport.backlogged:  # else the next poll says if more wait
+        again, self._device_turn = self._device_turn == self.turn - 1, self.turn
+        if again and self.busy and not transport.backlogged:  # a stream: read the batch
+            # (else the next poll, which does not wait, says whether more are there)
             self._send_packets(device.read_batch(BATCH - 1))
             transport.flush()
         if transport.backlogged:
