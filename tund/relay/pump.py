@@ -122,6 +122,7 @@ class Pump:
                         busy = False
                         continue
                 else:
+                    busy = False  # (what this poll finds may have waited)
                     cd, td = codec.next_deadline(), transport.next_deadline()
                     recheck = now + RECHECK
                     wait = MAX_WAIT
