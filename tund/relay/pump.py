@@ -56,7 +56,7 @@ from tund.relay.transport import Transport, format_peer
 log = logging.getLogger("tund.relay.pump")
 
 MAX_WAIT = 1.0  # the loop wakes at least this often, even with nothing to do
-RECHECK = 0.001  # a busy loop reads the timers' deadlines at least this often
+RECHECK = 0.00025  # a busy loop reads the timers' deadlines at least this often
 RX_HOLD = 256  # vnet: frames held for coalescing before a write even within one batch
 
 
@@ -99,9 +99,10 @@ class Pump:
         """Run until ``stop`` or the control socket closes; return the exit code.
 
         After a turn that did work the loop first polls without waiting, and reads the
-        timers' deadlines only when nothing is ready or ``RECHECK`` has passed: a packet
-        that arrives while one is being handled (the reply to what was just sent) is
-        taken at once. The loop only ever waits with fresh deadlines."""
+        timers' deadlines only when nothing is ready or ``RECHECK`` has passed since its
+        last wait or read: a packet that arrives while one is being handled (the reply to
+        what was just sent) is taken at once. The loop only ever waits with fresh
+        deadlines; a deadline moved earlier by a busy turn is seen within ``RECHECK``."""
         self.control.settimeout(2.0)  # sends may wait briefly; reads follow readiness
         self.sel.register(self.control, selectors.EVENT_READ, self._on_control)
         self._watch_device(True)
@@ -121,17 +122,18 @@ class Pump:
                     if not ready:
                         busy = False
                         continue
+                    self.now = now = mono()
                 else:
-                    busy = False  # (what this poll finds may have waited)
                     cd, td = codec.next_deadline(), transport.next_deadline()
-                    recheck = now + RECHECK
                     wait = MAX_WAIT
                     if cd is not None and cd - now < wait:
                         wait = cd - now
                     if td is not None and td - now < wait:
                         wait = td - now
                     ready = poll(wait if wait > 0.0 else 0.0)
-                self.now = now = mono()
+                    # nothing ran while it waited: the deadlines hold until RECHECK after
+                    self.now = now = mono()
+                    recheck = now + RECHECK
                 self.wall = time.time()
                 self.busy = busy  # this turn follows one that did work, without a wait
                 self.turn += 1
