@@ -3,9 +3,10 @@
 Outbound (device -> peer)::
 
     device fd --read_one--> size check --codec.seal_one--> transport.send_now
-              (after an idle wait: the latency path; None from seal_one -> as below)
-    device fd --read_batch(63)--> size check --codec.seal--> transport.send
-        (drops: "oversize")     (ready in the last turn too)  (drops: "no_peer",
+              (not a stream: the latency path; None from seal_one -> as below)
+    device fd --read_batch(64)--> size check --codec.seal--> transport.send
+        (drops: "oversize")   (a stream: ready in the turn before too, busy)
+                                                              (drops: "no_peer",
                                                                "queue_full")
     ... once per loop iteration: transport.flush()   (TCP: one send for the batch)
     transport.backlogged -> stop watching the device until on_drained()
@@ -24,10 +25,11 @@ without waiting, so more that arrived are taken at once, and in a busy loop in b
 
 With a vnet device over UDP the codec rebuilds super-packets from chunks; one whose
 missing chunks never came is written in pieces when the codec's deadline passes. With a
-vnet device, TCP segments that could start a run (:func:`tund.relay.coalesce.may_lead`,
-or anything behind one) are held until the end of the loop iteration (or ``RX_HOLD``
-frames) and written through :func:`tund.relay.coalesce.coalesce`: runs of plain TCP
-segments go in as one super-frame; every other frame is written at once.
+vnet device, what a busy turn yields for the device (after an idle wait: only TCP
+segments that could start a run, :func:`tund.relay.coalesce.may_lead`, or anything behind
+one) is held until the end of the loop iteration (or ``RX_HOLD`` frames) and written
+through :func:`tund.relay.coalesce.coalesce`: runs of plain TCP segments go in as one
+super-frame; other frames after an idle wait are written at once.
 
 Control: the daemon's SEQPACKET socket is watched by the same epoll, so a ``ping``
 is answered only by a loop that is really turning. ``stop`` ends the loop after the
@@ -179,28 +181,29 @@ class Pump:
     # ------------------------------------------------------------------ device -> peer
 
     def _on_device(self, mask: int) -> None:
-        # The first packet goes out before the rest are read, by the shortest path the
-        # codec and transport offer (seal_one, send_now). The rest of the batch is read
-        # only when the device was ready in the turn before too (a stream); a lone packet
-        # (a request, or the answer to what just arrived) leaves no read behind it.
+        # A stream (the device was ready in the turn before too, in a busy loop) is read
+        # in batches. Otherwise one packet goes out by the shortest path the codec and
+        # transport offer (seal_one, send_now), and the next poll, which does not wait
+        # after work, says whether more are there: a lone packet (a request, or the
+        # answer to what just arrived) leaves no read behind it.
         device, transport = self.device, self.transport
-        p = device.read_one()
-        if p is None:
-            return
-        message = self.codec.seal_one(p, self.now) if len(p) <= self.max_packet else None
-        if message is None:
-            self._send_packets([p])
-            transport.flush()
-        elif transport.send_now(message):
-            c = self.c
-            c.tx_packets += 1
-            c.tx_bytes += len(p)
-            c.last_tx = self.wall
         again, self._device_turn = self._device_turn == self.turn - 1, self.turn
-        if again and self.busy and not transport.backlogged:  # a stream: read the batch
-            # (else the next poll, which does not wait, says whether more are there)
-            self._send_packets(device.read_batch(BATCH - 1))
+        if again and self.busy:
+            self._send_packets(device.read_batch(BATCH))
             transport.flush()
+        else:
+            p = device.read_one()
+            if p is None:
+                return
+            message = self.codec.seal_one(p, self.now) if len(p) <= self.max_packet else None
+            if message is None:
+                self._send_packets([p])
+                transport.flush()
+            elif transport.send_now(message):
+                c = self.c
+                c.tx_packets += 1
+                c.tx_bytes += len(p)
+                c.last_tx = self.wall
         if transport.backlogged:
             self._watch_device(False)  # backpressure: the kernel's device queue drops
 
@@ -238,7 +241,7 @@ class Pump:
         transport = self.transport
         if source is not None and source != transport.peer:
             transport.set_peer(source)
-        if self.vnet and (self._rx or may_lead(opened)):
+        if self.vnet and (self.busy or self._rx or may_lead(opened)):
             self._hold(opened)  # written at the end of the batch, coalesced
         else:
             self._write_one(opened)  # nothing could join it: no need to wait
@@ -250,7 +253,7 @@ class Pump:
         if op.authenticated and source is not None and source != self.transport.peer:
             self.transport.set_peer(source)
         for p in op.packets:
-            if self.vnet and (self._rx or may_lead(p)):
+            if self.vnet and (self.busy or self._rx or may_lead(p)):
                 self._hold(p)
             else:
                 self._write_one(p)
