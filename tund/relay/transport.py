@@ -21,10 +21,10 @@ from tund.relay.poller import Registry
 class Link(Protocol):
     """What a transport calls back (implemented by the pump).
 
-    ``busy``: the current loop turn follows one that did work, without a wait in
-    between. A readiness callback then reads a whole batch; otherwise (after an idle
-    wait) it may take one message and leave the rest to the next poll, which does not
-    wait: the message is handled without first paying for the read that finds none.
+    ``busy``: the current loop turn follows one that did work (the loop has not found
+    itself idle since). A readiness callback then reads a whole batch; otherwise (after
+    an idle wait) it may take one message and leave the rest to the next poll, which does
+    not wait: the message is handled without first paying for the read that finds none.
     """
 
     busy: bool
