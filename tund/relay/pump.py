@@ -137,7 +137,7 @@ class Pump:
                     self.now = now = mono()
                     recheck = now + RECHECK
                 self.wall = time.time()
-                self.busy = busy  # this turn follows one that did work, without a wait
+                self.busy = busy  # this turn follows one that did work (Link.busy)
                 self.turn += 1
                 busy = bool(ready)
                 for callback, mask in ready:
@@ -241,10 +241,7 @@ class Pump:
         transport = self.transport
         if source is not None and source != transport.peer:
             transport.set_peer(source)
-        if self.vnet and (self.busy or self._rx or may_lead(opened)):
-            self._hold(opened)  # written at the end of the batch, coalesced
-        else:
-            self._write_one(opened)  # nothing could join it: no need to wait
+        self._to_device(opened)
 
     def _deliver_opened(self, op: Opened, source: Address | None) -> None:
         if op.drop is not None:
@@ -253,16 +250,21 @@ class Pump:
         if op.authenticated and source is not None and source != self.transport.peer:
             self.transport.set_peer(source)
         for p in op.packets:
-            if self.vnet and (self.busy or self._rx or may_lead(p)):
-                self._hold(p)
-            else:
-                self._write_one(p)
+            self._to_device(p)
         if op.authenticated or source is None:
             for r in op.replies:
                 self.transport.send(r)
         else:  # e.g. a cookie reply: back to whoever asked, the peer may be elsewhere
             for r in op.replies:
                 self.transport.reply_to(r, source)
+
+    def _to_device(self, p: bytes) -> None:
+        """Write ``p`` now, or (vnet) hold it for coalescing: in a busy turn, behind held
+        frames, or when later segments could join it."""
+        if self.vnet and (self.busy or self._rx or may_lead(p)):
+            self._hold(p)
+        else:
+            self._write_one(p)
 
     def _hold(self, frame: bytes) -> None:
         """vnet: keep ``frame`` for :func:`~tund.relay.coalesce.coalesce` at the end of
