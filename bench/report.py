@@ -16,6 +16,8 @@ from typing import Any
 
 PEERS = ("pyrelay-tcp", "openvpn-udp-aead", "wireguard-go")
 TUND = ("tund-udp-wg", "tund-tcp-plain", "tund-udp-plain", "tund-wggo")
+# Not a peer: the least a Python data path with tund's AEAD does (bench/tools/pyfloor.py)
+FLOOR = "pyfloor-udp-aead"
 
 
 def load(path: str | None) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -101,6 +103,14 @@ def main() -> None:
     for name, value, target, ok in goals:
         out.append(f"| {name} | {f(value, 2)} | {target} | "
                    f"{'-' if ok is None else ('yes' if ok else 'NO')} |")
+    if rtt(FLOOR) is not None:
+        out += ["", "The Python floor of the RTT goal (what a Python data path with this AEAD "
+                "can reach at best, and what tund adds to it):", "",
+                "| ratio | measured |", "|---|---:|",
+                f"| {FLOOR} RTT / lowest peer RTT | {f(ratio(rtt(FLOOR), low), 2)} |"]
+        for t in TUND:
+            if rtt(t) is not None:
+                out.append(f"| {t} RTT / {FLOOR} RTT | {f(ratio(rtt(t), rtt(FLOOR)), 2)} |")
     errs = [e for b in (by, loss) for i in b for e in b[i].get("errors", [])]
     if errs:
         out += ["", "Errors:"] + [f"- {e['impl']} rep {e['rep']}: {e['error'][:200]}"

@@ -18,7 +18,7 @@ set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 REV=""; REPS=3; SECS=10; LOSS=1; SCALE=1; ONLY_SCALE=0; TUNNELS=256
-IMPLS="direct pyrelay-tcp openvpn-udp-aead wireguard-go tund-udp-wg tund-tcp-plain tund-wggo"
+IMPLS="direct pyrelay-tcp openvpn-udp-aead wireguard-go pyfloor-udp-aead tund-udp-wg tund-tcp-plain tund-wggo"
 LOSS_IMPLS="openvpn-udp-aead tund-udp-wg"
 while [ $# -gt 0 ]; do
   case "$1" in
