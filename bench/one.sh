@@ -47,3 +47,9 @@ spawn "$NS_B" "$SD/iperf3.pids" "$SD/iperf3-server.log" iperf3 -s -B "$INNER_B" 
 wait_listen "$NS_B" t 5201 10 || { error_line "iperf3 server did not start"; exit 6; }
 python3 "$ANCHORS/tools/measure.py" --impl "$IMPL" --seconds "$SECS" --rep "$REP" --tests "$TESTS" \
   --ns "$NS_A" --target "$INNER_B" --pidfile "$SD/pids" --meta "$META" --results "$RESULTS_FILE"
+case ",$TESTS," in
+  *,ping,*)  # the idle RTT: 100 pings on the quiet tunnel, after iperf3 has settled
+    sleep 1
+    python3 "$HERE/tools/idle_ping.py" --ns "$NS_A" --target "$INNER_B" --impl "$IMPL" --rep "$REP" \
+      | tee -a "$RESULTS_FILE" ;;
+esac

@@ -10,6 +10,7 @@ from tund.relay.chunks import F_NEEDS_CSUM, GSO_TCPV4, WAIT, LossMeter
 from tund.relay.codec import Opened, PlainCodec
 from tund.relay.offload import (
     ENVELOPE_LEN,
+    F_DATA_VALID,
     VNET_HDR_LEN,
     ZERO_HDR,
     OffloadCodec,
@@ -133,6 +134,32 @@ def test_a_device_that_refuses_offloads_keeps_plain_packets() -> None:
     assert sw.calls == [True] and not c.peer_vnet
     assert c.seal(ZERO_HDR + IP4, 5.0)[-1] == IP4
     assert len(hello(False)) + VNET_HDR_LEN > VNET_HDR_LEN
+
+
+def test_after_the_hello_whole_packets_go_bare_and_everything_else_in_envelopes() -> None:
+    """A frame that needs nothing from its header (no GSO type, no partial checksum)
+    travels as its IP packet and comes back with a zero header; a frame the receiver's
+    short path would not take back as a plain packet stays whole, in its envelope."""
+    c = OffloadCodec(PlainCodec(ip_check=True), Switch(), max_packet=1400, drops={},
+                     enveloped=True)
+    c.open(hello(False), PEER, 0.0)
+    v4 = bytes([0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17]) + bytes(18)
+    v6 = bytes([0x60, 0, 0, 0, 0, 8, 17, 64]) + bytes(32) + bytes(8)
+    for packet in (v4, v6):
+        for flags in (0, F_DATA_VALID):
+            (wire,) = c.seal(vnet(flags, 0, packet), 1.0)
+            assert wire == packet
+            assert c.open_one(wire, PEER, 1.0) == ZERO_HDR + packet
+    p253 = v4[:9] + bytes([253]) + v4[10:]
+    big = bytes([0x45, 0, 0x05, 0x79]) + bytes(1397)  # 1401 bytes, one over max_packet
+    v6p253 = v6[:6] + bytes([253]) + v6[7:]
+    not_ip = b"\x50" + v4[1:]
+    for frame in (vnet(F_NEEDS_CSUM, 0, v4), ZERO_HDR + p253, ZERO_HDR + v6p253,
+                  ZERO_HDR + big, ZERO_HDR + v4[:19], ZERO_HDR + not_ip):
+        (wire,) = c.seal(frame, 1.0)
+        assert wire == envelope(frame), frame
+        got = c.open(wire, PEER, 1.0)
+        assert (got.packets == [frame]) if frame_ok(frame) else (got.drop == "malformed")
 
 
 def test_enveloped_frames_pass_a_codec_that_only_carries_ip_packets() -> None:

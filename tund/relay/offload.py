@@ -16,7 +16,11 @@ them into a vnet-header device of its own, so offloads are *negotiated in band*:
   (wireguard-go already drops it for its disallowed source address).
 * A side that receives a hello knows the peer accepts vnet frames: it turns its
   device's offloads on (``set_offload(True)``) and sends every packet as its raw vnet
-  frame from then on. A hello with ack = 0 is answered with an ack = 1 hello.
+  frame from then on. A hello with ack = 0 is answered with an ack = 1 hello. A frame
+  that needs nothing from its header (no GSO type, no partial checksum: a ping, a
+  forwarded packet) goes as its bare IP packet, as to a peer without offloads, when the
+  receiver takes it back as one (IPv4/IPv6, not protocol 253, at most ``max_packet``):
+  it saves the header (and the envelope, below) on every small packet.
 * A new path (TCP reconnect, a first UDP peer) forgets the peer's capability: offloads
   off, hello again. Frames read with a GSO type or a partial checksum while the peer
   is not known to take them (queued before offloads went off) are dropped as
@@ -224,8 +228,19 @@ class OffloadCodec:
         """:meth:`seal` for a frame that becomes one message: not a super-packet that
         travels numbered or in chunks, no hello due (else None, nothing changed)."""
         if self.peer_vnet:
-            if self.chunked and frame[1] != GSO_NONE:
-                return None
+            if frame[1] != GSO_NONE:
+                if self.chunked:
+                    return None
+            elif not frame[0] & F_NEEDS_CSUM:
+                # a whole packet needs nothing from its header: it goes bare, as to a peer
+                # without offloads, when the peer's open_one takes it back as such (an
+                # IPv4/IPv6 packet, not protocol 253, at most max_packet)
+                n = len(frame) - VNET_HDR_LEN
+                if n <= self.max_packet:
+                    v = frame[VNET_HDR_LEN] >> 4
+                    if ((v == 4 and n >= 20 and frame[VNET_HDR_LEN + 9] != 253)
+                            or (v == 6 and n >= 40 and frame[VNET_HDR_LEN + 6] != 253)):
+                        return self.inner.seal_one(frame[VNET_HDR_LEN:], now)
             return self.inner.seal_one(envelope(frame) if self.enveloped else frame, now)
         if (frame[1] != GSO_NONE or frame[0] & F_NEEDS_CSUM
                 or len(frame) - VNET_HDR_LEN > self.max_packet
