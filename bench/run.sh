@@ -9,7 +9,8 @@
 # install).
 #
 # Interleaved reps (A B C A B C ...) of single-stream iperf3 TCP + 20 pings through each
-# tunnel between two namespaces (pfA / pfB, from the shared anchors harness), then the
+# tunnel, then 100 idle pings (bench/tools/idle_ping.py, median), between two namespaces
+# (pfA / pfB, from the shared anchors harness), then the
 # lossy run (1% random drop of underlay TCP/UDP by nftables, both directions), then the
 # scale run (bench/scale.py). Prints a Markdown table with the issue's ratios; results
 # under /tmp/pf-bench/<stamp>/. The peers' launchers and measure.py come from the anchors
