@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
     --scale-only) ONLY_SCALE=1; shift ;;
     --tunnels) TUNNELS="$2"; shift 2 ;;
     --rev) REV="$2"; shift 2 ;;
-    -h|--help) sed -n 2,18p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     *) echo "bench/run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
