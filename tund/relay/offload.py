@@ -147,6 +147,19 @@ def is_envelope(packet: bytes) -> bool:
             and packet[8:40] == _ZERO_ADDRS)
 
 
+def plain_ip(buf: bytes, at: int, max_packet: int) -> bool:
+    """True if ``buf[at:]`` is what a receiver takes as a plain packet, not a message of
+    this extension: an IPv4/IPv6 packet of at most ``max_packet`` bytes, not protocol 253
+    (a hello, advice, chunk or envelope). A sender may send such a frame bare."""
+    n = len(buf) - at
+    if n <= 0 or n > max_packet:
+        return False
+    v = buf[at] >> 4
+    if v == 4:
+        return n >= 20 and buf[at + 9] != 253
+    return v == 6 and n >= 40 and buf[at + 6] != 253
+
+
 def frame_ok(frame: bytes) -> bool:
     """A vnet frame we are willing to hand to the kernel: known flags and GSO type, and
     an IPv4/IPv6 packet after the header. The kernel checks the rest."""
@@ -231,16 +244,11 @@ class OffloadCodec:
             if frame[1] != GSO_NONE:
                 if self.chunked:
                     return None
-            elif not frame[0] & F_NEEDS_CSUM:
+            elif not frame[0] & F_NEEDS_CSUM and plain_ip(frame, VNET_HDR_LEN,
+                                                          self.max_packet):
                 # a whole packet needs nothing from its header: it goes bare, as to a peer
-                # without offloads, when the peer's open_one takes it back as such (an
-                # IPv4/IPv6 packet, not protocol 253, at most max_packet)
-                n = len(frame) - VNET_HDR_LEN
-                if n <= self.max_packet:
-                    v = frame[VNET_HDR_LEN] >> 4
-                    if ((v == 4 and n >= 20 and frame[VNET_HDR_LEN + 9] != 253)
-                            or (v == 6 and n >= 40 and frame[VNET_HDR_LEN + 6] != 253)):
-                        return self.inner.seal_one(frame[VNET_HDR_LEN:], now)
+                # without offloads, and the peer's open_one takes it back as such
+                return self.inner.seal_one(frame[VNET_HDR_LEN:], now)
             return self.inner.seal_one(envelope(frame) if self.enveloped else frame, now)
         if (frame[1] != GSO_NONE or frame[0] & F_NEEDS_CSUM
                 or len(frame) - VNET_HDR_LEN > self.max_packet
@@ -284,21 +292,15 @@ class OffloadCodec:
         p = self.inner.open_one(message, source, now)
         if not isinstance(p, bytes):
             return self._opened(p, now)
-        n = len(p)
-        v = p[0] >> 4 if n else -1
-        if v == 0:  # a vnet frame (a peer that takes them, without envelopes)
+        if p and p[0] < 0x10:  # a vnet frame (a peer that takes them, without envelopes)
             if frame_ok(p):
                 return p
-        elif v == 4 and 20 <= n <= self.max_packet and p[9] != 253:
+        elif plain_ip(p, 0, self.max_packet):
             return ZERO_HDR + p
-        elif v == 6 and n >= 40:
-            if p[6] != 253:
-                if n <= self.max_packet:
-                    return ZERO_HDR + p
-            elif self.enveloped and is_envelope(p) and not (p[1] & 0x0F | p[2] | p[3]):
-                frame = p[ENVELOPE_LEN:]  # an unnumbered envelope: no LossMeter news
-                if frame_ok(frame):
-                    return frame
+        elif self.enveloped and is_envelope(p) and not (p[1] & 0x0F | p[2] | p[3]):
+            frame = p[ENVELOPE_LEN:]  # an unnumbered envelope: no LossMeter news
+            if frame_ok(frame):
+                return frame
         return self._opened(Opened([p], [], True), now)
 
     def open(self, message: bytes, source: Address | None, now: float) -> Opened:

@@ -523,7 +523,7 @@ class WireGuardCodec:
             deadline["send_keepalive"] = now + self._keepalive_timeout
         else:
             self._need_another_keepalive = True
-        packet: bytes | None
+        packet: bytes | None = None
         if self._tun and not self._packet_info:  # ip_length and _to_device, inline
             size = len(plain)
             version = plain[0] >> 4
@@ -531,17 +531,10 @@ class WireGuardCodec:
                 length = plain[2] << 8 | plain[3]
                 if 20 <= length <= size:
                     packet = plain if length == size else plain[:length]
-                    if one and not replies:
-                        return packet
-                    return Opened([packet], replies, True, None)
             elif version == 6 and size >= 40:
                 length = 40 + (plain[4] << 8 | plain[5])
                 if length <= size:
                     packet = plain if length == size else plain[:length]
-                    if one and not replies:
-                        return packet
-                    return Opened([packet], replies, True, None)
-            packet = None
         else:
             packet = self._to_device(plain)
         if packet is None:
