@@ -35,7 +35,7 @@ from typing import Any
 
 from tests.netns import Netns, unique
 from tests.sites import Site, TwoSites, plain_tunnel
-from tund.relay.zygote import ZYGOTE_COMM
+from tund.relay.process.zygote import ZYGOTE_COMM
 
 PREFIX = "fi"
 UNDERLAY_NET = 76  # 10.76.0.0/24 underlay; TwoSites.inner() gives 10.77.0.x inside

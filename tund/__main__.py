@@ -2,6 +2,6 @@
 
 import sys
 
-from tund.daemon import main
+from tund.daemon.main import main
 
 sys.exit(main())

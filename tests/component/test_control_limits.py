@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from tests.control_support import ServerThread
 from tund.control import client
 from tund.control.server import ControlSocketError, PeerCred
-from tund.control.testing import ServerThread
 from tund.errors import ControlError
 
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
+from tests.control_support import ServerThread
 from tund.control import client, protocol
 from tund.control.client import DaemonUnreachable
 from tund.control.protocol import CommandError, ErrorCode
 from tund.control.server import ControlServer, ControlSocketError, PeerCred
-from tund.control.testing import ServerThread
 from tund.errors import ConfigError, ConfigIssue, ControlError
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from tests.control_support import ServerThread
 from tund.control.protocol import CommandError, ErrorCode
 from tund.control.server import PeerCred
-from tund.control.testing import ServerThread
 from tund.ctl import main as ctl
 from tund.errors import ConfigError, ConfigIssue, ReloadError
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from tests.control_support import ServerThread
 from tund import keys
 from tund.control.server import PeerCred
-from tund.control.testing import ServerThread
 from tund.ctl import main as ctl
 from tund.ctl import render
 

@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 
-from tund.relay.spec import WorkerSpec
-from tund.relay.testing import fake_device, listening_socket
-from tund.relay.zygote import WORKER_COMM, ZYGOTE_COMM
+from tests.relay_support import fake_device, listening_socket
+from tund.relay.process.zygote import WORKER_COMM, ZYGOTE_COMM
 from tund.supervise.forkserver import (
     DEATH_LIMIT,
     FORK_FAILED,
@@ -31,6 +30,7 @@ from tund.supervise.forkserver import (
     SpawnLauncher,
 )
 from tund.supervise.worker import WorkerProcess, spec_dict, worker_class
+from tund.workerapi.spec import WorkerSpec
 
 _PR_SET_CHILD_SUBREAPER = 36
 

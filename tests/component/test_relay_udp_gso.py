@@ -12,13 +12,14 @@ import socket
 import struct
 import time
 
-from tund.relay.codec import Address
-from tund.relay.counters import Counters
-from tund.relay.udp import SOL_UDP, UDP_SEGMENT, UdpTransport
+from tund.relay.codec.base import Address
+from tund.relay.loop.counters import Counters
+from tund.relay.transport.gso import SOL_UDP, UDP_SEGMENT
+from tund.relay.transport.udp import UdpTransport
 
 
 class Sink:
-    busy = True  # read whole batches (tund.relay.transport.Link.busy)
+    busy = True  # read whole batches (tund.relay.transport.base.Link.busy)
 
     def __init__(self) -> None:
         self.got: list[tuple[bytes, Address | None]] = []

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tund.relay.spec import WorkerSpec
-from tund.relay.testing import WorkerProcess, fake_device, listening_socket
+from tests.relay_support import WorkerProcess, fake_device, listening_socket
+from tund.workerapi.spec import WorkerSpec
 
 Factory = Callable[..., tuple[WorkerProcess, socket.socket]]
 

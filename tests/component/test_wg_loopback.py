@@ -7,8 +7,8 @@ import socket
 import time
 
 from tund.keys import generate_private_key, public_key
-from tund.relay.spec import WorkerSpec
 from tund.relay.wireguard.codec import WireGuardCodec
+from tund.workerapi.spec import WorkerSpec
 
 
 def _spec(priv: str, peer: str, role: str, port: int) -> WorkerSpec:

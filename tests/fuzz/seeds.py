@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from tund.control import protocol
-from tund.relay.framing import encode
+from tund.relay.transport.framing import encode
 from tund.relay.wireguard import messages
 
 _ETC = Path(__file__).resolve().parents[2] / "etc" / "tund"

@@ -40,13 +40,13 @@ from tund.config import Config
 from tund.control import protocol
 from tund.control.protocol import ProtocolError
 from tund.control.server import PeerCred
-from tund.daemon import Daemon
-from tund.engine import NotFound
+from tund.daemon.engine import NotFound
+from tund.daemon.main import Daemon
 from tund.errors import ConfigError, TundError
-from tund.relay.framing import MAX_FRAME, FrameDecoder, encode
-from tund.relay.spec import WorkerSpec
+from tund.relay.transport.framing import MAX_FRAME, FrameDecoder, encode
 from tund.relay.wireguard import messages
 from tund.relay.wireguard.codec import WireGuardCodec
+from tund.workerapi.spec import WorkerSpec
 
 Target = Callable[[bytes], None]
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.fuzz import targets
 from tund.control import protocol
-from tund.relay.framing import MAX_FRAME, FrameDecoder, encode
+from tund.relay.transport.framing import MAX_FRAME, FrameDecoder, encode
 from tund.relay.wireguard import messages
 
 FAST = settings(max_examples=300, deadline=None,

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.netns import Netns, unique, veth
-from tund.relay.spec import WorkerSpec
-from tund.relay.testing import WorkerProcess, netns_worker_command
+from tests.relay_support import WorkerProcess, netns_worker_command
+from tund.workerapi.spec import WorkerSpec
 
 log = logging.getLogger("tests.relay")
 

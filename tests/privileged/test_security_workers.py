@@ -24,7 +24,7 @@ import pytest
 
 from tests.sites import Site, TwoSites, new_ifname, two_sites
 from tund.keys import generate_private_key, generate_psk, public_key
-from tund.relay.privileges import FALLBACK_USER
+from tund.workerapi.run_as import FALLBACK_USER
 
 pytestmark = pytest.mark.usefixtures("privileged")
 
@@ -175,7 +175,8 @@ def test_each_worker_holds_only_its_own_device_and_sockets(
 
 PROBE = r"""
 import errno, fcntl, json, os, struct, sys
-from tund.relay.privileges import RunAs, drop_privileges
+from tund.relay.process.privileges import drop_privileges
+from tund.workerapi.run_as import RunAs
 uid, gid = int(sys.argv[1]), int(sys.argv[2])
 keys, ifname, worker = sys.argv[3].split(","), sys.argv[4], int(sys.argv[5])
 drop_privileges(RunAs(uid, gid))   # become exactly what a worker is

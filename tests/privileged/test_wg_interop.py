@@ -41,8 +41,8 @@ WG_PORT, DRIVER_PORT = 51820, 51821
 
 def drive(cfg: dict[str, Any]) -> None:
     """Pump packets between a new TUN device and UDP through a WireGuardCodec."""
-    from tund.relay.spec import WorkerSpec
     from tund.relay.wireguard.codec import WireGuardCodec
+    from tund.workerapi.spec import WorkerSpec
 
     fd = os.open("/dev/net/tun", os.O_RDWR)
     fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", cfg["ifname"].encode(), IFF_TUN | IFF_NO_PI))

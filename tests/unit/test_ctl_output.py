@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
-from tund import config, keys, status_schema
+from tund import config, keys
 from tund.config import Config, parse_text
+from tund.control import status_schema
 from tund.ctl import confout, render
-from tund.engine import Engine
+from tund.daemon.engine import Engine
 from tund.errors import ConfigError
-from tund.supervise.supervisor import Limits, TunnelRunner
+from tund.supervise.runner import Limits, TunnelRunner
 
 NOW = 1_700_000_000.0
 
@@ -115,7 +116,7 @@ def test_offload_stats_fields_are_documented() -> None:
     import inspect
     import re
 
-    from tund.relay.offload import OffloadCodec
+    from tund.relay.codec.offload import OffloadCodec
 
     found = set(re.findall(r'"([a-z_]+)":', inspect.getsource(OffloadCodec.stats)))
     assert found == status_schema.OPTIONAL_TUNNEL_FIELDS - status_schema.WIREGUARD_FIELDS

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from tund.config import Config
-from tund.engine import Engine
-from tund.plan import Plan
+from tund.daemon.engine import Engine
+from tund.daemon.plan import Plan
 
 CONF = """
 [interfaces.tun0]

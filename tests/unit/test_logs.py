@@ -64,10 +64,10 @@ def test_stderr_shows_tunnel_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stderr", buf)
     assert logs.setup("debug", env={"TUND_LOG_TARGET": "stderr"}) == "stderr"
     logs.tunnel_logger("wan0", "tun7").info("peer %s connected", "192.0.2.1")
-    logging.getLogger("tund.daemon").debug("plain")
+    logging.getLogger("tund.daemon.main").debug("plain")
     out = buf.getvalue().splitlines()
     assert out[0].endswith("INFO    tund.tunnel: [wan0/tun7] peer 192.0.2.1 connected")
-    assert out[1].endswith("DEBUG   tund.daemon: plain")
+    assert out[1].endswith("DEBUG   tund.daemon.main: plain")
 
 
 def test_setup_twice_replaces_its_handler(monkeypatch: pytest.MonkeyPatch) -> None:

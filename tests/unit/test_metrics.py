@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tund import metrics
 from tund.config import DaemonConfig, parse_text
+from tund.daemon import metrics
 from tund.errors import ConfigError
 
 STATUS: dict[str, Any] = {

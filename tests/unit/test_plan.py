@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tund.config import parse_text
-from tund.plan import diff
+from tund.daemon.plan import diff
 
 TUN1 = '[interfaces.tun1]\nmode = "tun"'
 TUNNEL_B = '[tunnels.b]\ninterface = "tun1"\nremote = "192.0.2.1:5000"\nencryption = "none"\n'

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from tund.relay import privileges
-from tund.relay.privileges import RunAs, problems, resolve_worker_user
+from tund.relay.process import privileges
+from tund.relay.process.privileges import problems
+from tund.workerapi.run_as import RunAs, resolve_worker_user
 
 USERS = {"tund": (998, 997), "nobody": (65534, 65534), "root": (0, 0)}
 
@@ -45,7 +46,7 @@ def test_configured_user_is_used(userdb: dict[str, tuple[int, int]]) -> None:
 def test_missing_user_falls_back_to_nobody_with_a_warning(
         userdb: dict[str, tuple[int, int]], caplog: pytest.LogCaptureFixture) -> None:
     del userdb["tund"]
-    with caplog.at_level(logging.WARNING, "tund.relay.privileges"):
+    with caplog.at_level(logging.WARNING, "tund.workerapi.run_as"):
         assert resolve_worker_user("tund", euid=0) == RunAs(65534, 65534, "nobody")
     assert "'tund' does not exist" in caplog.text and "'nobody'" in caplog.text
 
@@ -58,7 +59,7 @@ def test_without_nobody_either_the_overflow_ids_are_used(
 
 def test_root_or_a_non_root_daemon_means_no_switch(
         userdb: dict[str, tuple[int, int]], caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, "tund.relay.privileges"):
+    with caplog.at_level(logging.WARNING, "tund.workerapi.run_as"):
         assert resolve_worker_user("root", euid=0) is None
     assert "not advised" in caplog.text
     assert resolve_worker_user("tund", euid=1000) is None

@@ -12,8 +12,8 @@ import struct
 
 import pytest
 
-from tund.relay import chunks
-from tund.relay.chunks import (
+from tund.relay.codec import chunks
+from tund.relay.codec.chunks import (
     F_NEEDS_CSUM,
     GSO_ECN,
     GSO_NONE,

@@ -12,8 +12,8 @@ import struct
 import pytest
 
 from tests.unit.test_relay_chunks import DST4, DST6, SRC4, SRC6, ip_ok, kernel_checksum_ok
-from tund.relay.chunks import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, VNET, ipv4_header_checksum
-from tund.relay.coalesce import MAX_SEGMENTS, coalesce, may_lead
+from tund.relay.codec.chunks import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, VNET, ipv4_header_checksum
+from tund.relay.device.coalesce import MAX_SEGMENTS, coalesce, may_lead
 
 ACK, PSH, FIN, SYN = 0x10, 0x08, 0x01, 0x02
 ZERO = bytes(VNET.size)

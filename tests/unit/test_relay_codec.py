@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tund.relay.codec import Codec, Opened, PlainCodec
+from tund.relay.codec.base import Codec, Opened
+from tund.relay.codec.plain import PlainCodec
 
 
 def test_passthrough_both_ways() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tund.relay.framing import FrameDecoder, encode, encode_into
+from tund.relay.transport.framing import FrameDecoder, encode, encode_into
 
 packets = st.lists(st.binary(min_size=1, max_size=300), max_size=30)
 

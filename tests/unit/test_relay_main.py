@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from tund.relay.codec import PlainCodec
+from tund.relay.codec.plain import PlainCodec
 from tund.relay.errors import RelayError
-from tund.relay.main import make_codec, max_packet
-from tund.relay.spec import WorkerSpec
+from tund.relay.process.build import make_codec, max_packet
+from tund.workerapi.spec import WorkerSpec
 
 
 def spec(**kw: Any) -> WorkerSpec:

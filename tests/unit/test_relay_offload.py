@@ -5,10 +5,10 @@ from __future__ import annotations
 import struct
 
 from tests.unit.test_relay_chunks import kernel_checksum_ok, tso_frame
-from tund.relay import chunks
-from tund.relay.chunks import F_NEEDS_CSUM, GSO_TCPV4, WAIT, LossMeter
-from tund.relay.codec import Opened, PlainCodec
-from tund.relay.offload import (
+from tund.relay.codec import chunks
+from tund.relay.codec.base import Opened
+from tund.relay.codec.chunks import F_NEEDS_CSUM, GSO_TCPV4, WAIT, LossMeter
+from tund.relay.codec.offload import (
     ENVELOPE_LEN,
     F_DATA_VALID,
     VNET_HDR_LEN,
@@ -22,6 +22,7 @@ from tund.relay.offload import (
     parse_hello,
     parse_mode_advice,
 )
+from tund.relay.codec.plain import PlainCodec
 
 IP4 = bytes([0x45]) + bytes(19) + b"payload"
 PEER = ("192.0.2.1", 9)

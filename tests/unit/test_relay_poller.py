@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tund.relay.poller import Poller
+from tund.relay.loop.poller import Poller
 
 R, W = selectors.EVENT_READ, selectors.EVENT_WRITE
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from tund.relay.codec import Address, Codec, Opened
-from tund.relay.counters import Counters
-from tund.relay.device import PacketDevice
-from tund.relay.pump import Pump
-from tund.relay.transport import Link, Transport
+from tund.relay.codec.base import Address, Codec, Opened
+from tund.relay.device.tun import PacketDevice
+from tund.relay.loop.counters import Counters
+from tund.relay.loop.pump import Pump
+from tund.relay.transport.base import Link, Transport
 
 
 class FakeDevice:
@@ -241,9 +241,9 @@ def test_update_op_changes_the_oversize_limit() -> None:
     import json
     import socket
 
-    from tund.relay.codec import PlainCodec
-    from tund.relay.counters import Counters
-    from tund.relay.pump import Pump
+    from tund.relay.codec.plain import PlainCodec
+    from tund.relay.loop.counters import Counters
+    from tund.relay.loop.pump import Pump
 
     daemon, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pump = Pump(control=worker, device=None, transport=None,  # type: ignore[arg-type]

@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from tund.relay.spec import WorkerSpec
 from tund.states import TunnelState, can_move
-from tund.supervise.supervisor import Limits, TunnelRunner
+from tund.supervise.runner import Limits, TunnelRunner
+from tund.workerapi.spec import WorkerSpec
 
 SPEC = WorkerSpec(tunnel="t", interface="tun0", mode="tun", transport="udp", role="remote",
                   host="192.0.2.1", port=1, device_fd=-1)

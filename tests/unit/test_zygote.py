@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tund.relay.zygote import ForkRequestError, parse_request, place_fds, request_id
+from tund.relay.process.zygote import ForkRequestError, parse_request, place_fds, request_id
 
 
 def req(**kw: object) -> bytes:

@@ -4,7 +4,7 @@
 * :mod:`~tund.control.server`   ``ControlServer(path, dispatch, group=...)``: socket
   set-up and connection handling; knows nothing of what commands do;
 * :mod:`~tund.control.client`   ``call(path, cmd, args)``, ``DaemonUnreachable``;
-* :mod:`~tund.control.testing`  ``ServerThread``: a live server for tests.
+* :mod:`~tests.control_support`  ``ServerThread``: a live server for tests.
 
 The command handlers (what ``status`` or ``reload`` do) belong to the daemon, which
 passes them in as ``dispatch``.

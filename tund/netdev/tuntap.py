@@ -75,7 +75,7 @@ def device_flags(mode: Mode, *, packet_info: bool, multi_queue: bool,
     """The TUNSETIFF flags for a device of this shape.
 
     ``vnet_hdr``: every packet read or written carries a ``virtio_net_hdr`` (needed for
-    offloads, see :mod:`tund.relay.offload`). The kernel keeps this flag per device and
+    offloads, see :mod:`tund.relay.codec.offload`). The kernel keeps this flag per device and
     sets it from each TUNSETIFF, so every attach must ask the same.
     """
     flags = IFF_TUN if mode == "tun" else IFF_TAP

@@ -1,5 +1,5 @@
-"""``python -m tund.relay --control-fd N``: one relay worker (see :mod:`tund.relay.spec`)."""
+"""``python -m tund.relay --control-fd N``: one relay worker (see :mod:`tund.workerapi.spec`)."""
 
-from tund.relay.main import main
+from tund.relay.process.main import main
 
 raise SystemExit(main())

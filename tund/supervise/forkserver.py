@@ -1,7 +1,7 @@
 """How the daemon starts worker processes: spawned, or forked by a fork server (zygote).
 
 Contract: a :class:`Launcher` takes the worker's fds (control end first, then the device,
-then the underlay socket if any) and a :class:`~tund.relay.privileges.RunAs`, starts one
+then the underlay socket if any) and a :class:`~tund.relay.process.privileges.RunAs`, starts one
 ``python -m tund.relay`` worker that finds each fd under the same number, and returns a
 :class:`Child`: the PID, ``poll()``/``wait(timeout)`` with ``subprocess`` semantics (exit
 code, or ``-SIGNAL``; ``wait`` raises :class:`subprocess.TimeoutExpired`), and
@@ -10,7 +10,7 @@ and may signal its PID without a reuse race.
 
 * :class:`SpawnLauncher`: ``subprocess.Popen`` of a fresh interpreter per worker (each
   pays Python's start and the imports, and keeps private copies of them).
-* :class:`ForkServer`: one zygote (:mod:`tund.relay.zygote`) started once, with the relay
+* :class:`ForkServer`: one zygote (:mod:`tund.relay.process.zygote`) started once, with the relay
   modules imported, forks each worker (milliseconds, pages shared). It is started early
   (:meth:`ForkServer.start` does not wait), waited for at the first launch, restarted at
   the next launch if it died, and when it cannot start or take a request, that launch
@@ -46,7 +46,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from tund.relay.privileges import RunAs
+from tund.workerapi.run_as import RunAs
 
 log = logging.getLogger("tund.supervise")
 

@@ -1,6 +1,6 @@
 """One relay worker process as seen from the daemon: spawn, message, stop, kill.
 
-Contract (see :mod:`tund.relay.spec` for the wire side): :meth:`WorkerProcess.spawn` starts
+Contract (see :mod:`tund.workerapi.spec` for the wire side): :meth:`WorkerProcess.spawn` starts
 a ``python -m tund.relay`` worker through :attr:`WorkerProcess.LAUNCHER`
 (:mod:`tund.supervise.forkserver`: forked by the zygote, or spawned as
 ``python -m tund.relay --control-fd N [--run-as UID:GID]``) with its control end, the
@@ -10,8 +10,9 @@ there). Either way the worker is the daemon's child. Incoming control messages
 are handed to ``on_message``; the control socket closing (the worker died) calls ``on_exit``
 once. Nothing here blocks the daemon's event loop for longer than a non-blocking send.
 
-Privileges: the worker drops them itself before its first packet (:mod:`tund.relay.privileges`);
-:attr:`WorkerProcess.RUN_AS` (set per configuration with :func:`worker_class`) says to whom.
+Privileges: the worker drops them itself before its first packet
+(:mod:`tund.relay.process.privileges`); :attr:`WorkerProcess.RUN_AS` (set per configuration
+with :func:`worker_class`) says to whom.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from tund.relay.privileges import RunAs
-from tund.relay.spec import WorkerSpec
 from tund.supervise.forkserver import Child, Launcher, SpawnLauncher
+from tund.workerapi.run_as import RunAs
+from tund.workerapi.spec import WorkerSpec
 
 log = logging.getLogger("tund.supervise")
 

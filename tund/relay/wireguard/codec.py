@@ -1,4 +1,4 @@
-"""WireGuardCodec: the relay's :class:`~tund.relay.codec.Codec` speaking WireGuard.
+"""WireGuardCodec: the relay's :class:`~tund.relay.codec.base.Codec` speaking WireGuard.
 
 One codec = one peer. Sans-IO: ``now`` is ``time.monotonic()``-like and passed in; the
 wall clock (TAI64N timestamps, ``latest_handshake``) comes from the ``wall`` callable.
@@ -61,8 +61,7 @@ from typing import Any, Literal, overload
 
 from cryptography.exceptions import InvalidTag
 
-from tund.relay.codec import Address, Opened
-from tund.relay.spec import WorkerSpec
+from tund.relay.codec.base import Address, Opened
 from tund.relay.wireguard import messages as msgs
 from tund.relay.wireguard import noise
 from tund.relay.wireguard.cookie import CookieChecker, CookieGenerator, LoadDetector
@@ -78,6 +77,7 @@ from tund.relay.wireguard.primitives import (
 )
 from tund.relay.wireguard.session import Keypair, Keypairs
 from tund.relay.wireguard.timers import Timers
+from tund.workerapi.spec import WorkerSpec
 
 _PAD = 16
 _ETH_P_IP = b"\x08\x00"

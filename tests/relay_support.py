@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tund.relay.spec import WorkerSpec
+from tund.workerapi.spec import WorkerSpec
+from tund.workerapi.underlay import bind_underlay
 
 
 def fake_device() -> tuple[socket.socket, socket.socket]:
@@ -29,13 +30,7 @@ def fake_device() -> tuple[socket.socket, socket.socket]:
 
 def listening_socket(transport: str, host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A bound (UDP) / listening (TCP) socket, as the daemon hands to a listen worker."""
-    kind = socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM
-    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((host, port))
-    if kind == socket.SOCK_STREAM:
-        s.listen(8)
-    return s
+    return bind_underlay(transport, host, port)
 
 
 class WorkerProcess:

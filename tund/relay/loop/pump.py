@@ -20,15 +20,15 @@ Inbound (peer -> device)::
 
 ``open_one`` gives the common result (one packet, authenticated, no reply) bare; the rest
 comes as an ``Opened``. After an idle wait a transport reads one message per readiness
-event (``busy`` is False, see :class:`tund.relay.transport.Link`); the loop then polls
+event (``busy`` is False, see :class:`tund.relay.transport.base.Link`); the loop then polls
 without waiting, so more that arrived are taken at once, and in a busy loop in batches.
 
 With a vnet device over UDP the codec rebuilds super-packets from chunks; one whose
 missing chunks never came is written in pieces when the codec's deadline passes. With a
 vnet device, what a busy turn yields for the device (after an idle wait: only TCP
-segments that could start a run, :func:`tund.relay.coalesce.may_lead`, or anything behind
+segments that could start a run, :func:`tund.relay.device.coalesce.may_lead`, or anything behind
 one) is held until the end of the loop iteration (or ``RX_HOLD`` frames) and written
-through :func:`tund.relay.coalesce.coalesce`: runs of plain TCP segments go in as one
+through :func:`tund.relay.device.coalesce.coalesce`: runs of plain TCP segments go in as one
 super-frame; other frames after an idle wait are written at once.
 
 Control: the daemon's SEQPACKET socket is watched by the same epoll, so a ``ping``
@@ -48,14 +48,14 @@ import socket
 import time
 from typing import Any
 
-from tund.relay.coalesce import coalesce, may_lead
-from tund.relay.codec import Address, Codec, Opened
-from tund.relay.counters import Counters
-from tund.relay.device import BATCH, PacketDevice
-from tund.relay.poller import Poller
-from tund.relay.transport import Transport, format_peer
+from tund.relay.codec.base import Address, Codec, Opened
+from tund.relay.device.coalesce import coalesce, may_lead
+from tund.relay.device.tun import BATCH, PacketDevice
+from tund.relay.loop.counters import Counters
+from tund.relay.loop.poller import Poller
+from tund.relay.transport.base import Transport, format_peer
 
-log = logging.getLogger("tund.relay.pump")
+log = logging.getLogger("tund.relay.loop.pump")
 
 MAX_WAIT = 1.0  # the loop wakes at least this often, even with nothing to do
 RECHECK = 0.00025  # a busy loop reads the timers' deadlines at least this often
@@ -68,7 +68,7 @@ class Pump:
     ``max_packet``: the largest device packet (MTU + Ethernet header for tap + 4 for
     packet info); larger ones in either direction are dropped as ``"oversize"``.
     ``vnet``: the device gives and takes vnet frames and ``codec`` is an
-    :class:`~tund.relay.offload.OffloadCodec` (``max_packet`` is then the largest frame;
+    :class:`~tund.relay.codec.offload.OffloadCodec` (``max_packet`` is then the largest frame;
     an MTU update goes to the codec's ``max_packet``).
     """
 
@@ -90,7 +90,7 @@ class Pump:
         self._device_watched = False
         self._reported: tuple[str, str | None] | None = None
         self._rx: list[bytes] = []  # vnet: frames for the device, written once per batch
-        self.busy = False  # see tund.relay.transport.Link.busy
+        self.busy = False  # see tund.relay.transport.base.Link.busy
         self.turn = 0  # loop turns that handled events
         self._device_turn = -2  # the last turn that read the device
         self.exit_code = 0
@@ -267,7 +267,7 @@ class Pump:
             self._write_one(p)
 
     def _hold(self, frame: bytes) -> None:
-        """vnet: keep ``frame`` for :func:`~tund.relay.coalesce.coalesce` at the end of
+        """vnet: keep ``frame`` for :func:`~tund.relay.device.coalesce.coalesce` at the end of
         the loop iteration (or once ``RX_HOLD`` frames wait)."""
         rx = self._rx
         rx.append(frame)

@@ -2,7 +2,7 @@
 
 Opt-in with ``[daemon] metrics_listen = "IP:PORT"``. Contract:
 
-* :func:`families` turns one status result (see :mod:`tund.status_schema`) into metric
+* :func:`families` turns one status result (see :mod:`tund.control.status_schema`) into metric
   families; pure, so the numbers are exactly those of ``tundctl status --json`` taken at
   the same moment. :func:`exposition` renders them with ``prometheus_client`` on a private
   registry (never the library's global one).
@@ -51,7 +51,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from tund.states import TunnelState
 
-log = logging.getLogger("tund.metrics")
+log = logging.getLogger("tund.daemon.metrics")
 
 DEFAULT_PORT = 9586
 REQUEST_TIMEOUT = 10.0

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 
-from tund.relay.chunks import (
+from tund.relay.codec.chunks import (
     F_NEEDS_CSUM,
     GSO_TCPV4,
     GSO_TCPV6,

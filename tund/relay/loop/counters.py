@@ -1,4 +1,4 @@
-"""The worker's cumulative counters (the base of STATS; see :mod:`tund.relay.spec`)."""
+"""The worker's cumulative counters (the base of STATS; see :mod:`tund.workerapi.spec`)."""
 
 from __future__ import annotations
 

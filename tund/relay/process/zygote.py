@@ -38,7 +38,7 @@ worker restore the default.
 In the worker, right after the fork: the thread is named ``tund-relay``; once re-parented
 it replies; the received fds are moved to the requested numbers; every other fd above 2
 is closed (the zygote's socket too: the worker holds no reference to other workers or to
-the zygote); then it runs :func:`tund.relay.main.main` on its control fd, which drops
+the zygote); then it runs :func:`tund.relay.process.worker.run` on its control fd, which drops
 privileges before its first packet as always, and ``os._exit``\\ s with its code. A worker's
 ``/proc/PID/cmdline`` is the zygote's (``... -m tund.relay --fork-server ...``); the thread
 name (``comm``) tells them apart: ``tund-zygote`` for the zygote, ``tund-relay`` /
@@ -65,9 +65,9 @@ import sys
 import time
 from typing import Any
 
-from tund.relay.privileges import RunAs
+from tund.workerapi.run_as import RunAs
 
-log = logging.getLogger("tund.relay.zygote")
+log = logging.getLogger("tund.relay.process.zygote")
 
 #: Thread names (``/proc/PID/comm``) of the zygote and of a worker before its start message.
 ZYGOTE_COMM = "tund-zygote"
@@ -75,8 +75,9 @@ WORKER_COMM = "tund-relay"
 WARM_ROUNDS = 10  # start-up paths run this often (Python 3.11 specializes after 8 calls)
 #: What a worker may import, imported once here (missing optional ones are skipped).
 PRELOAD = (
-    "tund.relay.main", "tund.relay.pump", "tund.relay.udp", "tund.relay.tcp",
-    "tund.relay.offload", "tund.relay.privileges", "tund.relay.wireguard.codec",
+    "tund.relay.process.worker", "tund.relay.loop.pump", "tund.relay.transport.udp",
+    "tund.relay.transport.tcp", "tund.relay.codec.offload", "tund.relay.process.privileges",
+    "tund.relay.wireguard.codec",
     "encodings.idna", "selectors", "ctypes",
 )
 MAX_FDS = 3  # control, device, socket
@@ -127,10 +128,11 @@ def warm_up(rounds: int = WARM_ROUNDS) -> list[str]:
     """
     import base64
 
-    from tund.relay import main as relay_main
-    from tund.relay import privileges
-    from tund.relay.spec import WorkerSpec
+    from tund.relay.process import build as relay_build
+    from tund.relay.process import privileges
+    from tund.relay.process import worker as relay_worker
     from tund.relay.wireguard.primitives import public_from_private
+    from tund.workerapi.spec import WorkerSpec
 
     failed: list[str] = []
     root = logging.getLogger()
@@ -155,9 +157,9 @@ def warm_up(rounds: int = WARM_ROUNDS) -> list[str]:
                         vnet_hdr=vnet, encryption="wireguard", private_key=key,
                         peer_public_key=peer)
                     ours.send(json.dumps({"op": "start", "spec": spec.to_dict()}).encode())
-                    spec = relay_main.receive_start(theirs)
+                    spec = relay_worker.receive_start(theirs)
                     json.dumps(spec.redacted(), sort_keys=True)
-                    pump = relay_main.build(spec, theirs)
+                    pump = relay_build.build(spec, theirs)
                     udp.detach()  # the pump's transport owns (and closes) it now
                     ours.send(json.dumps({"op": "ping", "seq": 1}).encode())
                     ours.send(json.dumps({"op": "stop"}).encode())
@@ -263,9 +265,9 @@ def _worker(server: socket.socket, rid: int, middle: int, fds: list[int],
         _reply(server, {"op": "forked", "id": rid, "pid": os.getpid()})
         server.detach()  # its fd is closed by place_fds; the object must not close it again
         place_fds(fds, targets)
-        from tund.relay import main as relay_main
+        from tund.relay.process import worker as relay_worker
 
-        code = relay_main.run(targets[0], RunAs.parse(run_as) if run_as else None)
+        code = relay_worker.run(targets[0], RunAs.parse(run_as) if run_as else None)
     except BaseException:  # nothing may unwind into the zygote's loop
         with contextlib.suppress(Exception):
             log.exception("worker failed")

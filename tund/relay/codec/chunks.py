@@ -1,6 +1,6 @@
 """TSO super-packets cut into MTU-sized chunks for a lossy datagram path, and put back.
 
-A TCP super-packet read from a vnet-header tun (:mod:`tund.relay.offload`) is up to 64 KB.
+A TCP super-packet read from a vnet-header tun (:mod:`tund.relay.codec.offload`) is up to 64 KB.
 Sent as one UDP datagram it is IP-fragmented, and losing any one of its ~45 fragments
 loses all of it: a 1% loss underlay then loses a third of the super-packets and TCP
 collapses. So over UDP a super-packet travels as *chunks*, each no larger than a plain

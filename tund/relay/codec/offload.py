@@ -1,4 +1,5 @@
-"""TUN offloads: ``virtio_net_hdr`` framing, TUNSETOFFLOAD, and the tund-to-tund extension.
+"""TUN offloads: ``virtio_net_hdr`` framing and the tund-to-tund extension (the ioctl:
+:mod:`tund.relay.device.offload`).
 
 A tun device opened with ``IFF_VNET_HDR`` prefixes every packet, both ways, with a
 10-byte ``struct virtio_net_hdr`` (flags, gso_type, hdr_len, gso_size, csum_start,
@@ -41,14 +42,14 @@ another implementation) is only noticed at the next new path.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import struct
 from collections.abc import Callable
 from typing import Any
 
-from tund.relay import chunks
-from tund.relay.chunks import (
+from tund.relay.codec import chunks
+from tund.relay.codec.base import Address, Codec, Opened
+from tund.relay.codec.chunks import (
     F_NEEDS_CSUM,
     GSO_ECN,
     GSO_NONE,
@@ -56,9 +57,8 @@ from tund.relay.chunks import (
     GSO_TCPV6,
     ipv4_header_checksum,
 )
-from tund.relay.codec import Address, Codec, Opened
 
-log = logging.getLogger("tund.relay.offload")
+log = logging.getLogger("tund.relay.codec.offload")
 
 VNET_HDR_LEN = chunks.VNET_LEN
 ZERO_HDR = bytes(VNET_HDR_LEN)
@@ -66,14 +66,9 @@ MAX_FRAME = VNET_HDR_LEN + 0xFFFF  # header + the largest IP packet
 
 # <linux/virtio_net.h>
 F_DATA_VALID = 2
-GSO_UDP, GSO_UDP_L4 = 3, 5  # (F_NEEDS_CSUM and the TCP types: tund.relay.chunks)
+GSO_UDP, GSO_UDP_L4 = 3, 5  # (F_NEEDS_CSUM and the TCP types: tund.relay.codec.chunks)
 _GSO_OK = frozenset({GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4,
                      GSO_TCPV4 | GSO_ECN, GSO_TCPV6 | GSO_ECN})
-
-# <linux/if_tun.h>
-TUNSETOFFLOAD = 0x400454D0
-TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
-OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
 
 HELLO_RETRY = 1.0
 HELLO_TRIES = 10
@@ -108,7 +103,7 @@ def parse_hello(packet: bytes) -> bool | None:
 
 def mode_advice(chunks: bool) -> bytes:
     """The receiver's advice (a packet like the hello): cut super-packets into chunks, or
-    send them whole (see :class:`tund.relay.chunks.LossMeter`)."""
+    send them whole (see :class:`tund.relay.codec.chunks.LossMeter`)."""
     return _control(2 if chunks else 3)
 
 
@@ -167,20 +162,8 @@ def frame_ok(frame: bytes) -> bool:
             and frame[1] in _GSO_OK and frame[VNET_HDR_LEN] >> 4 in (4, 6))
 
 
-def set_device_offload(fd: int, on: bool) -> bool:
-    """TUNSETOFFLOAD on the device behind ``fd``; False (logged) if the kernel refuses."""
-    flags = OFFLOADS if on else 0
-    log.info("[#] ioctl TUNSETOFFLOAD fd %d 0x%02x", fd, flags)
-    try:
-        fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
-    except OSError as e:
-        log.warning("TUNSETOFFLOAD 0x%02x on fd %d failed: %s", flags, fd, e)
-        return False
-    return True
-
-
 class OffloadCodec:
-    """Wraps a :class:`~tund.relay.codec.Codec` for a vnet-header device.
+    """Wraps a :class:`~tund.relay.codec.base.Codec` for a vnet-header device.
 
     Device side: ``seal`` takes vnet frames (header + packet, as read), ``open`` returns
     vnet frames (to write as they are). Wire side: what ``inner`` makes of IP packets,
@@ -191,7 +174,7 @@ class OffloadCodec:
     ``enveloped``: frames travel in envelopes (for a codec that needs IP packets).
     ``drops`` is the worker's cause -> count dict (for drops on the sealing side).
     ``chunked`` (a datagram transport): TCP super-packets travel as MTU-sized chunks
-    (:mod:`tund.relay.chunks`); :meth:`expired` then returns the frames rebuilt from
+    (:mod:`tund.relay.codec.chunks`); :meth:`expired` then returns the frames rebuilt from
     chunks that waited too long for a lost companion (the pump calls it at
     :meth:`next_deadline`).
     ``inner`` must pass vnet frames through (e.g. a PlainCodec without ``ip_check``):

@@ -25,9 +25,9 @@ from typing import Any
 
 from tund.config import DaemonConfig
 from tund.logs import tunnel_logger
-from tund.relay.spec import WorkerSpec
 from tund.states import TunnelState, can_move
 from tund.supervise.worker import WorkerProcess
+from tund.workerapi.spec import WorkerSpec
 
 _COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "errors")
 STABLE_AFTER = 10.0  # seconds a worker must live for its crash streak to reset

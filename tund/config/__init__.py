@@ -327,7 +327,7 @@ class TunnelConfig(_Model):
     preshared_key_file: str | None = None
     keepalive: Annotated[int, Field(ge=0, le=65535)] = 0
     # Negotiate TSO super-packets with a tund peer (tun mode without packet_info;
-    # tund.relay.offload). Over UDP they travel in MTU-sized chunks (tund.relay.chunks),
+    # tund.relay.codec.offload). Over UDP they travel in MTU-sized chunks (tund.relay.codec.chunks),
     # so a lost datagram costs one chunk. Other peers get plain packets. On by default.
     offload: bool = True
     reconnect_min: Seconds = 0.2

@@ -14,8 +14,8 @@ import random
 import socket
 from typing import Any, Protocol
 
-from tund.relay.codec import Address
-from tund.relay.poller import Registry
+from tund.relay.codec.base import Address
+from tund.relay.loop.poller import Registry
 
 
 class Link(Protocol):

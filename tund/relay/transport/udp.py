@@ -2,7 +2,7 @@
 
 Role ``listen``: the pre-bound socket from the daemon. The peer is unknown ("connecting")
 until a datagram is accepted by the codec as authenticated (see
-:class:`tund.relay.codec.Opened`); the pump then calls :meth:`UdpTransport.set_peer`,
+:class:`tund.relay.codec.base.Opened`); the pump then calls :meth:`UdpTransport.set_peer`,
 and later authenticated datagrams from elsewhere move it (roaming). Until then, sends are
 dropped as ``"no_peer"``.
 
@@ -34,36 +34,30 @@ import ipaddress
 import logging
 import selectors
 import socket
-import struct
 import time
 from typing import TYPE_CHECKING
 
-from tund.relay.codec import Address
-from tund.relay.counters import Counters
-from tund.relay.poller import Registry
-from tund.relay.transport import Backoff, Link, format_peer, resolve
+from tund.relay.codec.base import Address
+from tund.relay.loop.counters import Counters
+from tund.relay.loop.poller import Registry
+from tund.relay.transport.base import Backoff, Link, format_peer, resolve
+from tund.relay.transport.gso import (
+    GRO_SPACE,
+    GSO_BYTES,
+    GSO_SEGMENTS,
+    enable_gro,
+    gro_size,
+    segment_option,
+)
 
-log = logging.getLogger("tund.relay.udp")
+log = logging.getLogger("tund.relay.transport.udp")
 
 RECV_BATCH = 64
 RESOLVE_EVERY = 30.0
 RECV_SIZE = 65536
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>; not in the socket module
 SOCKET_BUFFER = 4 * 1024 * 1024  # bursts wait in the kernel instead of being dropped
-SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104  # <linux/udp.h>
-GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS of older kernels
-GSO_BYTES = 65000  # one UDP_SEGMENT send: below 65535 minus the IPv6/IPv4 and UDP headers
 FLUSH_BYTES = 1 << 20  # send queued datagrams once this many bytes wait
-_GRO_SPACE = socket.CMSG_SPACE(4)
-
-
-def _enable_gro(sock: socket.socket) -> bool:
-    try:
-        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-    except OSError as e:
-        log.debug("UDP_GRO not available: %s", e)
-        return False
-    return True
 
 
 def _grow_buffers(sock: socket.socket) -> None:
@@ -85,7 +79,7 @@ def _is_ip(host: str) -> bool:
 
 
 class UdpTransport:
-    """See the module docstring; implements :class:`tund.relay.transport.Transport`."""
+    """See the module docstring; implements :class:`tund.relay.transport.base.Transport`."""
 
     def __init__(self, counters: Counters, *, role: str, host: str, port: int,
                  sock: socket.socket | None = None, reconnect_min: float = 0.2,
@@ -118,7 +112,7 @@ class UdpTransport:
             assert self.sock is not None
             self.sock.setblocking(False)
             _grow_buffers(self.sock)
-            self._gro = _enable_gro(self.sock)
+            self._gro = enable_gro(self.sock)
             sel.register(self.sock, selectors.EVENT_READ, self._on_readable)
             log.info("listening on %s", format_peer(self.sock.getsockname()))
         else:
@@ -157,7 +151,7 @@ class UdpTransport:
             self.sock = socket.socket(family, socket.SOCK_DGRAM)
             self.sock.setblocking(False)
             _grow_buffers(self.sock)
-            self._gro = _enable_gro(self.sock)
+            self._gro = enable_gro(self.sock)
             self._sel.register(self.sock, selectors.EVENT_READ, self._on_readable)
         if self.peer is not None:
             log.warning("%s now resolves to %s (was %s)", self.host, format_peer(addr),
@@ -197,10 +191,8 @@ class UdpTransport:
             size = 0
             try:
                 if recv is not None:
-                    n, anc, _flags, addr = recv(views, _GRO_SPACE)
-                    for level, kind, data in anc:
-                        if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
-                            size = struct.unpack_from("=i", data)[0]
+                    n, anc, _flags, addr = recv(views, GRO_SPACE)
+                    size = gro_size(anc)
                 else:
                     n, addr = sock.recvfrom_into(view)
             except (BlockingIOError, InterruptedError):
@@ -264,7 +256,7 @@ class UdpTransport:
         if sock is None or peer is None:
             self.c.drop("no_peer", len(batch))
             return
-        anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        anc = [segment_option(size)]
         data = [b"".join(batch)]
         try:
             if self.role == "remote":
@@ -316,6 +308,6 @@ class UdpTransport:
 
 
 if TYPE_CHECKING:
-    from tund.relay.transport import Transport
+    from tund.relay.transport.base import Transport
 
     _: Transport = UdpTransport(Counters(), role="remote", host="", port=0)

@@ -1,4 +1,4 @@
-"""TCP transport: messages framed by :mod:`tund.relay.framing` over one connection.
+"""TCP transport: messages framed by :mod:`tund.relay.transport.framing` over one connection.
 
 Role ``listen``: accept on the pre-bound listening socket. A newly accepted connection
 replaces the current one, live or not (the old peer may be dead without our knowing;
@@ -26,13 +26,13 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any
 
-from tund.relay.codec import Address
-from tund.relay.counters import Counters
-from tund.relay.framing import MAX_FRAME, FrameDecoder
-from tund.relay.poller import Registry
-from tund.relay.transport import Backoff, Link, format_peer, resolve
+from tund.relay.codec.base import Address
+from tund.relay.loop.counters import Counters
+from tund.relay.loop.poller import Registry
+from tund.relay.transport.base import Backoff, Link, format_peer, resolve
+from tund.relay.transport.framing import MAX_FRAME, FrameDecoder
 
-log = logging.getLogger("tund.relay.tcp")
+log = logging.getLogger("tund.relay.transport.tcp")
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
@@ -44,7 +44,7 @@ _pack_len = struct.Struct("!H").pack
 
 
 class TcpTransport:
-    """See the module docstring; implements :class:`tund.relay.transport.Transport`."""
+    """See the module docstring; implements :class:`tund.relay.transport.base.Transport`."""
 
     def __init__(self, counters: Counters, *, role: str, host: str, port: int,
                  max_message: int, listen_sock: socket.socket | None = None,
@@ -315,6 +315,6 @@ class TcpTransport:
 
 
 if TYPE_CHECKING:
-    from tund.relay.transport import Transport
+    from tund.relay.transport.base import Transport
 
     _: Transport = TcpTransport(Counters(), role="remote", host="", port=0, max_message=1)

@@ -6,7 +6,7 @@ Contract: :class:`Engine` is what control commands act on. It owns
   non-persistent device lives exactly as long as the daemon, and a restarted worker gets
   the same device and the packets queued meanwhile);
 * one pre-bound underlay socket per listening tunnel (survives worker restarts);
-* one :class:`~tund.supervise.supervisor.TunnelRunner` per tunnel;
+* one :class:`~tund.supervise.runner.TunnelRunner` per tunnel;
 * the fork server (:mod:`tund.supervise.forkserver`) that starts their workers, started
   first at :meth:`Engine.start` so its imports overlap the device setup, stopped last.
 
@@ -15,13 +15,12 @@ configured together (:func:`tund.netdev.reconcile.apply_many`: three reads and o
 ``ip -batch``, run off the event loop), then every tunnel is started.
 
 :meth:`reload` validates the whole new config first (nothing changes if it is invalid),
-plans with :func:`tund.plan.diff`, and touches only what changed. Reloads are serialized.
+plans with :func:`tund.daemon.plan.diff`, and touches only what changed. Reloads are serialized.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import logging
 import os
@@ -32,19 +31,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tund import __version__, config, plan
+from tund import __version__, config
 from tund.config import Config, InterfaceConfig, TunnelConfig
+from tund.control.status_schema import SCHEMA_VERSION as STATUS_SCHEMA_VERSION
+from tund.daemon import plan
 from tund.errors import ConfigError, ConfigIssue, KernelError, ReloadError, TundError
 from tund.netdev import reconcile, tuntap
 from tund.netdev.ip import IpRunner
-from tund.relay.privileges import resolve_worker_user
-from tund.relay.spec import WorkerSpec
-from tund.status_schema import SCHEMA_VERSION as STATUS_SCHEMA_VERSION
 from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, SpawnLauncher
-from tund.supervise.supervisor import Limits, TunnelRunner
+from tund.supervise.runner import Limits, TunnelRunner
 from tund.supervise.worker import WorkerProcess, worker_class
+from tund.workerapi import underlay
+from tund.workerapi.run_as import resolve_worker_user
+from tund.workerapi.spec import WorkerSpec
 
-log = logging.getLogger("tund.engine")
+log = logging.getLogger("tund.daemon.engine")
 
 
 class NotFound(TundError):
@@ -84,7 +85,7 @@ def read_keys(t: TunnelConfig) -> KeyMaterial:
 
 
 def _vnet_hdr(iface: InterfaceConfig) -> bool:
-    """Tun devices without packet info carry a vnet header (offloads: tund.relay.offload)."""
+    """Tun devices without packet info carry a vnet header (offloads: tund.relay.codec.offload)."""
     return iface.mode == "tun" and not iface.packet_info
 
 
@@ -103,20 +104,7 @@ def _sysfs_mtu(name: str) -> int | None:
 def bind_underlay(t: TunnelConfig) -> socket.socket:
     """Open the listening (TCP) or bound (UDP) socket of a ``listen`` tunnel."""
     host, port = t.endpoint
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    kind = socket.SOCK_STREAM if t.transport == "tcp" else socket.SOCK_DGRAM
-    s = socket.socket(family, kind)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((host, port))
-        if kind == socket.SOCK_STREAM:
-            s.listen(16)
-    except OSError as e:
-        s.close()
-        raise OSError(e.errno, f"cannot bind {t.transport} {t.listen}: "
-                               f"{os.strerror(e.errno or errno.EIO)}") from None
-    s.set_inheritable(False)
-    return s
+    return underlay.bind_underlay(t.transport, host, port)
 
 
 class Engine:
@@ -314,7 +302,7 @@ class Engine:
             preshared_key=km.preshared_key, timers=_test_timers())
 
     def _set_worker_user(self, user: str) -> None:
-        """Workers started from now on run as ``user`` (see tund.relay.privileges)."""
+        """Workers started from now on run as ``user`` (see tund.relay.process.privileges)."""
         if user != self._worker_user:
             self._worker_user = user
             self._worker_cls = worker_class(resolve_worker_user(user), self._launcher)
@@ -542,7 +530,7 @@ class Engine:
                     "error": self.device_errors.get(name),
                 }
         return {
-            "schema": STATUS_SCHEMA_VERSION,  # the layout, documented in tund.status_schema
+            "schema": STATUS_SCHEMA_VERSION,  # the layout, documented in tund.control.status_schema
             "daemon": {"version": __version__, "pid": os.getpid(),
                        "config": str(self.config_path), "started": self.started,
                        "reloads": self.reloads, "last_reload": self.last_reload},

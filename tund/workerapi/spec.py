@@ -6,7 +6,7 @@ Start-up: the daemon creates a ``SOCK_SEQPACKET`` socketpair and runs::
 
 with ``pass_fds`` holding the control end, the device fd and (role ``listen``) the
 pre-bound underlay socket; or, the usual way, the fork server (``python -m tund.relay
---fork-server``, :mod:`tund.relay.zygote`) forks a worker that finds the same fds under
+--fork-server``, :mod:`tund.relay.process.zygote`) forks a worker that finds the same fds under
 the same numbers (:mod:`tund.supervise.forkserver`). Its first message on the control
 socket is::
 
@@ -58,9 +58,9 @@ class WorkerSpec:
     mtu: int = 1500
     packet_info: bool = False
     # The device was opened with IFF_VNET_HDR (tun mode without packet info): every
-    # packet carries a virtio_net_hdr, and offloads may be negotiated (tund.relay.offload).
+    # packet carries a virtio_net_hdr, and offloads may be negotiated (tund.relay.codec.offload).
     vnet_hdr: bool = False
-    offload: bool = False  # negotiate TSO super-packets with the peer (tund.relay.offload)
+    offload: bool = False  # negotiate TSO super-packets with the peer (tund.relay.codec.offload)
     keepalive: int = 0
     reconnect_min: float = 0.2
     reconnect_max: float = 10.0

@@ -1,6 +1,6 @@
 """``tund``: the daemon's composition root.
 
-config -> :class:`~tund.engine.Engine` (devices, workers) -> control socket -> systemd.
+config -> :class:`~tund.daemon.engine.Engine` (devices, workers) -> control socket -> systemd.
 Runs in the foreground. Signal handlers only queue work for the loop: SIGHUP reloads,
 SIGTERM/SIGINT stop cleanly (workers stopped, persistent devices kept).
 
@@ -23,10 +23,10 @@ from tund import __version__, config, sdnotify
 from tund.config import Config
 from tund.control import auth
 from tund.control.server import ControlServer, PeerCred
-from tund.engine import Engine
+from tund.daemon.engine import Engine
 from tund.errors import ConfigError, TundError
 
-log = logging.getLogger("tund.daemon")
+log = logging.getLogger("tund.daemon.main")
 
 Handler = Callable[[Engine, dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -83,7 +83,7 @@ class Daemon:
         self.socket_path = socket_path
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._metrics: Any = None  # tund.metrics.MetricsServer when [daemon] metrics_listen
+        self._metrics: Any = None  # tund.daemon.metrics.MetricsServer when [daemon] metrics_listen
 
     def policy(self) -> auth.Policy:
         """Who may do what: the groups of the configuration in force (reloads included)."""
@@ -155,7 +155,7 @@ class Daemon:
         if not listen:
             return
         try:
-            from tund import metrics  # late: prometheus_client only when metrics are on
+            from tund.daemon import metrics  # late: prometheus_client only when metrics are on
 
             host, port = metrics.parse_listen(listen)
             server = metrics.MetricsServer(host, port, lambda: self.engine.status())

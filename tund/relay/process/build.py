@@ -1,0 +1,114 @@
+"""A worker's pump from its spec: device, codec and transport chosen and wired together.
+
+Pure construction: wraps the fds the daemon passed (nothing is opened by path) and
+imports what the loop needs; reads no packet.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+from typing import Any
+
+from tund.relay.codec.base import Codec
+from tund.relay.codec.offload import MAX_FRAME as VNET_MAX_FRAME
+from tund.relay.codec.offload import OffloadCodec
+from tund.relay.codec.plain import PlainCodec
+from tund.relay.device.offload import set_device_offload
+from tund.relay.device.tun import FdDevice
+from tund.relay.errors import RelayError
+from tund.relay.loop.counters import Counters
+from tund.relay.loop.pump import Pump
+from tund.relay.transport.base import Transport
+from tund.relay.transport.framing import MAX_FRAME
+from tund.relay.transport.tcp import TcpTransport
+from tund.relay.transport.udp import UdpTransport
+from tund.workerapi.spec import WorkerSpec
+from tund.workerapi.underlay import bind_underlay
+
+log = logging.getLogger("tund.relay.process.build")
+
+CODEC_OVERHEAD = 128  # room for a codec's header / tag / padding on the wire
+
+
+def max_packet(spec: WorkerSpec) -> int:
+    """The largest device packet: MTU, + 14 (Ethernet header) for tap, + 4 with PI."""
+    return min(MAX_FRAME, spec.mtu + (14 if spec.mode == "tap" else 0)
+               + (4 if spec.packet_info else 0))
+
+
+def make_codec(spec: WorkerSpec) -> Codec:
+    """PlainCodec for ``none``; the WireGuard codec (imported lazily) otherwise."""
+    if spec.encryption == "none":
+        udp = spec.transport == "udp"
+        min_len = (4 if spec.packet_info else 0) + (14 if spec.mode == "tap" else 1)
+        return PlainCodec(min_len=min_len, ip_check=spec.mode == "tun" and not spec.packet_info,
+                          keepalive=float(spec.keepalive) if udp else 0.0,
+                          hello=udp and spec.role == "remote")
+    if spec.encryption == "wireguard":
+        try:
+            from tund.relay.wireguard.codec import WireGuardCodec  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as e:
+            raise RelayError(f"encryption 'wireguard' is not available: cannot import "
+                             f"tund.relay.wireguard.codec.WireGuardCodec ({e})") from e
+        codec: Codec = WireGuardCodec(spec)
+        return codec
+    raise RelayError(f"unknown encryption {spec.encryption!r} (expected 'none' or 'wireguard')")
+
+
+def _own_socket(spec: WorkerSpec) -> socket.socket:
+    """Role listen without a socket from the daemon (standalone use): bind one ourselves."""
+    log.info("no socket_fd given: binding %s:%d myself", spec.host, spec.port)
+    return bind_underlay(spec.transport, spec.host, spec.port)
+
+
+def make_transport(spec: WorkerSpec, counters: Counters,
+                   largest: int | None = None) -> Transport:
+    """The spec's transport; ``largest``: the largest device frame (default: max_packet)."""
+    kind = socket.SOCK_STREAM if spec.transport == "tcp" else socket.SOCK_DGRAM
+    sock = None
+    if spec.role == "listen":
+        if spec.socket_fd is not None:
+            sock = socket.socket(fileno=spec.socket_fd)
+            if sock.type != kind:
+                raise RelayError(f"socket_fd {spec.socket_fd} is not a {spec.transport} socket")
+        else:
+            sock = _own_socket(spec)
+    common: dict[str, Any] = {"role": spec.role, "host": spec.host, "port": spec.port,
+                              "reconnect_min": spec.reconnect_min,
+                              "reconnect_max": spec.reconnect_max}
+    if spec.transport == "tcp":
+        return TcpTransport(counters, listen_sock=sock, keepalive=spec.keepalive,
+                            max_message=(largest or max_packet(spec)) + CODEC_OVERHEAD,
+                            **common)
+    return UdpTransport(counters, sock=sock, **common)
+
+
+def build(spec: WorkerSpec, control: socket.socket) -> Pump:
+    counters = Counters()
+    mp = max_packet(spec)
+    codec = make_codec(spec)
+    if spec.vnet_hdr and spec.mode == "tun" and not spec.packet_info:
+        # vnet frames on the device (tund.relay.codec.offload); offloads only when negotiated.
+        # The frames' IP check moves to OffloadCodec.
+        if isinstance(codec, PlainCodec):
+            codec.ip_check = False
+        # the tunnel's `offload` setting; TUND_OFFLOAD=1/0 in the environment overrides it
+        negotiate = {"1": True, "0": False}.get(os.environ.get("TUND_OFFLOAD", ""),
+                                                spec.offload)
+        # WireGuard carries IP packets only (tun mode: the receiver strips padding by the
+        # IP length and drops anything else as invalid_packet): frames go in envelopes
+        codec = OffloadCodec(codec, functools.partial(set_device_offload, spec.device_fd),
+                             max_packet=mp, drops=counters.drops, negotiate=negotiate,
+                             enveloped=not isinstance(codec, PlainCodec),
+                             chunked=spec.transport == "udp")
+        device = FdDevice(spec.device_fd, read_size=VNET_MAX_FRAME + 1)
+        return Pump(control=control, device=device,
+                    transport=make_transport(spec, counters, VNET_MAX_FRAME),
+                    codec=codec, counters=counters, max_packet=VNET_MAX_FRAME,
+                    mtu=spec.mtu, vnet=True)
+    device = FdDevice(spec.device_fd, read_size=mp + 1)  # mp + 1 bytes read = oversize
+    return Pump(control=control, device=device, transport=make_transport(spec, counters),
+                codec=codec, counters=counters, max_packet=mp, mtu=spec.mtu)

@@ -1,0 +1,34 @@
+"""The underlay sockets a listening tunnel's worker is handed: bound here, once.
+
+The daemon binds them (as root, before any worker starts) and keeps them across worker
+restarts; a worker run standalone binds its own the same way.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+BACKLOG = 16  # TCP: connections that may wait for the worker to accept them
+
+
+def bind_underlay(transport: str, host: str, port: int) -> socket.socket:
+    """A bound UDP socket or a listening TCP socket on ``host:port`` (not inheritable).
+
+    Raises OSError whose message names the transport and the address.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    kind = socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM
+    s = socket.socket(family, kind)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        if kind == socket.SOCK_STREAM:
+            s.listen(BACKLOG)
+    except OSError as e:
+        s.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise OSError(e.errno, f"cannot bind {transport} {where}: "
+                               f"{os.strerror(e.errno or errno.EIO)}") from None
+    return s
