@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import textwrap
 from typing import Any
@@ -62,7 +63,7 @@ def test_create_tun_and_tap_persistent(ns: Netns) -> None:
     created_a, created_b, a, b = got
     assert created_a and created_b
     assert a | {"ifindex": 0} == dict(name=tun, mode="tun", packet_info=False,
-                                      multi_queue=False, persist=True, owner=None, group=None,
+                                      multi_queue=False, persist=True, owner=0, group=None,
                                       ifindex=0)
     assert b["mode"] == "tap" and b["packet_info"] and b["multi_queue"] and b["persist"]
     ka, kb = kernel_view(ns, tun), kernel_view(ns, tap)
@@ -145,14 +146,15 @@ def test_delete_device(ns: Netns) -> None:
     assert got == [True, True, None, False]
 
 
-def _attach_as(ns: Netns, name: str, uid: int) -> tuple[int, str]:
+def _attach_as(ns: Netns, name: str, uid: int, extra_flags: int = 0) -> tuple[int, str]:
     """As ``uid`` (no groups, no capabilities), TUNSETIFF ``name`` on a /dev/net/tun fd.
 
     /dev/net/tun is 0600 here, so the shell opens it as root on fd 3 and setpriv drops to
     ``uid`` before Python makes the ioctl: the permission check is the device's owner.
     """
     code = (f"import fcntl, struct; fcntl.ioctl(3, {tuntap.TUNSETIFF}, "
-            f"struct.pack('16sH22x', {name.encode()!r}, {tuntap.IFF_TUN | tuntap.IFF_NO_PI}));"
+            f"struct.pack('16sH22x', {name.encode()!r}, "
+            f"{tuntap.IFF_TUN | tuntap.IFF_NO_PI | extra_flags}));"
             " print('attached')")
     p = ns.run("sh", "-c", f'exec 3<>/dev/net/tun; exec setpriv --reuid={uid} --regid={uid} '
                            f'--clear-groups /usr/bin/python3 -I -c "{code}"', check=False)
@@ -171,6 +173,45 @@ def test_non_root_owner_can_attach(ns: Netns) -> None:
     assert rc != 0 and "Operation not permitted" in text
     rc, text = _attach_as(ns, name, 65534)
     assert rc == 0 and "attached" in text, text
+
+
+def test_no_other_user_can_attach_to_a_device_tund_made(ns: Netns) -> None:
+    """Without owner or group a device gets owner root; an ownerless one is fixed on adoption.
+
+    Before: a device with neither owner nor group let any user attach (and read the
+    tunnel's traffic while tund was stopped, or at any time with multi_queue)."""
+    if not shutil.which("setpriv"):
+        pytest.skip("needs setpriv (util-linux)")
+    made, multi, foreign = unique("nd"), unique("nd"), unique("nd")
+    flags = tuntap.IFF_TUN | tuntap.IFF_NO_PI
+    code = PRELUDE + textwrap.dedent(f"""
+        import fcntl, os, struct, sys
+        a = tuntap.open_device({made!r}, "tun"); tuntap.close(a.fd)
+        m = tuntap.open_device({multi!r}, "tun", multi_queue=True)   # stays attached
+        fd = os.open("/dev/net/tun", os.O_RDWR)  # someone else's device: no owner, no group
+        fcntl.ioctl(fd, tuntap.TUNSETIFF, struct.pack("16sH22x", {foreign.encode()!r}, {flags}))
+        fcntl.ioctl(fd, tuntap.TUNSETPERSIST, 1); os.close(fd)
+        before = info({foreign!r})
+        b = tuntap.open_device({foreign!r}, "tun"); tuntap.close(b.fd)
+        out([info({made!r})["owner"], info({multi!r})["owner"], before["owner"],
+             info({foreign!r})["owner"]])
+        sys.stdout.flush()
+        sys.stdin.read()   # until the test is done
+    """)
+    holder = subprocess.Popen(ns.argv(sys.executable, "-c", code), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert json.loads(holder.stdout.readline()) == [0, 0, None, 0]
+        for name in (made, foreign):  # tund stopped: persistent devices nobody holds
+            rc, text = _attach_as(ns, name, 65533)
+            assert rc != 0 and "Operation not permitted" in text, (name, text)
+        rc, text = _attach_as(ns, multi, 65533, tuntap.IFF_MULTI_QUEUE)  # tund holds it
+        assert rc != 0 and "Operation not permitted" in text, text
+        rc, text = _attach_as(ns, made, 0)  # root still can
+        assert rc == 0 and "attached" in text, text
+    finally:
+        holder.communicate("", timeout=10)
 
 
 def test_adopt_follows_persist_and_set_persist(ns: Netns) -> None:

@@ -81,11 +81,28 @@ def test_mismatch_messages_name_found_and_expected() -> None:
                        owner=1000, group=None, ifindex=3)
     assert tuntap.mismatches(found, "tun", packet_info=False, multi_queue=False,
                              owner=None, group=None) == [
-        "mode is tap, config says tun", "owner is 1000, config says unset"]
+        "mode is tap, config says tun", "owner is 1000, config says unset (root)"]
     assert tuntap.mismatches(found, "tap", packet_info=True, multi_queue=False,
                              owner=1000, group=None) == ["packet_info is off, config says on"]
     assert tuntap.mismatches(found, "tap", packet_info=False, multi_queue=False,
                              owner=1000, group=None) == []
+
+
+def test_a_device_without_owner_or_group_gets_root_as_its_owner() -> None:
+    """The kernel lets any user attach to a device with neither owner nor group."""
+    assert tuntap.effective_owner(None, None) == 0
+    assert tuntap.effective_owner(1000, None) == 1000
+    assert tuntap.effective_owner(None, 100) is None  # the group alone restricts it
+    mine = DeviceInfo("tun0", "tun", packet_info=False, multi_queue=False, persist=True,
+                      owner=0, group=None, ifindex=3)
+    ownerless = DeviceInfo("tun0", "tun", packet_info=False, multi_queue=False, persist=True,
+                           owner=None, group=None, ifindex=3)
+    for found in (mine, ownerless):  # adopted as is (the ownerless one is then fixed)
+        assert tuntap.mismatches(found, "tun", packet_info=False, multi_queue=False,
+                                 owner=None, group=None) == []
+    assert tuntap.mismatches(mine, "tun", packet_info=False, multi_queue=False,
+                             owner=None, group=100) == [
+        "owner is 0, config says unset", "group is unset, config says 100"]
 
 
 def test_open_device_mismatch_raises_before_any_ioctl(

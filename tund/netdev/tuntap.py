@@ -11,6 +11,10 @@ Contract:
   ``TUNSETGROUP`` / ``TUNSETPERSIST`` as asked). A device whose mode, packet_info,
   multi_queue, owner or group differ from the request is never touched: TunError names the
   device, the value found and the value asked for.
+* No device is left without an owner: the kernel lets *any* user who can open
+  /dev/net/tun attach to a device that has neither owner nor group (and read its
+  traffic). Without a configured owner or group a device gets owner 0 (root), and an
+  adopted device found without either is given owner 0 (:func:`effective_owner`).
 * Every ioctl that changes the kernel is logged (logger ``tund.netdev.tuntap``) *before* it
   is made, as ``[#] ioctl NAME DEVICE VALUE``.
 * The returned fd is blocking; the worker makes it non-blocking.
@@ -178,12 +182,24 @@ def _show(value: object) -> str:
     return str(value)
 
 
+def effective_owner(owner: int | None, group: int | None) -> int | None:
+    """The owner a device gets: ``owner``, or root (0) when neither owner nor group is set
+    (a device with neither may be attached by any user)."""
+    return 0 if owner is None and group is None else owner
+
+
 def mismatches(found: DeviceInfo, mode: Mode, *, packet_info: bool, multi_queue: bool,
                owner: int | None, group: int | None) -> list[str]:
-    """Why ``found`` is not the device asked for, one phrase per differing field."""
+    """Why ``found`` is not the device asked for, one phrase per differing field.
+
+    ``owner`` is compared as :func:`effective_owner` makes it, except that a device with
+    neither owner nor group matches a request for neither (it is then given owner 0).
+    """
+    ownerless = found.owner is None and found.group is None
     wanted = {"mode": mode, "packet_info": packet_info, "multi_queue": multi_queue,
-              "owner": owner, "group": group}
-    return [f"{key} is {_show(getattr(found, key))}, config says {_show(want)}"
+              "owner": owner if ownerless else effective_owner(owner, group), "group": group}
+    shown = {**wanted, "owner": "unset (root)" if owner is None and group is None else owner}
+    return [f"{key} is {_show(getattr(found, key))}, config says {_show(shown[key])}"
             for key, want in wanted.items() if getattr(found, key) != want]
 
 
@@ -226,6 +242,10 @@ def open_device(name: str, mode: Mode, *, packet_info: bool = False, multi_queue
         log.info("adopting existing %s device %s (ifindex %d)", mode, name, found.ifindex)
         fd = attach(name, flags)
         try:
+            if found.owner is None and found.group is None:
+                log.warning("device %s has no owner or group: any user could attach to it; "
+                            "giving it owner 0", name)
+                _set(fd, TUNSETOWNER, "TUNSETOWNER", name, 0)
             if found.persist != persist:
                 _set(fd, TUNSETPERSIST, "TUNSETPERSIST", name, int(persist))
         except BaseException:
@@ -236,8 +256,8 @@ def open_device(name: str, mode: Mode, *, packet_info: bool = False, multi_queue
         log.info("creating %s device %s", mode, name)
         fd = attach(name, flags)
         try:
-            if owner is not None:
-                _set(fd, TUNSETOWNER, "TUNSETOWNER", name, owner)
+            if (uid := effective_owner(owner, group)) is not None:
+                _set(fd, TUNSETOWNER, "TUNSETOWNER", name, uid)
             if group is not None:
                 _set(fd, TUNSETGROUP, "TUNSETGROUP", name, group)
             if persist:
