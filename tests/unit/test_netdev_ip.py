@@ -44,6 +44,19 @@ def test_run_logs_before_running_and_returns_stdout(
     assert argv_log.read_text() == "link set t0 up\n"
 
 
+def test_every_change_to_a_link_carries_its_journal_field(
+        fake_ip: tuple[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """``journalctl TUND_INTERFACE=t0`` finds every ``[#] ip`` line about t0."""
+    binary, _ = fake_ip
+    caplog.set_level(logging.INFO, "tund.netdev.ip")
+    ip = IpRunner(binary=binary)
+    ip.run(["link", "set", "t0", "up"])
+    ip.run(["addr", "add", "10.0.0.1/24", "dev", "t1"])
+    ip.batch([["route", "replace", "10.9.0.0/24", "dev", "t2"], ["rule", "add", "table", "7"]])
+    assert [getattr(r, "TUND_INTERFACE", None) for r in caplog.records] == [
+        "t0", "t1", "t2", None]
+
+
 def test_netns_and_json(fake_ip: tuple[str, Path], caplog: pytest.LogCaptureFixture) -> None:
     binary, argv_log = fake_ip
     caplog.set_level(logging.INFO, "tund.netdev.ip")

@@ -87,7 +87,7 @@ class IpRunner:
     def run(self, argv: Sequence[str]) -> str:
         """Log, then run ``ip ARGV`` (a change); stdout, or IpCommandError."""
         cmd = self.command(argv)
-        log.info("[#] %s", shlex.join(cmd))
+        log.info("[#] %s", shlex.join(cmd), extra=interface_field(argv))
         return self._exec(cmd)
 
     def batch(self, argvs: Sequence[Sequence[str]]) -> None:
@@ -103,7 +103,7 @@ class IpRunner:
         if unsafe:
             raise ValueError(f"ip -batch cannot carry the argument {unsafe[0]!r}")
         for argv in argvs:
-            log.info("[#] %s", shlex.join(self.command(argv)))
+            log.info("[#] %s", shlex.join(self.command(argv)), extra=interface_field(argv))
         cmd = self.command(["-batch", "-"])
         text = "".join(" ".join(argv) + "\n" for argv in argvs)
         try:
@@ -133,6 +133,15 @@ class IpRunner:
             return jsonlib.loads(out)
         except ValueError as e:
             raise IpCommandError(cmd, 0, f"output is not JSON ({e}): {out[:200]!r}") from e
+
+
+def interface_field(argv: Sequence[str]) -> dict[str, str]:
+    """``{"TUND_INTERFACE": NAME}`` for a command about one link (``... dev NAME ...`` or
+    ``link set|add|del NAME``), for the journal; empty when it names none."""
+    for i, a in enumerate(argv[:-1]):
+        if a == "dev" or (a in ("set", "add", "del", "delete") and i == 1 and argv[0] == "link"):
+            return {"TUND_INTERFACE": argv[i + 1]}
+    return {}
 
 
 def run_batch(ip: Ip, argvs: Sequence[Sequence[str]]) -> None:

@@ -115,6 +115,11 @@ class OpenedDevice:
     created: bool
 
 
+def _field(name: str) -> dict[str, str]:
+    """The journal field of messages about device ``name`` (see tund.logs)."""
+    return {"TUND_INTERFACE": name}
+
+
 def _errtext(err: OSError) -> str:
     return os.strerror(err.errno) if err.errno else str(err)
 
@@ -134,7 +139,7 @@ def _ioctl(fd: int, request: int, arg: int | bytes, what: str, name: str) -> int
 
 
 def _set(fd: int, request: int, what: str, name: str, value: int) -> None:
-    log.info("[#] ioctl %s %s %d", what, name, value)
+    log.info("[#] ioctl %s %s %d", what, name, value, extra=_field(name))
     _ioctl(fd, request, value, what, name)
 
 
@@ -213,7 +218,7 @@ def _open_tun(name: str) -> int:
 def attach(name: str, flags: int) -> int:
     """Open /dev/net/tun and TUNSETIFF ``name`` with ``flags``; the new fd (closed on error)."""
     fd = _open_tun(name)
-    log.info("[#] ioctl TUNSETIFF %s flags=0x%04x", name, flags)
+    log.info("[#] ioctl TUNSETIFF %s flags=0x%04x", name, flags, extra=_field(name))
     try:
         _ioctl(fd, TUNSETIFF, pack_ifreq(name, flags), "TUNSETIFF", name)
     except BaseException:
@@ -239,12 +244,13 @@ def open_device(name: str, mode: Mode, *, packet_info: bool = False, multi_queue
         if diffs := mismatches(found, mode, packet_info=packet_info, multi_queue=multi_queue,
                                owner=owner, group=group):
             raise TunError(f"device {name}: {'; '.join(diffs)}")
-        log.info("adopting existing %s device %s (ifindex %d)", mode, name, found.ifindex)
+        log.info("adopting existing %s device %s (ifindex %d)", mode, name, found.ifindex,
+                 extra=_field(name))
         fd = attach(name, flags)
         try:
             if found.owner is None and found.group is None:
                 log.warning("device %s has no owner or group: any user could attach to it; "
-                            "giving it owner 0", name)
+                            "giving it owner 0", name, extra=_field(name))
                 _set(fd, TUNSETOWNER, "TUNSETOWNER", name, 0)
             if found.persist != persist:
                 _set(fd, TUNSETPERSIST, "TUNSETPERSIST", name, int(persist))
@@ -253,7 +259,7 @@ def open_device(name: str, mode: Mode, *, packet_info: bool = False, multi_queue
             raise
         created = False
     else:
-        log.info("creating %s device %s", mode, name)
+        log.info("creating %s device %s", mode, name, extra=_field(name))
         fd = attach(name, flags)
         try:
             if (uid := effective_owner(owner, group)) is not None:
