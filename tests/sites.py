@@ -39,10 +39,11 @@ class Site:
     def write(self, text: str) -> None:
         self.config.write_text(textwrap.dedent(text))
 
-    def start(self, *, wait: float = 15, extra_env: dict[str, str] | None = None) -> None:
+    def start(self, *, wait: float = 15, extra_env: dict[str, str] | None = None,
+              extra_args: tuple[str, ...] = ()) -> None:
         self.proc = self.ns.spawn(sys.executable, "-m", "tund", "--config", str(self.config),
                                   "--control-socket", str(self.sock), "--log-level", "debug",
-                                  log=self.log, env=extra_env)
+                                  *extra_args, log=self.log, env=extra_env)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -4,7 +4,7 @@ Site ``a`` runs ``python -m tund`` with one WireGuard tunnel; site ``b`` runs
 ``wireguard-go -f`` configured with ``wg set``. tund initiates (role remote, towards
 wireguard-go's listen port) or responds (role listen; wireguard-go has it as endpoint).
 Each way: pings both ways, then 100 MiB over TCP through the tunnel, byte-exact. While
-tund initiates, its rekey timer is cut to 3 s (TUND_TEST_TIMERS), so the transfer runs
+tund initiates, its rekey timer is cut to 3 s (``tund --test-timers``), so the transfer runs
 across several new handshakes; nothing may be lost and the handshake times must move.
 """
 
@@ -29,7 +29,7 @@ INNER_A, INNER_B = "10.231.200.1", "10.231.200.2"
 
 
 def _setup(ts: TwoSites, tmp: Path, tund_initiates: bool,
-           env: dict[str, str] | None = None) -> tuple[WireGuardGo, KeyPair, KeyPair]:
+           args: tuple[str, ...] = ()) -> tuple[WireGuardGo, KeyPair, KeyPair]:
     require(tool_missing("wireguard-go", "wg"))
     disable_ipv6(ts.a.ns, ts.b.ns)
     ka, kb = KeyPair.new(), KeyPair.new()
@@ -41,7 +41,7 @@ def _setup(ts: TwoSites, tmp: Path, tund_initiates: bool,
                   else ("listen", f"{ts.ua}:{TUND_PORT}"))
     ts.a.write(wg_tunnel(new_ifname("wit"), "tun", INNER_A, "udp", ep_key, ep,
                          write_key(ts.a.dir / "a.key", ka.priv), kb.pub, mtu=1420))
-    ts.a.start(extra_env=env)
+    ts.a.start(extra_args=args)
     return wg, ka, kb
 
 
@@ -53,7 +53,7 @@ def _dump(ts: TwoSites, wg: WireGuardGo) -> str:
 @pytest.mark.slow
 def test_tund_initiates_rekeys_during_100mb(tmp_path: Path) -> None:
     ts = two_sites(tmp_path)
-    wg, _ka, kb = _setup(ts, tmp_path, True, env={"TUND_TEST_TIMERS": "rekey_after_time=3"})
+    wg, _ka, kb = _setup(ts, tmp_path, True, args=("--test-timers", "rekey_after_time=3"))
     try:
         ts.a.ns.wait_ping(INNER_B, within=20)  # tund's first packet starts the handshake
         assert ts.b.ns.ping(INNER_A, count=3)

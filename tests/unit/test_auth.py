@@ -123,7 +123,8 @@ def test_daemon_dispatch_enforces_the_right_of_each_command(
     from tests.fuzz.targets import FakeEngine
     from tund.config import parse_text
     from tund.control.server import PeerCred
-    from tund.daemon.main import COMMANDS, Daemon
+    from tund.daemon.commands import COMMANDS
+    from tund.daemon.main import Daemon
 
     assert {cmd: right for cmd, (_, right) in COMMANDS.items()} == {
         "status": "read", "reload": "admin", "up": "admin", "down": "admin",
@@ -141,6 +142,6 @@ def test_daemon_dispatch_enforces_the_right_of_each_command(
         assert (await daemon.dispatch("up", {"tunnel": "t1"}, admin))["tunnel"] == "t1"
         assert (await daemon.dispatch("reload", {}, None))["dry_run"] is False  # SIGHUP
 
-    with caplog.at_level(logging.WARNING, "tund.daemon.main"):
+    with caplog.at_level(logging.WARNING, "tund.daemon.commands"):
         asyncio.run(run())
     assert "denied 'up' to uid 1001 (pid 11, gid 1001)" in caplog.text

@@ -1,6 +1,6 @@
 """Who may run which control command: rights from the peer's uid and groups.
 
-Two rights (the second column of :data:`tund.daemon.main.COMMANDS`):
+Two rights (the second column of :data:`tund.daemon.commands.COMMANDS`):
 
 * ``read``  (``status``): root, the daemon's own user, members of ``control_group`` and
   members of ``admin_group``;

@@ -2,7 +2,8 @@
 
 * :mod:`~tund.daemon.main`      ``tund``: arguments, signals, systemd notifications;
 * :mod:`~tund.daemon.commands`  the control command table, each command with its right;
-* :mod:`~tund.daemon.engine`    running state: devices, listeners, tunnel runners;
+* :mod:`~tund.daemon.engine`    running state: devices, listeners, keys, tunnel runners;
+* :mod:`~tund.daemon.keyfiles`  a tunnel's key material, read from its key files;
 * :mod:`~tund.daemon.plan`      the pure diff of two configurations;
 * :mod:`~tund.daemon.reload`    a reload as a list of steps, each with its undo;
 * :mod:`~tund.daemon.status`    the status reply (schema: :mod:`tund.control.status_schema`);

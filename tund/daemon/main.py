@@ -15,7 +15,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,63 +23,21 @@ from tund import __version__, config, sdnotify
 from tund.config import Config
 from tund.control import auth
 from tund.control.server import ControlServer, PeerCred
+from tund.daemon import commands
 from tund.daemon.engine import Engine
 from tund.errors import ConfigError, TundError
 
 log = logging.getLogger("tund.daemon.main")
 
-Handler = Callable[[Engine, dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-class BadRequest(TundError):
-    code = "bad-request"
-
-
-def _tunnel_arg(args: dict[str, Any]) -> str:
-    name = args.get("tunnel")
-    if not isinstance(name, str) or not name:
-        raise BadRequest("this command needs a tunnel name (args.tunnel)")
-    return name
-
-
-def _opt_tunnel_arg(args: dict[str, Any]) -> str | None:
-    """``args.tunnel`` when given (a non-empty string), else None (all tunnels)."""
-    name = args.get("tunnel")
-    if name is None or name == "":
-        return None
-    if not isinstance(name, str):
-        raise BadRequest(f"args.tunnel must be a tunnel name (a string), "
-                         f"not {type(name).__name__}")
-    return name
-
-
-def _flag_arg(args: dict[str, Any], key: str) -> bool:
-    value = args.get(key, False)
-    if not isinstance(value, bool):
-        raise BadRequest(f"args.{key} must be true or false (got {type(value).__name__})")
-    return value
-
-
-#: command -> (handler, right needed: "read" or "admin"; see tund.control.auth)
-COMMANDS: dict[str, tuple[Handler, auth.Right]] = {
-    "status": (lambda e, a: e.status(_opt_tunnel_arg(a)), "read"),
-    "reload": (lambda e, a: e.reload(_flag_arg(a, "dry_run")), "admin"),
-    "up": (lambda e, a: e.tunnel_up(_tunnel_arg(a)), "admin"),
-    "down": (lambda e, a: e.tunnel_down(_tunnel_arg(a)), "admin"),
-    "restart": (lambda e, a: e.tunnel_restart(_tunnel_arg(a)), "admin"),
-}
-
-
-class UnknownCommand(TundError):
-    code = "unknown-command"
-
 
 class Daemon:
     """The loop-side glue: control socket, signals, systemd notifications."""
 
-    def __init__(self, cfg: Config, config_path: Path, socket_path: str) -> None:
+    def __init__(self, cfg: Config, config_path: Path, socket_path: str,
+                 timers: Mapping[str, float] | None = None) -> None:
+        """``timers``: test-only timer overrides for every worker (``--test-timers``)."""
         self.cfg = cfg
-        self.engine = Engine(config_path)
+        self.engine = Engine(config_path, timers=timers)
         self.socket_path = socket_path
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -94,20 +52,10 @@ class Daemon:
                        peer: PeerCred | None = None) -> dict[str, Any]:
         """Run ``cmd`` for ``peer`` (None: the daemon itself, e.g. SIGHUP).
 
-        Raises UnknownCommand, :class:`~tund.control.auth.Denied` (logged with the peer's
-        uid and pid) when the peer lacks the command's right, or the handler's TundError.
+        Raises what :func:`tund.daemon.commands.authorized` raises, or the handler's
+        TundError. A reload that changes things is announced to systemd (RELOADING=1).
         """
-        entry = COMMANDS.get(cmd)
-        if entry is None:
-            raise UnknownCommand(f"unknown command {cmd!r} (known: {', '.join(sorted(COMMANDS))})")
-        handler, right = entry
-        if peer is not None:
-            try:
-                auth.authorize(cmd, right, peer.uid, peer.gid, self.policy())
-            except auth.Denied as e:
-                log.warning("control: denied %r to uid %d (pid %d, gid %d): %s",
-                            cmd, peer.uid, peer.pid, peer.gid, e)
-                raise
+        handler = commands.authorized(cmd, peer, self.policy)
         if cmd == "reload" and not args.get("dry_run"):
             sdnotify.notify("RELOADING=1", "STATUS=reloading")
             try:
@@ -207,6 +155,21 @@ class Daemon:
         return 0
 
 
+def parse_timers(text: str) -> dict[str, float]:
+    """``name=seconds,...`` -> ``{name: seconds}`` (the names are checked by the workers)."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected name=seconds[,name=seconds...] (got {part!r})") from None
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="tund", description="TUN/TAP tunnel daemon (foreground).")
     ap.add_argument("--config", type=Path, default=None,
@@ -218,6 +181,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     choices=["debug", "info", "warning", "error"],
                     help="log level (overrides [daemon] log_level)")
     ap.add_argument("--version", action="version", version=f"tund {__version__}")
+    # For tests only (e.g. rekey_after_time=3 makes WireGuard rekey every 3 s): timer
+    # overrides passed to every worker, see tund.relay.wireguard.timers. Not in --help.
+    ap.add_argument("--test-timers", type=parse_timers, default={}, metavar="NAME=SECONDS,...",
+                    help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -237,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     logs.setup(args.log_level or cfg.daemon.log_level)
     socket_path = args.control_socket or cfg.daemon.control_socket
-    return asyncio.run(Daemon(cfg, path, socket_path).run())
+    return asyncio.run(Daemon(cfg, path, socket_path, timers=args.test_timers).run())
+
 
 if __name__ == "__main__":
     sys.exit(main())

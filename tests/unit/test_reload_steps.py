@@ -1,0 +1,245 @@
+"""A reload is one list of steps (tund.daemon.reload): the dry run lists it, the apply logs
+and runs exactly it, and a failing step undoes the ones before it.
+
+A real Engine with fakes below it: FakeIp for ``ip``, fake tuntap ioctls (devices are
+FakeLinks of the FakeIp), fake workers. The same against the real kernel:
+tests/privileged/test_reload_steps.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import socket
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit.test_netdev_fakeip import FakeIp, FakeLink
+from tests.unit.test_supervisor import FakeWorker
+from tund import config
+from tund.daemon import engine as engine_mod
+from tund.daemon.engine import Engine
+from tund.errors import ReloadError
+from tund.netdev import tuntap
+
+
+class BatchFakeIp(FakeIp):
+    """FakeIp that also answers the whole-table reads of a daemon start (read_states)."""
+
+    def json(self, argv: Sequence[str]) -> Any:
+        args = list(argv)
+        if "dev" in args:
+            return super().json(argv)
+        self.reads.append(args)
+        if args == ["addr", "show"]:
+            return [self._link_json(link) for link in self.links.values()]
+        return []  # -4/-6 route show proto static: no routes in these configs
+
+
+class FakeDevices:
+    """tuntap's open/delete/persist against the links of a FakeIp."""
+
+    def __init__(self, ip: FakeIp) -> None:
+        self.ip = ip
+        self.names: dict[int, str] = {}
+        self.persist: dict[str, bool] = {}
+        self.modes: dict[str, str] = {}
+
+    def open_device(self, name: str, mode: Any, **kw: Any) -> tuntap.OpenedDevice:
+        fd = 1000 + len(self.names)
+        self.names[fd] = name
+        self.persist[name], self.modes[name] = kw["persist"], mode
+        self.ip.links.setdefault(name, FakeLink(name, mac=None if mode == "tun" else
+                                                "02:00:00:00:00:bb"))
+        info = tuntap.DeviceInfo(name, mode, kw["packet_info"], kw["multi_queue"],
+                                 kw["persist"], None, None, fd)
+        return tuntap.OpenedDevice(fd=fd, info=info, created=True)
+
+    def delete_device(self, name: str, fd: int | None = None) -> bool:
+        return self.ip.links.pop(name, None) is not None
+
+    def set_persist(self, fd: int, on: bool) -> None:
+        self.persist[self.names[fd]] = on
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[BatchFakeIp, FakeDevices]]:
+    ip = BatchFakeIp()
+    dev = FakeDevices(ip)
+    monkeypatch.setattr(tuntap, "open_device", dev.open_device)
+    monkeypatch.setattr(tuntap, "delete_device", dev.delete_device)
+    monkeypatch.setattr(tuntap, "set_persist", dev.set_persist)
+    monkeypatch.setattr(tuntap, "close", lambda fd: None)
+    monkeypatch.setattr(engine_mod, "worker_class", lambda run_as, launcher: FakeWorker)
+    FakeWorker.all = []
+    yield ip, dev
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _iface(name: str, mode: str = "tun", addrs: Sequence[str] = (), extra: str = "") -> str:
+    quoted = ", ".join(f'"{a}"' for a in addrs)
+    return f'\n[interfaces.{name}]\nmode = "{mode}"\naddresses = [{quoted}]\n{extra}\n'
+
+
+def _tunnel(name: str, iface: str, key: str = "remote", endpoint: str = "127.0.0.1:9",
+            extra: str = "") -> str:
+    return (f'\n[tunnels.{name}]\ninterface = "{iface}"\n{key} = "{endpoint}"\n'
+            f'encryption = "none"\n{extra}\n')
+
+
+OLD = (_iface("zqk0", addrs=["10.91.1.1/24"]) + _tunnel("keep", "zqk0")
+       + _iface("zqg0", addrs=["10.91.2.1/24"]) + _tunnel("gone", "zqg0")
+       + _iface("zqc0", addrs=["10.91.3.1/24"]) + _tunnel("chg", "zqc0")
+       + _iface("zqr0", addrs=["10.91.4.1/24"]) + _tunnel("rec", "zqr0")
+       + _iface("zqp0"))
+
+
+def _new(port: int) -> str:
+    return (_iface("zqk0", addrs=["10.91.1.1/24"]) + _tunnel("keep", "zqk0")
+            + _iface("zqc0", addrs=["10.91.3.1/24", "10.91.3.2/24"], extra="mtu = 1300")
+            + _tunnel("chg", "zqc0")
+            + _iface("zqr0", "tap", addrs=["10.91.4.1/24"]) + _tunnel("rec", "zqr0")
+            + _iface("zqp0", extra="persist = false")
+            + _iface("zqn0", addrs=["10.91.5.1/24"])
+            + _tunnel("new", "zqn0", "listen", f"127.0.0.1:{port}")
+            + _tunnel("tcp", "zqp0", extra='transport = "tcp"'))
+
+
+def _expected(port: int) -> list[str]:
+    return [
+        "[#] ip link set zqc0 mtu 1300",
+        "[#] ip addr add 10.91.3.2/24 dev zqc0",
+        "tell worker of tunnel chg: mtu 1300",
+        "create device zqn0 (mode tun)",
+        "[#] ip link set zqn0 up",
+        "[#] ip addr add 10.91.5.1/24 dev zqn0",
+        "set persist=false on device zqp0",
+        "stop worker of tunnel gone",
+        "stop worker of tunnel rec (interface zqr0 is recreated)",
+        "delete device zqr0 to recreate it (changed: mode)",
+        "create device zqr0 (mode tap)",
+        "[#] ip link set zqr0 up",
+        "[#] ip addr add 10.91.4.1/24 dev zqr0",
+        f"bind udp 127.0.0.1:{port} for tunnel new",
+        "start worker of tunnel new",
+        "start worker of tunnel rec",
+        "start worker of tunnel tcp",
+        "delete device zqg0",
+    ]
+
+
+async def _start(eng: Engine, text: str, path: Path) -> None:
+    path.write_text(text)
+    await eng.start(config.load(path))
+
+
+def test_dry_run_is_what_the_apply_logs_and_runs(
+        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices],
+        caplog: pytest.LogCaptureFixture) -> None:
+    ip, dev = fakes
+    path = tmp_path / "tunnels.toml"
+    port = _free_port()
+    eng = Engine(path, ip=ip, fork_server=False)
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+        await _start(eng, OLD, path)
+        chg_worker = eng.runners["chg"].worker
+        keep_runner = eng.runners["keep"]
+        path.write_text(_new(port))
+        ip.ran.clear()
+        dry = await eng.reload(dry_run=True)
+        assert ip.ran == []  # a dry run changes nothing
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            done = await eng.reload()
+        assert eng.runners["keep"] is keep_runner  # untouched
+        assert isinstance(chg_worker, FakeWorker)
+        assert {"op": "update", "mtu": 1300} in chg_worker.sent
+        await eng.shutdown()
+        return dry, done
+
+    dry, done = asyncio.run(go())
+    logged = [r.getMessage() for r in caplog.records
+              if r.name in ("tund.daemon.reload", "tund.netdev.ip") and r.levelno == logging.INFO]
+    assert dry["actions"] == _expected(port)
+    assert done["actions"] == dry["actions"] == logged
+    # what the ip lines say is what ran, in that order
+    ran = [a for a in dry["actions"] if a.startswith("[#] ip ")]
+    assert ["[#] ip " + " ".join(argv) for argv in ip.ran] == ran
+    assert dev.persist["zqp0"] is False and dev.modes["zqr0"] == "tap"
+    assert "zqg0" not in ip.links and ip.links["zqc0"].mtu == 1300
+    assert done["added"] == {"interfaces": ["zqn0"], "tunnels": ["new", "tcp"]}
+    assert done["removed"] == {"interfaces": ["zqg0"], "tunnels": ["gone"]}
+    assert done["changed"] == {"interfaces": ["zqc0", "zqp0", "zqr0"], "tunnels": ["rec"]}
+    assert done["dry_run"] is False and dry["dry_run"] is True
+
+
+def test_failed_bind_undoes_every_step_before_it(
+        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
+    ip, dev = fakes
+    path = tmp_path / "tunnels.toml"
+    port = _free_port()
+    eng = Engine(path, ip=ip, fork_server=False)
+    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    held.bind(("127.0.0.1", port))
+
+    async def go() -> None:
+        await _start(eng, OLD, path)
+        links = copy.deepcopy(ip.links)
+        cfg, runners = eng.config, dict(eng.runners)
+        path.write_text(_new(port))
+        with pytest.raises(ReloadError) as ei:
+            await eng.reload()
+        msg = str(ei.value)
+        assert (f"reload failed at step 'bind tunnel new' (bind udp 127.0.0.1:{port} for "
+                f"tunnel new): cannot bind udp 127.0.0.1:{port}: Address already in use; "
+                "the 13 step(s) before it were undone") in msg, msg
+        assert eng.config is cfg
+        assert ip.links == links  # mtu, addresses, the new device, the recreated one
+        assert dev.persist["zqp0"] is True and dev.modes["zqr0"] == "tun"
+        assert cfg is not None and set(eng.devices) == set(cfg.interfaces)
+        assert set(eng.runners) == set(runners)
+        # untouched tunnels keep their runner; the stopped ones run again
+        assert eng.runners["keep"] is runners["keep"] and eng.runners["chg"] is runners["chg"]
+        assert eng.runners["gone"].worker is not None and eng.runners["rec"].worker is not None
+        assert eng.last_reload is not None and eng.last_reload["ok"] is False
+        assert eng.listeners == {}
+        held.close()
+        ok = await eng.reload()  # the port is free again: the same reload goes through
+        assert ok["actions"] == _expected(port)
+        await eng.shutdown()
+
+    try:
+        asyncio.run(go())
+    finally:
+        held.close()
+
+
+def test_failed_ip_step_names_the_interface_and_undoes(
+        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
+    ip, _ = fakes
+    path = tmp_path / "tunnels.toml"
+    eng = Engine(path, ip=ip, fork_server=False)
+
+    async def go() -> None:
+        await _start(eng, OLD, path)
+        links = copy.deepcopy(ip.links)
+        path.write_text(_new(_free_port()))
+        ip.fail(lambda a: a[:3] == ["addr", "add", "10.91.5.1/24"], "RTNETLINK answers: nope")
+        with pytest.raises(ReloadError, match=r"at step 'create zqn0' \(\[#\] ip addr add "
+                                              r"10\.91\.5\.1/24 dev zqn0\): .*nope; the 5 "):
+            await eng.reload()
+        assert ip.links == links
+        assert "zqn0" not in eng.devices
+        await eng.shutdown()
+
+    asyncio.run(go())

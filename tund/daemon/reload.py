@@ -1,0 +1,260 @@
+"""A reload as data: one ordered list of :class:`Step`, each saying what it does, doing it
+and undoing it.
+
+Contract:
+
+* :func:`build` (reads link states with ``ip -json``; changes nothing) turns a
+  :class:`~tund.daemon.plan.Plan` into the steps. The order keeps traffic flowing as long as
+  possible and leaves the irreversible part for last:
+
+  1. in place, while every worker runs, interface by interface: reconfigure (``[#] ip ...``,
+     then the new MTU told to its tunnel's worker), retag (the persist flag), add (create
+     the device, then its ``[#] ip ...``);
+  2. stop the workers of removed and restarted tunnels;
+  3. recreate the devices whose mode, owner, ... changed (delete, create, ``[#] ip ...``);
+  4. bind the sockets of added and restarted listening tunnels (a port in use fails here);
+  5. commit (switch to the new config and keys; bookkeeping, not listed), start the
+     workers of added and restarted tunnels;
+  6. delete the devices no longer configured (best effort: a failure is reported, not undone).
+
+* :func:`lines` is what ``tundctl reload --dry-run`` shows: the description of each step.
+* :func:`run` runs the steps in order and logs each description just before its step (an
+  ``ip`` step's line is the one :class:`~tund.netdev.ip.IpRunner` logs as it runs it), so
+  the log shows exactly the dry run's lines. When a step fails, the steps that ran are
+  undone in reverse order (best effort, each logged) and :class:`~tund.errors.ReloadError`
+  names the step and the reason; the previous configuration stays in force.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import shlex
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
+
+from tund.config import Config, InterfaceConfig, TunnelConfig
+from tund.daemon.plan import InterfaceChange, Plan
+from tund.errors import KernelError, ReloadError
+from tund.netdev import reconcile
+from tund.netdev.ip import Ip, IpRunner
+
+log = logging.getLogger("tund.daemon.reload")
+
+#: what a step runs to do or undo itself; an awaitable it returns is awaited
+Action = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One action of a reload (compare :class:`tund.netdev.reconcile.Step`)."""
+
+    describe: str  # the line logged just before it runs, and the dry run's line
+    do: Action
+    undo: Action | None = None  # None: nothing to undo
+    part: str = ""  # what it belongs to, for the error message: "configure tun0", ...
+    listed: bool = True  # False: bookkeeping (the commit), neither listed nor logged at info
+    self_logged: bool = False  # ``do`` logs ``describe`` itself (IpRunner.run does)
+    best_effort: bool = False  # a failure is logged and reported; nothing is undone
+
+
+class Target(Protocol):
+    """What the steps act on: the daemon's running state (:class:`~tund.daemon.engine.Engine`)."""
+
+    @property
+    def ip(self) -> Ip: ...
+
+    @property
+    def config(self) -> Config | None: ...
+
+    @property
+    def keys(self) -> Mapping[str, Any]: ...
+
+    @property
+    def key_errors(self) -> Mapping[str, str]: ...
+
+    def open_device(self, name: str, iface: InterfaceConfig) -> None: ...
+
+    def restore_device(self, name: str, iface: InterfaceConfig) -> None: ...
+
+    def remove_device(self, name: str) -> None: ...
+
+    def set_persist(self, name: str, on: bool) -> None: ...
+
+    def push_mtu(self, iface: str, cfg: Config) -> None: ...
+
+    def stop_tunnel(self, name: str) -> Awaitable[None]: ...
+
+    def start_tunnel(self, name: str) -> None: ...
+
+    def bind_listener(self, name: str, t: TunnelConfig) -> None: ...
+
+    def close_listener(self, name: str) -> None: ...
+
+    def switch(self, cfg: Config, keys: Mapping[str, Any],
+               key_errors: Mapping[str, str]) -> None: ...
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _ip_step(ip: Ip, s: reconcile.Step, part: str) -> Step:
+    """An ``ip`` command as a reload step; undone by its reverting command."""
+    if isinstance(ip, IpRunner):  # it logs the line as it runs it: say exactly that line
+        line, self_logged = "[#] " + shlex.join(ip.command(s.argv)), True
+    else:
+        line, self_logged = "[#] " + shlex.join(("ip", *s.argv)), False
+    return Step(line, partial(ip.run, s.argv), partial(reconcile.rollback, ip, [s]), part,
+                self_logged=self_logged)
+
+
+def _link_state(ip: Ip, name: str) -> reconcile.LinkState:
+    """The link as it is (a device that is adopted), or as a new device starts out."""
+    if os.path.exists(f"/sys/class/net/{name}"):
+        return reconcile.read_state(ip, name)
+    return reconcile.LinkState(name=name)
+
+
+def _create(t: Target, name: str, iface: InterfaceConfig, part: str,
+            state: reconcile.LinkState) -> list[Step]:
+    create = Step(f"create device {name} (mode {iface.mode})", partial(t.open_device, name, iface),
+                  partial(t.remove_device, name), part)
+    return [create, *(_ip_step(t.ip, s, part)
+                      for s in reconcile.plan_steps(name, iface, state))]
+
+
+def _in_place(t: Target, c: InterfaceChange, p: Plan, new: Config) -> list[Step]:
+    """Phase 1 for one interface: reconfigure, retag or add (else nothing)."""
+    if c.action == "add":
+        assert c.new is not None
+        return _create(t, c.name, c.new, f"create {c.name}", _link_state(t.ip, c.name))
+    if c.action == "retag":
+        assert c.new is not None and c.old is not None
+        flag = f"persist={str(c.new.persist).lower()}"
+        return [Step(f"set {flag} on device {c.name}",
+                     partial(t.set_persist, c.name, c.new.persist),
+                     partial(t.set_persist, c.name, c.old.persist))]
+    if c.action != "reconfigure":
+        return []
+    assert c.new is not None and t.config is not None
+    part = f"configure {c.name}"
+    ip_steps = reconcile.plan_steps(c.name, c.new, reconcile.read_state(t.ip, c.name))
+    out = [_ip_step(t.ip, s, part) for s in ip_steps]
+    found = new.tunnel_for(c.name)
+    kept = found is not None and found[0] in p.of("tunnels", "unchanged")
+    if kept and c.new.mtu is not None and any(s.argv[3:4] == ("mtu",) for s in ip_steps):
+        assert found is not None
+        out.append(Step(f"tell worker of tunnel {found[0]}: mtu {c.new.mtu}",
+                        partial(t.push_mtu, c.name, new), partial(t.push_mtu, c.name, t.config),
+                        part))
+    return out
+
+
+def _recreate(t: Target, c: InterfaceChange) -> list[Step]:
+    assert c.new is not None and c.old is not None
+    part = f"recreate {c.name}"
+    delete = Step(f"delete device {c.name} to recreate it ({c.reason})",
+                  partial(t.remove_device, c.name), partial(t.restore_device, c.name, c.old), part)
+    return [delete, *_create(t, c.name, c.new, part, reconcile.LinkState(name=c.name))]
+
+
+def _bind(t: Target, name: str, tc: TunnelConfig) -> Step:
+    host, port = tc.endpoint
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return Step(f"bind {tc.transport} {where} for tunnel {name}",
+                partial(t.bind_listener, name, tc), partial(t.close_listener, name),
+                f"bind tunnel {name}")
+
+
+def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[Step]:
+    """The steps that move ``t`` from its config to ``new`` (see the module docstring).
+
+    Reads the links to be reconfigured or adopted; raises KernelError if that fails.
+    """
+    assert t.config is not None
+    steps = [s for c in p.interfaces for s in _in_place(t, c, p, new)]  # 1
+    for tc in p.tunnels:  # 2
+        if tc.action in ("remove", "restart"):
+            why = f" ({tc.reason})" if tc.reason else ""
+            steps.append(Step(f"stop worker of tunnel {tc.name}{why}",
+                              partial(t.stop_tunnel, tc.name), partial(t.start_tunnel, tc.name),
+                              f"stop tunnel {tc.name}"))
+    steps += [s for c in p.interfaces if c.action == "recreate" for s in _recreate(t, c)]  # 3
+    starting = [tc.name for tc in p.tunnels if tc.action in ("add", "restart")]
+    steps += [_bind(t, n, new.tunnels[n]) for n in starting  # 4
+              if new.tunnels[n].role == "listen"]
+    steps.append(Step("switch to the new configuration",  # 5
+                      partial(t.switch, new, new_keys, {}),
+                      partial(t.switch, t.config, dict(t.keys), dict(t.key_errors)),
+                      listed=False))
+    steps += [Step(f"start worker of tunnel {n}", partial(t.start_tunnel, n),
+                   partial(t.stop_tunnel, n)) for n in starting]
+    steps += [Step(f"delete device {c.name}", partial(t.remove_device, c.name),  # 6
+                   best_effort=True) for c in p.interfaces if c.action == "remove"]
+    return steps
+
+
+def lines(steps: Sequence[Step]) -> list[str]:
+    """The dry run's actions: what each listed step says."""
+    return [s.describe for s in steps if s.listed]
+
+
+# --------------------------------------------------------------------------- running
+
+
+async def _call(action: Action) -> None:
+    result = action()
+    if inspect.isawaitable(result):
+        await result
+
+
+def _why(e: BaseException) -> str:
+    """An error's reason: an OSError's own text without the ``[Errno N]`` prefix."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e)
+
+
+async def _undo(done: Sequence[Step]) -> None:
+    """Undo ``done`` in reverse order, best effort: a failing undo is logged, the rest go on."""
+    for step in reversed(done):
+        if step.undo is None:
+            continue
+        log.info("reload rollback: undo %r", step.describe)
+        try:
+            await _call(step.undo)
+        except (KernelError, OSError) as e:
+            log.error("reload rollback: undo of %r failed: %s", step.describe, _why(e))
+
+
+async def run(steps: Sequence[Step]) -> list[str]:
+    """Run ``steps`` in order; return the lines of those run (see the module docstring)."""
+    done: list[Step] = []
+    actions: list[str] = []
+    for step in steps:
+        if not step.listed:
+            log.debug("reload: %s", step.describe)
+        elif not step.self_logged:
+            log.info("%s", step.describe)
+        try:
+            await _call(step.do)
+        except (KernelError, OSError) as e:
+            if step.best_effort:
+                log.error("reload: could not %s: %s", step.describe, _why(e))
+                actions.append(f"could not {step.describe}: {_why(e)}")
+                continue
+            n = sum(1 for s in done if s.listed)
+            log.error("reload: step %r failed: %s; undoing %d step(s)", step.describe,
+                      _why(e), n)
+            await _undo(done)
+            where = f"{step.part!r} ({step.describe})" if step.part else repr(step.describe)
+            raise ReloadError(f"reload failed at step {where}: {_why(e)}; the {n} step(s) "
+                              "before it were undone and the previous configuration stays in "
+                              "force") from e
+        done.append(step)
+        if step.listed:
+            actions.append(step.describe)
+    return actions
