@@ -9,20 +9,19 @@ of mode 0600 or stricter (no group/other bits) owned by root or the user running
 and hold one base64 key. Every refusal is a ValueError naming the file and the reason,
 e.g. ``/etc/tund/a.key: mode 0644 lets group/others read it; chmod 600 /etc/tund/a.key``.
 
-:func:`check_tunnel_keys` is registered with :func:`tund.config.register_check` at import,
-so ``tund.config`` must import this module for the check to run.
+:func:`check_tunnel_keys` is the config check of key material; ``tund.config`` registers it
+(this module does not import config, so the two form no circle).
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from tund import config
 from tund.errors import ConfigIssue
-from tund.relay.wireguard.primitives import (
+from tund.keyformat import (
     decode_key,
     encode_key,
     public_from_private,
@@ -92,7 +91,10 @@ def load_psk_file(path: str) -> bytes:
     return _load_key_file(path, "preshared key")
 
 
-def check_tunnel_keys(raw: Mapping[str, Any], issue: config.IssueFactory) -> list[ConfigIssue]:
+IssueFactory = Callable[[tuple[str | int, ...], str], ConfigIssue]
+
+
+def check_tunnel_keys(raw: Mapping[str, Any], issue: IssueFactory) -> list[ConfigIssue]:
     """Config hook: key material of every tunnel with ``encryption = "wireguard"``.
 
     Checks ``private_key_file`` (readable, mode, owner, a 32-byte key),
@@ -130,5 +132,3 @@ def check_tunnel_keys(raw: Mapping[str, Any], issue: config.IssueFactory) -> lis
                 issues.append(issue(("tunnels", name, "preshared_key_file"), str(e)))
     return issues
 
-
-config.register_check(check_tunnel_keys)

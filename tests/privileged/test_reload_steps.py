@@ -102,7 +102,9 @@ def test_reload_fails_when_a_new_tunnels_port_is_taken(tmp_path: Path) -> None:
 
 def _logged_steps(log: Path, start: int) -> list[str]:
     """The step lines a daemon logged (at info, by the reload or by ``ip``) from ``start``."""
-    pat = re.compile(r"^\S+ \S+ INFO\s+(tund\.daemon\.reload|tund\.netdev\.ip): (.*)$")
+    # the "[interface] " prefix shows a journal field: it is not part of the step's line
+    pat = re.compile(r"^\S+ \S+ INFO\s+(tund\.daemon\.reload|tund\.netdev\.ip): "
+                     r"(?:\[[^\]#][^\]]*\] )?(.*)$")
     text = log.read_text()[start:]
     return [m.group(2) for line in text.splitlines() if (m := pat.match(line))]
 

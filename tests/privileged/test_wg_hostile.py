@@ -48,10 +48,11 @@ from tests.wg_helpers import (
     wg_tunnel,
     write_key,
 )
+from tund.keyformat import clamp, decode_key
 from tund.relay.wireguard import messages as msgs
 from tund.relay.wireguard import noise
 from tund.relay.wireguard.cookie import CookieGenerator
-from tund.relay.wireguard.primitives import clamp, decode_key, tai64n
+from tund.relay.wireguard.primitives import tai64n
 from tund.relay.wireguard.timers import Timers
 
 pytestmark = pytest.mark.usefixtures("privileged")

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tund.keyformat import encode_key, public_from_private, random_private_key
 from tund.relay.codec.base import Codec, Opened
 from tund.relay.wireguard.codec import WireGuardCodec
-from tund.relay.wireguard.primitives import encode_key, public_from_private, random_private_key
 from tund.relay.wireguard.replay import WINDOW, ReplayWindow
 from tund.workerapi.spec import WorkerSpec
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tund.keyformat import public_from_private
 from tund.relay.wireguard import noise
 from tund.relay.wireguard.primitives import (
     DecryptError,
@@ -15,7 +16,6 @@ from tund.relay.wireguard.primitives import (
     hchacha20,
     hmac_,
     kdf,
-    public_from_private,
     tai64n,
     xaead_decrypt,
     xaead_encrypt,

@@ -783,10 +783,18 @@ IssueFactory = Callable[[KeyPath, str], ConfigIssue]
 _EXTRA_CHECKS: list[Callable[[Mapping[str, Any], IssueFactory], list[ConfigIssue]]] = []
 
 
+_builtins_registered = False
+
+
 def _register_builtin_checks() -> None:
-    """Import the modules whose checks every load runs (they import this module, so not at
-    the top): tund.keys registers the key-file check."""
-    import tund.keys  # noqa: F401
+    """Register, once, the checks every load runs: the key-file check of tund.keys (imported
+    here, not at the top, so loading config without encryption needs no crypto library)."""
+    global _builtins_registered
+    if not _builtins_registered:
+        from tund.keys import check_tunnel_keys
+
+        register_check(check_tunnel_keys)
+        _builtins_registered = True
 
 
 def register_check(hook: Callable[[Mapping[str, Any], IssueFactory], list[ConfigIssue]]) -> None:

@@ -128,10 +128,10 @@ def warm_up(rounds: int = WARM_ROUNDS) -> list[str]:
     """
     import base64
 
+    from tund.keyformat import public_from_private
     from tund.relay.process import build as relay_build
     from tund.relay.process import privileges
     from tund.relay.process import worker as relay_worker
-    from tund.relay.wireguard.primitives import public_from_private
     from tund.workerapi.spec import WorkerSpec
 
     failed: list[str] = []

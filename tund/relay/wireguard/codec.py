@@ -61,20 +61,12 @@ from typing import Any, Literal, overload
 
 from cryptography.exceptions import InvalidTag
 
+from tund.keyformat import clamp, decode_key, encode_key, public_from_private
 from tund.relay.codec.base import Address, Opened
 from tund.relay.wireguard import messages as msgs
 from tund.relay.wireguard import noise
 from tund.relay.wireguard.cookie import CookieChecker, CookieGenerator, LoadDetector
-from tund.relay.wireguard.primitives import (
-    AEAD_NONCE,
-    DecryptError,
-    clamp,
-    decode_key,
-    dh,
-    encode_key,
-    public_from_private,
-    tai64n,
-)
+from tund.relay.wireguard.primitives import AEAD_NONCE, DecryptError, dh, tai64n
 from tund.relay.wireguard.session import Keypair, Keypairs
 from tund.relay.wireguard.timers import Timers
 from tund.workerapi.spec import WorkerSpec

@@ -36,15 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tund.relay.wireguard.primitives import (
-    TAG_LEN,
-    aead_decrypt,
-    aead_encrypt,
-    dh,
-    hash_,
-    kdf,
-    public_from_private,
-)
+from tund.keyformat import public_from_private
+from tund.relay.wireguard.primitives import TAG_LEN, aead_decrypt, aead_encrypt, dh, hash_, kdf
 
 CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
 IDENTIFIER = b"WireGuard v1 zx2c4 Jason@zx2c4.com"
