@@ -77,7 +77,8 @@ def test_every_commented_default_is_the_real_default(monkeypatch: pytest.MonkeyP
     assert (lan.reconnect_min, lan.reconnect_max) == (0.2, 10.0)
 
 
-def test_two_site_examples_parse_and_fit_together() -> None:
+def test_two_site_examples_parse_and_fit_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "_EXTRA_CHECKS", [])  # key files: tests/demo.sh makes them
     a, b = load(ETC / "examples" / "site-a.toml"), load(ETC / "examples" / "site-b.toml")
     assert a.daemon.control_socket == "/run/tund/site-a.sock"
     assert b.daemon.control_socket == "/run/tund/site-b.sock"
@@ -86,7 +87,9 @@ def test_two_site_examples_parse_and_fit_together() -> None:
     assert b.interfaces["tunsb0"].addresses == ("10.241.0.2/24",)
     (ta,), (tb,) = a.tunnels.values(), b.tunnels.values()
     assert (ta.interface, tb.interface) == ("tunsa0", "tunsb0")
-    assert (ta.role, ta.endpoint) == ("listen", ("10.240.0.1", 55555))
+    assert (ta.role, ta.endpoint) == ("listen", ("10.240.0.1", 51820))
     assert (tb.role, tb.endpoint) == ("remote", ta.endpoint)
-    assert ta.transport == tb.transport == "tcp"
-    assert ta.encryption == tb.encryption == "none"
+    assert ta.transport == tb.transport == "udp"  # the defaults users get
+    assert ta.encryption == tb.encryption == "wireguard"
+    assert (ta.private_key_file, tb.private_key_file) == ("/etc/tund/keys/site-a.key",
+                                                          "/etc/tund/keys/site-b.key")
