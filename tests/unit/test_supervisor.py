@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from tund.states import TunnelState, can_move
 from tund.supervise.runner import Limits, TunnelRunner
@@ -168,4 +171,28 @@ def test_a_starting_worker_gets_a_grace_period() -> None:
         assert not FakeWorker.all[0].killed  # START_GRACE, not ping_timeout, applies
         await r.stop()
 
+    asyncio.run(go())
+
+
+def test_a_forked_workers_pid_is_logged_once_known_never_as_pending(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class LatePid(FakeWorker):  # a forked worker: the fork server says its pid a moment later
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.late, self.pid = self.pid, None  # type: ignore[assignment]
+
+    async def go() -> None:
+        FakeWorker.all = []
+        r = TunnelRunner("t", lambda: SPEC, Limits(ping_interval=10), {"interface": "tun0"},
+                         spawn=LatePid)  # type: ignore[arg-type]
+        with caplog.at_level(logging.INFO):
+            r.start()
+            w = FakeWorker.all[0]
+            w.pid = w.late  # type: ignore[attr-defined]
+            w.on_message({"op": "state", "state": "up", "peer": "192.0.2.1:1"})
+            w.on_message({"op": "state", "state": "up", "peer": "192.0.2.1:1"})
+            await r.stop()
+        text = caplog.text
+        assert "(pending)" not in text and "pid None" not in text, text
+        assert text.count(f"worker pid {w.pid} started") == 1, text
     asyncio.run(go())

@@ -87,6 +87,7 @@ class TunnelRunner:
         self._seq = 0
         self._outstanding: dict[int, float] = {}  # ping seq -> loop time it was sent
         self._heard = False  # the live worker has sent at least one message
+        self._pid_logged = False  # "worker pid N started" was said for the live worker
         self._pong_waiters: dict[int, asyncio.Future[None]] = {}
 
     # ------------------------------------------------------------------ state
@@ -137,9 +138,13 @@ class TunnelRunner:
         self._started_at = loop.time()
         self._outstanding = {}
         self._heard = False
-        # a forked worker's pid comes a moment later (tund.supervise.forkserver)
-        self.log.info("tunnel %s: worker pid %s started", self.name,
-                      worker.pid if worker.pid is not None else "(pending)")
+        # a forked worker's pid comes a moment later (tund.supervise.forkserver): it is
+        # logged with the worker's first message, when it is known
+        self._pid_logged = worker.pid is not None
+        if worker.pid is not None:
+            self.log.info("tunnel %s: worker pid %d started", self.name, worker.pid)
+        else:
+            self.log.info("tunnel %s: worker starting (forked by the fork server)", self.name)
         if self._ping_task is None or self._ping_task.done():
             self._ping_task = loop.create_task(self._pinger())
 
@@ -163,6 +168,9 @@ class TunnelRunner:
 
     def _message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
+        if not self._pid_logged and self.worker is not None and self.worker.pid is not None:
+            self._pid_logged = True
+            self.log.info("tunnel %s: worker pid %d started", self.name, self.worker.pid)
         self._heard = True
         if isinstance(msg.get("stats"), dict):
             self._live = msg["stats"]
