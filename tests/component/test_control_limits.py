@@ -237,3 +237,15 @@ def test_idle_timeout_and_limits_come_from_the_config() -> None:
                    "control_max_request = 2048\n").daemon
     assert (d.control_max_clients, d.control_timeout, d.control_max_request) == (3, 2.5, 2048)
     assert os.path.isabs(d.control_socket)
+
+
+def test_integer_of_5000_digits_gets_bad_request_and_the_connection_stays(
+        sock: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with ServerThread(sock, dispatch) as _, contextlib.closing(connect(sock)) as s:
+        s.sendall(b'{"v":1,"id":' + b"7" * 5000 + b',"cmd":"status"}\n')
+        reply = json.loads(read_line(s))
+        assert reply["ok"] is False and reply["error"]["code"] == "bad-request"
+        assert "digits" in reply["error"]["message"]
+        s.sendall(b'{"v":1,"id":2,"cmd":"status","args":{}}\n')
+        assert json.loads(read_line(s))["result"]["cmd"] == "status"
+    assert "Traceback" not in caplog.text and "failed" not in caplog.text

@@ -135,3 +135,20 @@ def test_arbitrary_bytes_never_crash_the_decoder(data: bytes) -> None:
         p.decode_request(data)
     except ProtocolError as e:
         assert e.code in set(ErrorCode)
+
+
+@pytest.mark.parametrize("where", ["v", "id", "args"])
+def test_integer_too_long_for_python_is_a_bad_request(where: str) -> None:
+    # json.loads raises a plain ValueError (not JSONDecodeError) for an integer over
+    # sys.get_int_max_str_digits() digits; it used to escape the decoder.
+    huge = "9" * 5000
+    fields = {"v": "1", "id": "1", "args": "{}"}
+    fields[where] = huge if where != "args" else '{"n":' + huge + "}"
+    line = (f'{{"v":{fields["v"]},"id":{fields["id"]},"cmd":"status",'
+            f'"args":{fields["args"]}}}').encode()
+    with pytest.raises(ProtocolError) as info:
+        p.decode_request(line)
+    assert info.value.code == ErrorCode.BAD_REQUEST
+    assert "more than 4300 digits" in str(info.value)
+    with pytest.raises(ProtocolError):
+        p.decode_reply(line)

@@ -21,6 +21,7 @@ people and may change. See :data:`ERROR_CODES`.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -152,14 +153,26 @@ def _load_object(line: bytes, max_size: int, what: str) -> dict[str, Any]:
                             f"{what} is not UTF-8 text (got {_preview(body)})") from None
     try:
         obj = json.loads(text, parse_constant=_no_constant)
-    except (json.JSONDecodeError, RecursionError) as e:
-        detail = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+    except (ValueError, RecursionError) as e:
+        # ValueError beyond JSONDecodeError: an integer longer than Python converts
+        # (sys.get_int_max_str_digits(), 4,300 digits by default).
         raise ProtocolError(ErrorCode.BAD_REQUEST,
-                            f"{what} is not valid JSON: {detail} (got {_preview(body)})") from None
+                            f"{what} is not valid JSON: {_json_failure(e)} "
+                            f"(got {_preview(body)})") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST,
                             f"{what} must be a JSON object (got {type(obj).__name__})")
     return obj
+
+
+def _json_failure(e: ValueError | RecursionError) -> str:
+    if isinstance(e, json.JSONDecodeError):
+        return e.msg
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    if "integer string conversion" in str(e):
+        return f"an integer has more than {sys.get_int_max_str_digits()} digits"
+    return str(e)[:80]
 
 
 def _no_constant(name: str) -> Any:
