@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tund import config
 from tund.config import (
     Config,
     DaemonConfig,
@@ -39,7 +38,7 @@ encryption = "none"
 @pytest.fixture
 def no_extra_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run without hooks other modules registered (e.g. key-file checks)."""
-    monkeypatch.setattr(config, "_EXTRA_CHECKS", [])
+    monkeypatch.setattr("tund.config.checks._EXTRA_CHECKS", [])
 
 
 def test_empty_document_is_all_defaults() -> None:
@@ -189,7 +188,7 @@ def test_load_equals_parse_text_of_the_merged_document(tmp_path: Path) -> None:
 
 
 def test_register_check_hook_issues_are_located(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "_EXTRA_CHECKS", [])
+    monkeypatch.setattr("tund.config.checks._EXTRA_CHECKS", [])
 
     def hook(raw: Mapping[str, Any], issue: IssueFactory) -> list[ConfigIssue]:
         return [issue(("tunnels", name, "listen"), "hook says no")
@@ -203,7 +202,7 @@ def test_register_check_hook_issues_are_located(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_a_failing_hook_becomes_an_issue(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "_EXTRA_CHECKS", [])
+    monkeypatch.setattr("tund.config.checks._EXTRA_CHECKS", [])
 
     def broken(raw: Mapping[str, Any], issue: IssueFactory) -> list[ConfigIssue]:
         raise KeyError("oops")

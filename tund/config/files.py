@@ -1,0 +1,90 @@
+"""Reading the main file and its drop-ins, and the file safety check.
+
+Contract: :func:`load` reads ``FILE`` and ``FILE.d/*.toml`` (name order); every file-level
+problem (unsafe, unreadable, not UTF-8, not TOML) is reported for every file, then the
+load stops. Run as root, a file someone else could change is refused
+(:func:`unsafe_ownership`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tund.config.locate import Source
+from tund.config.model import DEFAULT_CONFIG, Config
+from tund.config.parse import parse_source, validate
+from tund.errors import ConfigError, ConfigIssue
+
+
+def decode(name: str, data: bytes, issues: list[ConfigIssue]) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        issues.append(ConfigIssue(name, line, "",
+                                  f"not UTF-8 text: byte 0x{data[e.start]:02x} at column "
+                                  f"{column} ({e.reason})"))
+        return None
+
+
+def config_files(path: Path) -> list[Path]:
+    """The main file followed by its drop-ins (``<dir>/tunnels.d/*.toml`` in name order)."""
+    dropins = path.parent / (path.stem + ".d")
+    extra = sorted(dropins.glob("*.toml")) if dropins.is_dir() else []
+    return [path, *extra]
+
+
+def unsafe_ownership(path: Path, euid: int | None = None) -> str | None:
+    """Why ``path`` (a config file) is unsafe for a process of ``euid`` to trust, or None.
+
+    Only a root process checks (a non-root one has no privileges to protect): the file and
+    the directory holding it must be owned by root and not writable by group or others
+    (a directory with the sticky bit, like /tmp, may be). The reason names the fix.
+    """
+    if (os.geteuid() if euid is None else euid) != 0:
+        return None
+    for target, what in ((path, "file"), (path.parent, "directory")):
+        try:
+            st = target.stat()
+        except OSError:
+            continue  # reading it reports the problem
+        mode = st.st_mode & 0o7777
+        if st.st_uid != 0:
+            return (f"unsafe: the {what} {target} is owned by uid {st.st_uid}, not root, so "
+                    f"that user could change what root runs; chown root {target}")
+        sticky_dir = what == "directory" and mode & 0o1000
+        if mode & 0o022 and not sticky_dir:
+            return (f"unsafe: the {what} {target} is writable by group or others (mode "
+                    f"{mode:04o}); chmod go-w {target}")
+    return None
+
+
+def load(path: Path = DEFAULT_CONFIG) -> Config:
+    """Read, merge and validate ``path`` and its drop-ins; raise ConfigError listing all issues.
+
+    Run as root, also refuses files that others could change (:func:`unsafe_ownership`).
+    """
+    issues: list[ConfigIssue] = []
+    sources: list[Source] = []
+    for f in config_files(Path(path)):
+        if why := unsafe_ownership(f):
+            issues.append(ConfigIssue(str(f), 0, "", why))
+            continue
+        try:
+            data = f.read_bytes()
+        except OSError as e:
+            issues.append(ConfigIssue(str(f), 0, "", f"cannot read: {e.strerror or e}"))
+            continue
+        text = decode(str(f), data, issues)
+        if text is not None and (src := parse_source(str(f), text, issues)) is not None:
+            sources.append(src)
+    if issues:
+        raise ConfigError(issues)
+    return validate(sources, issues)
+
+
+def default_config_path() -> Path:
+    """``$TUND_CONFIG`` if set, else /etc/tund/tunnels.toml."""
+    return Path(os.environ.get("TUND_CONFIG", str(DEFAULT_CONFIG)))
