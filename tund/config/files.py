@@ -14,6 +14,7 @@ from pathlib import Path
 from tund.config.locate import Source
 from tund.config.model import DEFAULT_CONFIG, Config
 from tund.config.parse import parse_source, validate
+from tund.config.safefile import UnsafeFile, open_trusted, read_trusted
 from tund.errors import ConfigError, ConfigIssue
 
 
@@ -39,25 +40,17 @@ def config_files(path: Path) -> list[Path]:
 def unsafe_ownership(path: Path, euid: int | None = None) -> str | None:
     """Why ``path`` (a config file) is unsafe for a process of ``euid`` to trust, or None.
 
-    Only a root process checks (a non-root one has no privileges to protect): the file and
-    the directory holding it must be owned by root and not writable by group or others
-    (a directory with the sticky bit, like /tmp, may be). The reason names the fix.
+    Only a root process judges: every directory from ``/``, every link and the file must be
+    owned by root, the file and directories not writable by group or others (a sticky
+    directory, like /tmp, may be); see :mod:`tund.config.safefile`. The reason names the
+    fix. A path that cannot be read gives None (reading it reports the problem).
     """
-    if (os.geteuid() if euid is None else euid) != 0:
+    try:
+        os.close(open_trusted(path, euid))
+    except UnsafeFile as e:
+        return str(e)
+    except OSError:
         return None
-    for target, what in ((path, "file"), (path.parent, "directory")):
-        try:
-            st = target.stat()
-        except OSError:
-            continue  # reading it reports the problem
-        mode = st.st_mode & 0o7777
-        if st.st_uid != 0:
-            return (f"unsafe: the {what} {target} is owned by uid {st.st_uid}, not root, so "
-                    f"that user could change what root runs; chown root {target}")
-        sticky_dir = what == "directory" and mode & 0o1000
-        if mode & 0o022 and not sticky_dir:
-            return (f"unsafe: the {what} {target} is writable by group or others (mode "
-                    f"{mode:04o}); chmod go-w {target}")
     return None
 
 
@@ -69,11 +62,11 @@ def load(path: Path = DEFAULT_CONFIG) -> Config:
     issues: list[ConfigIssue] = []
     sources: list[Source] = []
     for f in config_files(Path(path)):
-        if why := unsafe_ownership(f):
-            issues.append(ConfigIssue(str(f), 0, "", why))
-            continue
         try:
-            data = f.read_bytes()
+            data = read_trusted(f)  # judged and read through one descriptor
+        except UnsafeFile as e:
+            issues.append(ConfigIssue(str(f), 0, "", str(e)))
+            continue
         except OSError as e:
             issues.append(ConfigIssue(str(f), 0, "", f"cannot read: {e.strerror or e}"))
             continue
