@@ -8,6 +8,8 @@ Contract:
   problem at once, each located as ``FILE:LINE: key.path: what is wrong (got VALUE)``.
   File-level problems (unreadable, not UTF-8, not TOML) are reported for every file,
   and then stop: validating the rest would only add noise.
+* A relative ``*_file`` path is made absolute against the directory of the file that
+  names it (main file or drop-in), never the current directory.
 * :func:`parse_text` does the same for in-memory TOML (tests, fuzzers).
 * Run as root (the daemon, ``tundctl check`` by root), :func:`load` refuses a file that
   someone else could change (:func:`unsafe_ownership`); one error per file, saying why and

@@ -72,6 +72,7 @@ def load(path: Path = DEFAULT_CONFIG) -> Config:
             continue
         text = decode(str(f), data, issues)
         if text is not None and (src := parse_source(str(f), text, issues)) is not None:
+            src.directory = str(Path(f).absolute().parent)
             sources.append(src)
     if issues:
         raise ConfigError(issues)

@@ -63,12 +63,14 @@ def key_lines(text: str) -> dict[tuple[str, ...], int]:
 
 @dataclass
 class Source:
-    """One TOML file's text, parsed data and key lines."""
+    """One TOML file's text, parsed data and key lines; ``directory`` (absolute) is where
+    it lies, for relative paths in it (None for text that is not a file)."""
 
     name: str
     text: str
     data: dict[str, Any] = field(default_factory=dict)
     lines: dict[tuple[str, ...], int] = field(default_factory=dict)
+    directory: str | None = None
 
     def line_of(self, path: KeyPath) -> int:
         keys = tuple(p for p in path if isinstance(p, str))

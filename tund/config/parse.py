@@ -8,6 +8,7 @@ Contract: :func:`parse_source` reports a file that is not TOML as one located is
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import tomllib
@@ -36,10 +37,29 @@ def _as_tuples(raw: dict[str, Any]) -> None:
                         body[k] = tuple(body[k])
 
 
+def _absolute_paths(raw: dict[str, Any], loc: Locator) -> None:
+    """A relative ``*_file`` value is made absolute against the directory of the file that
+    names it (main file or drop-in), never the current directory (under systemd: ``/``)."""
+    entries: list[tuple[tuple[str, ...], Any]] = [(("daemon",), raw.get("daemon"))]
+    for top in ("interfaces", "tunnels"):
+        if isinstance(table := raw.get(top), dict):
+            entries += [((top, str(name)), body) for name, body in table.items()]
+    for path, body in entries:
+        if not isinstance(body, dict):
+            continue
+        for key, value in body.items():
+            if key.endswith("_file") and isinstance(value, str) and value \
+                    and not value.startswith("/"):
+                directory = loc.source_of((*path, key)).directory
+                if directory is not None:
+                    body[key] = os.path.join(directory, value)
+
+
 def validate(sources: list[Source], issues: list[ConfigIssue]) -> Config:
     loc = Locator(sources)
     raw = merge(sources, loc, issues)
     _as_tuples(raw)
+    _absolute_paths(raw, loc)
     config: Config | None = None
     try:
         config = Config.model_validate(raw)
