@@ -129,7 +129,11 @@ class Daemon:
             log.error("cannot open control socket %s: %s", self.socket_path, e)
             return 1
         try:
-            await self.engine.start(self.cfg)
+            try:
+                await self.engine.start(self.cfg)
+            except ConfigError as e:
+                log.error("not starting:\n%s", e)
+                return 1
             await self._start_metrics()
             loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._sighup()))
             for sig in (signal.SIGTERM, signal.SIGINT):
