@@ -46,6 +46,8 @@ _pack_len = struct.Struct("!H").pack
 class TcpTransport:
     """See the module docstring; implements :class:`tund.relay.transport.base.Transport`."""
 
+    kind = "tcp"
+
     def __init__(self, counters: Counters, *, role: str, host: str, port: int,
                  max_message: int, listen_sock: socket.socket | None = None,
                  keepalive: int = 0, reconnect_min: float = 0.2,
