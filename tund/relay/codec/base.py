@@ -54,6 +54,11 @@ Contract (:class:`Codec`):
     as ``Opened.drop``, e.g. packets queued for a session that never came); the pump adds
     them into its ``drops``, so STATS ``drops`` holds every drop once.
 
+``handshake_types`` (optional attribute, a frozenset of ints)
+    The first bytes of messages that may cost the codec much more than data does (a
+    WireGuard handshake: a Diffie-Hellman). The pump opens such messages after the
+    data that came in the same turn, a bounded number per turn (see the pump).
+
 Codecs must not raise on hostile input: malformed messages are drops, not exceptions.
 """
 

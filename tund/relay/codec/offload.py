@@ -185,6 +185,7 @@ class OffloadCodec:
                  max_packet: int, drops: dict[str, int], negotiate: bool = True,
                  enveloped: bool = False, chunked: bool = False) -> None:
         self.inner = inner
+        self.handshake_types: frozenset[int] = getattr(inner, "handshake_types", frozenset())
         self.enveloped = enveloped
         self.chunked = chunked
         # WireGuard over UDP adapts: super-packets go in chunks while the peer's LossMeter

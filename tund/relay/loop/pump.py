@@ -18,6 +18,13 @@ Inbound (peer -> device)::
                          "malformed")               replies -> send;       "device_full")
                                                     authenticated -> set_peer)
 
+Data first: a message whose first byte is in the codec's ``handshake_types`` (WireGuard
+handshakes, which cost a Diffie-Hellman) is not opened on arrival but queued (at most
+``HANDSHAKE_QUEUE``; beyond, dropped as ``"handshake_queue_full"``) and opened after the
+turn's callbacks, at most ``HANDSHAKES_PER_TURN`` per turn; while some wait the loop does
+not sleep. A handshake flood then delays the data path by at most that many handshake
+openings per turn.
+
 ``open_one`` gives the common result (one packet, authenticated, no reply) bare; the rest
 comes as an ``Opened``. After an idle wait a transport reads one message per readiness
 event (``busy`` is False, see :class:`tund.relay.transport.base.Link`); the loop then polls
@@ -41,6 +48,7 @@ No per-packet logging; per-packet work is a length check, the codec call and a s
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import selectors
@@ -60,6 +68,8 @@ log = logging.getLogger("tund.relay.loop.pump")
 MAX_WAIT = 1.0  # the loop wakes at least this often, even with nothing to do
 RECHECK = 0.00025  # a busy loop reads the timers' deadlines at least this often
 RX_HOLD = 256  # vnet: frames held for coalescing before a write even within one batch
+HANDSHAKE_QUEUE = 1024  # handshake messages waiting behind data
+HANDSHAKES_PER_TURN = 64  # handshake messages opened per loop turn
 
 
 class Pump:
@@ -90,6 +100,9 @@ class Pump:
         self._device_watched = False
         self._reported: tuple[str, str | None] | None = None
         self._rx: list[bytes] = []  # vnet: frames for the device, written once per batch
+        self._hs_types: frozenset[int] = getattr(codec, "handshake_types", frozenset())
+        self._handshakes: collections.deque[tuple[bytes, Address | None]] = (
+            collections.deque())
         self.busy = False  # see tund.relay.transport.base.Link.busy
         self.turn = 0  # loop turns that handled events
         self._device_turn = -2  # the last turn that read the device
@@ -123,7 +136,7 @@ class Pump:
                 now = mono()
                 if busy and now < recheck:
                     ready = poll(0.0)
-                    if not ready:
+                    if not ready and not self._handshakes:
                         busy = False
                         continue
                     self.now = now = mono()
@@ -134,6 +147,8 @@ class Pump:
                         wait = cd - now
                     if td is not None and td - now < wait:
                         wait = td - now
+                    if self._handshakes:
+                        wait = 0.0
                     ready = poll(wait if wait > 0.0 else 0.0)
                     # nothing ran while it waited: the deadlines hold until RECHECK after
                     self.now = now = mono()
@@ -146,6 +161,9 @@ class Pump:
                     callback(mask)
                     if not self._running:
                         break
+                if self._handshakes and self._running:
+                    self._open_handshakes()
+                    busy = True
                 if self._rx:
                     self._flush_rx()
                 if td is not None and now >= td:
@@ -247,6 +265,12 @@ class Pump:
     # ------------------------------------------------------------------ peer -> device
 
     def deliver(self, message: bytes, source: Address | None) -> None:
+        if message and message[0] in self._hs_types:  # opened after the data (docstring)
+            if len(self._handshakes) >= HANDSHAKE_QUEUE:
+                self.c.drop("handshake_queue_full")
+            else:
+                self._handshakes.append((message, source))
+            return
         opened = self.codec.open_one(message, source, self.now)
         if not isinstance(opened, bytes):
             self._deliver_opened(opened, source)
@@ -256,6 +280,13 @@ class Pump:
         if source is not None and source != transport.peer:
             transport.set_peer(source)
         self._to_device(opened)
+
+    def _open_handshakes(self) -> None:
+        """Open up to HANDSHAKES_PER_TURN queued handshake messages, oldest first."""
+        queue, open_, now = self._handshakes, self.codec.open, self.now
+        for _ in range(min(len(queue), HANDSHAKES_PER_TURN)):
+            message, source = queue.popleft()
+            self._deliver_opened(open_(message, source, now), source)
 
     def _deliver_opened(self, op: Opened, source: Address | None) -> None:
         if op.drop is not None:

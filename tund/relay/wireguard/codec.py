@@ -11,7 +11,9 @@ Outbound (``seal``)::
 
 Inbound (``open``) by message type::
 
-    initiation : mac1 -> [under load: mac2 or cookie reply] -> decrypt static/timestamp
+    initiation : size, type -> mac1 -> [under load: mac2 valid? yes: the source's
+                 handshake bucket; no: a cookie reply within the source's cookie bucket;
+                 beyond a bucket: dropped] -> decrypt static/timestamp
                  -> peer's key? -> timestamp newer? -> not a flood? -> response; next keypair
     response   : mac1 -> [load: mac2] -> our pending initiation? -> decrypt -> current
                  keypair; send staged packets (or a keepalive, confirming the keys)
@@ -27,6 +29,9 @@ Drop causes (``Opened.drop``; every one is also counted in ``stats()["wg_drops"]
 ``unknown_peer``     an initiation that opened but came from another static key
 ``stale_timestamp``  an initiation whose TAI64N is not newer than the last accepted one
 ``flood``            an initiation within ``handshake_initiation_rate`` of the previous
+``handshake_ratelimited`` under load, a handshake message beyond its source address's
+                     token bucket (cookie replies and mac2-valid handshakes each
+                     ``handshake_rate``/s, burst ``handshake_burst``; see :mod:`.ratelimit`)
 ``unknown_receiver`` response/cookie/transport for an index we do not hold
 ``bad_cookie``       a cookie reply that does not open against our last mac1
 ``expired``          transport on a keypair older than REJECT_AFTER_TIME
@@ -67,6 +72,7 @@ from tund.relay.wireguard import messages as msgs
 from tund.relay.wireguard import noise
 from tund.relay.wireguard.cookie import CookieChecker, CookieGenerator, LoadDetector
 from tund.relay.wireguard.primitives import AEAD_NONCE, DecryptError, dh, tai64n
+from tund.relay.wireguard.ratelimit import RateLimiter, source_key
 from tund.relay.wireguard.session import Keypair, Keypairs
 from tund.relay.wireguard.timers import Timers
 from tund.workerapi.spec import WorkerSpec
@@ -121,6 +127,11 @@ class WireGuardCodec:
     bad keys, naming the field.
     """
 
+    #: handshake messages (initiation, response, cookie reply): the pump opens them after
+    #: the transport data of the same turn (see :mod:`tund.relay.codec.base`)
+    handshake_types = frozenset({msgs.TYPE_INITIATION, msgs.TYPE_RESPONSE,
+                                 msgs.TYPE_COOKIE_REPLY})
+
     def __init__(self, spec: WorkerSpec, *, wall: Callable[[], float] = time.time,
                  rand: Callable[[int], bytes] = os.urandom) -> None:
         if spec.private_key is None or spec.peer_public_key is None:
@@ -163,6 +174,8 @@ class WireGuardCodec:
         self._checker = CookieChecker(self._pub, self._t, rand)
         self._cookies = CookieGenerator(self._peer, self._t)
         self._load = LoadDetector(self._t)
+        self._cookie_limit = RateLimiter(t.handshake_rate, t.handshake_burst)
+        self._handshake_limit = RateLimiter(t.handshake_rate, t.handshake_burst)
         self._keys = Keypairs()
         self._pending: _Pending | None = None
         self._staged: collections.deque[bytes] = collections.deque()
@@ -248,11 +261,17 @@ class WireGuardCodec:
         if not self._checker.check_mac1(message):
             return self._drop("bad_mac")
         self._load.note(now)
-        if self._load.under_load(now) and not self._checker.check_mac2(message, source, now):
-            self._drops["cookie"] += 1
-            self._cookie_replies += 1
-            reply = self._checker.create_reply(message, m.sender, source, now)
-            return Opened([], [reply], False, None)
+        if self._load.under_load(now):
+            key = source_key(source[0]) if source is not None else ""
+            if not self._checker.check_mac2(message, source, now):
+                if not self._cookie_limit.allow(key, now):
+                    return self._drop("handshake_ratelimited")
+                self._drops["cookie"] += 1
+                self._cookie_replies += 1
+                reply = self._checker.create_reply(message, m.sender, source, now)
+                return Opened([], [reply], False, None)
+            if not self._handshake_limit.allow(key, now):
+                return self._drop("handshake_ratelimited")
         if isinstance(m, msgs.Initiation):
             return self._open_initiation(m, now)
         return self._open_response(m, now)
