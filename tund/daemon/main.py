@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from tund import logs
 
-    path = args.config or config.default_config_path()
+    path = (args.config or config.default_config_path()).absolute()  # status names it
     try:
         cfg = config.load(path)
     except ConfigError as e:
