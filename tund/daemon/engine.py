@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tund import config
+from tund import config, logs
 from tund.config import Config, InterfaceConfig, TunnelConfig
 from tund.daemon import plan, status
 from tund.daemon import reload as reloading
@@ -147,13 +147,19 @@ class Engine:
             for name, dev in list(self.devices.items()):
                 persistent = self.config is not None and self.config.interfaces[name].persist
                 log.info("[#] close %s (%s)", name,
-                         "persistent: stays" if persistent else "not persistent: removed")
+                         "persistent: stays" if persistent else "not persistent: removed",
+                         extra=self._fields_of_interface(name))
                 tuntap.close(dev.fd)
             self.devices.clear()
             if self.fork_server is not None:
                 self.fork_server.close()
 
     # ------------------------------------------------------------------ interfaces
+
+    def _fields_of_interface(self, name: str) -> dict[str, str]:
+        """Journal fields of a message about device ``name`` (its tunnel's too, if any)."""
+        found = self.config.tunnel_for(name) if self.config is not None else None
+        return logs.fields(interface=name, tunnel=found[0] if found else None)
 
     def _open_and_configure(self, name: str, iface: InterfaceConfig) -> None:
         """Open (create or adopt) device ``name`` and apply its ``ip`` config; raises."""
