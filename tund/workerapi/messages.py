@@ -23,7 +23,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 from tund.workerapi.spec import WorkerSpec
 
@@ -281,7 +281,7 @@ class State(Message):
     """worker -> daemon: its state or peer changed, or (``error``) it hit a fatal error."""
 
     OP: ClassVar[str] = "state"
-    state: Literal["connecting", "up"]
+    state: str  # "connecting" or "up" (the decoder takes nothing else)
     peer: str | None
     error: str | None
     stats: Stats
@@ -292,8 +292,8 @@ class State(Message):
 
     @classmethod
     def read(cls, f: _Fields) -> State:
-        state = cast(Literal["connecting", "up"], f.text("state", ("connecting", "up")))
-        return cls(state, f.opt_text("peer"), f.opt_text("error"), Stats.read(f, "stats"))
+        return cls(f.text("state", ("connecting", "up")), f.opt_text("peer"),
+                   f.opt_text("error"), Stats.read(f, "stats"))
 
 
 @dataclass(frozen=True)
@@ -389,10 +389,10 @@ class ForkError(Message):
 _SPEC_FIELDS = tuple(WorkerSpec.__dataclass_fields__)
 
 #: What each reader accepts.
-TO_WORKER: tuple[type[Message], ...] = (Start, Ping, Update, Stop)
-FROM_WORKER: tuple[type[Message], ...] = (Pong, State)
-TO_ZYGOTE: tuple[type[Message], ...] = (Fork,)
-FROM_ZYGOTE: tuple[type[Message], ...] = (Ready, Forked, ForkError)
+TO_WORKER: tuple[type[Start | Ping | Update | Stop], ...] = (Start, Ping, Update, Stop)
+FROM_WORKER: tuple[type[Pong | State], ...] = (Pong, State)
+TO_ZYGOTE: tuple[type[Fork], ...] = (Fork,)
+FROM_ZYGOTE: tuple[type[Ready | Forked | ForkError], ...] = (Ready, Forked, ForkError)
 ALL: tuple[type[Message], ...] = (*TO_WORKER, *FROM_WORKER, *TO_ZYGOTE, *FROM_ZYGOTE)
 
 M = TypeVar("M", bound=Message)
