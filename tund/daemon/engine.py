@@ -46,6 +46,7 @@ from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, Spa
 from tund.supervise.runner import Limits, TunnelRunner
 from tund.supervise.worker import WorkerProcess, worker_class
 from tund.workerapi import underlay
+from tund.workerapi.messages import Update
 from tund.workerapi.run_as import WorkerUserError, resolve_worker_user
 from tund.workerapi.spec import WorkerSpec
 
@@ -71,12 +72,16 @@ class Engine:
     """Devices, listeners and tunnel runners for one configuration at a time."""
 
     def __init__(self, config_path: Path, ip: Ip | None = None,
-                 fork_server: bool = True, timers: Mapping[str, float] | None = None) -> None:
+                 fork_server: bool = True, timers: Mapping[str, float] | None = None,
+                 test_malformed: int = 0) -> None:
         """``fork_server`` False: every worker is spawned as a fresh interpreter.
-        ``timers``: test-only timer overrides passed to every worker (see WorkerSpec)."""
+        ``timers``: test-only timer overrides passed to every worker (see WorkerSpec).
+        ``test_malformed``: test-only, the first this many workers send a malformed
+        message (``tund --test-malformed-state``)."""
         self.config_path = config_path
         self.ip: Ip = ip or IpRunner()
         self.timers = dict(timers or {})
+        self.test_malformed = test_malformed
         self.config: Config | None = None
         self.devices: dict[str, tuntap.OpenedDevice] = {}
         self.device_errors: dict[str, str] = {}
@@ -244,6 +249,7 @@ class Engine:
                 self.listeners[name] = bind_underlay(t)
             sock_fd = self.listeners[name].fileno()
         host, port = t.endpoint
+        malformed, self.test_malformed = self.test_malformed > 0, max(0, self.test_malformed - 1)
         return WorkerSpec(
             tunnel=name, interface=t.interface, mode=iface.mode, transport=t.transport,
             role=t.role, host=host, port=port, device_fd=dev.fd, socket_fd=sock_fd,
@@ -252,7 +258,8 @@ class Engine:
             keepalive=t.keepalive, reconnect_min=t.reconnect_min,
             reconnect_max=t.reconnect_max, encryption=t.encryption,
             private_key=km.private_key, peer_public_key=km.peer_public_key,
-            preshared_key=km.preshared_key, timers=dict(self.timers))
+            preshared_key=km.preshared_key, timers=dict(self.timers),
+            test_malformed=malformed)
 
     def _set_worker_user(self, user: str) -> None:
         """Workers started from now on run as ``user`` (see tund.relay.process.privileges).
@@ -384,7 +391,7 @@ class Engine:
         found = new.tunnel_for(iface)
         if found and found[0] in self.runners:
             mtu = new.interfaces[iface].mtu or sysfs_mtu(iface) or 1500
-            self.runners[found[0]].send({"op": "update", "mtu": mtu})
+            self.runners[found[0]].send(Update(mtu))
 
     async def stop_tunnel(self, name: str) -> None:
         """Stop the tunnel's worker, drop its runner, close its listening socket."""

@@ -371,6 +371,10 @@ class OffloadCodec:
         """Frames rebuilt from an incomplete chunked frame whose wait is over."""
         return self._reasm.expire(now)
 
+    def mtu_changed(self, old: int, new: int) -> None:
+        """Plain packets obey the new MTU; frames stay up to 64 KB (the pump's limit)."""
+        self.max_packet += new - old
+
     def on_connected(self, now: float) -> list[bytes]:
         self._forget_peer()
         return self.inner.on_connected(now)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from tund.relay.codec.base import Address, Codec, Opened
+from tund.relay.codec.base import Address, Codec, HoldsNothing, Opened
 
 KEEPALIVE = b""  # plain UDP only: an empty datagram says "I am here" and carries nothing
 
 
-class PlainCodec:
+class PlainCodec(HoldsNothing):
     """Encryption "none": packets pass through unchanged.
 
     Checks on what arrives from the peer (counted as ``"malformed"`` drops): a message

@@ -67,7 +67,7 @@ from typing import Any, Literal, overload
 from cryptography.exceptions import InvalidTag
 
 from tund.keyformat import clamp, decode_key, encode_key, public_from_private
-from tund.relay.codec.base import Address, Opened
+from tund.relay.codec.base import Address, HoldsNothing, Opened
 from tund.relay.wireguard import messages as msgs
 from tund.relay.wireguard import noise
 from tund.relay.wireguard.cookie import CookieChecker, CookieGenerator, LoadDetector
@@ -118,7 +118,7 @@ def ip_length(packet: bytes) -> int | None:
     return None
 
 
-class WireGuardCodec:
+class WireGuardCodec(HoldsNothing):
     """WireGuard for one peer; see the module docstring for flows and drop causes.
 
     ``spec`` supplies ``private_key``, ``peer_public_key``, ``preshared_key`` (base64),
