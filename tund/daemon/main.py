@@ -37,7 +37,8 @@ class Daemon:
                  timers: Mapping[str, float] | None = None) -> None:
         """``timers``: test-only timer overrides for every worker (``--test-timers``)."""
         self.cfg = cfg
-        self.engine = Engine(config_path, timers=timers)
+        self.engine = Engine(config_path, timers=timers,
+                             peers_file=Path(socket_path).with_name("peers.json"))
         self.socket_path = socket_path
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -59,7 +59,9 @@ class TunnelRunner:
 
     def __init__(self, name: str, make_spec: SpecFactory, limits: Limits,
                  describe: dict[str, Any], spawn: type[WorkerProcess] = WorkerProcess,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 on_peer: Callable[[str | None], None] | None = None) -> None:
+        """``on_peer(endpoint)``: called when the worker reports a new peer endpoint."""
         self.name = name
         self.make_spec = make_spec
         self.limits = limits
@@ -68,6 +70,8 @@ class TunnelRunner:
         self.log = tunnel_logger(name, str(describe.get("interface", "")), "tund.supervise")
         self._spawn_cls = spawn
         self._on_change = on_change or (lambda: None)
+        self._on_peer = on_peer or (lambda _peer: None)
+        self._peer: str | None = None  # the latest peer a worker reported
         self.state = TunnelState.STOPPED
         self.worker: WorkerProcess | None = None
         self.restarts = 0
@@ -174,6 +178,10 @@ class TunnelRunner:
         self._heard = True
         if isinstance(msg.get("stats"), dict):
             self._live = msg["stats"]
+        peer = msg.get("peer", self._live.get("peer"))
+        if isinstance(peer, str) and peer != self._peer:
+            self._peer = peer
+            self._on_peer(peer)
         if op == "pong":
             seq = int(msg.get("seq", -1))
             # a pong answers its ping and every older one (the worker handles them in order)

@@ -48,6 +48,10 @@ Contract (:class:`Codec`):
     replaced, a UDP socket is ready. An initiator starts its handshake here. Session
     state tied to the old connection may be dropped.
 
+``set_keepalive(seconds, now)``
+    A reload changed the tunnel's ``keepalive``: use ``seconds`` (0 = off) from now on,
+    without restarting the worker.
+
 ``stats() -> dict[str, Any]``
     Extra JSON-serialisable fields merged into the worker's STATS. Its ``drops``, if
     present, maps cause -> count of what the codec discarded on its own (never returned
@@ -92,5 +96,7 @@ class Codec(Protocol):
     def next_deadline(self) -> float | None: ...
 
     def on_connected(self, now: float) -> list[bytes]: ...
+
+    def set_keepalive(self, seconds: float, now: float) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...

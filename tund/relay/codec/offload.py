@@ -370,6 +370,9 @@ class OffloadCodec:
         """Frames rebuilt from an incomplete chunked frame whose wait is over."""
         return self._reasm.expire(now)
 
+    def set_keepalive(self, seconds: float, now: float) -> None:
+        self.inner.set_keepalive(seconds, now)
+
     def on_connected(self, now: float) -> list[bytes]:
         self._forget_peer()
         return self.inner.on_connected(now)

@@ -354,6 +354,21 @@ class Pump:
         if op == "ping":
             self.send_control({"op": "pong", "seq": msg.get("seq"), "stats": self.stats()})
         elif op == "update":
+            self._update(msg)
+        elif op == "stop":
+            log.info("stop requested")
+            self._running = False
+        else:
+            log.warning("ignoring unknown control op %r", op)
+
+    def _update(self, msg: dict[str, Any]) -> None:
+        """A reload changed what applies without a restart: the MTU, the keepalive."""
+        keepalive = msg.get("keepalive")
+        if isinstance(keepalive, int) and not isinstance(keepalive, bool) and keepalive >= 0:
+            self.codec.set_keepalive(float(keepalive), self.now)
+            self.transport.set_keepalive(keepalive)
+            log.info("keepalive now %d s", keepalive)
+        if "mtu" in msg:
             # the device MTU changed in place (reload): adjust the oversize limit, keep running
             new_mtu = msg.get("mtu")
             if isinstance(new_mtu, int) and 68 <= new_mtu <= 65535:
@@ -364,8 +379,3 @@ class Pump:
                     self.max_packet = self.max_packet - self.mtu + new_mtu
                 self.mtu = new_mtu
                 log.info("mtu now %d (largest packet %d)", new_mtu, self.max_packet)
-        elif op == "stop":
-            log.info("stop requested")
-            self._running = False
-        else:
-            log.warning("ignoring unknown control op %r", op)
