@@ -38,7 +38,8 @@ class Daemon:
         """``timers``: test-only timer overrides for every worker (``--test-timers``);
         ``test_malformed``: test-only (``--test-malformed-state``, see Engine)."""
         self.cfg = cfg
-        self.engine = Engine(config_path, timers=timers, test_malformed=test_malformed)
+        self.engine = Engine(config_path, timers=timers, test_malformed=test_malformed,
+                             peers_file=Path(socket_path).with_name("peers.json"))
         self.socket_path = socket_path
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -60,7 +60,9 @@ class TunnelRunner:
 
     def __init__(self, name: str, make_spec: SpecFactory, limits: Limits,
                  describe: dict[str, Any], spawn: type[WorkerProcess] = WorkerProcess,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 on_peer: Callable[[str | None], None] | None = None) -> None:
+        """``on_peer(endpoint)``: called when the worker reports a new peer endpoint."""
         self.name = name
         self.make_spec = make_spec
         self.limits = limits
@@ -69,6 +71,8 @@ class TunnelRunner:
         self.log = tunnel_logger(name, str(describe.get("interface", "")), "tund.supervise")
         self._spawn_cls = spawn
         self._on_change = on_change or (lambda: None)
+        self._on_peer = on_peer or (lambda _peer: None)
+        self._peer: str | None = None  # the latest peer a worker reported
         self.state = TunnelState.STOPPED
         self.worker: WorkerProcess | None = None
         self.restarts = 0
@@ -178,6 +182,10 @@ class TunnelRunner:
             self.log.info("tunnel %s: worker pid %d started", self.name, self.worker.pid)
         self._heard = True
         self._live = msg.stats.as_dict()
+        peer = msg.peer if isinstance(msg, State) else msg.stats.peer
+        if peer is not None and peer != self._peer:
+            self._peer = peer
+            self._on_peer(peer)
         if isinstance(msg, Pong):
             # a pong answers its ping and every older one (the worker handles them in order)
             for old_seq in [k for k in self._outstanding if k <= msg.seq]:

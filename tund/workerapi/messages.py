@@ -27,6 +27,7 @@ from typing import Any, ClassVar, TypeVar, cast
 
 from tund.workerapi.spec import WorkerSpec
 
+MAX_KEEPALIVE = 65535  # seconds, as the config allows
 MAX_MTU = 65535
 MIN_MTU = 68
 
@@ -240,17 +241,29 @@ class Ping(Message):
 
 @dataclass(frozen=True)
 class Update(Message):
-    """daemon -> worker: the device's MTU changed in place (a reload); keep running."""
+    """daemon -> worker: a reload changed what applies in place; keep running. ``mtu``:
+    the device's new MTU; ``keepalive``: the tunnel's new keepalive (seconds, 0 = off).
+    At least one is set; an unset one is left out of the message."""
 
     OP: ClassVar[str] = "update"
-    mtu: int
+    mtu: int | None = None
+    keepalive: int | None = None
 
     def fields(self) -> dict[str, Any]:
-        return {"mtu": self.mtu}
+        out: dict[str, Any] = {}
+        if self.mtu is not None:
+            out["mtu"] = self.mtu
+        if self.keepalive is not None:
+            out["keepalive"] = self.keepalive
+        return out
 
     @classmethod
     def read(cls, f: _Fields) -> Update:
-        return cls(f.num("mtu", MIN_MTU, MAX_MTU))
+        mtu = f.num("mtu", MIN_MTU, MAX_MTU) if "mtu" in f.obj else None
+        keepalive = f.num("keepalive", 0, MAX_KEEPALIVE) if "keepalive" in f.obj else None
+        if mtu is None and keepalive is None:
+            raise MessageError("update: neither field mtu nor field keepalive is given")
+        return cls(mtu, keepalive)
 
 
 @dataclass(frozen=True)

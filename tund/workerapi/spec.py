@@ -50,6 +50,9 @@ class WorkerSpec:
     private_key: str | None = None  # base64, as `wg genkey` prints it
     peer_public_key: str | None = None
     preshared_key: str | None = None
+    # role listen, UDP: the peer's last authenticated endpoint ("ADDR:PORT", "[V6]:PORT"),
+    # known to the daemon from an earlier worker: contacted at once (tund.daemon.peerstore)
+    known_peer: str | None = None
     # Test-only timer overrides (e.g. {"rekey_after_time": 5}); empty in production.
     timers: dict[str, float] = dataclasses.field(default_factory=dict)
     # Test-only (tund --test-malformed-state): the worker sends one malformed state

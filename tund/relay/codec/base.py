@@ -58,6 +58,10 @@ Contract (:class:`Codec`):
     (offload: plain packets of at most the MTU) moves its limit by ``new - old``; the
     others ignore it.
 
+``set_keepalive(seconds, now)``
+    A reload changed the tunnel's ``keepalive``: use ``seconds`` (0 = off) from now on,
+    without restarting the worker.
+
 ``stats() -> dict[str, Any]``
     Extra JSON-serialisable fields merged into the worker's STATS. Its ``drops``, if
     present, maps cause -> count of what the codec discarded on its own (never returned
@@ -111,6 +115,8 @@ class Codec(Protocol):
     def expired(self, now: float) -> list[bytes]: ...
 
     def mtu_changed(self, old: int, new: int) -> None: ...
+
+    def set_keepalive(self, seconds: float, now: float) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...
 

@@ -375,6 +375,9 @@ class OffloadCodec:
         """Plain packets obey the new MTU; frames stay up to 64 KB (the pump's limit)."""
         self.max_packet += new - old
 
+    def set_keepalive(self, seconds: float, now: float) -> None:
+        self.inner.set_keepalive(seconds, now)
+
     def on_connected(self, now: float) -> list[bytes]:
         self._forget_peer()
         return self.inner.on_connected(now)

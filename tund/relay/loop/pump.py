@@ -407,7 +407,12 @@ class Pump:
         if isinstance(msg, Ping):
             self.send_control(Pong(msg.seq, Stats.of(self.stats())))
         elif isinstance(msg, Update):
-            self._set_mtu(msg.mtu)
+            if msg.keepalive is not None:
+                self.codec.set_keepalive(float(msg.keepalive), self.now)
+                self.transport.set_keepalive(msg.keepalive)
+                log.info("keepalive now %d s", msg.keepalive)
+            if msg.mtu is not None:
+                self._set_mtu(msg.mtu)
         elif isinstance(msg, Stop):
             log.info("stop requested")
             self._running = False
