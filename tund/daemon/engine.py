@@ -40,7 +40,7 @@ from tund.daemon import reload as reloading
 from tund.daemon.keyfiles import KeyMaterial, read_keys
 from tund.daemon.peerstore import PeerStore
 from tund.daemon.status import sysfs_mtu
-from tund.errors import ConfigError, ConfigIssue, KernelError, ReloadError, TundError
+from tund.errors import ConfigError, ConfigIssue, ErrorCode, KernelError, ReloadError, TundError
 from tund.netdev import reconcile, tuntap
 from tund.netdev.ip import Ip, IpRunner
 from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, SpawnLauncher
@@ -55,7 +55,7 @@ log = logging.getLogger("tund.daemon.engine")
 
 
 class NotFound(TundError):
-    code = "not-found"
+    code = ErrorCode.NOT_FOUND
 
 
 def _vnet_hdr(iface: InterfaceConfig) -> bool:
