@@ -456,10 +456,3 @@ def _fd_array(fds: Sequence[int]) -> bytes:
     import array
 
     return array.array("i", fds).tobytes()
-
-
-def close_quietly(server: ForkServer | None) -> None:
-    """Stop ``server`` if there is one, ignoring errors (for shutdown paths)."""
-    if server is not None:
-        with contextlib.suppress(OSError):
-            server.close()
