@@ -48,6 +48,8 @@ def test_a_workers_own_messages_carry_its_tunnel(installed: Container) -> None:
                 " LOGGER=tund.relay.process.worker | grep -q starting", within=15)
     messages = journal(ct, "TUND_TUNNEL=alpha TUND_INTERFACE=tsys0")
     assert any("starting: " in m for m in messages), messages
+    # also after the worker dropped to its own user (logged just before the last step)
+    assert any("PR_SET_DUMPABLE 0" in m for m in messages), messages
     # no line of the worker reached the journal untagged through its stderr
     assert not [m for m in journal(ct, "SYSLOG_IDENTIFIER=tund _TRANSPORT=stdout")
                 if "tund-relay[" in m], "worker lines went to stderr"
