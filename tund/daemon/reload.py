@@ -13,8 +13,9 @@ Contract:
   2. stop the workers of removed and restarted tunnels;
   3. recreate the devices whose mode, owner, ... changed (delete, create, ``[#] ip ...``);
   4. bind the sockets of added and restarted listening tunnels (a port in use fails here);
-  5. commit (switch to the new config and keys; bookkeeping, not listed), start the
-     workers of added and restarted tunnels;
+  5. commit (switch to the new config and keys; bookkeeping, not listed), tell the
+     workers of updated tunnels their new settings (``keepalive``), start the workers of
+     added and restarted tunnels;
   6. delete the devices no longer configured (best effort: a failure is reported, not undone).
 
 * :func:`lines` is what ``tundctl reload --dry-run`` shows: the description of each step.
@@ -88,6 +89,8 @@ class Target(Protocol):
     def set_persist(self, name: str, on: bool) -> None: ...
 
     def push_mtu(self, iface: str, cfg: Config) -> None: ...
+
+    def push_keepalive(self, tunnel: str, seconds: int) -> None: ...
 
     def stop_tunnel(self, name: str) -> Awaitable[None]: ...
 
@@ -201,6 +204,12 @@ def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[
                       partial(t.switch, new, new_keys, {}),
                       partial(t.switch, t.config, dict(t.keys), dict(t.key_errors)),
                       listed=False))
+    for tc in p.tunnels:
+        if tc.action == "update":
+            k_new, k_old = new.tunnels[tc.name].keepalive, t.config.tunnels[tc.name].keepalive
+            steps.append(Step(f"tell worker of tunnel {tc.name}: keepalive {k_new}",
+                              partial(t.push_keepalive, tc.name, k_new),
+                              partial(t.push_keepalive, tc.name, k_old), f"update {tc.name}"))
     steps += [Step(f"start worker of tunnel {n}", partial(t.start_tunnel, n),
                    partial(t.stop_tunnel, n), fields=of_tunnel(n)) for n in starting]
     steps += [Step(f"delete device {c.name}", partial(t.remove_device, c.name),  # 6

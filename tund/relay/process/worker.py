@@ -25,12 +25,18 @@ from tund.relay.loop.counters import Counters
 from tund.relay.loop.pump import Pump
 from tund.relay.process.build import build
 from tund.relay.process.privileges import drop_privileges
+from tund.workerapi.messages import MessageError, Start, State, Stats, decode
 from tund.workerapi.run_as import RunAs
 from tund.workerapi.spec import WorkerSpec
 
 log = logging.getLogger("tund.relay.process.worker")
 
 START_TIMEOUT = 30.0
+#: Test-only (``WorkerSpec.test_malformed``): a state message whose counter is a string.
+MALFORMED_STATE = (b'{"op":"state","state":"up","peer":null,"error":null,"stats":'
+                   b'{"rx_packets":"pwn","rx_bytes":0,"tx_packets":0,"tx_bytes":0,'
+                   b'"drops":{},"errors":0,"last_rx":null,"last_tx":null,"peer":null,'
+                   b'"state":"up"}}')
 
 
 def receive_start(control: socket.socket) -> WorkerSpec:
@@ -42,11 +48,8 @@ def receive_start(control: socket.socket) -> WorkerSpec:
     if not raw:
         raise RelayError("control socket closed before the start message")
     try:
-        msg = json.loads(raw)
-        if msg.get("op") != "start":
-            raise ValueError(f"expected op 'start' (got {msg.get('op')!r})")
-        return WorkerSpec.from_dict(msg["spec"])
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        return decode(raw, (Start,), "start message").spec
+    except MessageError as e:
         raise RelayError(f"bad start message: {e}") from None
 
 
@@ -81,10 +84,9 @@ def _fatal(control: socket.socket, error: str, pump: Pump | None) -> None:
     if pump is not None:
         pump.report(error=error)
         return
-    msg = {"op": "state", "state": "connecting", "peer": None, "error": error,
-           "stats": {**Counters().as_dict(), "peer": None, "state": "connecting"}}
+    msg = State("connecting", None, error, Stats.of(Counters().as_dict()))
     with contextlib.suppress(OSError):
-        control.send(json.dumps(msg).encode())
+        control.send(msg.encode())
 
 
 def run(control_fd: int, run_as: RunAs | None) -> int:
@@ -107,6 +109,9 @@ def run(control_fd: int, run_as: RunAs | None) -> int:
     try:
         pump = build(spec, control)
         drop_privileges(run_as)  # before the first packet; raises PrivilegeError
+        if spec.test_malformed:  # test-only: what a compromised worker might send
+            log.warning("test: sending a malformed state message")
+            control.send(MALFORMED_STATE)
         return pump.run()
     except (RelayError, OSError, ValueError) as e:
         _fatal(control, str(e) if isinstance(e, RelayError) else f"{type(e).__name__}: {e}",
