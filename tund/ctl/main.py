@@ -253,11 +253,16 @@ _DAEMON_PATH_HELP = ("config file (default: --config, else $TUND_CONFIG, else th
 
 def daemon_config_path(ctx: Context, ns: argparse.Namespace) -> Path | None:
     """The main config file of the daemon on the control socket (its ``status`` reply's
-    ``daemon.config``), or None when no daemon answers or it does not say."""
-    path = client.default_socket_path(getattr(ns, "socket", None) or ctx.socket)
+    ``daemon.config``), or None when no daemon answers or it does not say. When the socket
+    was named (``--socket``) and cannot be asked, a note on stderr says so."""
+    named = getattr(ns, "socket", None) or ctx.socket
+    path = client.default_socket_path(named)
     try:
         reply = client.call(path, "status")
-    except (DaemonUnreachable, ControlError, TundError, OSError, ValueError):
+    except (DaemonUnreachable, ControlError, TundError, OSError, ValueError) as e:
+        if named:
+            _err(f"note: cannot ask the daemon on {path} for its configuration ({e}); "
+                 "reading the default")
         return None
     daemon = reply.get("daemon") if isinstance(reply, dict) else None
     found = daemon.get("config") if isinstance(daemon, dict) else None
