@@ -40,7 +40,7 @@ from tund.daemon import reload as reloading
 from tund.daemon.keyfiles import KeyMaterial, read_keys
 from tund.daemon.status import sysfs_mtu
 from tund.errors import ConfigError, ConfigIssue, KernelError, ReloadError, TundError
-from tund.netdev import reconcile, tuntap
+from tund.netdev import conflicts, reconcile, tuntap
 from tund.netdev.ip import Ip, IpRunner
 from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, SpawnLauncher
 from tund.supervise.runner import Limits, TunnelRunner
@@ -165,6 +165,8 @@ class Engine:
         """At start: like _open_and_configure, but a failure is recorded, not raised, so
         the other interfaces and tunnels still come up."""
         try:
+            assert self.config is not None
+            conflicts.check(self.ip, name, iface.addresses, self.config.interfaces)
             self._open_and_configure(name, iface)
         except KernelError as e:
             self.device_errors[name] = str(e)
@@ -196,6 +198,7 @@ class Engine:
                 self._bring_up(name, iface)
                 await asyncio.sleep(0)
             return
+        opened = await self._without_address_conflicts(cfg, opened, states)
         results = await asyncio.to_thread(reconcile.apply_many, self.ip, opened, states)
         for name, res in results.items():
             if isinstance(res, KernelError):
@@ -203,6 +206,29 @@ class Engine:
                 log.error("interface %s: %s", name, res, extra={"TUND_INTERFACE": name})
             else:
                 self.device_errors.pop(name, None)
+
+    async def _without_address_conflicts(
+            self, cfg: Config, opened: list[tuple[str, InterfaceConfig]],
+            states: Mapping[str, reconcile.LinkState]) -> list[tuple[str, InterfaceConfig]]:
+        """``opened`` less the interfaces that would get an address another (unmanaged)
+        interface has: each is recorded as failed, nothing of its config applied."""
+        try:
+            host = await asyncio.to_thread(conflicts.host_addresses, self.ip)
+        except KernelError as e:
+            log.warning("cannot read the host's addresses (%s); not checking them", e)
+            return opened
+        keep = []
+        for name, iface in opened:
+            have = states[name].addresses if name in states else ()
+            found = conflicts.foreign([a for a in iface.addresses if a not in have], host,
+                                      {name, *cfg.interfaces})
+            if found is None:
+                keep.append((name, iface))
+                continue
+            self.device_errors[name] = conflicts.conflict_message(name, *found)
+            log.error("interface %s: %s", name, self.device_errors[name],
+                      extra={"TUND_INTERFACE": name})
+        return keep
 
     # ------------------------------------------------------------------ tunnels
 
