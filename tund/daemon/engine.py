@@ -198,7 +198,11 @@ class Engine:
                 self._bring_up(name, iface)
                 await asyncio.sleep(0)
             return
-        opened = await self._without_address_conflicts(cfg, opened, states)
+        opened, clashes = await asyncio.to_thread(conflicts.screen, self.ip, opened, states,
+                                                  set(cfg.interfaces))
+        for name, why in clashes.items():  # nothing of these applied: they fail alone
+            self.device_errors[name] = why
+            log.error("interface %s: %s", name, why, extra={"TUND_INTERFACE": name})
         results = await asyncio.to_thread(reconcile.apply_many, self.ip, opened, states)
         for name, res in results.items():
             if isinstance(res, KernelError):
@@ -206,29 +210,6 @@ class Engine:
                 log.error("interface %s: %s", name, res, extra={"TUND_INTERFACE": name})
             else:
                 self.device_errors.pop(name, None)
-
-    async def _without_address_conflicts(
-            self, cfg: Config, opened: list[tuple[str, InterfaceConfig]],
-            states: Mapping[str, reconcile.LinkState]) -> list[tuple[str, InterfaceConfig]]:
-        """``opened`` less the interfaces that would get an address another (unmanaged)
-        interface has: each is recorded as failed, nothing of its config applied."""
-        try:
-            host = await asyncio.to_thread(conflicts.host_addresses, self.ip)
-        except KernelError as e:
-            log.warning("cannot read the host's addresses (%s); not checking them", e)
-            return opened
-        keep = []
-        for name, iface in opened:
-            have = states[name].addresses if name in states else ()
-            found = conflicts.foreign([a for a in iface.addresses if a not in have], host,
-                                      {name, *cfg.interfaces})
-            if found is None:
-                keep.append((name, iface))
-                continue
-            self.device_errors[name] = conflicts.conflict_message(name, *found)
-            log.error("interface %s: %s", name, self.device_errors[name],
-                      extra={"TUND_INTERFACE": name})
-        return keep
 
     # ------------------------------------------------------------------ tunnels
 

@@ -10,15 +10,22 @@ of its traffic silently. Contract:
 * :func:`foreign` (pure) returns the first address to be added whose host address (the
   prefix length aside) a link outside ``managed`` has, with that link and its address.
 * :func:`check` raises :class:`AddressConflict` for it; nothing is changed.
+* :func:`screen` (daemon start) splits links to configure into those without a conflict
+  and, for the others, why; a host that cannot be read is not screened (logged).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
+from tund.config import InterfaceConfig
 from tund.errors import KernelError
 from tund.netdev.ip import Ip
+from tund.netdev.reconcile import LinkState
+
+log = logging.getLogger("tund.netdev.conflicts")
 
 
 class AddressConflict(KernelError):
@@ -64,3 +71,25 @@ def check(ip: Ip, name: str, want: Sequence[str], managed: Collection[str]) -> N
 def conflict_message(name: str, cidr: str, link: str, have: str) -> str:
     return (f"address {cidr} for {name} is already on interface {link} ({have}), which tund "
             f"does not manage; remove it there or choose another address")
+
+
+def screen(ip: Ip, links: Sequence[tuple[str, InterfaceConfig]],
+           states: Mapping[str, LinkState], managed: Collection[str]
+           ) -> tuple[list[tuple[str, InterfaceConfig]], dict[str, str]]:
+    """(the links without a conflict, {link: why} for the others). Only addresses a link
+    does not have yet (``states``) are looked at."""
+    try:
+        host = host_addresses(ip)
+    except KernelError as e:
+        log.warning("cannot read the host's addresses (%s); not checking them", e)
+        return list(links), {}
+    keep: list[tuple[str, InterfaceConfig]] = []
+    clashes: dict[str, str] = {}
+    for name, iface in links:
+        have = states[name].addresses if name in states else ()
+        found = foreign([a for a in iface.addresses if a not in have], host, {name, *managed})
+        if found is None:
+            keep.append((name, iface))
+        else:
+            clashes[name] = conflict_message(name, *found)
+    return keep, clashes
