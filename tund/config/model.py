@@ -184,8 +184,9 @@ class DaemonConfig(_Model):
     control_max_clients: Annotated[int, Field(ge=1, le=4096)] = 32
     control_timeout: Seconds = 30.0
     control_max_request: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
-    # the user (name or uid) workers run as, without capabilities; a name that does not
-    # exist falls back to "nobody" (logged). "root" keeps workers privileged (not advised).
+    # the user (name or uid) workers run as, without capabilities; one that does not exist
+    # stops the daemon from starting (no fallback to the shared "nobody"; "nobody" set
+    # here is allowed, with a warning). "root" keeps workers privileged (not advised).
     worker_user: str = "tund"
 
     @field_validator("worker_user")
