@@ -41,7 +41,7 @@ from tund.daemon.keyfiles import KeyMaterial, read_keys
 from tund.daemon.peerstore import PeerStore
 from tund.daemon.status import sysfs_mtu
 from tund.errors import ConfigError, ConfigIssue, ErrorCode, KernelError, ReloadError, TundError
-from tund.netdev import reconcile, tuntap
+from tund.netdev import conflicts, reconcile, tuntap
 from tund.netdev.ip import Ip, IpRunner
 from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, SpawnLauncher
 from tund.supervise.runner import Limits, TunnelRunner
@@ -180,6 +180,8 @@ class Engine:
         """At start: like _open_and_configure, but a failure is recorded, not raised, so
         the other interfaces and tunnels still come up."""
         try:
+            assert self.config is not None
+            conflicts.check(self.ip, name, iface.addresses, self.config.interfaces)
             self._open_and_configure(name, iface)
         except KernelError as e:
             self.device_errors[name] = str(e)
@@ -211,6 +213,11 @@ class Engine:
                 self._bring_up(name, iface)
                 await asyncio.sleep(0)
             return
+        opened, clashes = await asyncio.to_thread(conflicts.screen, self.ip, opened, states,
+                                                  set(cfg.interfaces))
+        for name, why in clashes.items():  # nothing of these applied: they fail alone
+            self.device_errors[name] = why
+            log.error("interface %s: %s", name, why, extra={"TUND_INTERFACE": name})
         results = await asyncio.to_thread(reconcile.apply_many, self.ip, opened, states)
         for name, res in results.items():
             if isinstance(res, KernelError):
