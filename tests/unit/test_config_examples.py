@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from tund.config import Config, DaemonConfig, InterfaceConfig, TunnelConfig, load, parse_text
+from tund.config import (
+    Config,
+    DaemonConfig,
+    InterfaceConfig,
+    PeerConfig,
+    TunnelConfig,
+    load,
+    parse_text,
+)
 
 ETC = Path(__file__).resolve().parents[2] / "etc" / "tund"
 EXAMPLE = ETC / "tunnels.toml"
@@ -51,6 +59,7 @@ def test_every_setting_uncommented_is_valid_and_covers_the_schema(
         (DaemonConfig, [cfg.daemon]),
         (InterfaceConfig, list(cfg.interfaces.values())),
         (TunnelConfig, list(cfg.tunnels.values())),
+        (PeerConfig, [p for t in cfg.tunnels.values() for p in (t.peers or {}).values()]),
     ]
     for model, instances in expected:
         missing = set(model.model_fields) - fields_set(instances)
