@@ -337,7 +337,9 @@ class Engine:
                                                    "daemon.worker_user", str(e))]) from None
             p = plan.diff(self.config, new,
                           {n: k.fingerprint() for n, k in self.keys.items()},
-                          {n: k.fingerprint() for n, k in new_keys.items()})
+                          {n: k.fingerprint() for n, k in new_keys.items()},
+                          {n: k.peer_fingerprints() for n, k in self.keys.items()},
+                          {n: k.peer_fingerprints() for n, k in new_keys.items()})
             if dry_run:
                 return {**p.summary(), "actions": reloading.lines(self._steps(p, new, new_keys)),
                         "dry_run": True, "notes": list(p.daemon_notes)}
