@@ -347,3 +347,15 @@ def test_a_tunnel_defined_twice_is_still_an_error(tmp_path: Path, key: Path) -> 
     with pytest.raises(ConfigError) as e:
         load(path)
     assert [i.message.split(":")[0] for i in e.value.issues] == ["name defined twice"]
+
+
+def test_peers_of_a_tunnel_defined_nowhere_is_one_clear_issue(tmp_path: Path,
+                                                              key: Path) -> None:
+    path = _tree(tmp_path, key, head(key)[:2],
+                 **{"50-bob": ("# bob", "[tunnels.vpn.peers.bob]", f'public_key = "{PUB_B}"')})
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    (i,) = e.value.issues
+    assert (i.file, i.line, i.path) == (str(tmp_path / "tunnels.d" / "50-bob.toml"), 2,
+                                        "tunnels.vpn.peers.bob")
+    assert i.message.startswith('peers of tunnel "vpn", but no file defines the tunnel itself')

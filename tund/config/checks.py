@@ -14,7 +14,7 @@ from typing import Any
 
 from tund.config.locate import Locator
 from tund.config.model import TUNNEL_NAME_RE, KeyPath, check_ifname
-from tund.config.render import got, quote
+from tund.config.render import got, quote, render_path
 from tund.errors import ConfigIssue
 
 
@@ -72,6 +72,14 @@ def cross_issues(raw: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
 def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any],
                    used: dict[str, str], loc: Locator) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
+    if set(body) == {"peers"}:
+        peers = body["peers"]
+        first = next(iter(peers), None) if isinstance(peers, Mapping) else None
+        where = ("tunnels", name) if first is None else ("tunnels", name, "peers", str(first))
+        return [loc.issue(where, f"peers of tunnel {quote(name)}, but no file defines the "
+                                 f"tunnel itself ([{render_path(('tunnels', name))}] with "
+                                 "interface and private_key_file); define it, or remove "
+                                 "these peers")]
     iface = body.get("interface")
     if isinstance(iface, str):
         if iface not in ifaces:
