@@ -92,12 +92,14 @@ def test_without_listen_the_kernel_picks_the_port(key: Path) -> None:
     t = cfg.tunnels["vpn"]
     assert t.listen is None and t.remote is None
     assert (t.role, t.endpoint) == ("listen", ANY_PORT) == ("listen", ("0.0.0.0", 0))
+    assert t.endpoint_text == "0.0.0.0:0"  # status shows a string, as for every tunnel
 
 
 def test_listen_with_peers_is_kept(key: Path) -> None:
     cfg = parse_text(doc(*head(key, "[tunnels.vpn.peers]")))
     t = cfg.tunnels["vpn"]
     assert t.peers == {} and (t.role, t.endpoint) == ("listen", ("0.0.0.0", 51820))
+    assert t.endpoint_text == "0.0.0.0:51820"
 
 
 def test_single_peer_form_is_unchanged(key: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import socket
 from collections.abc import Iterator, Sequence
@@ -322,9 +323,10 @@ def test_adding_a_peer_in_a_drop_in_keeps_the_worker_and_runs_no_step(
     key = tmp_path / "vpn.key"
     key.write_text(keys.generate_private_key())
     key.chmod(0o600)
+    port = _free_port()
     main = (_iface("zqv0", addrs=["10.91.8.1/24"])
-            + f'[tunnels.vpn]\ninterface = "zqv0"\nlisten = "127.0.0.1:{_free_port()}"\n'
-            f'private_key_file = "vpn.key"\n[tunnels.vpn.peers]\n')
+            + f'[tunnels.vpn]\ninterface = "zqv0"\nlisten = "127.0.0.1:{port}"\n'
+            'private_key_file = "vpn.key"\n[tunnels.vpn.peers]\n')
     eng = Engine(path, ip=ip, fork_server=False)
 
     async def go() -> dict[str, Any]:
@@ -338,11 +340,14 @@ def test_adding_a_peer_in_a_drop_in_keeps_the_worker_and_runs_no_step(
         dry = await eng.reload(dry_run=True)
         done = await eng.reload()
         assert eng.runners["vpn"] is runner and runner.worker is worker
+        status = await eng.status("vpn")
         await eng.shutdown()
-        return {"dry": dry, "done": done}
+        return {"dry": dry, "done": done, "status": status}
 
     r = asyncio.run(go())
     assert r["dry"]["actions"] == r["done"]["actions"] == []
+    assert f'"endpoint": "127.0.0.1:{port}"' in json.dumps(r["status"])
+    assert '"role": "listen"' in json.dumps(r["status"])
     assert r["done"]["changed"]["tunnels"] == ["vpn"]
     assert eng.config.tunnels["vpn"].peers is not None
     assert list(eng.config.tunnels["vpn"].peers) == ["alice"]

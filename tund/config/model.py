@@ -368,6 +368,13 @@ class TunnelConfig(_Model):
         return parse_endpoint(text, allow_hostname=self.role == "remote")
 
     @property
+    def endpoint_text(self) -> str:
+        """``listen`` or ``remote`` as written; ``"0.0.0.0:0"`` for a tunnel with ``peers``
+        and no ``listen`` (for status: always a string)."""
+        text = self.listen if self.listen is not None else self.remote
+        return text if text is not None else "{}:{}".format(*ANY_PORT)
+
+    @property
     def enabled_peers(self) -> dict[str, PeerConfig]:
         """The peers with ``enabled = true`` (none for the single-peer form)."""
         return {n: p for n, p in (self.peers or {}).items() if p.enabled}

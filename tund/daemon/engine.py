@@ -232,7 +232,7 @@ class Engine:
 
     def _describe(self, name: str, t: TunnelConfig) -> dict[str, Any]:
         return {"interface": t.interface, "transport": t.transport, "role": t.role,
-                "endpoint": t.listen if t.listen is not None else t.remote,
+                "endpoint": t.endpoint_text,
                 "encryption": t.encryption, "keepalive": t.keepalive}
 
     def _make_spec(self, name: str) -> WorkerSpec:
