@@ -187,9 +187,17 @@ def test_adding_a_peer_is_an_update_not_a_restart(peers_text: str) -> None:
 
 def test_removing_a_peer_is_an_update(peers_text: str) -> None:
     new = peers_text[:peers_text.index("[tunnels.vpn.peers.bob]")]
-    tc = _vpn(_plan(new, peers_text))
+    p = _plan(new, peers_text)
+    tc = _vpn(p)
     assert tc.action == "update"
     assert _peers(tc) == {"alice": ("unchanged", ""), "bob": ("remove", "")}
+    assert p.peer_summary() == {"vpn": {"added": [], "changed": [], "removed": ["bob"]}}
+    assert p.summary()["changed"]["tunnels"] == ["vpn"]
+
+
+def test_peer_summary_is_empty_without_peer_changes(peers_text: str) -> None:
+    assert _plan(peers_text, peers_text).peer_summary() == {}
+    assert _plan(BASE.replace("5000", "5001")).peer_summary() == {}
 
 
 @pytest.mark.parametrize(("edit", "reason"), [

@@ -92,6 +92,18 @@ class Plan:
                           "tunnels": self.of("tunnels", "unchanged")},
         }
 
+    def peer_summary(self) -> dict[str, dict[str, list[str]]]:
+        """Per tunnel with peers changes: its ``added`` / ``changed`` / ``removed`` peers
+        (for a reload reply or dry run; not wired in yet)."""
+        out: dict[str, dict[str, list[str]]] = {}
+        for t in self.tunnels:
+            by = {a: [c.name for c in t.peers if c.action == a]
+                  for a in ("add", "change", "remove")}
+            if any(by.values()):
+                out[t.name] = {"added": by["add"], "changed": by["change"],
+                               "removed": by["remove"]}
+        return out
+
     @property
     def is_noop(self) -> bool:
         return (all(c.action == "unchanged" for c in self.interfaces)
