@@ -239,7 +239,7 @@ class Engine:
 
     def _describe(self, name: str, t: TunnelConfig) -> dict[str, Any]:
         return {"interface": t.interface, "transport": t.transport, "role": t.role,
-                "endpoint": t.listen if t.listen is not None else t.remote,
+                "endpoint": t.endpoint_text,
                 "encryption": t.encryption, "keepalive": t.keepalive}
 
     def _make_spec(self, name: str) -> WorkerSpec:
@@ -344,7 +344,9 @@ class Engine:
                                                    "daemon.worker_user", str(e))]) from None
             p = plan.diff(self.config, new,
                           {n: k.fingerprint() for n, k in self.keys.items()},
-                          {n: k.fingerprint() for n, k in new_keys.items()})
+                          {n: k.fingerprint() for n, k in new_keys.items()},
+                          {n: k.peer_fingerprints() for n, k in self.keys.items()},
+                          {n: k.peer_fingerprints() for n, k in new_keys.items()})
             if dry_run:
                 return {**p.summary(), "actions": reloading.lines(self._steps(p, new, new_keys)),
                         "dry_run": True, "notes": list(p.daemon_notes)}

@@ -223,11 +223,17 @@ def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[
                       partial(t.switch, t.config, dict(t.keys), dict(t.key_errors)),
                       listed=False))
     for tc in p.tunnels:
-        if tc.action == "update":
-            k_new, k_old = new.tunnels[tc.name].keepalive, t.config.tunnels[tc.name].keepalive
+        if tc.action != "update":
+            continue
+        # TODO(issue 17, data path): tc.peers lists the peers to add / remove / change in
+        # the running worker (PeerChange); the steps that send them come with the
+        # multi-peer worker. Until then a peers-only update changes no running worker.
+        k_new, k_old = new.tunnels[tc.name].keepalive, t.config.tunnels[tc.name].keepalive
+        if k_new != k_old:
             steps.append(Step(f"tell worker of tunnel {tc.name}: keepalive {k_new}",
                               partial(t.push_keepalive, tc.name, k_new),
-                              partial(t.push_keepalive, tc.name, k_old), f"update {tc.name}"))
+                              partial(t.push_keepalive, tc.name, k_old),
+                              f"update {tc.name}"))
     steps += [Step(f"start worker of tunnel {n}", partial(t.start_tunnel, n),
                    partial(t.stop_tunnel, n), fields=of_tunnel(n)) for n in starting]
     steps += [Step(f"delete device {c.name}", partial(t.remove_device, c.name),  # 6
