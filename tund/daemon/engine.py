@@ -459,9 +459,16 @@ class Engine:
         await asyncio.gather(*(r.refresh() for r in runners))
         ifaces = ({} if tunnel is not None
                   else status.interfaces(self.config, self.devices, self.device_errors))
+        now = time.time()
+        tunnels = {}
+        for r in runners:
+            st = r.status()
+            cfg = self.config.tunnels.get(r.name) if self.config is not None else None
+            st["peers"] = status.tunnel_peers(cfg, st.get("peers") or {}, now)
+            tunnels[r.name] = st
         return status.reply(config_path=self.config_path, started=self.started,
                             reloads=self.reloads, last_reload=self.last_reload, ifaces=ifaces,
-                            tunnels={r.name: r.status() for r in runners})
+                            tunnels=tunnels)
 
     def counts(self) -> tuple[int, int]:
         """(tunnels up, tunnels configured), for the systemd STATUS= line."""

@@ -108,6 +108,33 @@ class _Fields:
 
 # ---------------------------------------------------------------------- stats
 
+#: The counters of one peer in ``Stats.extra["peers"]`` (a tunnel with ``peers``).
+PEER_COUNTERS = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")
+MAX_PEER_NAME = 64
+
+
+def _peers(f: _Fields, name: str) -> dict[str, dict[str, Any]]:
+    """``peers``: peer name -> {public_key: str, endpoint: str|null, latest_handshake:
+    time|null, rx_bytes, tx_bytes, rx_packets, tx_packets: int >= 0, drops: {cause: n}},
+    every field present, no other."""
+    v = f.get(name)
+    if not isinstance(v, dict):
+        raise f._bad(name, "an object of peer name -> counters", v)
+    out: dict[str, dict[str, Any]] = {}
+    for peer, data in v.items():
+        if not peer or len(peer) > MAX_PEER_NAME:
+            raise f._bad(f"{name}.{_show(peer)}", f"named by 1..{MAX_PEER_NAME} characters",
+                         peer)
+        if not isinstance(data, dict):
+            raise f._bad(f"{name}.{peer}", "an object", data)
+        p = _Fields(f.what, data, f"{f.prefix}{name}.{peer}.")
+        out[peer] = {"public_key": p.text("public_key"), "endpoint": p.opt_text("endpoint"),
+                     "latest_handshake": p.opt_float("latest_handshake"),
+                     **{k: p.num(k) for k in PEER_COUNTERS}, "drops": p.counts("drops")}
+        p.done()
+    return out
+
+
 
 #: Fields a codec may add to :class:`Stats` (see ``tund.control.status_schema``), and how
 #: each is read.
@@ -119,6 +146,7 @@ _EXTRA: dict[str, Callable[[_Fields, str], object]] = {
     "cookie_replies_sent": _Fields.num,
     "wg_drops": _Fields.counts,
     "offload": lambda f, n: f.text(n, ("off", "frames", "chunks")),
+    "peers": _peers,
 }
 
 
