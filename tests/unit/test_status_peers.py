@@ -12,6 +12,8 @@ import pytest
 from tund import keys
 from tund.config import Config, parse_text
 from tund.control import status_schema
+from tund.ctl import render
+from tund.daemon import metrics
 from tund.daemon.engine import Engine
 from tund.daemon.status import ACTIVE_WITHIN, peer_state, tunnel_peers
 from tund.supervise.runner import Limits, TunnelRunner
@@ -93,3 +95,99 @@ def test_engine_status_of_a_peers_tunnel_has_documented_peer_fields(tmp_path: Pa
     for p in peers.values():
         assert set(p) == set(status_schema.PEER_FIELDS)
     assert peers["alice"]["state"] == "never" and peers["alice"]["rx_bytes"] == 0
+
+
+# --------------------------------------------------------------------------- text, dump, metrics
+
+STATUS: dict[str, Any] = {
+    "schema": 1,
+    "tunnels": {
+        "vpn": {"interface": "wg0", "state": "up", "encryption": "wireguard",
+                "rx_bytes": 3072, "tx_bytes": 1024, "drops": {"no_route": 1},
+                "peers": {
+                    "alice": {"public_key": "AAAA", "endpoint": "198.51.100.9:4000",
+                              "allowed_ips": ["10.8.0.2/32", "fd08::2/128"],
+                              "keepalive": 25, "enabled": True,
+                              "latest_handshake": NOW - 12, "state": "active",
+                              "rx_bytes": 2048, "tx_bytes": 1024, "rx_packets": 2,
+                              "tx_packets": 1, "drops": {"not_allowed": 3}},
+                    "bob": {"public_key": "BBBB", "endpoint": None, "allowed_ips": [],
+                            "keepalive": 0, "enabled": False, "latest_handshake": None,
+                            "state": "never", "rx_bytes": 0, "tx_bytes": 0,
+                            "rx_packets": 0, "tx_packets": 0, "drops": {}}}},
+        "plain": {"interface": "tun1", "state": "up", "peers": {}},
+    },
+}
+
+
+def test_status_text_has_a_block_per_peer_like_wg_show() -> None:
+    text = render.render_status(STATUS, now=NOW)
+    vpn = text.split("tunnel: vpn", 1)[1].split("tunnel: ", 1)[0]
+    assert ("\n\n  peer: alice\n"
+            "    public key: AAAA\n"
+            "    endpoint: 198.51.100.9:4000\n"
+            "    allowed ips: 10.8.0.2/32, fd08::2/128\n"
+            "    latest handshake: 12 seconds ago\n"
+            "    transfer: 2.00 KiB received, 1.00 KiB sent\n"
+            "    packets: 2 received, 1 sent\n"
+            "    persistent keepalive: every 25 seconds\n"
+            "    state: active\n"
+            "    drops: not_allowed 3\n") in vpn
+    assert vpn.index("peer: alice") < vpn.index("peer: bob")
+    bob = vpn.split("peer: bob", 1)[1]
+    assert "endpoint: (none)" in bob and "allowed ips: (none)" in bob
+    assert "latest handshake: (none yet)" in bob and "state: never (disabled)" in bob
+    assert "keepalive" not in bob
+    assert "peer:" not in text.split("tunnel: plain", 1)[1].split("tunnel: vpn", 1)[0]
+
+
+def test_status_of_one_peer() -> None:
+    text = render.render_status(STATUS, now=NOW, tunnel="vpn", peer="alice")
+    assert text.startswith("peer: alice\n    tunnel: vpn\n    public key: AAAA\n")
+    assert "bob" not in text and "interface" not in text
+    with pytest.raises(render.NoSuchPeer) as e:
+        render.render_status(STATUS, now=NOW, tunnel="vpn", peer="carol")
+    assert str(e.value) == "tunnel vpn has no peer named 'carol' (peers: alice, bob)"
+    with pytest.raises(KeyError):
+        render.render_status(STATUS, now=NOW, tunnel="nope", peer="alice")
+
+
+def test_dump_has_a_line_per_peer_after_its_tunnel() -> None:
+    rows = [line.split("\t") for line in render.render_dump(STATUS).split("\n")]
+    assert [(r[0], len(r)) for r in rows] == [
+        ("plain", len(render.DUMP_COLUMNS)), ("vpn", len(render.DUMP_COLUMNS)),
+        ("vpn", len(render.PEER_DUMP_COLUMNS)), ("vpn", len(render.PEER_DUMP_COLUMNS))]
+    assert len(render.PEER_DUMP_COLUMNS) != len(render.DUMP_COLUMNS)  # how to tell them apart
+    alice = dict(zip(render.PEER_DUMP_COLUMNS, rows[2], strict=True))
+    assert alice == {"tunnel": "vpn", "peer": "alice", "state": "active", "public_key": "AAAA",
+                     "endpoint": "198.51.100.9:4000", "allowed_ips": "10.8.0.2/32,fd08::2/128",
+                     "latest_handshake": str(int(NOW - 12)), "rx_bytes": "2048",
+                     "tx_bytes": "1024", "rx_packets": "2", "tx_packets": "1", "drops": "3",
+                     "keepalive": "25", "enabled": "yes"}
+    bob = dict(zip(render.PEER_DUMP_COLUMNS, rows[3], strict=True))
+    assert (bob["endpoint"], bob["allowed_ips"], bob["latest_handshake"], bob["enabled"]) == (
+        "(none)", "(none)", "0", "no")
+    assert render.render_dump(STATUS, tunnel="plain") == "\t".join(
+        render.dump_row("plain", STATUS["tunnels"]["plain"]))
+
+
+def test_readme_documents_every_peer_dump_column() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### tundctl dump", 1)[1].split("\n### ", 1)[0]
+    for column in render.PEER_DUMP_COLUMNS:
+        assert f"`{column}`" in section, column
+
+
+def test_metrics_have_per_peer_series() -> None:
+    text = metrics.exposition(STATUS).decode()
+    assert 'tund_peer_rx_bytes_total{peer="alice",tunnel="vpn"} 2048.0' in text
+    assert 'tund_peer_tx_packets_total{peer="alice",tunnel="vpn"} 1.0' in text
+    assert 'tund_peer_rx_bytes_total{peer="bob",tunnel="vpn"} 0.0' in text
+    assert 'tund_peer_drops_total{cause="not_allowed",peer="alice",tunnel="vpn"} 3.0' in text
+    assert ('tund_peer_latest_handshake_timestamp_seconds{peer="alice",tunnel="vpn"} '
+            '1.699999988e+09') in text
+    assert 'tund_peer_active{peer="alice",tunnel="vpn"} 1.0' in text
+    assert 'tund_peer_active{peer="bob",tunnel="vpn"} 0.0' in text
+    assert 'tund_peer_latest_handshake_timestamp_seconds{peer="bob"' not in text
+    assert 'tunnel="plain"' not in text.split("tund_peer_", 1)[1]
+    assert 'tund_tunnel_rx_bytes_total{tunnel="vpn"} 3072.0' in text  # unchanged
