@@ -351,3 +351,53 @@ def test_adding_a_peer_in_a_drop_in_keeps_the_worker_and_runs_no_step(
     assert r["done"]["changed"]["tunnels"] == ["vpn"]
     assert eng.config.tunnels["vpn"].peers is not None
     assert list(eng.config.tunnels["vpn"].peers) == ["alice"]
+
+
+def test_a_peer_added_and_removed_by_reload_adds_and_removes_its_routes(
+        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
+    """issue 17.3: a peer's allowed_ips outside the interface's addresses become routes
+    through it, shown by the dry run, logged and run by the reload, deleted when the peer
+    goes; a /0 gets none and a note. The worker keeps running."""
+    from tund import keys
+
+    ip, _dev = fakes
+    path = tmp_path / "tunnels.toml"
+    key = tmp_path / "vpn.key"
+    key.write_text(keys.generate_private_key())
+    key.chmod(0o600)
+    port = _free_port()
+    main = (_iface("zqv0", addrs=["10.91.8.1/24"])
+            + f'[tunnels.vpn]\ninterface = "zqv0"\nlisten = "127.0.0.1:{port}"\n'
+            'private_key_file = "vpn.key"\n[tunnels.vpn.peers]\n')
+    eng = Engine(path, ip=ip, fork_server=False)
+    drop_in = tmp_path / "tunnels.d" / "50-alice.toml"
+
+    async def go() -> dict[str, Any]:
+        await _start(eng, main, path)
+        worker = eng.runners["vpn"].worker
+        drop_in.parent.mkdir()
+        drop_in.write_text(
+            "[tunnels.vpn.peers.alice]\n"
+            f'public_key = "{keys.public_key(keys.generate_private_key())}"\n'
+            'allowed_ips = ["10.91.8.2/32", "10.93.0.0/24", "fd93::/64", "0.0.0.0/0"]\n')
+        dry = await eng.reload(dry_run=True)
+        assert ip.links["zqv0"].routes == {}
+        added = await eng.reload()
+        routes_then = dict(ip.links["zqv0"].routes)
+        drop_in.unlink()
+        removed = await eng.reload()
+        assert eng.runners["vpn"].worker is worker
+        await eng.shutdown()
+        return {"dry": dry, "added": added, "removed": removed, "routes": routes_then}
+
+    r = asyncio.run(go())
+    want = ["[#] ip route replace 10.93.0.0/24 dev zqv0 proto static",
+            "[#] ip route replace fd93::/64 dev zqv0 proto static"]
+    assert r["dry"]["actions"] == r["added"]["actions"] == want
+    assert set(r["routes"]) == {"10.93.0.0/24", "fd93::/64"}  # no 0.0.0.0/0, no /32
+    assert r["added"]["changed"] == {"interfaces": ["zqv0"], "tunnels": ["vpn"]}
+    assert any("allowed_ips 0.0.0.0/0 gets no route" in n for n in r["dry"]["notes"])
+    assert r["removed"]["actions"] == [
+        "[#] ip route del 10.93.0.0/24 dev zqv0 proto static",
+        "[#] ip route del fd93::/64 dev zqv0 proto static"]
+    assert ip.links["zqv0"].routes == {}

@@ -366,6 +366,10 @@ def render_reload(result: Mapping[str, Any], *, colour: bool = False) -> str:
     if isinstance(actions, list) and actions:
         lines.append(p.paint(_BOLD, "actions:"))
         lines.extend(f"  {a}" for a in actions)
+    notes = result.get("notes")
+    if isinstance(notes, list) and notes:
+        lines.append(p.paint(_BOLD, "notes:"))
+        lines.extend(f"  {p.paint(_YELLOW, str(n))}" for n in notes)
     return "\n".join(lines)
 
 

@@ -194,8 +194,10 @@ class Engine:
         the others still come up. The ``ip`` runs happen in a thread, so the event loop
         keeps serving status requests meanwhile (the reload lock is held).
         """
+        for warning in config.skipped_default_routes(cfg):
+            log.warning("%s", warning)
         opened: list[tuple[str, InterfaceConfig]] = []
-        for name, iface in cfg.interfaces.items():
+        for name, iface in config.effective_interfaces(cfg).items():
             try:
                 self.open_device(name, iface)
                 opened.append((name, iface))
@@ -355,6 +357,8 @@ class Engine:
             except ReloadError as e:
                 self._note_reload(False, str(e))
                 raise
+            for warning in config.skipped_default_routes(new):
+                log.warning("%s", warning)
             self._note_reload(True, "applied" if actions else "nothing to do")
             return {**p.summary(), "actions": actions, "dry_run": False,
                     "notes": list(p.daemon_notes)}
