@@ -28,6 +28,10 @@ from typing import Any, ClassVar, TypeVar, cast
 from tund.workerapi.spec import WorkerSpec
 
 MAX_KEEPALIVE = 65535  # seconds, as the config allows
+#: The largest control message either end reads (one ``SOCK_SEQPACKET`` datagram): a
+#: worker's stats with ``peers`` take ~250 bytes a peer, so this holds ~4,000 peers.
+#: The daemon sizes both ends' send buffers for it (:mod:`tund.supervise.worker`).
+MAX_MESSAGE = 1 << 20
 MAX_MTU = 65535
 MIN_MTU = 68
 
