@@ -116,3 +116,14 @@ def test_disabling_a_peer_removes_its_routes_and_a_covered_prefix_changes_nothin
     assert c.action == "reconfigure" and c.new is not None and c.new.routes == ()
     covered = _conf(key, {"a": 'allowed_ips = ["10.8.0.7/32"]'})
     assert plan.diff(_conf(key, {}), covered).interfaces[0].action == "unchanged"
+
+
+def test_reload_text_shows_the_notes() -> None:
+    from tund.ctl import render
+
+    text = render.render_reload({"actions": ["[#] ip route replace 10.1.0.0/16 dev wg0"],
+                                 "notes": ["tunnel vpn, peer exit: allowed_ips 0.0.0.0/0 gets "
+                                           "no route"], "dry_run": True})
+    assert text.endswith("actions:\n  [#] ip route replace 10.1.0.0/16 dev wg0\nnotes:\n"
+                         "  tunnel vpn, peer exit: allowed_ips 0.0.0.0/0 gets no route")
+    assert "notes" not in render.render_reload({"notes": []})
