@@ -23,12 +23,17 @@ daemon -> worker
 
 worker -> daemon
     ``{"op": "pong", "seq": N, "stats": STATS}``
-    ``{"op": "state", "state": "connecting"|"up", "peer": "ADDR:PORT"|null,
-       "error": str|null, "stats": STATS}``  sent on every state change.
+    ``{"op": "state", "state": "connecting"|"handshaking"|"unverified"|"failing"|"up",
+       "peer": "ADDR:PORT"|null, "error": str|null, "why": str|null, "stats": STATS}``
+    sent on every change of state, peer or ``why`` (what keeps the state short of up:
+    "no reply from ADDR:PORT to 3 handshake initiations", ...; see
+    :func:`tund.states.link_state`); ``error`` is fatal (the worker then exits).
 
 ``STATS`` is a dict with at least: ``rx_packets``, ``rx_bytes`` (peer -> device),
 ``tx_packets``, ``tx_bytes`` (device -> peer), ``drops`` (cause -> count), ``errors``,
-``last_rx``, ``last_tx`` (unix time or null), ``peer`` (or null), ``state``; encrypted
+``last_rx``, ``last_tx`` (unix time or null), ``peer`` (or null), ``state``,
+``warnings`` (list of str: what works but will hurt, e.g. an MTU too large for the
+underlay path); encrypted
 tunnels add their session fields. Counters are cumulative for the life of the process;
 the daemon adds the totals of earlier incarnations.
 

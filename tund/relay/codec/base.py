@@ -54,6 +54,11 @@ Contract (:class:`Codec`):
     as ``Opened.drop``, e.g. packets queued for a session that never came); the pump adds
     them into its ``drops``, so STATS ``drops`` holds every drop once.
 
+``health(now) -> tund.states.Handshakes`` (optional; an encrypting codec has it)
+    What :func:`tund.states.link_state` needs to say whether packets pass (a session
+    and how young it is, unanswered and refused handshakes). A codec without it (or one
+    whose ``health`` returns None) is plaintext: the pump judges by what came back.
+
 Codecs must not raise on hostile input: malformed messages are drops, not exceptions.
 """
 
