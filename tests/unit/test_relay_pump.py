@@ -256,3 +256,38 @@ def test_update_op_changes_the_oversize_limit() -> None:
     assert pump.max_packet == 1314
     daemon.close()
     worker.close()
+
+
+def test_handshakes_wait_behind_data_a_bounded_number_per_turn(rig: Any) -> None:
+    """Issue 16.3: a handshake (first byte in the codec's handshake_types) is opened after
+    the data of its turn, HANDSHAKES_PER_TURN at a time, and the queue is bounded. On the
+    old code every message was opened on arrival, in order."""
+    from tund.relay.loop import pump as pump_mod
+    daemon, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    dev, tr, codec = FakeDevice(), FakeTransport(), ScriptedCodec()
+    codec.handshake_types = frozenset({ord("h")})  # type: ignore[attr-defined]
+    pump = Pump(control=worker, device=dev, transport=tr, codec=codec, counters=Counters(),
+                max_packet=100)
+    try:
+        opened: list[bytes] = []
+        table_open = codec.open
+
+        def open_(message: bytes, source: Address | None, now: float) -> Opened:
+            opened.append(message)
+            return table_open(message, source, now)
+
+        codec.open = open_  # type: ignore[method-assign]
+        codec.table[b"hs"] = Opened([], [b"response"], True)
+        codec.table[b"data"] = b"packet"
+        pump.deliver(b"hs", ("192.0.2.1", 1))
+        pump.deliver(b"data", ("192.0.2.1", 1))
+        assert dev.written == [b"packet"] and opened == [] and tr.sent == []
+        for _ in range(pump_mod.HANDSHAKE_QUEUE + 5):
+            pump.deliver(b"hs", ("192.0.2.1", 1))
+        assert pump.c.drops == {"handshake_queue_full": 6}
+        pump._open_handshakes()
+        assert len(opened) == pump_mod.HANDSHAKES_PER_TURN
+        assert tr.sent == [b"response"] * pump_mod.HANDSHAKES_PER_TURN
+    finally:
+        daemon.close()
+        worker.close()

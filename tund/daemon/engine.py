@@ -33,27 +33,29 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tund import config
+from tund import config, logs
 from tund.config import Config, InterfaceConfig, TunnelConfig
 from tund.daemon import plan, status
 from tund.daemon import reload as reloading
 from tund.daemon.keyfiles import KeyMaterial, read_keys
+from tund.daemon.peerstore import PeerStore
 from tund.daemon.status import sysfs_mtu
-from tund.errors import ConfigError, ConfigIssue, KernelError, ReloadError, TundError
+from tund.errors import ConfigError, ConfigIssue, ErrorCode, KernelError, ReloadError, TundError
 from tund.netdev import reconcile, tuntap
 from tund.netdev.ip import Ip, IpRunner
 from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, SpawnLauncher
 from tund.supervise.runner import Limits, TunnelRunner
 from tund.supervise.worker import WorkerProcess, worker_class
 from tund.workerapi import underlay
-from tund.workerapi.run_as import resolve_worker_user
+from tund.workerapi.messages import Update
+from tund.workerapi.run_as import WorkerUserError, resolve_worker_user
 from tund.workerapi.spec import WorkerSpec
 
 log = logging.getLogger("tund.daemon.engine")
 
 
 class NotFound(TundError):
-    code = "not-found"
+    code = ErrorCode.NOT_FOUND
 
 
 def _vnet_hdr(iface: InterfaceConfig) -> bool:
@@ -71,12 +73,17 @@ class Engine:
     """Devices, listeners and tunnel runners for one configuration at a time."""
 
     def __init__(self, config_path: Path, ip: Ip | None = None,
-                 fork_server: bool = True, timers: Mapping[str, float] | None = None) -> None:
+                 fork_server: bool = True, timers: Mapping[str, float] | None = None,
+                 test_malformed: int = 0, peers_file: Path | None = None) -> None:
         """``fork_server`` False: every worker is spawned as a fresh interpreter.
-        ``timers``: test-only timer overrides passed to every worker (see WorkerSpec)."""
+        ``timers``: test-only timer overrides passed to every worker (see WorkerSpec).
+        ``test_malformed``: test-only, the first this many workers send a malformed
+        message (``tund --test-malformed-state``).
+        ``peers_file``: where the listeners' last peer endpoints outlive the daemon."""
         self.config_path = config_path
         self.ip: Ip = ip or IpRunner()
         self.timers = dict(timers or {})
+        self.test_malformed = test_malformed
         self.config: Config | None = None
         self.devices: dict[str, tuntap.OpenedDevice] = {}
         self.device_errors: dict[str, str] = {}
@@ -87,6 +94,7 @@ class Engine:
         self.started = time.time()
         self.reloads = 0
         self.last_reload: dict[str, Any] | None = None
+        self.peers = PeerStore(peers_file)
         self._lock = asyncio.Lock()
         self._worker_user: str | None = None
         self._worker_cls: type[WorkerProcess] = WorkerProcess
@@ -98,9 +106,10 @@ class Engine:
     async def start(self, cfg: Config) -> None:
         """Bring up every interface and start every tunnel of ``cfg``."""
         async with self._lock:
+            self._set_worker_user(cfg.daemon.worker_user)  # ConfigError: nothing started
             self.config = cfg
+            self.peers.keep_only(set(cfg.tunnels))
             self._start_fork_server()
-            self._set_worker_user(cfg.daemon.worker_user)
             self._read_all_keys(cfg)
             self._bind_listeners(cfg)
             await self._bring_up_all(cfg)
@@ -147,13 +156,19 @@ class Engine:
             for name, dev in list(self.devices.items()):
                 persistent = self.config is not None and self.config.interfaces[name].persist
                 log.info("[#] close %s (%s)", name,
-                         "persistent: stays" if persistent else "not persistent: removed")
+                         "persistent: stays" if persistent else "not persistent: removed",
+                         extra=self._fields_of_interface(name))
                 tuntap.close(dev.fd)
             self.devices.clear()
             if self.fork_server is not None:
                 self.fork_server.close()
 
     # ------------------------------------------------------------------ interfaces
+
+    def _fields_of_interface(self, name: str) -> dict[str, str]:
+        """Journal fields of a message about device ``name`` (its tunnel's too, if any)."""
+        found = self.config.tunnel_for(name) if self.config is not None else None
+        return logs.fields(interface=name, tunnel=found[0] if found else None)
 
     def _open_and_configure(self, name: str, iface: InterfaceConfig) -> None:
         """Open (create or adopt) device ``name`` and apply its ``ip`` config; raises."""
@@ -218,7 +233,7 @@ class Engine:
     def _describe(self, name: str, t: TunnelConfig) -> dict[str, Any]:
         return {"interface": t.interface, "transport": t.transport, "role": t.role,
                 "endpoint": t.listen if t.listen is not None else t.remote,
-                "encryption": t.encryption}
+                "encryption": t.encryption, "keepalive": t.keepalive}
 
     def _make_spec(self, name: str) -> WorkerSpec:
         assert self.config is not None
@@ -238,6 +253,8 @@ class Engine:
                 self.listeners[name] = bind_underlay(t)
             sock_fd = self.listeners[name].fileno()
         host, port = t.endpoint
+        malformed, self.test_malformed = self.test_malformed > 0, max(0, self.test_malformed - 1)
+        resumable = t.role == "listen" and t.transport == "udp"
         return WorkerSpec(
             tunnel=name, interface=t.interface, mode=iface.mode, transport=t.transport,
             role=t.role, host=host, port=port, device_fd=dev.fd, socket_fd=sock_fd,
@@ -246,13 +263,23 @@ class Engine:
             keepalive=t.keepalive, reconnect_min=t.reconnect_min,
             reconnect_max=t.reconnect_max, encryption=t.encryption,
             private_key=km.private_key, peer_public_key=km.peer_public_key,
-            preshared_key=km.preshared_key, timers=dict(self.timers))
+            preshared_key=km.preshared_key,
+            known_peer=self.peers.get(name) if resumable else None, timers=dict(self.timers),
+            test_malformed=malformed)
 
     def _set_worker_user(self, user: str) -> None:
-        """Workers started from now on run as ``user`` (see tund.relay.process.privileges)."""
+        """Workers started from now on run as ``user`` (see tund.relay.process.privileges).
+
+        Raises ConfigError (located at ``daemon.worker_user``) when ``user`` does not exist;
+        nothing is changed then."""
         if user != self._worker_user:
+            try:
+                cls = worker_class(resolve_worker_user(user), self._launcher)
+            except WorkerUserError as e:
+                raise ConfigError([ConfigIssue(str(self.config_path), 0, "daemon.worker_user",
+                                               str(e))]) from None
             self._worker_user = user
-            self._worker_cls = worker_class(resolve_worker_user(user), self._launcher)
+            self._worker_cls = cls
 
     def runner(self, name: str) -> TunnelRunner:
         try:
@@ -301,6 +328,13 @@ class Engine:
                     self._note_reload(False, f"tunnel {name}: {e}")
                     raise ConfigError([ConfigIssue(
                         str(self.config_path), 0, f"tunnels.{name}", str(e))]) from None
+            if new.daemon.worker_user != self._worker_user:
+                try:
+                    resolve_worker_user(new.daemon.worker_user)
+                except WorkerUserError as e:
+                    self._note_reload(False, str(e))
+                    raise ConfigError([ConfigIssue(str(self.config_path), 0,
+                                                   "daemon.worker_user", str(e))]) from None
             p = plan.diff(self.config, new,
                           {n: k.fingerprint() for n, k in self.keys.items()},
                           {n: k.fingerprint() for n, k in new_keys.items()})
@@ -363,7 +397,14 @@ class Engine:
         found = new.tunnel_for(iface)
         if found and found[0] in self.runners:
             mtu = new.interfaces[iface].mtu or sysfs_mtu(iface) or 1500
-            self.runners[found[0]].send({"op": "update", "mtu": mtu})
+            self.runners[found[0]].send(Update(mtu=mtu))
+
+    def push_keepalive(self, tunnel: str, seconds: int) -> None:
+        """Tell tunnel's running worker its new keepalive (a reload step; no restart)."""
+        runner = self.runners.get(tunnel)
+        if runner is not None:
+            runner.describe["keepalive"] = seconds
+            runner.send(Update(keepalive=seconds))
 
     async def stop_tunnel(self, name: str) -> None:
         """Stop the tunnel's worker, drop its runner, close its listening socket."""
@@ -378,7 +419,8 @@ class Engine:
         t = self.config.tunnels[name]
         runner = TunnelRunner(name, lambda: self._make_spec(name),
                               Limits.from_config(self.config.daemon), self._describe(name, t),
-                              spawn=self._worker_cls)
+                              spawn=self._worker_cls,
+                              on_peer=lambda peer: self.peers.remember(name, peer))
         self.runners[name] = runner
         runner.start()
 
@@ -396,6 +438,7 @@ class Engine:
                key_errors: Mapping[str, str]) -> None:
         """Put ``cfg`` and its tunnels' key material in force (workers started later)."""
         self.config = cfg
+        self.peers.keep_only(set(cfg.tunnels))
         self.keys = dict(keys)
         self.key_errors = dict(key_errors)
         self._set_worker_user(cfg.daemon.worker_user)

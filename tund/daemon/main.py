@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tund import __version__, config, sdnotify
+from tund import __version__, config, proctitle, sdnotify
 from tund.config import Config
 from tund.control import auth
 from tund.control.server import ControlServer, PeerCred
@@ -34,10 +34,12 @@ class Daemon:
     """The loop-side glue: control socket, signals, systemd notifications."""
 
     def __init__(self, cfg: Config, config_path: Path, socket_path: str,
-                 timers: Mapping[str, float] | None = None) -> None:
-        """``timers``: test-only timer overrides for every worker (``--test-timers``)."""
+                 timers: Mapping[str, float] | None = None, test_malformed: int = 0) -> None:
+        """``timers``: test-only timer overrides for every worker (``--test-timers``);
+        ``test_malformed``: test-only (``--test-malformed-state``, see Engine)."""
         self.cfg = cfg
-        self.engine = Engine(config_path, timers=timers)
+        self.engine = Engine(config_path, timers=timers, test_malformed=test_malformed,
+                             peers_file=Path(socket_path).with_name("peers.json"))
         self.socket_path = socket_path
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -129,7 +131,11 @@ class Daemon:
             log.error("cannot open control socket %s: %s", self.socket_path, e)
             return 1
         try:
-            await self.engine.start(self.cfg)
+            try:
+                await self.engine.start(self.cfg)
+            except ConfigError as e:
+                log.error("not starting:\n%s", e)
+                return 1
             await self._start_metrics()
             loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._sighup()))
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -185,6 +191,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # overrides passed to every worker, see tund.relay.wireguard.timers. Not in --help.
     ap.add_argument("--test-timers", type=parse_timers, default={}, metavar="NAME=SECONDS,...",
                     help=argparse.SUPPRESS)
+    # For tests only: the first N workers send one malformed state message (a compromised
+    # worker); the daemon must kill and replace each. Not in --help.
+    ap.add_argument("--test-malformed-state", type=int, default=0, metavar="N",
+                    help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -192,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from tund import logs
 
-    path = args.config or config.default_config_path()
+    path = (args.config or config.default_config_path()).absolute()  # status names it
     try:
         cfg = config.load(path)
     except ConfigError as e:
@@ -203,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     logs.setup(args.log_level or cfg.daemon.log_level)
+    proctitle.set_title(proctitle.daemon_title(str(path)), "tund")
     socket_path = args.control_socket or cfg.daemon.control_socket
-    return asyncio.run(Daemon(cfg, path, socket_path, timers=args.test_timers).run())
+    return asyncio.run(Daemon(cfg, path, socket_path, timers=args.test_timers,
+                              test_malformed=args.test_malformed_state).run())
 
 
 if __name__ == "__main__":

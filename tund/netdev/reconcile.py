@@ -256,11 +256,6 @@ def apply(ip: Ip, name: str, iface: InterfaceConfig) -> list[Step]:
     return done
 
 
-def bring_down(ip: Ip, name: str) -> None:
-    """Set link ``name`` administratively down (addresses and routes stay with it)."""
-    ip.run(_link_set(name, "down"))
-
-
 def apply_many(ip: Ip, links: Sequence[tuple[str, InterfaceConfig]],
                states: dict[str, LinkState]) -> dict[str, list[Step] | IpCommandError]:
     """Bring each link to its config, all steps through as few ``ip -batch`` runs as can be.

@@ -185,6 +185,7 @@ class OffloadCodec:
                  max_packet: int, drops: dict[str, int], negotiate: bool = True,
                  enveloped: bool = False, chunked: bool = False) -> None:
         self.inner = inner
+        self.handshake_types: frozenset[int] = getattr(inner, "handshake_types", frozenset())
         self.enveloped = enveloped
         self.chunked = chunked
         # WireGuard over UDP adapts: super-packets go in chunks while the peer's LossMeter
@@ -369,6 +370,13 @@ class OffloadCodec:
     def expired(self, now: float) -> list[bytes]:
         """Frames rebuilt from an incomplete chunked frame whose wait is over."""
         return self._reasm.expire(now)
+
+    def mtu_changed(self, old: int, new: int) -> None:
+        """Plain packets obey the new MTU; frames stay up to 64 KB (the pump's limit)."""
+        self.max_packet += new - old
+
+    def set_keepalive(self, seconds: float, now: float) -> None:
+        self.inner.set_keepalive(seconds, now)
 
     def on_connected(self, now: float) -> list[bytes]:
         self._forget_peer()

@@ -18,6 +18,13 @@ Inbound (peer -> device)::
                          "malformed")               replies -> send;       "device_full")
                                                     authenticated -> set_peer)
 
+Data first: a message whose first byte is in the codec's ``handshake_types`` (WireGuard
+handshakes, which cost a Diffie-Hellman) is not opened on arrival but queued (at most
+``HANDSHAKE_QUEUE``; beyond, dropped as ``"handshake_queue_full"``) and opened after the
+turn's callbacks, at most ``HANDSHAKES_PER_TURN`` per turn; while some wait the loop does
+not sleep. A handshake flood then delays the data path by at most that many handshake
+openings per turn.
+
 ``open_one`` gives the common result (one packet, authenticated, no reply) bare; the rest
 comes as an ``Opened``. After an idle wait a transport reads one message per readiness
 event (``busy`` is False, see :class:`tund.relay.transport.base.Link`); the loop then polls
@@ -46,7 +53,7 @@ No per-packet logging; per-packet work is a length check, the codec call and a s
 
 from __future__ import annotations
 
-import json
+import collections
 import logging
 import selectors
 import socket
@@ -61,6 +68,18 @@ from tund.relay.loop.health import mtu_warning
 from tund.relay.loop.poller import Poller
 from tund.relay.transport.base import Transport, format_peer
 from tund.states import Link, TunnelState, link_state
+from tund.workerapi.messages import (
+    TO_WORKER,
+    Message,
+    MessageError,
+    Ping,
+    Pong,
+    State,
+    Stats,
+    Stop,
+    Update,
+    decode,
+)
 
 log = logging.getLogger("tund.relay.loop.pump")
 
@@ -68,6 +87,8 @@ MAX_WAIT = 1.0  # the loop wakes at least this often, even with nothing to do
 RECHECK = 0.00025  # a busy loop reads the timers' deadlines at least this often
 RX_HOLD = 256  # vnet: frames held for coalescing before a write even within one batch
 CHECK_EVERY = 0.25  # s: the state is judged again at least this often (session age, ...)
+HANDSHAKE_QUEUE = 1024  # handshake messages waiting behind data
+HANDSHAKES_PER_TURN = 64  # handshake messages opened per loop turn
 
 
 class Pump:
@@ -106,6 +127,9 @@ class Pump:
         self._underlay = underlay
         self.warnings: list[str] = []
         self._rx: list[bytes] = []  # vnet: frames for the device, written once per batch
+        self._hs_types: frozenset[int] = getattr(codec, "handshake_types", frozenset())
+        self._handshakes: collections.deque[tuple[bytes, Address | None]] = (
+            collections.deque())
         self.busy = False  # see tund.relay.transport.base.Link.busy
         self.turn = 0  # loop turns that handled events
         self._device_turn = -2  # the last turn that read the device
@@ -140,7 +164,7 @@ class Pump:
                 now = mono()
                 if busy and now < recheck:
                     ready = poll(0.0)
-                    if not ready:
+                    if not ready and not self._handshakes:
                         busy = False
                         continue
                     self.now = now = mono()
@@ -151,6 +175,8 @@ class Pump:
                         wait = cd - now
                     if td is not None and td - now < wait:
                         wait = td - now
+                    if self._handshakes:
+                        wait = 0.0
                     ready = poll(wait if wait > 0.0 else 0.0)
                     # nothing ran while it waited: the deadlines hold until RECHECK after
                     self.now = now = mono()
@@ -163,6 +189,9 @@ class Pump:
                     callback(mask)
                     if not self._running:
                         break
+                if self._handshakes and self._running:
+                    self._open_handshakes()
+                    busy = True
                 if self._rx:
                     self._flush_rx()
                 if td is not None and now >= td:
@@ -188,8 +217,7 @@ class Pump:
             self.transport.send(m)
         self.report()  # a handshake retry may change the state
         if self.vnet:  # frames rebuilt from chunks whose companions were lost
-            codec: Any = self.codec
-            self._rx += codec.expired(now)
+            self._rx += self.codec.expired(now)
             self._flush_rx()
 
     def _watch_device(self, on: bool) -> None:
@@ -268,6 +296,12 @@ class Pump:
     # ------------------------------------------------------------------ peer -> device
 
     def deliver(self, message: bytes, source: Address | None) -> None:
+        if message and message[0] in self._hs_types:  # opened after the data (docstring)
+            if len(self._handshakes) >= HANDSHAKE_QUEUE:
+                self.c.drop("handshake_queue_full")
+            else:
+                self._handshakes.append((message, source))
+            return
         opened = self.codec.open_one(message, source, self.now)
         if not isinstance(opened, bytes):
             self._deliver_opened(opened, source)
@@ -278,6 +312,13 @@ class Pump:
             self._heard = True
             transport.set_peer(source)
         self._to_device(opened)
+
+    def _open_handshakes(self) -> None:
+        """Open up to HANDSHAKES_PER_TURN queued handshake messages, oldest first."""
+        queue, open_, now = self._handshakes, self.codec.open, self.now
+        for _ in range(min(len(queue), HANDSHAKES_PER_TURN)):
+            message, source = queue.popleft()
+            self._deliver_opened(open_(message, source, now), source)
 
     def _deliver_opened(self, op: Opened, source: Address | None) -> None:
         if op.drop is not None:
@@ -384,8 +425,7 @@ class Pump:
             log.warning("state %s, peer %s: %s", key[0], key[1], why)
         else:
             log.info("state %s, peer %s", key[0], key[1])
-        self.send_control({"op": "state", "state": key[0], "peer": key[1], "error": error,
-                           "why": why, "stats": self.stats()})
+        self.send_control(State(key[0], key[1], error, Stats.of(self.stats()), why))
 
     def _check_underlay(self) -> None:
         """The MTU warning for the current peer (see :mod:`tund.relay.loop.health`)."""
@@ -409,11 +449,11 @@ class Pump:
         s.update(extra)
         return s
 
-    def send_control(self, msg: dict[str, Any]) -> None:
+    def send_control(self, msg: Message) -> None:
         try:
-            self.control.send(json.dumps(msg, separators=(",", ":")).encode())
+            self.control.send(msg.encode())
         except TimeoutError:
-            log.warning("control socket full: %s message lost", msg.get("op"))
+            log.warning("control socket full: %s message lost", msg.OP)
         except OSError as e:
             log.warning("control socket: %s; exiting", e)
             self._running = False
@@ -431,29 +471,33 @@ class Pump:
             self._running = False
             return
         try:
-            msg = json.loads(raw)
-            op = msg["op"]
-        except (ValueError, TypeError, KeyError):
-            log.warning("ignoring a malformed control message: %r", raw[:200])
+            msg = decode(raw, TO_WORKER)
+        except MessageError as e:
+            log.warning("ignoring a malformed control message: %s", e)
             return
-        if op == "ping":
-            self.send_control({"op": "pong", "seq": msg.get("seq"), "stats": self.stats()})
-        elif op == "update":
-            # the device MTU changed in place (reload): adjust the oversize limit, keep running
-            new_mtu = msg.get("mtu")
-            if isinstance(new_mtu, int) and 68 <= new_mtu <= 65535:
-                if self.vnet:  # frames stay up to 64 KB; plain packets obey the MTU
-                    codec: Any = self.codec
-                    codec.max_packet = codec.max_packet - self.mtu + new_mtu
-                else:
-                    self.max_packet = self.max_packet - self.mtu + new_mtu
-                self.mtu = new_mtu
-                if self._underlay is not None:
-                    self._underlay = (new_mtu, *self._underlay[1:])
-                    self._check_underlay()
-                log.info("mtu now %d (largest packet %d)", new_mtu, self.max_packet)
-        elif op == "stop":
+        if isinstance(msg, Ping):
+            self.send_control(Pong(msg.seq, Stats.of(self.stats())))
+        elif isinstance(msg, Update):
+            if msg.keepalive is not None:
+                self.codec.set_keepalive(float(msg.keepalive), self.now)
+                self.transport.set_keepalive(msg.keepalive)
+                log.info("keepalive now %d s", msg.keepalive)
+            if msg.mtu is not None:
+                self._set_mtu(msg.mtu)
+        elif isinstance(msg, Stop):
             log.info("stop requested")
             self._running = False
         else:
-            log.warning("ignoring unknown control op %r", op)
+            log.warning("ignoring control op %r after the start", msg.OP)
+
+    def _set_mtu(self, new_mtu: int) -> None:
+        """The device MTU changed in place (reload): adjust the oversize limit, keep running."""
+        if self.vnet:  # frames stay up to 64 KB; plain packets obey the MTU (the codec)
+            self.codec.mtu_changed(self.mtu, new_mtu)
+        else:
+            self.max_packet = self.max_packet - self.mtu + new_mtu
+        self.mtu = new_mtu
+        if self._underlay is not None:
+            self._underlay = (new_mtu, *self._underlay[1:])
+            self._check_underlay()
+        log.info("mtu now %d (largest packet %d)", new_mtu, self.max_packet)

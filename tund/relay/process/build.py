@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import socket
 from typing import Any
 
@@ -21,7 +20,7 @@ from tund.relay.device.tun import FdDevice
 from tund.relay.errors import RelayError
 from tund.relay.loop.counters import Counters
 from tund.relay.loop.pump import Pump
-from tund.relay.transport.base import Transport
+from tund.relay.transport.base import Transport, parse_peer
 from tund.relay.transport.framing import MAX_FRAME
 from tund.relay.transport.tcp import TcpTransport
 from tund.relay.transport.udp import UdpTransport
@@ -46,7 +45,7 @@ def make_codec(spec: WorkerSpec) -> Codec:
         min_len = (4 if spec.packet_info else 0) + (14 if spec.mode == "tap" else 1)
         return PlainCodec(min_len=min_len, ip_check=spec.mode == "tun" and not spec.packet_info,
                           keepalive=float(spec.keepalive) if udp else 0.0,
-                          hello=udp and spec.role == "remote",
+                          hello=udp and spec.role == "remote", timed=udp,
                           answer=udp and spec.role == "listen")
     if spec.encryption == "wireguard":
         try:
@@ -84,7 +83,8 @@ def make_transport(spec: WorkerSpec, counters: Counters,
         return TcpTransport(counters, listen_sock=sock, keepalive=spec.keepalive,
                             max_message=(largest or max_packet(spec)) + CODEC_OVERHEAD,
                             **common)
-    return UdpTransport(counters, sock=sock, **common)
+    known = parse_peer(spec.known_peer) if spec.known_peer and spec.role == "listen" else None
+    return UdpTransport(counters, sock=sock, known_peer=known, **common)
 
 
 def underlay_check(spec: WorkerSpec) -> tuple[int, int, int] | None:
@@ -106,13 +106,10 @@ def build(spec: WorkerSpec, control: socket.socket) -> Pump:
         # The frames' IP check moves to OffloadCodec.
         if isinstance(codec, PlainCodec):
             codec.ip_check = False
-        # the tunnel's `offload` setting; TUND_OFFLOAD=1/0 in the environment overrides it
-        negotiate = {"1": True, "0": False}.get(os.environ.get("TUND_OFFLOAD", ""),
-                                                spec.offload)
         # WireGuard carries IP packets only (tun mode: the receiver strips padding by the
         # IP length and drops anything else as invalid_packet): frames go in envelopes
         codec = OffloadCodec(codec, functools.partial(set_device_offload, spec.device_fd),
-                             max_packet=mp, drops=counters.drops, negotiate=negotiate,
+                             max_packet=mp, drops=counters.drops, negotiate=spec.offload,
                              enveloped=not isinstance(codec, PlainCodec),
                              chunked=spec.transport == "udp")
         device = FdDevice(spec.device_fd, read_size=VNET_MAX_FRAME + 1)

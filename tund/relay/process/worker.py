@@ -14,23 +14,29 @@ Logs go to stderr, every line tagged with the tunnel name.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import socket
 import sys
 
+from tund import proctitle
 from tund.relay.errors import RelayError
 from tund.relay.loop.counters import Counters
 from tund.relay.loop.pump import Pump
 from tund.relay.process.build import build
 from tund.relay.process.privileges import drop_privileges
+from tund.workerapi.messages import MessageError, Start, State, Stats, decode
 from tund.workerapi.run_as import RunAs
 from tund.workerapi.spec import WorkerSpec
 
 log = logging.getLogger("tund.relay.process.worker")
 
 START_TIMEOUT = 30.0
+#: Test-only (``WorkerSpec.test_malformed``): a state message whose counter is a string.
+MALFORMED_STATE = (b'{"op":"state","state":"up","peer":null,"error":null,"stats":'
+                   b'{"rx_packets":"pwn","rx_bytes":0,"tx_packets":0,"tx_bytes":0,'
+                   b'"drops":{},"errors":0,"last_rx":null,"last_tx":null,"peer":null,'
+                   b'"state":"up"}}')
 
 
 def receive_start(control: socket.socket) -> WorkerSpec:
@@ -42,11 +48,8 @@ def receive_start(control: socket.socket) -> WorkerSpec:
     if not raw:
         raise RelayError("control socket closed before the start message")
     try:
-        msg = json.loads(raw)
-        if msg.get("op") != "start":
-            raise ValueError(f"expected op 'start' (got {msg.get('op')!r})")
-        return WorkerSpec.from_dict(msg["spec"])
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        return decode(raw, (Start,), "start message").spec
+    except MessageError as e:
         raise RelayError(f"bad start message: {e}") from None
 
 
@@ -61,13 +64,10 @@ def setup_logging(tunnel: str, program: str = "tund-relay") -> None:
     root.setLevel(logging.INFO)
 
 
-def set_process_name(tunnel: str) -> None:
-    """Name the thread ``relay:<tunnel>`` (15 bytes, shown by ps -o comm, top); best effort."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(15, f"relay:{tunnel}".encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
+def set_process_name(tunnel: str, interface: str) -> None:
+    """Command line ``tund: worker TUNNEL (IFACE)``, thread name ``relay:TUNNEL`` (cut to
+    15 bytes with a hash suffix, :func:`tund.proctitle.worker_comm`); best effort."""
+    proctitle.set_title(proctitle.worker_title(tunnel, interface), proctitle.worker_comm(tunnel))
 
 
 def _fatal(control: socket.socket, error: str, pump: Pump | None) -> None:
@@ -75,10 +75,9 @@ def _fatal(control: socket.socket, error: str, pump: Pump | None) -> None:
     if pump is not None:
         pump.report(error=error)
         return
-    msg = {"op": "state", "state": "connecting", "peer": None, "error": error,
-           "stats": {**Counters().as_dict(), "peer": None, "state": "connecting"}}
+    msg = State("connecting", None, error, Stats.of(Counters().as_dict()))
     with contextlib.suppress(OSError):
-        control.send(json.dumps(msg).encode())
+        control.send(msg.encode())
 
 
 def run(control_fd: int, run_as: RunAs | None) -> int:
@@ -95,12 +94,15 @@ def run(control_fd: int, run_as: RunAs | None) -> int:
         _fatal(control, str(e), None)
         return 2
     setup_logging(spec.tunnel)
-    set_process_name(spec.tunnel)
+    set_process_name(spec.tunnel, spec.interface)
     log.info("starting: %s", json.dumps(spec.redacted(), sort_keys=True))
     pump: Pump | None = None
     try:
         pump = build(spec, control)
         drop_privileges(run_as)  # before the first packet; raises PrivilegeError
+        if spec.test_malformed:  # test-only: what a compromised worker might send
+            log.warning("test: sending a malformed state message")
+            control.send(MALFORMED_STATE)
         return pump.run()
     except (RelayError, OSError, ValueError) as e:
         _fatal(control, str(e) if isinstance(e, RelayError) else f"{type(e).__name__}: {e}",

@@ -176,16 +176,25 @@ class TcpTransport:
 
     # ------------------------------------------------------------------ connection
 
+    def _arm_keepalive(self, s: socket.socket) -> None:
+        if self.keepalive > 0:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, self.keepalive)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, self.keepalive)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+
+    def set_keepalive(self, seconds: int) -> None:
+        """Use ``seconds`` for this connection (if any) and the next ones; 0: the kernel's."""
+        self.keepalive = seconds
+        if self.conn is not None and seconds > 0:
+            self._arm_keepalive(self.conn)
+
     def _use(self, s: socket.socket, addr: Any) -> None:
         """``s`` is now the connection to the peer: set options, go up."""
         assert self._sel is not None and self._link is not None
         self.problem = None
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if self.keepalive > 0:
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, self.keepalive)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, self.keepalive)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        self._arm_keepalive(s)
         self.conn, self.peer = s, addr
         self.decoder.reset()
         self.out.clear()

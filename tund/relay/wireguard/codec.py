@@ -11,7 +11,9 @@ Outbound (``seal``)::
 
 Inbound (``open``) by message type::
 
-    initiation : mac1 -> [under load: mac2 or cookie reply] -> decrypt static/timestamp
+    initiation : size, type -> mac1 -> [under load: mac2 valid? yes: the source's
+                 handshake bucket; no: a cookie reply within the source's cookie bucket;
+                 beyond a bucket: dropped] -> decrypt static/timestamp
                  -> peer's key? -> timestamp newer? -> not a flood? -> response; next keypair
     response   : mac1 -> [load: mac2] -> our pending initiation? -> decrypt -> current
                  keypair; send staged packets (or a keepalive, confirming the keys)
@@ -27,6 +29,9 @@ Drop causes (``Opened.drop``; every one is also counted in ``stats()["wg_drops"]
 ``unknown_peer``     an initiation that opened but came from another static key
 ``stale_timestamp``  an initiation whose TAI64N is not newer than the last accepted one
 ``flood``            an initiation within ``handshake_initiation_rate`` of the previous
+``handshake_ratelimited`` under load, a handshake message beyond its source address's
+                     token bucket (cookie replies and mac2-valid handshakes each
+                     ``handshake_rate``/s, burst ``handshake_burst``; see :mod:`.ratelimit`)
 ``unknown_receiver`` response/cookie/transport for an index we do not hold
 ``bad_cookie``       a cookie reply that does not open against our last mac1
 ``expired``          transport on a keypair older than REJECT_AFTER_TIME
@@ -62,11 +67,12 @@ from typing import Any, Literal, overload
 from cryptography.exceptions import InvalidTag
 
 from tund.keyformat import clamp, decode_key, encode_key, public_from_private
-from tund.relay.codec.base import Address, Opened
+from tund.relay.codec.base import Address, HoldsNothing, Opened
 from tund.relay.wireguard import messages as msgs
 from tund.relay.wireguard import noise
 from tund.relay.wireguard.cookie import CookieChecker, CookieGenerator, LoadDetector
 from tund.relay.wireguard.primitives import AEAD_NONCE, DecryptError, dh, tai64n
+from tund.relay.wireguard.ratelimit import RateLimiter, source_key
 from tund.relay.wireguard.session import Keypair, Keypairs
 from tund.relay.wireguard.timers import Timers
 from tund.states import Handshakes
@@ -121,7 +127,7 @@ def ip_length(packet: bytes) -> int | None:
     return None
 
 
-class WireGuardCodec:
+class WireGuardCodec(HoldsNothing):
     """WireGuard for one peer; see the module docstring for flows and drop causes.
 
     ``spec`` supplies ``private_key``, ``peer_public_key``, ``preshared_key`` (base64),
@@ -129,6 +135,11 @@ class WireGuardCodec:
     (test-only overrides, see :class:`~.timers.Timers`). Raise ValueError for missing or
     bad keys, naming the field.
     """
+
+    #: handshake messages (initiation, response, cookie reply): the pump opens them after
+    #: the transport data of the same turn (see :mod:`tund.relay.codec.base`)
+    handshake_types = frozenset({msgs.TYPE_INITIATION, msgs.TYPE_RESPONSE,
+                                 msgs.TYPE_COOKIE_REPLY})
 
     def __init__(self, spec: WorkerSpec, *, wall: Callable[[], float] = time.time,
                  rand: Callable[[int], bytes] = os.urandom) -> None:
@@ -153,6 +164,8 @@ class WireGuardCodec:
         self._mtu = spec.mtu
         self._role = spec.role
         self._keepalive = float(spec.keepalive)
+        # a listener handed its previous worker's peer (spec.known_peer) initiates at once
+        self._resume = spec.known_peer is not None
         self._t = t = Timers.from_overrides(dict(spec.timers))
         # Timers is frozen: the per-packet paths read these copies.
         self._tun = spec.mode == "tun"
@@ -172,6 +185,8 @@ class WireGuardCodec:
         self._checker = CookieChecker(self._pub, self._t, rand)
         self._cookies = CookieGenerator(self._peer, self._t)
         self._load = LoadDetector(self._t)
+        self._cookie_limit = RateLimiter(t.handshake_rate, t.handshake_burst)
+        self._handshake_limit = RateLimiter(t.handshake_rate, t.handshake_burst)
         self._keys = Keypairs()
         self._pending: _Pending | None = None
         self._staged: collections.deque[bytes] = collections.deque()
@@ -263,11 +278,17 @@ class WireGuardCodec:
                              "us (and rejects our handshakes)")
             return self._drop("bad_mac")
         self._load.note(now)
-        if self._load.under_load(now) and not self._checker.check_mac2(message, source, now):
-            self._drops["cookie"] += 1
-            self._cookie_replies += 1
-            reply = self._checker.create_reply(message, m.sender, source, now)
-            return Opened([], [reply], False, None)
+        if self._load.under_load(now):
+            key = source_key(source[0]) if source is not None else ""
+            if not self._checker.check_mac2(message, source, now):
+                if not self._cookie_limit.allow(key, now):
+                    return self._drop("handshake_ratelimited")
+                self._drops["cookie"] += 1
+                self._cookie_replies += 1
+                reply = self._checker.create_reply(message, m.sender, source, now)
+                return Opened([], [reply], False, None)
+            if not self._handshake_limit.allow(key, now):
+                return self._drop("handshake_ratelimited")
         if isinstance(m, msgs.Initiation):
             opened = self._open_initiation(m, now)
         else:
@@ -317,14 +338,21 @@ class WireGuardCodec:
 
     def on_connected(self, now: float) -> list[bytes]:
         """A (new) path to the peer: the initiator side (role remote, or any side with a
-        persistent keepalive) sends a keepalive, which starts a handshake when no session
-        exists. The rate limit is reset, since an earlier initiation may have gone to a
-        dead connection."""
+        persistent keepalive, or a listener resuming its predecessor's peer) sends a
+        keepalive, which starts a handshake when no session exists. The rate limit is
+        reset, since an earlier initiation may have gone to a dead connection."""
         self._now = now
-        if self._role != "remote" and self._keepalive <= 0:
+        resume, self._resume = self._resume, False
+        if self._role != "remote" and self._keepalive <= 0 and not resume:
             return []
         self._last_sent_handshake = None
         return self._send_keepalive(now)
+
+    def set_keepalive(self, seconds: float, now: float) -> None:
+        """A new persistent-keepalive interval: re-armed from now (0 disarms it), as wg
+        does on ``wg set ... persistent-keepalive``."""
+        self._keepalive = float(seconds)
+        self._deadline["persistent"] = now + self._keepalive if seconds > 0 else None
 
     def stats(self) -> dict[str, Any]:
         """peer_public_key, latest_handshake (unix time or None), session (as of the latest

@@ -39,6 +39,7 @@ LABEL_MAC1 = b"mac1----"
 LABEL_COOKIE = b"cookie--"
 
 Address = tuple[str, int]
+_NO_MAC2 = bytes(16)  # what a sender without a cookie puts there: no MAC to compute
 
 
 def address_bytes(source: Address | None) -> bytes:
@@ -74,7 +75,8 @@ class CookieChecker:
 
     def check_mac2(self, msg: bytes, source: Address | None, now: float) -> bool:
         """True when mac2 was made with the (still valid) cookie for ``source``."""
-        if self._secret is None or now - self._secret_set > self._timers.cookie_refresh_time:
+        if (self._secret is None or now - self._secret_set > self._timers.cookie_refresh_time
+                or msg[-16:] == _NO_MAC2):
             return False
         return hmac.compare_digest(mac(self._tau(source), msg[:-16]), msg[-16:])
 
@@ -121,10 +123,6 @@ class CookieGenerator:
         self._cookie, self._cookie_set = cookie, now
         self._last_mac1 = None
         return True
-
-    @property
-    def has_cookie(self) -> bool:
-        return self._cookie is not None
 
 
 class LoadDetector:

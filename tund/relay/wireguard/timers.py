@@ -13,6 +13,10 @@ Beyond the whitepaper:
   needs at most a few per second (retries are REKEY_TIMEOUT apart), so this only trips
   on floods. Under load a handshake message needs a valid mac2 (a cookie) or it is
   answered with a cookie reply and dropped as ``"cookie"``.
+* ``handshake_rate`` (20/s) / ``handshake_burst`` (5): under load, per source address
+  (IPv4, or IPv6 /64), cookie replies and handshake messages processed with a valid mac2
+  each have a token bucket of this rate and burst (wireguard-go's ratelimiter); beyond
+  it a message is dropped silently as ``"handshake_ratelimited"``.
 * ``cookie_refresh_time`` (120 s): the cookie secret's lifetime, and a cookie's.
 * ``rekey_jitter`` (0.333 s): the retry timers' random extra delay, up to this much.
 * ``staged_packets`` (128): packets queued while no session exists; older ones are
@@ -40,6 +44,8 @@ class Timers:
     handshake_initiation_rate: float = 0.05
     under_load_handshakes: int = 8
     under_load_window: float = 1.0
+    handshake_rate: float = 20.0
+    handshake_burst: int = 5
     staged_packets: int = 128
 
     @property
