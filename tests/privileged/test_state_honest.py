@@ -114,10 +114,12 @@ def test_a_remote_that_never_answers_is_handshaking_then_failing(tmp_path: Path)
         _wg_site(ts.b, unique("tst"), "10.78.0.2", "remote", f"{ts.ua}:{PORT}",
                  KeyPair.new(), KeyPair.new().pub)
         ts.b.start()
+        t0 = time.monotonic()
         t = _wait_tunnel(ts.b, lambda t: t["state"] != "starting", 15, "a worker state")
         assert t["state"] == "handshaking", t
         assert _dump_state(ts.b) == "handshaking"
         t = _wait_tunnel(ts.b, lambda t: t["state"] == "failing", 30, "failing")
+        print(f"handshaking -> failing {time.monotonic() - t0:.1f} s after the start")
         assert t["last_error"] == f"no reply from {ts.ua}:{PORT} to 3 handshake initiations"
         assert t["latest_handshake"] is None and t["handshakes_sent"] >= 3
         assert "failing" in ts.b.ctl("status").stdout
