@@ -24,7 +24,7 @@ device, ``tx`` is device -> peer):
 ``tund_tunnel_errors_total``                   counter  non-fatal failed system calls
 ``tund_tunnel_restarts_total``                 counter  worker restarts after crashes
 ``tund_tunnel_state{state}``                   gauge    1 for the current state, else 0
-``tund_tunnel_up``                             gauge    1 when the state is ``up``
+``tund_tunnel_up``                             gauge    1 only when the state is ``up``
 ``tund_tunnel_state_since_timestamp_seconds``  gauge    unix time of the last state change
 ``tund_tunnel_latest_handshake_timestamp_seconds``  gauge  (wireguard, after a handshake)
 ``tund_tunnel_last_{rx,tx}_timestamp_seconds`` gauge    latest packet per direction
@@ -108,8 +108,10 @@ def _tunnel_families(tunnels: Mapping[str, Mapping[str, Any]]) -> Iterator[Metri
 
     state = GaugeMetricFamily("tund_tunnel_state", "1 for the tunnel's current state, 0 for "
                               "the others.", labels=["tunnel", "state"])
-    up = GaugeMetricFamily("tund_tunnel_up", "1 when the tunnel is up (has a peer).",
-                           labels=["tunnel"])
+    up = GaugeMetricFamily("tund_tunnel_up", "1 only when the tunnel is up (packets pass: "
+                           "a fresh WireGuard session, a plaintext UDP peer heard, TCP "
+                           "connected); 0 while connecting, handshaking, unverified, "
+                           "failing, ...", labels=["tunnel"])
     for tname, t in tunnels.items():
         current = str(t.get("state") or "")
         for s in TunnelState:

@@ -61,6 +61,7 @@ class TcpTransport:
         self.listen_sock = listen_sock
         self.state = "connecting"
         self.peer: Address | None = None
+        self.problem: str | None = None  # why there is no connection (resolve, connect)
         self.conn: socket.socket | None = None
         self.decoder = FrameDecoder(min(max_message, MAX_FRAME), counters.drops)
         self.out = bytearray()
@@ -132,6 +133,7 @@ class TcpTransport:
         self._use(s, self._target)
 
     def _retry_later(self, why: str) -> None:
+        self.problem = why
         delay = self.backoff.next_delay()
         log.warning("%s; retrying in %.2fs", why, delay)
         self._deadline = time.monotonic() + delay
@@ -189,6 +191,7 @@ class TcpTransport:
     def _use(self, s: socket.socket, addr: Any) -> None:
         """``s`` is now the connection to the peer: set options, go up."""
         assert self._sel is not None and self._link is not None
+        self.problem = None
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._arm_keepalive(s)

@@ -75,6 +75,7 @@ from tund.relay.wireguard.primitives import AEAD_NONCE, DecryptError, dh, tai64n
 from tund.relay.wireguard.ratelimit import RateLimiter, source_key
 from tund.relay.wireguard.session import Keypair, Keypairs
 from tund.relay.wireguard.timers import Timers
+from tund.states import Handshakes
 from tund.workerapi.spec import WorkerSpec
 
 _PAD = 16
@@ -104,6 +105,14 @@ class _Pending:
     local_index: int
     ephemeral: bytes
     state: noise.SymmetricState
+
+
+def _where(source: Address | None) -> str:
+    """``ADDR:PORT`` / ``[V6]:PORT`` of a message's sender, for errors."""
+    if source is None:
+        return "the peer"
+    host, port = source[0], source[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def ip_length(packet: bytes) -> int | None:
@@ -192,6 +201,9 @@ class WireGuardCodec(HoldsNothing):
         self._drops: collections.Counter[str] = collections.Counter()
         self._handshakes_sent = 0
         self._cookie_replies = 0
+        self._unanswered = 0  # initiations whose retry time passed unanswered (see health)
+        self._refused: str | None = None  # why the latest handshake message was refused
+        self._unknown_key: bytes | None = None  # the static key of the latest unknown_peer
         self._now = float("-inf")  # the latest ``now`` passed in (for stats())
 
     # ------------------------------------------------------------------ Codec contract
@@ -261,6 +273,9 @@ class WireGuardCodec(HoldsNothing):
         if isinstance(m, msgs.CookieReply):
             return self._open_cookie(m, now)
         if not self._checker.check_mac1(message):
+            self._refused = (f"a handshake from {_where(source)} is not "
+                             "meant for our key: the peer has a wrong peer_public_key for "
+                             "us (and rejects our handshakes)")
             return self._drop("bad_mac")
         self._load.note(now)
         if self._load.under_load(now):
@@ -275,8 +290,23 @@ class WireGuardCodec(HoldsNothing):
             if not self._handshake_limit.allow(key, now):
                 return self._drop("handshake_ratelimited")
         if isinstance(m, msgs.Initiation):
-            return self._open_initiation(m, now)
-        return self._open_response(m, now)
+            opened = self._open_initiation(m, now)
+        else:
+            opened = self._open_response(m, now)
+        if opened.drop in ("decrypt", "unknown_peer"):
+            self._refused = self._refusal(opened.drop, isinstance(m, msgs.Initiation), source)
+        return opened
+
+    def _refusal(self, cause: str, initiation: bool, source: Address | None) -> str:
+        where = _where(source)
+        if cause == "unknown_peer" and self._unknown_key is not None:
+            return (f"handshake from an unknown key (fingerprint "
+                    f"{encode_key(self._unknown_key)[:10]}) at {where}: not peer_public_key")
+        if initiation:
+            return (f"a handshake from {where} did not decrypt (the other end in another "
+                    "mode, tun or tap, or the message was changed on the way)")
+        return (f"the peer rejected our handshake: its response from {where} did not "
+                "decrypt (a different preshared_key?)")
 
     def open_one(self, message: bytes, source: Address | None, now: float) -> bytes | Opened:
         """:meth:`open`; a transport message with one packet and no reply comes back as
@@ -339,6 +369,14 @@ class WireGuardCodec(HoldsNothing):
         }
 
     # ------------------------------------------------------------------ queries
+
+    def health(self, now: float) -> Handshakes:
+        """What :func:`tund.states.link_state` needs: the session in use (when its
+        handshake completed), unanswered initiations and the latest refusal, both since
+        the latest completed handshake."""
+        kp = self._keys.current
+        return Handshakes(kp.created if self._usable(kp, now) and kp is not None else None,
+                          self._unanswered, self._refused)
 
     def session_state(self, now: float) -> str:
         """``"established"`` (a current keypair may send), ``"handshaking"`` or ``"none"``."""
@@ -445,6 +483,7 @@ class WireGuardCodec(HoldsNothing):
         except DecryptError:
             return self._drop("decrypt")
         if got.peer_static != self._peer:
+            self._unknown_key = got.peer_static
             return self._drop("unknown_peer")
         if self._last_timestamp is not None and got.payload <= self._last_timestamp:
             return self._drop("stale_timestamp")
@@ -598,9 +637,12 @@ class WireGuardCodec(HoldsNothing):
     def _handshake_complete(self, now: float) -> None:
         self._deadline["retransmit"] = None
         self._attempts = 0
+        self._unanswered = 0
+        self._refused = None
         self._latest_handshake = self._wall()
 
     def _expired_retransmit(self, now: float) -> list[bytes]:
+        self._unanswered += 1  # the latest initiation's retry time passed without a reply
         if self._attempts > self._t.max_handshake_attempts:
             # Gave up after REKEY_ATTEMPT_TIME: flush what waited for the session.
             self._drops["handshake_timeout"] += sum(1 for p in self._staged if p)
