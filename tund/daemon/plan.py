@@ -8,8 +8,10 @@ returns a :class:`Plan`:
   disruptive action: ``reconfigure`` (addresses, routes, MTU, MAC, bridge, txqueuelen:
   applied in place by ``ip``, the worker keeps running), ``retag`` (persist: an ioctl on the
   held device), ``recreate`` (mode, packet_info, multi_queue, owner, group: a new device);
+  ``retry`` for an interface that failed (e.g. EBUSY: someone held the device) and is
+  still configured: opened and configured again, never called ``unchanged``;
 * tunnels: ``add`` / ``remove`` / ``unchanged`` / ``restart`` (any tunnel setting or its key
-  material changed, or its interface is recreated).
+  material changed, or its interface is recreated or retried).
 
 An unchanged tunnel is never touched: its worker process keeps running.
 """
@@ -22,7 +24,8 @@ from typing import Literal
 
 from tund.config import Config, InterfaceConfig
 
-InterfaceAction = Literal["add", "remove", "unchanged", "reconfigure", "retag", "recreate"]
+InterfaceAction = Literal["add", "remove", "unchanged", "reconfigure", "retag", "recreate",
+                          "retry"]
 TunnelAction = Literal["add", "remove", "unchanged", "restart"]
 
 # The kernel allows TUNSETOWNER/TUNSETGROUP only while attached and an adopted device must
@@ -61,7 +64,7 @@ class Plan:
 
     def summary(self) -> dict[str, dict[str, list[str]]]:
         """The added / changed / removed / unchanged lists of the reload reply."""
-        changed_if = ("reconfigure", "retag", "recreate")
+        changed_if = ("reconfigure", "retag", "recreate", "retry")
         return {
             "added": {"interfaces": self.of("interfaces", "add"),
                       "tunnels": self.of("tunnels", "add")},
@@ -99,22 +102,34 @@ def _interface_change(name: str, old: InterfaceConfig | None,
     return InterfaceChange(name, "reconfigure", old, new, f"changed: {', '.join(keys)}")
 
 
+def _retry(c: InterfaceChange, failed: Mapping[str, str]) -> InterfaceChange:
+    """A failed interface that stays (changed in place or not) is retried as configured."""
+    if c.name in failed and c.action in ("unchanged", "reconfigure", "retag"):
+        return InterfaceChange(c.name, "retry", c.old, c.new, f"failed: {failed[c.name]}")
+    return c
+
+
 def diff(old: Config | None, new: Config,
          old_keys: Mapping[str, str] | None = None,
-         new_keys: Mapping[str, str] | None = None) -> Plan:
+         new_keys: Mapping[str, str] | None = None,
+         failed: Mapping[str, str] | None = None) -> Plan:
     """Plan the move from ``old`` (None: nothing running) to ``new``.
 
     ``old_keys`` / ``new_keys`` map tunnel name -> an opaque fingerprint of its key material
     (e.g. a hash of private key, peer key and PSK); a differing fingerprint restarts the tunnel.
+    ``failed`` maps interfaces that failed to their error: they are retried, their tunnels
+    restarted.
     """
+    failed = failed or {}
     old_ifs = old.interfaces if old else {}
     old_tuns = old.tunnels if old else {}
     old_keys = old_keys or {}
     new_keys = new_keys or {}
 
-    ifaces = tuple(_interface_change(n, old_ifs.get(n), new.interfaces.get(n))
+    ifaces = tuple(_retry(_interface_change(n, old_ifs.get(n), new.interfaces.get(n)), failed)
                    for n in sorted(old_ifs.keys() | new.interfaces.keys()))
     recreated = {c.name for c in ifaces if c.action == "recreate"}
+    retried = {c.name for c in ifaces if c.action == "retry"}
 
     tunnels: list[TunnelChange] = []
     for name in sorted(old_tuns.keys() | new.tunnels.keys()):
@@ -130,6 +145,8 @@ def diff(old: Config | None, new: Config,
             tunnels.append(TunnelChange(name, "restart", "key material changed"))
         elif n.interface in recreated:
             tunnels.append(TunnelChange(name, "restart", f"interface {n.interface} is recreated"))
+        elif n.interface in retried:
+            tunnels.append(TunnelChange(name, "restart", f"interface {n.interface} is retried"))
         else:
             tunnels.append(TunnelChange(name, "unchanged"))
 
