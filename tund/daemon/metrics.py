@@ -252,6 +252,11 @@ class _Cache:
             self._pending.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(self._pending)
 
+    def cancel(self) -> None:
+        """Stop a collection under way (the server is closing)."""
+        if self._pending is not None:
+            self._pending.cancel()
+
     async def _collect(self) -> bytes:
         try:
             self.collections += 1
@@ -334,6 +339,7 @@ class MetricsServer:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
+        self._cache.cancel()
         for task in list(self._conns):
             task.cancel()
         if self._conns:
