@@ -261,3 +261,21 @@ def test_integer_of_5000_digits_gets_bad_request_and_the_connection_stays(
         s.sendall(b'{"v":1,"id":2,"cmd":"status","args":{}}\n')
         assert json.loads(read_line(s))["result"]["cmd"] == "status"
     assert "Traceback" not in caplog.text and "failed" not in caplog.text
+
+
+def test_a_peer_the_daemon_calls_reserved_is_served_when_the_shared_pool_is_busy(
+        sock: Path) -> None:
+    """issue 15.10: the daemon passes admin_group membership as ``reserved``; here the
+    predicate turns true once the shared pool is full of requests in progress."""
+    admins = {"now": False}
+    server = ServerThread(sock, dispatch, max_clients=2, idle_timeout=30, reserved_uids=(),
+                          per_uid=2, reserved=lambda peer: admins["now"])
+    with server, many(sock, 2) as conns:
+        for i, c in enumerate(conns):
+            c.sendall(json.dumps({"v": 1, "id": i + 1, "cmd": "sleep",
+                                  "args": {"seconds": 1.5}}).encode() + b"\n")
+        time.sleep(0.3)
+        with pytest.raises(ControlError, match="limit 2"):
+            client.call(str(sock), "status", timeout=5)
+        admins["now"] = True
+        assert timed_call(sock) < 1

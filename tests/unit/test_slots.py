@@ -60,3 +60,13 @@ def test_root_has_its_own_pool_nobody_else_can_fill() -> None:
     s.set_idle("r2", False)
     s.set_idle("d1", False)
     assert s.admit("r3", ROOT).limit == "reserve" and not s.admit("r3", ROOT).admitted
+
+
+def test_the_caller_may_put_a_peer_in_the_reserve() -> None:
+    """An admin_group member (told by the daemon) gets root's pool, whatever its uid."""
+    s = Slots(1, per_uid=1, reserved_uids=(ROOT,))
+    assert s.admit("a1", ALICE).admitted
+    s.set_idle("a1", False)
+    assert not s.admit("a2", ALICE).admitted
+    got = s.admit("admin", BOB, reserved=True)
+    assert got.admitted and got.evicted is None and s.count(reserved=True) == 1

@@ -29,7 +29,8 @@ silent for ``idle_timeout`` seconds (also mid-line) is dropped, and so is one th
 read its replies within that time; a line longer than ``max_request`` gets a ``too-large``
 reply and the connection is closed. Connections are independent: a stalled client never
 delays another. Slots (:mod:`tund.control.slots`, by the peer's uid from ``SO_PEERCRED``):
-root and the daemon's uid have ``reserve`` slots of their own (default: as many as
+root and the daemon's uid (and peers for which ``reserved(peer)`` is true: the daemon
+passes admin_group membership) have ``reserve`` slots of their own (default: as many as
 ``max_clients``); other uids share
 ``max_clients``, at most ``per_uid`` each. A newcomer over its limit evicts the oldest idle
 connection within that limit (it is sent a ``busy`` line and closed); only when every one
@@ -209,8 +210,10 @@ class ControlServer:
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
                  max_clients: int = DEFAULT_MAX_CLIENTS,
                  per_uid: int | None = None, reserve: int | None = None,
-                 reserved_uids: Collection[int] | None = None) -> None:
-        """``reserved_uids`` default: root and this process's euid."""
+                 reserved_uids: Collection[int] | None = None,
+                 reserved: Callable[[PeerCred], bool] | None = None) -> None:
+        """``reserved_uids`` default: root and this process's euid; ``reserved(peer)``
+        True also puts a peer in the reserve (it must be quick: called per connection)."""
         self.path = Path(path)
         self._dispatch = dispatch
         self._group = group
@@ -220,6 +223,7 @@ class ControlServer:
         self._slots = Slots(max_clients, per_uid=per_uid, reserve=reserve,
                             reserved_uids={0, os.geteuid()} if reserved_uids is None
                             else reserved_uids)
+        self._reserved = reserved
         self._writers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._throttle = Throttle(10.0)
         self._refused = 0
@@ -352,7 +356,7 @@ class ControlServer:
                 return
             sock = writer.get_extra_info("socket")
             peer = peer_credentials(sock) if sock is not None else PeerCred(0, -1, -1)
-            admission = self._slots.admit(task, peer.uid)
+            admission = self._slots.admit(task, peer.uid, self._is_reserved(peer))
             if admission.evicted is not None:
                 self._evict(admission.evicted, peer, admission.limit)
             if not admission.admitted:
@@ -371,6 +375,16 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _is_reserved(self, peer: PeerCred) -> bool:
+        if peer.uid in self._slots.reserved_uids or self._reserved is None:
+            return False  # (the uid alone decides)
+        try:
+            return self._reserved(peer)
+        except Exception:
+            log.exception("control: cannot tell whether pid %d (uid %d) is reserved",
+                          peer.pid, peer.uid)
+            return False
 
     def _limit_text(self, limit: str, uid: int) -> str:
         if limit == "uid":

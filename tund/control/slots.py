@@ -3,7 +3,8 @@
 Pure bookkeeping, keyed by any hashable connection id, with the peer's uid from
 ``SO_PEERCRED``:
 
-* **reserved** uids (root and the daemon's own uid) have a pool of their own,
+* **reserved** uids (root and the daemon's own uid; the caller may add others, e.g. the
+  members of ``admin_group``) have a pool of their own,
   ``reserve`` slots (default: as many as ``max_clients``), that nobody else can fill;
 * every other uid shares ``max_clients`` slots, and one uid holds at most ``per_uid`` of
   them (so one user's flood cannot fill the pool for the others);
@@ -69,9 +70,10 @@ class Slots:
                  if s.idle and s.reserved == reserved and (uid is None or s.uid == uid)]
         return min(found, key=lambda f: f[0])[1] if found else None
 
-    def admit(self, key: Hashable, uid: int) -> Admission:
-        """Give ``key`` (a new connection of ``uid``) a slot, evicting if need be."""
-        reserved = uid in self.reserved_uids
+    def admit(self, key: Hashable, uid: int, reserved: bool = False) -> Admission:
+        """Give ``key`` (a new connection of ``uid``) a slot, evicting if need be;
+        ``reserved`` True puts it in the reserve whatever its uid (an admin, say)."""
+        reserved = reserved or uid in self.reserved_uids
         limit, victim_uid = "", None
         if reserved:
             if self.count(reserved=True) >= self.reserve:
