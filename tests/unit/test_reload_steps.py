@@ -351,3 +351,56 @@ def test_adding_a_peer_in_a_drop_in_keeps_the_worker_and_runs_no_step(
     assert r["done"]["changed"]["tunnels"] == ["vpn"]
     assert eng.config.tunnels["vpn"].peers is not None
     assert list(eng.config.tunnels["vpn"].peers) == ["alice"]
+
+
+def test_an_interface_that_failed_is_retried_by_the_next_reload_not_called_unchanged(
+        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 16.1: someone held the device at start (EBUSY); reloads retry it (best effort:
+    still busy -> still failed, the reload goes on) and its tunnel starts once it is up."""
+    from tund.errors import TunError
+
+    ip, dev = fakes
+    busy = {"zqb0"}
+    real_open = dev.open_device
+
+    def open_device(name: str, mode: Any, **kw: Any) -> tuntap.OpenedDevice:
+        if name in busy:
+            raise TunError(f"TUNSETIFF {name}: Device or resource busy")
+        return real_open(name, mode, **kw)
+
+    monkeypatch.setattr(tuntap, "open_device", open_device)
+    text = (_iface("zqk0", addrs=["10.91.1.1/24"]) + _tunnel("keep", "zqk0")
+            + _iface("zqb0", addrs=["10.91.6.1/24"]) + _tunnel("held", "zqb0"))
+    path = tmp_path / "tunnels.toml"
+    eng = Engine(path, ip=ip, fork_server=False)
+
+    async def go() -> tuple[dict[str, Any], ...]:
+        await _start(eng, text, path)
+        assert "busy" in eng.device_errors["zqb0"]
+        keep = eng.runners["keep"]
+        still = await eng.reload()
+        assert "busy" in eng.device_errors["zqb0"]
+        busy.clear()  # the other user let go
+        dry = await eng.reload(dry_run=True)
+        done = await eng.reload()
+        assert eng.runners["keep"] is keep  # the other tunnel is never touched
+        status = await eng.status()
+        again = await eng.reload()
+        await eng.shutdown()
+        return still, dry, done, status, again
+
+    still, dry, done, status, again = asyncio.run(go())
+    why = "failed: TUNSETIFF zqb0: Device or resource busy"
+    assert still["actions"][0] == f"could not retry interface zqb0 ({why}): TUNSETIFF zqb0: " \
+                                  "Device or resource busy"
+    assert dry["actions"] == [f"retry interface zqb0 ({why})",
+                              "stop worker of tunnel held (interface zqb0 is retried)",
+                              "start worker of tunnel held"]
+    assert done["actions"] == dry["actions"]
+    assert done["changed"] == {"interfaces": ["zqb0"], "tunnels": ["held"]}
+    assert "zqb0" not in done["unchanged"]["interfaces"]
+    assert [a[0] for a in ip.links["zqb0"].addresses] == ["10.91.6.1/24"]
+    assert status["interfaces"]["zqb0"]["error"] is None
+    assert [w.spec.tunnel for w in FakeWorker.all].count("held") == 1  # started once, now
+    assert again["actions"] == [] and again["unchanged"]["interfaces"] == ["zqb0", "zqk0"]

@@ -346,7 +346,8 @@ class Engine:
                           {n: k.fingerprint() for n, k in self.keys.items()},
                           {n: k.fingerprint() for n, k in new_keys.items()},
                           {n: k.peer_fingerprints() for n, k in self.keys.items()},
-                          {n: k.peer_fingerprints() for n, k in new_keys.items()})
+                          {n: k.peer_fingerprints() for n, k in new_keys.items()},
+                          failed=dict(self.device_errors))
             if dry_run:
                 return {**p.summary(), "actions": reloading.lines(self._steps(p, new, new_keys)),
                         "dry_run": True, "notes": list(p.daemon_notes)}
@@ -387,6 +388,16 @@ class Engine:
                 multi_queue=iface.multi_queue, persist=iface.persist,
                 owner=iface.uid, group=iface.gid, vnet_hdr=_vnet_hdr(iface))
         self.device_errors.pop(name, None)
+
+    def retry_device(self, name: str, iface: InterfaceConfig) -> None:
+        """Open and configure failed interface ``name`` again; on failure it stays failed
+        (its error replaced by the new one) and KernelError is raised."""
+        try:
+            self._open_and_configure(name, iface)
+        except KernelError as e:
+            self.device_errors[name] = str(e)
+            raise
+        log.info("interface %s: up after retry", name, extra={"TUND_INTERFACE": name})
 
     def restore_device(self, name: str, iface: InterfaceConfig) -> None:
         """Open device ``name`` and configure it as ``iface`` (the undo of deleting it)."""

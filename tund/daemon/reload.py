@@ -9,9 +9,11 @@ Contract:
 
   1. in place, while every worker runs, interface by interface: reconfigure (``[#] ip ...``,
      then the new MTU told to its tunnel's worker), retag (the persist flag), add (create
-     the device, then its ``[#] ip ...``). Before an interface's addresses are added, an
-     unlisted step fails the reload if another interface of the host, one tund does not
-     manage, has one of them (:mod:`tund.netdev.conflicts`);
+     the device, then its ``[#] ip ...``), retry (a failed interface: open and configure it
+     in one step, best effort: if it fails again it stays failed, the reload goes on).
+     Before an interface's addresses are added, an unlisted step fails the reload if
+     another interface of the host, one tund does not manage, has one of them
+     (:mod:`tund.netdev.conflicts`);
   2. stop the workers of removed and restarted tunnels;
   3. recreate the devices whose mode, owner, ... changed (delete, create, ``[#] ip ...``);
   4. bind the sockets of added and restarted listening tunnels (a port in use fails here);
@@ -86,6 +88,8 @@ class Target(Protocol):
 
     def restore_device(self, name: str, iface: InterfaceConfig) -> None: ...
 
+    def retry_device(self, name: str, iface: InterfaceConfig) -> None: ...
+
     def remove_device(self, name: str) -> None: ...
 
     def set_persist(self, name: str, on: bool) -> None: ...
@@ -154,6 +158,11 @@ def _in_place(t: Target, c: InterfaceChange, p: Plan, new: Config) -> list[Step]
     if c.action == "add":
         assert c.new is not None
         return _create(t, c.name, c.new, f"create {c.name}", _link_state(t.ip, c.name), new)
+    if c.action == "retry":
+        assert c.new is not None
+        return [Step(f"retry interface {c.name} ({c.reason})",
+                     partial(t.retry_device, c.name, c.new), None, f"retry {c.name}",
+                     best_effort=True)]
     if c.action == "retag":
         assert c.new is not None and c.old is not None
         flag = f"persist={str(c.new.persist).lower()}"
