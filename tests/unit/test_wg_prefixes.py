@@ -61,6 +61,8 @@ def test_longest_match_equals_brute_force(inserts: list[tuple[tuple[bytes, int],
             assert table.remove(net, length) == ref.pop((net, length), None)
     assert len(table) == len(ref)
     assert {(n, ln): v for n, ln, v in table.items()} == ref
+    for (net, length), value in ref.items():
+        assert table.lookup_exact(net, length) == value
     # probe addresses inside and around every prefix, and random ones
     addresses = [net for (net, _), _ in inserts] + [net for net, _ in probes]
     addresses += [bytes(b ^ 0xFF for b in a) for a in addresses]

@@ -99,6 +99,12 @@ class PrefixTable(Generic[V]):
             family.reorder()
         return old
 
+    def lookup_exact(self, network: bytes, length: int) -> V | None:
+        """The value of exactly this prefix, or None."""
+        family, key = self._key(network, length)
+        bucket = family.by_length.get(length)
+        return None if bucket is None else bucket.get(key)
+
     def remove_value(self, value: V) -> int:
         """Forget every prefix mapped to ``value`` (compared by identity or equality);
         returns how many. O(prefixes): for removing a peer, not per packet."""
