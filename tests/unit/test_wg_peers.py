@@ -124,13 +124,19 @@ class Net:
         self.run(self.server.seal(packet, now), SERVER, now)
 
 
-def heap_ok(core: PeerCore) -> None:
-    """The timer heap's head is never later than any peer's own earliest deadline."""
+def heap_ok(core: PeerCore, ticked_at: float | None = None) -> None:
+    """The timer heap's head is never later than any peer's own earliest deadline, and
+    after ``tick(ticked_at)`` no peer has a deadline at or before ``ticked_at`` left."""
     head = core.next_deadline()
     for name in core.peer_names():
-        d = core.peer(name).next_deadline()
+        peer = core.peer(name)
+        d = peer.next_deadline()
         if d is not None:
             assert head is not None and head <= d, (name, head, d)
+            # the peer's own entry, which is in the heap, is no later
+            assert peer.due is not None and peer.due <= d, (name, peer.due, d)
+            assert any(e[2] is peer and e[0] == peer.due for e in core._heap), name
+            assert ticked_at is None or d > ticked_at, (name, d, ticked_at)
 
 
 def connect(net: Net, c: Client, now: float = 1.0) -> None:
@@ -403,6 +409,55 @@ def test_cookie_reply_under_load_reaches_the_sender() -> None:
     retry = b.core.tick(6.5)
     net.run(retry, b.address, 6.5)
     assert net.server.peer_status("b")["session"] == "established"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_timer_heap_under_random_traffic(seed: int) -> None:
+    """Random traffic, timer runs, updates and removals over simulated minutes: the
+    heap never hides a due deadline (checked after every step), and the sessions live
+    through rekeys."""
+    rng = random.Random(seed)
+    timers = {"rekey_after_time": 40.0, "reject_after_time": 60.0, "rekey_timeout": 2.0,
+              "keepalive_timeout": 3.0, "under_load_handshakes": 10**6}
+    net = Net(4, timers=timers)
+    now = 1.0
+    for c in net.clients:
+        connect(net, c, now)
+    alive = list(net.clients)
+    for _ in range(400):
+        now += rng.choice([0.0, 0.01, 0.5, 1.0, 2.5, 7.0])
+        net.wall.t = 1_800_000_000.0 + now  # TAI64N timestamps must grow
+        op = rng.random()
+        c = rng.choice(alive)
+        if op < 0.35:
+            net.send_up(c, ip(c.inner, "10.8.0.1"), now)
+        elif op < 0.7:
+            net.send_down(ip("10.8.0.1", c.inner), now)
+        elif op < 0.72 and len(alive) > 2:
+            net.server.remove_peer(c.name)
+            alive.remove(c)
+        elif op < 0.76:
+            net.server.update_peer(c.name, c.pub, None, [f"{c.inner}/32"], None,
+                                   rng.choice([0, 5, 10]), now)
+        net.run(net.server.tick(now), SERVER, now)
+        heap_ok(net.server, now)
+        for x in alive:
+            net.run(x.core.tick(now), x.address, now)
+            heap_ok(x.core, now)
+        assert len(net.server._heap) <= 40  # stale entries stay few
+    # everyone still alive still gets through
+    for c in alive:
+        before = len(c.received)
+        net.send_down(ip("10.8.0.1", c.inner, b"end"), now)
+        net.send_up(c, ip(c.inner, "10.8.0.1", b"end"), now)
+        now += 0.01
+        for _ in range(3):  # a handshake may be due first: let the timers run it
+            net.run(net.server.tick(now), SERVER, now)
+            net.run(c.core.tick(now), c.address, now)
+            now += 2.5
+            net.wall.t = 1_800_000_000.0 + now
+        net.send_down(ip("10.8.0.1", c.inner, b"end2"), now)
+        assert ip("10.8.0.1", c.inner, b"end2") in c.received[before:]
 
 
 def test_bad_configuration_is_refused() -> None:

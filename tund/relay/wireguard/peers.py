@@ -28,10 +28,11 @@ the interface's.
 Timers: one heap of (due, seq, peer) over all peers; :meth:`PeerCore.next_deadline`
 is its head, :meth:`PeerCore.tick` pops what is due and ticks only those peers. Every
 deadline a peer sets is at least ``floor`` = min(REKEY_TIMEOUT, KEEPALIVE_TIMEOUT,
-persistent keepalive) after the ``now`` it was set at, so after any call a peer whose
-heap entry is later than ``now + floor`` gets a check-in entry at ``now + floor`` (a
-heap push, at most one per peer per ``floor`` seconds), and the per-packet paths cost one
-comparison. A check-in may wake the pump early: ``tick`` is harmless then.
+3 x REJECT_AFTER_TIME, persistent keepalive) after the ``now`` it was set at. So
+after a per-packet call, a peer whose heap entry is later than ``now + floor`` gets a
+check-in entry at ``now + floor`` (a heap push, at most one per peer per ``floor``
+seconds), and the per-packet paths cost one comparison; every other call reschedules
+the peer from its exact deadlines. A check-in may wake the pump early: ``tick`` is harmless then.
 
 Allowed ips move like WireGuard's: giving a peer a prefix another peer holds takes it
 from that peer, so applying the peers of a valid (non-overlapping) configuration in any
@@ -108,7 +109,7 @@ class Peer(PeerSession):
     def set_floor(self) -> None:
         """The least time after ``now`` at which this peer may set a deadline."""
         t = self._t
-        candidates = [t.rekey_timeout, t.keepalive_timeout]
+        candidates = [t.rekey_timeout, t.keepalive_timeout, 3 * t.reject_after_time]
         if self._keepalive > 0:
             candidates.append(self._keepalive)
         self.floor = min(candidates)
