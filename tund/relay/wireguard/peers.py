@@ -44,6 +44,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -72,6 +73,7 @@ CORE_OWN_DROPS = OWN_DROPS | {"no_route", "no_endpoint"}
 ACTIVE_WITHIN = 180.0
 
 Send = tuple[Address, bytes]
+_u32 = struct.Struct(">I").unpack_from
 Key = str | bytes
 
 
@@ -147,6 +149,7 @@ class PeerCore:
         self._peers: dict[str, Peer] = {}
         self._by_key: dict[bytes, Peer] = {}
         self._routes: PrefixTable[Peer] = PrefixTable()
+        self._v4, self._v6 = self._routes.orders()  # for the inlined lookups
         self._heap: list[tuple[float, int, Peer]] = []
         self._seq = itertools.count()
         self._drops: Counter[str] = Counter()  # the interface's, without a peer
@@ -270,8 +273,21 @@ class PeerCore:
         """The per-packet path of :meth:`seal`: its one (address, message) when the
         peer has an endpoint and a session that needs nothing else; else None and no
         effect (call :meth:`seal`)."""
-        peer = self.route(packet)
-        if peer is None:
+        off = self._off  # self.route(packet), inline
+        size = len(packet)
+        if size >= off + 20 and packet[off] >> 4 == 4:
+            x = _u32(packet, off + 16)[0]
+            order = self._v4
+        elif size >= off + 40 and packet[off] >> 4 == 6:
+            x = int.from_bytes(packet[off + 24:off + 40], "big")
+            order = self._v6
+        else:
+            return None
+        for shift, bucket in order:
+            peer = bucket.get(x >> shift)
+            if peer is not None:
+                break
+        else:
             return None
         endpoint = peer.endpoint
         if endpoint is None:
@@ -280,7 +296,7 @@ class PeerCore:
         if message is None:
             return None
         peer.tx_packets += 1
-        peer.tx_bytes += len(packet) - self._off
+        peer.tx_bytes += size - off
         due = peer.due
         if due is None or due > now + peer.floor:
             self._check_in(peer, now)
@@ -311,11 +327,24 @@ class PeerCore:
                 if isinstance(got, bytes):
                     if source is not None:
                         peer.endpoint = source
-                    if self._routes.lookup(self._source_of(got)) is not peer:
+                    off = self._off  # self._allowed(peer, got), inline
+                    if got[off] >> 4 == 4:
+                        x = _u32(got, off + 12)[0]
+                        order = self._v4
+                    else:
+                        x = int.from_bytes(got[off + 8:off + 24], "big")
+                        order = self._v6
+                    for shift, bucket in order:
+                        owner = bucket.get(x >> shift)
+                        if owner is not None:
+                            break
+                    else:
+                        owner = None
+                    if owner is not peer:
                         peer._drops["not_allowed"] += 1
                         return Delivered([], [], "not_allowed", peer.name)
                     peer.rx_packets += 1
-                    peer.rx_bytes += len(got) - self._off
+                    peer.rx_bytes += len(got) - off
                     due = peer.due
                     if due is None or due > now + peer.floor:
                         self._check_in(peer, now)

@@ -48,8 +48,8 @@ class _Family(Generic[V]):
         self.order: list[tuple[int, dict[int, V]]] = []
 
     def reorder(self) -> None:
-        self.order = [(self.bits - n, self.by_length[n])
-                      for n in sorted(self.by_length, reverse=True)]
+        self.order[:] = [(self.bits - n, self.by_length[n])
+                         for n in sorted(self.by_length, reverse=True)]
 
 
 class PrefixTable(Generic[V]):
@@ -132,6 +132,12 @@ class PrefixTable(Generic[V]):
             if v is not None:
                 return v
         return None
+
+    def orders(self) -> tuple[list[tuple[int, dict[int, V]]], list[tuple[int, dict[int, V]]]]:
+        """The IPv4 and IPv6 lists :meth:`lookup` walks: (shift, {address >> shift:
+        value}) per length present, longest first. They are the table's own and change
+        in place, so a per-packet caller may hold them and inline the lookup."""
+        return self._families[4].order, self._families[16].order
 
     def items(self) -> Iterator[tuple[bytes, int, V]]:
         """Every (packed network, length, value), IPv4 first, longest first."""
