@@ -118,10 +118,18 @@ class Net:
         raise AssertionError("messages did not settle")
 
     def send_up(self, c: Client, packet: bytes, now: float) -> None:
-        self.run(c.core.seal(packet, now), c.address, now)
+        self.run(sealed(c.core, packet, now), c.address, now)
 
     def send_down(self, packet: bytes, now: float) -> None:
-        self.run(self.server.seal(packet, now), SERVER, now)
+        self.run(sealed(self.server, packet, now), SERVER, now)
+
+
+def sealed(core: PeerCore, packet: bytes, now: float) -> list[tuple[Address, bytes]]:
+    """What the pump does: the fast path, else ``seal``."""
+    one = core.seal_one(packet, now)
+    if one is not None:
+        return [one]
+    return core.seal(packet, now)
 
 
 def heap_ok(core: PeerCore, ticked_at: float | None = None) -> None:
@@ -458,6 +466,75 @@ def test_timer_heap_under_random_traffic(seed: int) -> None:
             net.wall.t = 1_800_000_000.0 + now
         net.send_down(ip("10.8.0.1", c.inner, b"end2"), now)
         assert ip("10.8.0.1", c.inner, b"end2") in c.received[before:]
+
+
+def test_fast_paths_are_taken_in_the_steady_state() -> None:
+    net = Net(2)
+    _a, b = net.clients
+    for c in net.clients:
+        connect(net, c)
+    one = net.server.seal_one(ip("10.8.0.1", b.inner, b"fast"), 2.0)
+    assert one is not None and one[0] == b.address
+    assert b.core.open_one(one[1], SERVER, 2.0) == ip("10.8.0.1", b.inner, b"fast")
+    assert net.server.seal_one(ip("10.8.0.1", "10.9.9.9"), 2.0) is None  # no route:
+    assert "no_route" not in net.server.stats()["wg_drops"]  # seal_one changed nothing
+    st = net.server.peer_status("c1")
+    assert (st["tx_packets"], st["rx_packets"], st["tx_bytes"]) == (1, 1, 24)
+
+
+def test_configured_endpoint_changes_replace_a_roamed_one_only_when_changed() -> None:
+    net = Net(0)
+    a = net.client("a", ("198.51.100.1", 1))
+    net.server.update_peer("a", a.pub, None, [f"{a.inner}/32"], ("192.0.2.50", 5), 0, 0.5)
+    connect(net, a)  # roams to where it really is
+    assert net.server.peer_status("a")["endpoint"] == "198.51.100.1:1"
+    # a reload with the same configuration keeps the roamed endpoint
+    net.server.update_peer("a", a.pub, None, [f"{a.inner}/32"], ("192.0.2.50", 5), 0, 2.0)
+    assert net.server.peer_status("a")["endpoint"] == "198.51.100.1:1"
+    # a changed configured endpoint replaces it; IPv6 shown in brackets
+    net.server.update_peer("a", a.pub, None, [f"{a.inner}/32"], ("2001:db8::5", 7), 0, 3.0)
+    assert net.server.peer_status("a")["endpoint"] == "[2001:db8::5]:7"
+
+
+def test_enabling_keepalive_sends_one_at_once() -> None:
+    net = Net(1)
+    (a,) = net.clients
+    connect(net, a)
+    out = net.server.update_peer("c0", a.pub, None, [f"{a.inner}/32"], None, 15, 2.0)
+    assert [d for d, _ in out] == [a.address]
+    net.run(out, SERVER, 2.0)
+    assert a.received == []  # a keepalive
+    assert net.server.update_peer("c0", a.pub, None, [f"{a.inner}/32"], None, 20, 3.0) == []
+    assert net.server.next_deadline() is not None
+
+
+def test_packet_info_offsets() -> None:
+    """With packet info (4 bytes before the IP header) routing and the source check read
+    past it; what reaches the device carries it again."""
+    wall = Wall()
+    ks, kc = random_private_key(), random_private_key()
+    server = PeerCore(ks, mtu=1420, packet_info=True, wall=wall)
+    client = PeerCore(kc, mtu=1420, packet_info=True, wall=wall)
+    server.add_peer("c", public_from_private(kc), None, ["10.8.0.2/32", "fd08::2/128"],
+                    None, 0)
+    client.add_peer("s", public_from_private(ks), None, ["0.0.0.0/0", "::/0"], SERVER, 0)
+    me = ("198.51.100.1", 1)
+    pi4, pi6 = b"\x00\x00\x08\x00", b"\x00\x00\x86\xdd"
+    queue = [(d, m, me) for d, m in client.seal(pi4 + ip("10.8.0.2", "10.8.0.1"), 1.0)]
+    got: list[bytes] = []
+    while queue:
+        dest, m, src = queue.pop(0)
+        core, back = (server, SERVER) if dest == SERVER else (client, me)
+        r = core.open(m, src, 1.0)
+        got += r.packets
+        queue += [(d, x, back) for d, x in r.sends]
+    assert got == [pi4 + ip("10.8.0.2", "10.8.0.1")]
+    one = server.seal_one(pi6 + ip("fd08::1", "fd08::2"), 2.0)
+    assert one is not None and one[0] == me
+    assert client.open_one(one[1], SERVER, 2.0) == pi6 + ip("fd08::1", "fd08::2")
+    bad = client.seal_one(pi4 + ip("10.8.0.3", "10.8.0.1"), 2.0)
+    assert bad is not None
+    assert server.open(bad[1], me, 2.0).drop == "not_allowed"
 
 
 def test_bad_configuration_is_refused() -> None:

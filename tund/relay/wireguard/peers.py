@@ -197,8 +197,8 @@ class PeerCore:
         """Make a peer what the configuration now says (wg syncconf): a new public key
         is a new peer (sessions wiped); otherwise the sessions stay, the allowed ips
         are replaced, a changed configured endpoint replaces the current (roamed) one,
-        a changed keepalive is re-armed from ``now``, a changed psk is used from the
-        next handshake on."""
+        a changed keepalive is re-armed from ``now`` (one turned on sends a keepalive at
+        once, as ``wg set`` does), a changed psk is used from the next handshake on."""
         peer = self._peers[name]
         public = _key(public_key, f"peer {name!r}: public_key")
         if public != peer._peer:
@@ -215,8 +215,11 @@ class PeerCore:
         if endpoint != peer.configured_endpoint:
             peer.configured_endpoint = peer.endpoint = endpoint
         if float(keepalive) != peer._keepalive:
+            enabled = peer._keepalive <= 0 < keepalive
             peer.set_keepalive(keepalive, now)
             peer.set_floor()
+            if enabled and peer.endpoint is not None:  # as wg set does: one at once
+                return self._emit(peer, peer.send_keepalive(now), now)
             self._schedule(peer)
         return []
 
