@@ -102,7 +102,8 @@ def link_state(link: Link, now: float) -> tuple[TunnelState, str | None]:
     WireGuard: UP while the session is younger than SESSION_FRESH; else FAILING when a
     handshake was refused or FAIL_AFTER initiations went unanswered; else CONNECTING
     without a path, HANDSHAKING with one. Plaintext: CONNECTING without a path; TCP UP
-    with one; UDP UP once the peer was heard, UNVERIFIED before.
+    with one; UDP UP once the peer was heard, UNVERIFIED before. Many peers
+    (``udp-peers``): UP while listening; each peer's own state is in its status.
     """
     hs = link.handshakes
     if hs is not None:
@@ -118,6 +119,6 @@ def link_state(link: Link, now: float) -> tuple[TunnelState, str | None]:
         return TunnelState.HANDSHAKING, None
     if not link.path:
         return TunnelState.CONNECTING, link.problem
-    if link.kind == "tcp" or link.heard:
+    if link.kind in ("tcp", "udp-peers") or link.heard:  # with peers: up while it listens
         return TunnelState.UP, None
     return TunnelState.UNVERIFIED, None

@@ -20,11 +20,30 @@ STATS = m.Stats(rx_packets=1, rx_bytes=2, tx_packets=3, tx_bytes=4, drops={"over
                        "handshakes_sent": 1, "cookie_replies_sent": 0})
 EVERY = [
     m.Start(SPEC), m.Ping(7), m.Update(1300), m.Stop(),
+    m.Peers(({"name": "alice", "public_key": "k" * 44, "preshared_key": None,
+              "allowed_ips": ["10.8.0.2/32"], "endpoint": None, "keepalive": 0},)),
+    m.Pong(9, m.Stats(extra={"peers": {"alice": {
+        "public_key": "k" * 44, "endpoint": "192.0.2.5:40000", "latest_handshake": 2.0,
+        "rx_bytes": 1, "tx_bytes": 2, "rx_packets": 3, "tx_packets": 4,
+        "drops": {"not_allowed": 1}}}})),
     m.Pong(7, STATS), m.Pong(8, m.Stats()),
     m.State("up", "192.0.2.1:1", None, STATS), m.State("connecting", None, "boom", m.Stats()),
     m.Ready(42), m.Fork(1, (10, 11), "65534:65534"), m.Fork(2, (10, 11, 12)),
     m.Forked(1, 43), m.ForkError(1, "no"), m.ForkError(None, "unreadable"),
 ]
+
+
+def test_a_bad_peer_entry_or_peer_counter_is_refused() -> None:
+    bad = {"op": "peers", "peers": [{"name": "alice", "public_key": "k"}]}
+    with pytest.raises(m.MessageError, match="field peers: a peer must have exactly"):
+        m.decode(json.dumps(bad).encode(), m.TO_WORKER)
+    pong = json.loads(m.Pong(1, m.Stats()).encode())
+    pong["stats"]["peers"] = {"alice": {"public_key": "x", "endpoint": None,
+                                        "latest_handshake": None, "rx_bytes": "pwn",
+                                        "tx_bytes": 0, "rx_packets": 0, "tx_packets": 0,
+                                        "drops": {}}}
+    with pytest.raises(m.MessageError, match="stats.peers.alice.rx_bytes"):
+        m.decode(json.dumps(pong).encode(), m.FROM_WORKER)
 
 
 def test_every_kind_of_message_is_covered() -> None:

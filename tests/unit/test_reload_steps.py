@@ -312,10 +312,11 @@ def test_every_message_about_an_interface_or_tunnel_carries_its_field(
     assert any(m.startswith("[#] close zqb0") for m in about["zqb0"])
 
 
-def test_adding_a_peer_in_a_drop_in_keeps_the_worker_and_runs_no_step(
+def test_adding_a_peer_in_a_drop_in_keeps_the_worker_and_tells_it(
         tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
-    """issue 17: a peers-only change is an "update" with a per-peer diff; no restart, and
-    (until the data path sends peers to the worker) no keepalive step that changes nothing."""
+    """issue 17: a peers-only change is an "update" with a per-peer diff: no restart, one
+    step that tells the running worker its peers, and no keepalive step that changes
+    nothing."""
     from tund import keys
 
     ip, _dev = fakes
@@ -345,7 +346,8 @@ def test_adding_a_peer_in_a_drop_in_keeps_the_worker_and_runs_no_step(
         return {"dry": dry, "done": done, "status": status}
 
     r = asyncio.run(go())
-    assert r["dry"]["actions"] == r["done"]["actions"] == []
+    assert r["dry"]["actions"] == r["done"]["actions"] == [
+        "tell worker of tunnel vpn: peers +alice"]
     assert f'"endpoint": "127.0.0.1:{port}"' in json.dumps(r["status"])
     assert '"role": "listen"' in json.dumps(r["status"])
     assert r["done"]["changed"]["tunnels"] == ["vpn"]

@@ -98,6 +98,8 @@ class Target(Protocol):
 
     def push_keepalive(self, tunnel: str, seconds: int) -> None: ...
 
+    def push_peers(self, tunnel: str, cfg: Config, keys: Mapping[str, Any]) -> None: ...
+
     def stop_tunnel(self, name: str) -> Awaitable[None]: ...
 
     def start_tunnel(self, name: str) -> None: ...
@@ -234,9 +236,14 @@ def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[
     for tc in p.tunnels:
         if tc.action != "update":
             continue
-        # TODO(issue 17, data path): tc.peers lists the peers to add / remove / change in
-        # the running worker (PeerChange); the steps that send them come with the
-        # multi-peer worker. Until then a peers-only update changes no running worker.
+        changed = [pc for pc in tc.peers if pc.action != "unchanged"]
+        if changed:
+            sign = {"add": "+", "remove": "-", "change": "~"}
+            what = " ".join(f"{sign[pc.action]}{pc.name}" for pc in changed)
+            steps.append(Step(f"tell worker of tunnel {tc.name}: peers {what}",
+                              partial(t.push_peers, tc.name, new, new_keys),
+                              partial(t.push_peers, tc.name, t.config, dict(t.keys)),
+                              f"update {tc.name}", fields=of_tunnel(tc.name)))
         k_new, k_old = new.tunnels[tc.name].keepalive, t.config.tunnels[tc.name].keepalive
         if k_new != k_old:
             steps.append(Step(f"tell worker of tunnel {tc.name}: keepalive {k_new}",

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, cast
 
-from tund.workerapi.spec import WorkerSpec
+from tund.workerapi.spec import WorkerSpec, check_peer
 
 MAX_KEEPALIVE = 65535  # seconds, as the config allows
 #: The states a live worker reports (tund.states.LIVE; a unit test keeps them equal).
@@ -117,6 +117,26 @@ class _Fields:
 # ---------------------------------------------------------------------- stats
 
 
+def _peer_stats(f: _Fields, name: str) -> dict[str, dict[str, Any]]:
+    """A codec with many peers: peer name -> its counters (``peers`` of :class:`Stats`)."""
+    v = f.get(name)
+    if not isinstance(v, dict):
+        raise f._bad(name, "an object of peer name -> counters", v)
+    out: dict[str, dict[str, Any]] = {}
+    for peer, obj in v.items():
+        if not isinstance(obj, dict):
+            raise f._bad(f"{name}.{peer}", "an object", obj)
+        p = _Fields(f.what, obj, f"{f.prefix}{name}.{peer}.")
+        out[str(peer)] = {"public_key": p.text("public_key"),
+                          "endpoint": p.opt_text("endpoint"),
+                          "latest_handshake": p.opt_float("latest_handshake"),
+                          **{k: p.num(k) for k in ("rx_bytes", "tx_bytes", "rx_packets",
+                                                   "tx_packets")},
+                          "drops": p.counts("drops")}
+        p.done()
+    return out
+
+
 #: Fields a codec may add to :class:`Stats` (see ``tund.control.status_schema``), and how
 #: each is read.
 _EXTRA: dict[str, Callable[[_Fields, str], object]] = {
@@ -128,6 +148,7 @@ _EXTRA: dict[str, Callable[[_Fields, str], object]] = {
     "wg_drops": _Fields.counts,
     "offload": lambda f, n: f.text(n, ("off", "frames", "chunks")),
     "warnings": _Fields.texts,
+    "peers": _peer_stats,
 }
 
 
@@ -276,6 +297,29 @@ class Update(Message):
 
 
 @dataclass(frozen=True)
+class Peers(Message):
+    """daemon -> worker: a reload changed the tunnel's peers; ``peers`` is the whole new
+    set (each checked by :func:`~tund.workerapi.spec.check_peer`): peers not in it are
+    removed, new ones added, changed ones updated in place; the worker keeps running."""
+
+    OP: ClassVar[str] = "peers"
+    peers: tuple[dict[str, Any], ...]
+
+    def fields(self) -> dict[str, Any]:
+        return {"peers": [dict(p) for p in self.peers]}
+
+    @classmethod
+    def read(cls, f: _Fields) -> Peers:
+        v = f.get("peers")
+        if not isinstance(v, list):
+            raise f._bad("peers", "a list of peers", v)
+        try:
+            return cls(tuple(check_peer(p) for p in v))
+        except ValueError as e:
+            raise MessageError(f"{f.what}: field peers: {e}") from None
+
+
+@dataclass(frozen=True)
 class Stop(Message):
     """daemon -> worker: finish the current batch, close, exit 0."""
 
@@ -418,7 +462,8 @@ class ForkError(Message):
 _SPEC_FIELDS = tuple(WorkerSpec.__dataclass_fields__)
 
 #: What each reader accepts.
-TO_WORKER: tuple[type[Start | Ping | Update | Stop], ...] = (Start, Ping, Update, Stop)
+TO_WORKER: tuple[type[Start | Ping | Update | Peers | Stop], ...] = (Start, Ping, Update,
+                                                                      Peers, Stop)
 FROM_WORKER: tuple[type[Pong | State], ...] = (Pong, State)
 TO_ZYGOTE: tuple[type[Fork], ...] = (Fork,)
 FROM_ZYGOTE: tuple[type[Ready | Forked | ForkError], ...] = (Ready, Forked, ForkError)

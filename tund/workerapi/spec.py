@@ -53,6 +53,9 @@ class WorkerSpec:
     # role listen, UDP: the peer's last authenticated endpoint ("ADDR:PORT", "[V6]:PORT"),
     # known to the daemon from an earlier worker: contacted at once (tund.daemon.peerstore)
     known_peer: str | None = None
+    # many peers (a [tunnels.X.peers] table): one object per peer (check_peer); None for the
+    # single-peer form (private_key / peer_public_key above)
+    peers: list[dict[str, Any]] | None = None
     # Test-only timer overrides (e.g. {"rekey_after_time": 5}); empty in production.
     timers: dict[str, float] = dataclasses.field(default_factory=dict)
     # Test-only (tund --test-malformed-state): the worker sends one malformed state
@@ -76,4 +79,34 @@ class WorkerSpec:
         for k in ("private_key", "preshared_key"):
             if d[k] is not None:
                 d[k] = "(hidden)"
+        for peer in d["peers"] or ():
+            if peer.get("preshared_key") is not None:
+                peer["preshared_key"] = "(hidden)"
         return d
+
+
+#: what the daemon tells the worker about each peer
+PEER_FIELDS = ("name", "public_key", "preshared_key", "allowed_ips", "endpoint", "keepalive")
+
+
+def check_peer(entry: object) -> dict[str, Any]:
+    """``entry`` as a peer of the worker spec, or ValueError naming the field."""
+    if not isinstance(entry, dict) or set(entry) != set(PEER_FIELDS):
+        got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        raise ValueError(f"a peer must have exactly the fields {list(PEER_FIELDS)} "
+                         f"(got {got})")
+    name = entry["name"]
+    for key in ("name", "public_key"):
+        if not isinstance(entry[key], str) or not entry[key]:
+            raise ValueError(f"peer {name!r}: {key} must be a non-empty string")
+    if entry["preshared_key"] is not None and not isinstance(entry["preshared_key"], str):
+        raise ValueError(f"peer {name!r}: preshared_key must be a string or null")
+    ips = entry["allowed_ips"]
+    if not isinstance(ips, list) or not all(isinstance(p, str) for p in ips):
+        raise ValueError(f"peer {name!r}: allowed_ips must be a list of prefixes")
+    if entry["endpoint"] is not None and not isinstance(entry["endpoint"], str):
+        raise ValueError(f"peer {name!r}: endpoint must be \"HOST:PORT\" or null")
+    k = entry["keepalive"]
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= 65535:
+        raise ValueError(f"peer {name!r}: keepalive must be 0..65535 seconds")
+    return entry

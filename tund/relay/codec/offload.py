@@ -346,6 +346,13 @@ class OffloadCodec:
         """Plain packets obey the new MTU; frames stay up to 64 KB (the pump's limit)."""
         self.max_packet += new - old
 
+    def apply_peers(self, entries: Any, now: float) -> Any:
+        """A codec with many peers underneath: its peers change (see the pump)."""
+        apply = getattr(self.inner, "apply_peers", None)
+        if apply is None:
+            raise ValueError("this tunnel has no peers")
+        return apply(entries, now)
+
     def set_keepalive(self, seconds: float, now: float) -> None:
         self.inner.set_keepalive(seconds, now)
 

@@ -72,6 +72,7 @@ from tund.workerapi.messages import (
     TO_WORKER,
     Message,
     MessageError,
+    Peers,
     Ping,
     Pong,
     State,
@@ -484,11 +485,28 @@ class Pump:
                 log.info("keepalive now %d s", msg.keepalive)
             if msg.mtu is not None:
                 self._set_mtu(msg.mtu)
+        elif isinstance(msg, Peers):
+            self._apply_peers(msg)
         elif isinstance(msg, Stop):
             log.info("stop requested")
             self._running = False
         else:
             log.warning("ignoring control op %r after the start", msg.OP)
+
+    def _apply_peers(self, msg: Peers) -> None:
+        """A reload changed the peers (a codec with many peers has ``apply_peers``)."""
+        apply = getattr(self.codec, "apply_peers", None)
+        if apply is None:
+            log.warning("a peers update for a tunnel without peers: ignored")
+            return
+        try:
+            done = apply(msg.peers, self.now)
+        except ValueError as e:
+            log.error("peers update refused: %s", e)
+            return
+        log.info("peers: added %s, removed %s, changed %s", done["added"] or "none",
+                 done["removed"] or "none", done["changed"] or "none")
+        self.transport.flush()
 
     def _set_mtu(self, new_mtu: int) -> None:
         """The device MTU changed in place (reload): adjust the oversize limit, keep running."""

@@ -47,6 +47,15 @@ def make_codec(spec: WorkerSpec) -> Codec:
                           keepalive=float(spec.keepalive) if udp else 0.0,
                           hello=udp and spec.role == "remote", timed=udp,
                           answer=udp and spec.role == "listen")
+    if spec.encryption == "wireguard" and spec.peers is not None:
+        from tund.relay.wireguard.multi import PeersCodec
+        from tund.relay.wireguard.peers import PeerCore
+
+        if spec.private_key is None:
+            raise RelayError(f"tunnel {spec.tunnel!r}: peers need private_key in the spec")
+        core = PeerCore(spec.private_key, mtu=spec.mtu, packet_info=spec.packet_info,
+                        mode=spec.mode, timers=spec.timers)
+        return PeersCodec(core, spec.peers)
     if spec.encryption == "wireguard":
         try:
             from tund.relay.wireguard.codec import WireGuardCodec  # type: ignore[import-not-found,unused-ignore]
@@ -84,7 +93,8 @@ def make_transport(spec: WorkerSpec, counters: Counters,
                             max_message=(largest or max_packet(spec)) + CODEC_OVERHEAD,
                             **common)
     known = parse_peer(spec.known_peer) if spec.known_peer and spec.role == "listen" else None
-    return UdpTransport(counters, sock=sock, known_peer=known, **common)
+    return UdpTransport(counters, sock=sock, known_peer=known, multi=spec.peers is not None,
+                        **common)
 
 
 def underlay_check(spec: WorkerSpec) -> tuple[int, int, int] | None:
@@ -97,6 +107,21 @@ def underlay_check(spec: WorkerSpec) -> tuple[int, int, int] | None:
 
 
 def build(spec: WorkerSpec, control: socket.socket) -> Pump:
+    pump = _build(spec, control)
+    peers = _peers_codec(pump.codec)
+    if peers is not None:  # many peers: the codec sends to each peer's address itself
+        peers.attach(pump.transport.reply_to)
+    return pump
+
+
+def _peers_codec(codec: Codec) -> Any:
+    from tund.relay.wireguard.multi import PeersCodec
+
+    inner = getattr(codec, "inner", codec)  # under an OffloadCodec
+    return inner if isinstance(inner, PeersCodec) else None
+
+
+def _build(spec: WorkerSpec, control: socket.socket) -> Pump:
     counters = Counters()
     mp = max_packet(spec)
     codec = make_codec(spec)
@@ -109,7 +134,8 @@ def build(spec: WorkerSpec, control: socket.socket) -> Pump:
         # WireGuard carries IP packets only (tun mode: the receiver strips padding by the
         # IP length and drops anything else as invalid_packet): frames go in envelopes
         codec = OffloadCodec(codec, functools.partial(set_device_offload, spec.device_fd),
-                             max_packet=mp, drops=counters.drops, negotiate=spec.offload,
+                             max_packet=mp, drops=counters.drops,
+                             negotiate=spec.offload and spec.peers is None,
                              enveloped=not isinstance(codec, PlainCodec),
                              chunked=spec.transport == "udp")
         device = FdDevice(spec.device_fd, read_size=VNET_MAX_FRAME + 1)

@@ -85,7 +85,8 @@ class UdpTransport:
 
     def __init__(self, counters: Counters, *, role: str, host: str, port: int,
                  sock: socket.socket | None = None, reconnect_min: float = 0.2,
-                 reconnect_max: float = 10.0, known_peer: Address | None = None) -> None:
+                 reconnect_max: float = 10.0, known_peer: Address | None = None,
+                 multi: bool = False) -> None:
         """``known_peer`` (role listen): the previous worker's peer, contacted at start."""
         if role == "listen" and sock is None:
             raise ValueError("udp: role listen needs a bound socket")
@@ -97,6 +98,11 @@ class UdpTransport:
         self.peer: Address | None = None
         self.problem: str | None = None  # why there is no path (the name does not resolve)
         self._known_peer = known_peer
+        # many peers (tund.relay.wireguard.multi): no single peer; the codec sends each
+        # message with reply_to(message, address); up as soon as the socket listens
+        self.multi = multi
+        if multi:
+            self.kind = "udp-peers"
         self.backlogged = False  # datagrams are never queued in user space
         self.backoff = Backoff(reconnect_min, reconnect_max)
         self._deadline: float | None = None
@@ -120,6 +126,8 @@ class UdpTransport:
             self._gro = enable_gro(self.sock)
             sel.register(self.sock, selectors.EVENT_READ, self._on_readable)
             log.info("listening on %s", format_peer(self.sock.getsockname()))
+            if self.multi:
+                self.state = "up"
             if self._known_peer is not None:
                 log.info("the previous worker's peer was %s: contacting it now",
                          format_peer(self._known_peer))
@@ -185,7 +193,7 @@ class UdpTransport:
         """Nothing to do: UDP keepalives are the codec's."""
 
     def set_peer(self, addr: Address) -> None:
-        if self.role != "listen" or addr == self.peer:
+        if self.multi or self.role != "listen" or addr == self.peer:
             return
         assert self._link is not None
         if self.peer is None:
