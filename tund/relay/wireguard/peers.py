@@ -146,6 +146,8 @@ class PeerCore:
                             timers=Timers.from_overrides(dict(timers or {})),
                             wall=wall, rand=rand)
         self._off = 4 if self._local.packet_info else 0
+        # Local's index map, which in a PeerCore holds only Peers
+        self._index: dict[int, Peer] = self._local.index  # type: ignore[assignment]
         self._peers: dict[str, Peer] = {}
         self._by_key: dict[bytes, Peer] = {}
         self._routes: PrefixTable[Peer] = PrefixTable()
@@ -321,10 +323,9 @@ class PeerCore:
         if MIN_LEN <= len(message) <= MAX_LEN:
             word, receiver, counter = unpack_header(message)
             if word == TRANSPORT_WORD:
-                peer = self._local.index.get(receiver)
+                peer = self._index.get(receiver)
                 if peer is None:
                     return self._drop("unknown_receiver")
-                assert isinstance(peer, Peer)
                 peer._now = now
                 got = peer._open_transport(receiver, counter, message, now, True)
                 if isinstance(got, bytes):
@@ -365,8 +366,8 @@ class PeerCore:
         if isinstance(m, msgs.Transport):  # not reached: open_one takes every one
             return self._drop("malformed")
         if isinstance(m, msgs.CookieReply):
-            peer = local.index.get(m.receiver)
-            if not isinstance(peer, Peer):
+            peer = self._index.get(m.receiver)
+            if peer is None:
                 return self._drop("unknown_receiver")
             peer._now = now
             return self._finish(peer, peer._open_cookie(m, now), source, now)
@@ -389,8 +390,8 @@ class PeerCore:
             peer._now = now
             return self._finish(peer, peer._accept_initiation(m, state, got, now),
                                 source, now)
-        found = local.index.get(m.receiver)
-        if not isinstance(found, Peer):
+        found = self._index.get(m.receiver)
+        if found is None:
             return self._drop("unknown_receiver")
         found._now = now
         return self._finish(found, found._open_response(m, now), source, now)
