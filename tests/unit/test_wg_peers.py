@@ -17,11 +17,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tund.keyformat import encode_key, public_from_private, random_private_key
 from tund.relay.codec.base import Address, Opened
 from tund.relay.wireguard.codec import WireGuardCodec
 from tund.relay.wireguard.peers import Delivered, PeerCore
+from tund.relay.wireguard.prefixes import parse_prefix
 from tund.workerapi.spec import WorkerSpec
 
 SERVER = ("192.0.2.1", 51820)
@@ -537,6 +540,19 @@ def test_packet_info_offsets() -> None:
     assert server.open(bad[1], me, 2.0).drop == "not_allowed"
 
 
+def test_removed_peers_do_not_stay_in_the_timer_heap() -> None:
+    core = PeerCore(random_private_key(), mtu=1420)
+    for i in range(300):
+        core.add_peer(f"p{i}", public_from_private(random_private_key()), None,
+                      [f"10.8.{i >> 8}.{i & 255}/32"], ("192.0.2.1", 1000 + i), 25, now=0.0)
+    assert len(core._heap) >= 300
+    for i in range(290):
+        core.remove_peer(f"p{i}")
+    assert len(core._heap) <= 2 * 10 + 64
+    heap_ok(core)
+    assert sorted(dest[1] for dest, _ in core.tick(6.0)) == list(range(1290, 1300))
+
+
 def test_bad_configuration_is_refused() -> None:
     k = random_private_key()
     core = PeerCore(k, mtu=1420)
@@ -630,3 +646,41 @@ def test_memory_per_peer_with_a_thousand_sessions() -> None:
     print(f"\nmemory per peer, {n} peers: configured {per_configured / 1024:.1f} KiB, "
           f"with a session {per_established / 1024:.1f} KiB")
     assert per_established <= 20 * 1024
+
+
+_PEER_KEYS = [public_from_private(random_private_key()) for _ in range(4)]
+_PREFIXES = ["10.0.0.0/8", "10.8.0.0/16", "10.8.0.2/32", "10.8.0.3/32", "0.0.0.0/0",
+             "fd08::/64", "fd08::2/128", "::/0"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "update", "remove"]), st.integers(0, 3),
+                          st.lists(st.sampled_from(_PREFIXES), max_size=4)), max_size=25))
+def test_allowed_ips_follow_the_last_writer(ops: list[tuple[str, int, list[str]]]) -> None:
+    """Adds, updates and removals in any order: every prefix routes to the peer that was
+    given it last (and still exists), and each peer's allowed_ips are exactly its own."""
+    core = PeerCore(random_private_key(), mtu=1420)
+    owner: dict[str, str] = {}  # prefix -> peer name (the reference)
+    for op, i, prefixes in ops:
+        name = f"p{i}"
+        present = name in core.peer_names()
+        if op == "remove":
+            if present:
+                core.remove_peer(name)
+                owner = {p: n for p, n in owner.items() if n != name}
+            continue
+        if op == "add" and not present:
+            core.add_peer(name, _PEER_KEYS[i], None, prefixes, None, 0)
+        elif present:
+            core.update_peer(name, _PEER_KEYS[i], None, prefixes, None, 0, 1.0)
+        else:
+            continue
+        owner = {p: n for p, n in owner.items() if n != name}
+        owner.update(dict.fromkeys(prefixes, name))
+        for name2 in core.peer_names():
+            mine = sorted(p for p, n in owner.items() if n == name2)
+            assert sorted(core.peer_status(name2)["allowed_ips"]) == mine
+        for prefix in _PREFIXES:
+            net, length = parse_prefix(prefix)
+            got = core._routes.lookup_exact(net, length)
+            assert (got.name if got is not None else None) == owner.get(prefix)

@@ -192,6 +192,14 @@ class PeerCore:
         self._local.forget(peer)
         peer.wipe()
         peer.removed = True
+        if len(self._heap) > 2 * len(self._peers) + 64:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the heap's superseded entries and those of removed peers (which would
+        otherwise keep a removed peer's memory until its deadlines pass)."""
+        self._heap = [e for e in self._heap if not e[2].removed and e[2].due == e[0]]
+        heapq.heapify(self._heap)
 
     def update_peer(self, name: str, public_key: Key, psk: Key | None,
                     allowed_ips: Iterable[str], endpoint: Address | None,
