@@ -553,6 +553,22 @@ def test_removed_peers_do_not_stay_in_the_timer_heap() -> None:
     assert sorted(dest[1] for dest, _ in core.tick(6.0)) == list(range(1290, 1300))
 
 
+def test_ipv6_underlay_addresses_as_recvfrom_gives_them() -> None:
+    """(host, port, flowinfo, scope_id) sources: cookies under load, roaming, status."""
+    net = Net(0)
+    net.server = PeerCore(net.server_priv, mtu=1420, wall=net.wall,
+                          timers={"under_load_handshakes": 0})  # only the server
+    a = net.client("a", ("2001:db8::7", 4444, 0, 0))  # type: ignore[arg-type]
+    connect(net, a)  # cookie reply, then (after a retry with mac2) the handshake
+    assert net.server.stats()["drops"] == {"cookie": 1}
+    retry = a.core.tick(6.4)
+    net.run(retry, a.address, 6.4)
+    assert net.server.peer_status("a")["session"] == "established"
+    assert net.server.peer_status("a")["endpoint"] == "[2001:db8::7]:4444"
+    one = net.server.seal_one(ip("10.8.0.1", a.inner), 7.0)
+    assert one is not None and one[0] == ("2001:db8::7", 4444, 0, 0)
+
+
 def test_bad_configuration_is_refused() -> None:
     k = random_private_key()
     core = PeerCore(k, mtu=1420)
