@@ -37,6 +37,18 @@ the peer from its exact deadlines. A check-in may wake the pump early: ``tick`` 
 Allowed ips move like WireGuard's: giving a peer a prefix another peer holds takes it
 from that peer, so applying the peers of a valid (non-overlapping) configuration in any
 order ends in that configuration's table.
+
+Wiring into a worker (what the pump and a UDP transport do with it)::
+
+    start      PeerCore(key, mtu=, packet_info=, timers=); add_peer(...) per peer;
+               start(now) once the socket is ready -> sendto each (address, message)
+    device     seal_one(packet, now) -> (address, message) | None; None: seal() -> pairs
+    socket     open_one(datagram, source, now) -> bytes (to the device) | Delivered
+               (packets to the device, sends by sendto, drop counted by the caller);
+               ``source`` exactly as recvfrom gives it (IPv6: a 4-tuple is fine)
+    timers     next_deadline(); tick(now) -> pairs
+    reload     add_peer / remove_peer / update_peer(name, <the full new peer>, now)
+    status     stats(): drops (add to the worker's), wg_drops, peers: name -> fields
 """
 
 from __future__ import annotations
