@@ -497,6 +497,9 @@ def test_configured_endpoint_changes_replace_a_roamed_one_only_when_changed() ->
     # a changed configured endpoint replaces it; IPv6 shown in brackets
     net.server.update_peer("a", a.pub, None, [f"{a.inner}/32"], ("2001:db8::5", 7), 0, 3.0)
     assert net.server.peer_status("a")["endpoint"] == "[2001:db8::5]:7"
+    # the endpoint taken out of the configuration: the current one stays (as with wg)
+    net.server.update_peer("a", a.pub, None, [f"{a.inner}/32"], None, 0, 4.0)
+    assert net.server.peer_status("a")["endpoint"] == "[2001:db8::5]:7"
 
 
 def test_enabling_keepalive_sends_one_at_once() -> None:

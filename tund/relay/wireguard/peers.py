@@ -218,7 +218,8 @@ class PeerCore:
                     keepalive: float, now: float) -> list[Send]:
         """Make a peer what the configuration now says (wg syncconf): a new public key
         is a new peer (sessions wiped); otherwise the sessions stay, the allowed ips
-        are replaced, a changed configured endpoint replaces the current (roamed) one,
+        are replaced, a changed configured endpoint replaces the current (roamed) one
+        (one no longer configured leaves the current one),
         a changed keepalive is re-armed from ``now`` (one turned on sends a keepalive at
         once, as ``wg set`` does), a changed psk is used from the next handshake on."""
         peer = self._peers[name]
@@ -235,7 +236,9 @@ class PeerCore:
         self._set_allowed(peer, prefixes)
         peer._psk = raw_psk if raw_psk is not None else noise.ZERO_PSK
         if endpoint != peer.configured_endpoint:
-            peer.configured_endpoint = peer.endpoint = endpoint
+            peer.configured_endpoint = endpoint
+            if endpoint is not None:  # no endpoint configured now: keep the roamed one
+                peer.endpoint = endpoint
         if float(keepalive) != peer._keepalive:
             enabled = peer._keepalive <= 0 < keepalive
             peer.set_keepalive(keepalive, now)
