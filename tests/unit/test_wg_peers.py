@@ -572,6 +572,33 @@ def test_ipv6_underlay_addresses_as_recvfrom_gives_them() -> None:
     assert one is not None and one[0] == ("2001:db8::7", 4444, 0, 0)
 
 
+def test_one_peers_flood_leaves_the_others_alone() -> None:
+    """A replays its initiation from elsewhere (an attacker) many times: dropped, A's
+    endpoint and session unmoved; B's data flows throughout, its session untouched."""
+    net = Net(2)
+    a, b = net.clients
+    captured: list[bytes] = []
+    first = a.core.seal(ip(a.inner, "10.8.0.1"), 1.0)
+    captured = [m for _, m in first]
+    net.run(first, a.address, 1.0)
+    connect(net, b)
+    kp_a = net.server.peer("c0")._keys.current
+    kp_b = net.server.peer("c1")._keys.current
+    n = len(net.served)
+    for i in range(200):
+        now = 1.0 + i * 0.001
+        r = net.server.open(captured[0], ("192.0.2.66", 6666), now)
+        assert r.drop in {"stale_timestamp", "handshake_ratelimited"} or r.sends, r
+        for dest, _ in r.sends:
+            assert dest == ("192.0.2.66", 6666)  # only ever cookie replies to the sender
+        net.send_up(b, ip(b.inner, "10.8.0.1", i.to_bytes(4, "big")), now)
+    assert len(net.served) == n + 200
+    assert net.server.peer_status("c0")["endpoint"] == f"{a.address[0]}:{a.address[1]}"
+    assert net.server.peer("c0")._keys.current is kp_a
+    assert net.server.peer("c1")._keys.current is kp_b
+    assert net.server.peer_status("c1")["drops"] == {}
+
+
 def test_bad_configuration_is_refused() -> None:
     k = random_private_key()
     core = PeerCore(k, mtu=1420)
