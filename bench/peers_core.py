@@ -11,6 +11,8 @@ cores pass messages by hand. Prints one JSON object (also to --out):
 * ``add_one_ms``: adding one more peer to N (what a reload that adds a peer costs here);
 * ``handshakes_per_s``: initiations the server answers (a response each), one thread;
 * ``memory_kib_per_peer``: tracemalloc, configured and with an established session;
+* ``next_deadline_us`` / ``tick_nothing_due_us`` / ``tick_all_due_ms``: the timer heap
+  with N established peers (asked every loop turn; ticked when all N are due at once);
 * ``seal_open_us``: per 1,400-byte packet, the server's ``seal_one`` plus the client's
   ``open_one``, with 1 peer configured and with N (N - 1 idle), and their ratio (goal
   >= 0.95), and the same with the single-peer ``WireGuardCodec`` for reference.
@@ -247,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         "total": ((configured - base) + (after_sessions - before_sessions)) / n / 1024,
     }
     del after_sessions_with_clients
+    # timers with n established peers: the loop asks every turn, ticks when due
+    result["next_deadline_us"] = per_call_us(lambda _: server.next_deadline(), None, 200_000)
+    result["tick_nothing_due_us"] = per_call_us(server.tick, 1.5, 200_000)
+    t0 = time.perf_counter()
+    woken = server.tick(12.0)  # every peer's keepalive (data received, nothing sent)
+    result["tick_all_due_ms"] = (time.perf_counter() - t0) * 1e3
+    result["tick_all_due_messages"] = len(woken)
 
     us = throughputs(n, args.packets)
     us["ratio_one_over_many"] = us["one_peer"] / us[f"{n}_peers"]

@@ -17,11 +17,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tund.keyformat import encode_key, public_from_private, random_private_key
 from tund.relay.codec.base import Address, Opened
 from tund.relay.wireguard.codec import WireGuardCodec
 from tund.relay.wireguard.peers import Delivered, PeerCore
+from tund.relay.wireguard.prefixes import parse_prefix
 from tund.workerapi.spec import WorkerSpec
 
 SERVER = ("192.0.2.1", 51820)
@@ -494,6 +497,9 @@ def test_configured_endpoint_changes_replace_a_roamed_one_only_when_changed() ->
     # a changed configured endpoint replaces it; IPv6 shown in brackets
     net.server.update_peer("a", a.pub, None, [f"{a.inner}/32"], ("2001:db8::5", 7), 0, 3.0)
     assert net.server.peer_status("a")["endpoint"] == "[2001:db8::5]:7"
+    # the endpoint taken out of the configuration: the current one stays (as with wg)
+    net.server.update_peer("a", a.pub, None, [f"{a.inner}/32"], None, 0, 4.0)
+    assert net.server.peer_status("a")["endpoint"] == "[2001:db8::5]:7"
 
 
 def test_enabling_keepalive_sends_one_at_once() -> None:
@@ -535,6 +541,62 @@ def test_packet_info_offsets() -> None:
     bad = client.seal_one(pi4 + ip("10.8.0.3", "10.8.0.1"), 2.0)
     assert bad is not None
     assert server.open(bad[1], me, 2.0).drop == "not_allowed"
+
+
+def test_removed_peers_do_not_stay_in_the_timer_heap() -> None:
+    core = PeerCore(random_private_key(), mtu=1420)
+    for i in range(300):
+        core.add_peer(f"p{i}", public_from_private(random_private_key()), None,
+                      [f"10.8.{i >> 8}.{i & 255}/32"], ("192.0.2.1", 1000 + i), 25, now=0.0)
+    assert len(core._heap) >= 300
+    for i in range(290):
+        core.remove_peer(f"p{i}")
+    assert len(core._heap) <= 2 * 10 + 64
+    heap_ok(core)
+    assert sorted(dest[1] for dest, _ in core.tick(6.0)) == list(range(1290, 1300))
+
+
+def test_ipv6_underlay_addresses_as_recvfrom_gives_them() -> None:
+    """(host, port, flowinfo, scope_id) sources: cookies under load, roaming, status."""
+    net = Net(0)
+    net.server = PeerCore(net.server_priv, mtu=1420, wall=net.wall,
+                          timers={"under_load_handshakes": 0})  # only the server
+    a = net.client("a", ("2001:db8::7", 4444, 0, 0))  # type: ignore[arg-type]
+    connect(net, a)  # cookie reply, then (after a retry with mac2) the handshake
+    assert net.server.stats()["drops"] == {"cookie": 1}
+    retry = a.core.tick(6.4)
+    net.run(retry, a.address, 6.4)
+    assert net.server.peer_status("a")["session"] == "established"
+    assert net.server.peer_status("a")["endpoint"] == "[2001:db8::7]:4444"
+    one = net.server.seal_one(ip("10.8.0.1", a.inner), 7.0)
+    assert one is not None and one[0] == ("2001:db8::7", 4444, 0, 0)
+
+
+def test_one_peers_flood_leaves_the_others_alone() -> None:
+    """A replays its initiation from elsewhere (an attacker) many times: dropped, A's
+    endpoint and session unmoved; B's data flows throughout, its session untouched."""
+    net = Net(2)
+    a, b = net.clients
+    captured: list[bytes] = []
+    first = a.core.seal(ip(a.inner, "10.8.0.1"), 1.0)
+    captured = [m for _, m in first]
+    net.run(first, a.address, 1.0)
+    connect(net, b)
+    kp_a = net.server.peer("c0")._keys.current
+    kp_b = net.server.peer("c1")._keys.current
+    n = len(net.served)
+    for i in range(200):
+        now = 1.0 + i * 0.001
+        r = net.server.open(captured[0], ("192.0.2.66", 6666), now)
+        assert r.drop in {"stale_timestamp", "handshake_ratelimited"} or r.sends, r
+        for dest, _ in r.sends:
+            assert dest == ("192.0.2.66", 6666)  # only ever cookie replies to the sender
+        net.send_up(b, ip(b.inner, "10.8.0.1", i.to_bytes(4, "big")), now)
+    assert len(net.served) == n + 200
+    assert net.server.peer_status("c0")["endpoint"] == f"{a.address[0]}:{a.address[1]}"
+    assert net.server.peer("c0")._keys.current is kp_a
+    assert net.server.peer("c1")._keys.current is kp_b
+    assert net.server.peer_status("c1")["drops"] == {}
 
 
 def test_bad_configuration_is_refused() -> None:
@@ -630,3 +692,41 @@ def test_memory_per_peer_with_a_thousand_sessions() -> None:
     print(f"\nmemory per peer, {n} peers: configured {per_configured / 1024:.1f} KiB, "
           f"with a session {per_established / 1024:.1f} KiB")
     assert per_established <= 20 * 1024
+
+
+_PEER_KEYS = [public_from_private(random_private_key()) for _ in range(4)]
+_PREFIXES = ["10.0.0.0/8", "10.8.0.0/16", "10.8.0.2/32", "10.8.0.3/32", "0.0.0.0/0",
+             "fd08::/64", "fd08::2/128", "::/0"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "update", "remove"]), st.integers(0, 3),
+                          st.lists(st.sampled_from(_PREFIXES), max_size=4)), max_size=25))
+def test_allowed_ips_follow_the_last_writer(ops: list[tuple[str, int, list[str]]]) -> None:
+    """Adds, updates and removals in any order: every prefix routes to the peer that was
+    given it last (and still exists), and each peer's allowed_ips are exactly its own."""
+    core = PeerCore(random_private_key(), mtu=1420)
+    owner: dict[str, str] = {}  # prefix -> peer name (the reference)
+    for op, i, prefixes in ops:
+        name = f"p{i}"
+        present = name in core.peer_names()
+        if op == "remove":
+            if present:
+                core.remove_peer(name)
+                owner = {p: n for p, n in owner.items() if n != name}
+            continue
+        if op == "add" and not present:
+            core.add_peer(name, _PEER_KEYS[i], None, prefixes, None, 0)
+        elif present:
+            core.update_peer(name, _PEER_KEYS[i], None, prefixes, None, 0, 1.0)
+        else:
+            continue
+        owner = {p: n for p, n in owner.items() if n != name}
+        owner.update(dict.fromkeys(prefixes, name))
+        for name2 in core.peer_names():
+            mine = sorted(p for p, n in owner.items() if n == name2)
+            assert sorted(core.peer_status(name2)["allowed_ips"]) == mine
+        for prefix in _PREFIXES:
+            net, length = parse_prefix(prefix)
+            got = core._routes.lookup_exact(net, length)
+            assert (got.name if got is not None else None) == owner.get(prefix)

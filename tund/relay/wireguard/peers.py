@@ -37,6 +37,18 @@ the peer from its exact deadlines. A check-in may wake the pump early: ``tick`` 
 Allowed ips move like WireGuard's: giving a peer a prefix another peer holds takes it
 from that peer, so applying the peers of a valid (non-overlapping) configuration in any
 order ends in that configuration's table.
+
+Wiring into a worker (what the pump and a UDP transport do with it)::
+
+    start      PeerCore(key, mtu=, packet_info=, timers=); add_peer(...) per peer;
+               start(now) once the socket is ready -> sendto each (address, message)
+    device     seal_one(packet, now) -> (address, message) | None; None: seal() -> pairs
+    socket     open_one(datagram, source, now) -> bytes (to the device) | Delivered
+               (packets to the device, sends by sendto, drop counted by the caller);
+               ``source`` exactly as recvfrom gives it (IPv6: a 4-tuple is fine)
+    timers     next_deadline(); tick(now) -> pairs
+    reload     add_peer / remove_peer / update_peer(name, <the full new peer>, now)
+    status     stats(): drops (add to the worker's), wg_drops, peers: name -> fields
 """
 
 from __future__ import annotations
@@ -146,6 +158,8 @@ class PeerCore:
                             timers=Timers.from_overrides(dict(timers or {})),
                             wall=wall, rand=rand)
         self._off = 4 if self._local.packet_info else 0
+        # Local's index map, which in a PeerCore holds only Peers
+        self._index: dict[int, Peer] = self._local.index  # type: ignore[assignment]
         self._peers: dict[str, Peer] = {}
         self._by_key: dict[bytes, Peer] = {}
         self._routes: PrefixTable[Peer] = PrefixTable()
@@ -190,13 +204,22 @@ class PeerCore:
         self._local.forget(peer)
         peer.wipe()
         peer.removed = True
+        if len(self._heap) > 2 * len(self._peers) + 64:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the heap's superseded entries and those of removed peers (which would
+        otherwise keep a removed peer's memory until its deadlines pass)."""
+        self._heap = [e for e in self._heap if not e[2].removed and e[2].due == e[0]]
+        heapq.heapify(self._heap)
 
     def update_peer(self, name: str, public_key: Key, psk: Key | None,
                     allowed_ips: Iterable[str], endpoint: Address | None,
                     keepalive: float, now: float) -> list[Send]:
         """Make a peer what the configuration now says (wg syncconf): a new public key
         is a new peer (sessions wiped); otherwise the sessions stay, the allowed ips
-        are replaced, a changed configured endpoint replaces the current (roamed) one,
+        are replaced, a changed configured endpoint replaces the current (roamed) one
+        (one no longer configured leaves the current one),
         a changed keepalive is re-armed from ``now`` (one turned on sends a keepalive at
         once, as ``wg set`` does), a changed psk is used from the next handshake on."""
         peer = self._peers[name]
@@ -213,7 +236,9 @@ class PeerCore:
         self._set_allowed(peer, prefixes)
         peer._psk = raw_psk if raw_psk is not None else noise.ZERO_PSK
         if endpoint != peer.configured_endpoint:
-            peer.configured_endpoint = peer.endpoint = endpoint
+            peer.configured_endpoint = endpoint
+            if endpoint is not None:  # no endpoint configured now: keep the roamed one
+                peer.endpoint = endpoint
         if float(keepalive) != peer._keepalive:
             enabled = peer._keepalive <= 0 < keepalive
             peer.set_keepalive(keepalive, now)
@@ -321,10 +346,9 @@ class PeerCore:
         if MIN_LEN <= len(message) <= MAX_LEN:
             word, receiver, counter = unpack_header(message)
             if word == TRANSPORT_WORD:
-                peer = self._local.index.get(receiver)
+                peer = self._index.get(receiver)
                 if peer is None:
                     return self._drop("unknown_receiver")
-                assert isinstance(peer, Peer)
                 peer._now = now
                 got = peer._open_transport(receiver, counter, message, now, True)
                 if isinstance(got, bytes):
@@ -365,8 +389,8 @@ class PeerCore:
         if isinstance(m, msgs.Transport):  # not reached: open_one takes every one
             return self._drop("malformed")
         if isinstance(m, msgs.CookieReply):
-            peer = local.index.get(m.receiver)
-            if not isinstance(peer, Peer):
+            peer = self._index.get(m.receiver)
+            if peer is None:
                 return self._drop("unknown_receiver")
             peer._now = now
             return self._finish(peer, peer._open_cookie(m, now), source, now)
@@ -389,8 +413,8 @@ class PeerCore:
             peer._now = now
             return self._finish(peer, peer._accept_initiation(m, state, got, now),
                                 source, now)
-        found = local.index.get(m.receiver)
-        if not isinstance(found, Peer):
+        found = self._index.get(m.receiver)
+        if found is None:
             return self._drop("unknown_receiver")
         found._now = now
         return self._finish(found, found._open_response(m, now), source, now)
