@@ -68,6 +68,8 @@ class WorkerSpec:
     private_key: str | None = None  # base64, as `wg genkey` prints it
     peer_public_key: str | None = None
     preshared_key: str | None = None
+    # role listen: source networks accepted (TCP on accept, UDP on receive); empty: all
+    allowed_sources: tuple[str, ...] = ()
     # Test-only timer overrides (e.g. {"rekey_after_time": 5}); empty in production.
     timers: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -80,6 +82,8 @@ class WorkerSpec:
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown WorkerSpec fields: {sorted(unknown)}")
+        if "allowed_sources" in data:  # a JSON list
+            data = {**data, "allowed_sources": tuple(data["allowed_sources"])}
         return cls(**data)
 
     def redacted(self) -> dict[str, Any]:

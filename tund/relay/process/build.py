@@ -78,11 +78,12 @@ def make_transport(spec: WorkerSpec, counters: Counters,
             sock = _own_socket(spec)
     common: dict[str, Any] = {"role": spec.role, "host": spec.host, "port": spec.port,
                               "reconnect_min": spec.reconnect_min,
-                              "reconnect_max": spec.reconnect_max}
+                              "reconnect_max": spec.reconnect_max,
+                              "allowed_sources": spec.allowed_sources}
     if spec.transport == "tcp":
         return TcpTransport(counters, listen_sock=sock, keepalive=spec.keepalive,
                             max_message=(largest or max_packet(spec)) + CODEC_OVERHEAD,
-                            **common)
+                            authenticates=spec.encryption == "wireguard", **common)
     return UdpTransport(counters, sock=sock, **common)
 
 

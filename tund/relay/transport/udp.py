@@ -6,6 +6,9 @@ until a datagram is accepted by the codec as authenticated (see
 and later authenticated datagrams from elsewhere move it (roaming). Until then, sends are
 dropped as ``"no_peer"``.
 
+``allowed_sources`` (role listen): a datagram from outside those networks is dropped as
+``"source_refused"`` before the codec sees it.
+
 Role ``remote``: a socket of our own, ``connect()``-ed to the resolved endpoint (the
 kernel then filters other senders and reports ICMP errors). A host name is resolved
 again every ``RESOLVE_EVERY`` seconds and the socket re-pointed if the address changed;
@@ -35,12 +38,13 @@ import logging
 import selectors
 import socket
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tund.relay.codec.base import Address
 from tund.relay.loop.counters import Counters
 from tund.relay.loop.poller import Registry
-from tund.relay.transport.base import Backoff, Link, format_peer, resolve
+from tund.relay.transport.base import Backoff, Link, SourceFilter, format_peer, resolve
 from tund.relay.transport.gso import (
     GRO_SPACE,
     GSO_BYTES,
@@ -83,9 +87,12 @@ class UdpTransport:
 
     def __init__(self, counters: Counters, *, role: str, host: str, port: int,
                  sock: socket.socket | None = None, reconnect_min: float = 0.2,
-                 reconnect_max: float = 10.0) -> None:
+                 reconnect_max: float = 10.0, allowed_sources: Sequence[str] = ()) -> None:
         if role == "listen" and sock is None:
             raise ValueError("udp: role listen needs a bound socket")
+        # role listen: datagrams from elsewhere are dropped before the codec sees them
+        self.sources = (SourceFilter(allowed_sources)
+                        if allowed_sources and role == "listen" else None)
         self.c = counters
         self.role = role
         self.host, self.port = host, port
@@ -185,7 +192,7 @@ class UdpTransport:
     def _on_readable(self, mask: int) -> None:
         sock, view, link = self.sock, self._rview, self._link
         assert sock is not None and link is not None
-        deliver, gro, views = link.deliver, self._gro, self._rviews
+        deliver, gro, views, sources = link.deliver, self._gro, self._rviews, self.sources
         recv = sock.recvmsg_into if gro else None
         for _ in range(RECV_BATCH if link.busy else 1):  # (see Link.busy)
             size = 0
@@ -200,6 +207,9 @@ class UdpTransport:
             except OSError as e:  # a queued ICMP error
                 self.c.errors += 1
                 log.debug("receive error: %s", e)
+                continue
+            if sources is not None and not sources.allows(addr[0]):
+                self.c.drop("source_refused")
                 continue
             if 0 < size < n:  # a train of datagrams of ``size`` bytes (the last may be short)
                 for off in range(0, n, size):
