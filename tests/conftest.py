@@ -11,7 +11,11 @@ all (``TUND_REQUIRE_ALL=1`` turns those skips into failures).
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import shutil
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -35,6 +39,31 @@ def require(reason: str | None) -> None:
     if os.environ.get("TUND_REQUIRE_ALL") == "1":
         pytest.fail(f"requirement missing in a run that requires all: {reason}")
     pytest.skip(reason)
+
+
+#: tund's default ``worker_user``; the daemon refuses to start without it (no fallback).
+WORKER_USER = "tund"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def worker_user_exists() -> None:
+    """As root: create the ``tund`` system user if missing (fresh CI machines), as the
+    Debian package does. Not removed afterwards: it is what an installed tund has."""
+    if os.geteuid() != 0:
+        return
+    try:
+        pwd.getpwnam(WORKER_USER)
+        return
+    except KeyError:
+        pass
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    try:
+        grp.getgrnam(WORKER_USER)
+        group = ["--gid", WORKER_USER]  # the group exists (packaging/debian/tund.sysusers)
+    except KeyError:
+        group = []
+    subprocess.run([useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    *group, WORKER_USER], check=True, capture_output=True, timeout=30)
 
 
 @pytest.fixture

@@ -326,8 +326,14 @@ def processes(netns: int | None = None) -> list[Proc]:
     return out
 
 
+#: command-line starts (tund.proctitle) of the fork server / a worker, and of the daemon
+RELAY_TITLES = ("tund: fork server", "tund: worker ")
+DAEMON_TITLE = "tund: daemon "
+
+
 def _relay_processes(netns: int | None) -> list[Proc]:
-    return [p for p in processes(netns) if "-m tund.relay" in p.cmdline and p.state != "Z"]
+    return [p for p in processes(netns) if p.state != "Z" and (
+        "-m tund.relay" in p.cmdline or p.cmdline.startswith(RELAY_TITLES))]
 
 
 def relay_workers(netns: int | None = None) -> list[Proc]:
@@ -360,7 +366,8 @@ def orphan_workers(inodes: set[int]) -> list[Proc]:
         if p.netns not in inodes:
             continue
         parent = _proc(p.ppid)
-        if parent is None or "-m tund " not in parent.cmdline + " " or p.ppid == 1:
+        if parent is None or p.ppid == 1 or not (
+                "-m tund " in parent.cmdline + " " or parent.cmdline.startswith(DAEMON_TITLE)):
             out.append(p)
     return out
 

@@ -10,6 +10,9 @@ Contract:
   a journald drops every message silently, hence the socket check; a terminal user running
   ``tund`` by hand sees the messages on the terminal.  ``TUND_LOG_TARGET=stderr|journal``
   overrides the choice (``journal`` still falls back to stderr when journald is absent).
+* :func:`fields` is the ``extra=`` of one message about an interface and/or a tunnel; every
+  message about a device (created, adopted, ``[#] ...``, removed) carries ``TUND_INTERFACE``,
+  one about a tunnel ``TUND_TUNNEL`` (both when it is about both).
 * :func:`tunnel_logger` returns an adapter whose records carry ``TUND_TUNNEL`` and
   ``TUND_INTERFACE``.  JournalHandler sends every attribute of a record as a journal field
   of the same name (journald keeps those named in upper case), so ``journalctl
@@ -126,6 +129,17 @@ class TunnelLogger(logging.LoggerAdapter[logging.Logger]):
     ) -> tuple[Any, MutableMapping[str, Any]]:
         kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
         return msg, kwargs
+
+
+def fields(*, interface: str | None = None, tunnel: str | None = None) -> dict[str, str]:
+    """The journal fields of a message about ``interface`` and/or ``tunnel`` (``extra=``):
+    ``TUND_INTERFACE`` / ``TUND_TUNNEL`` for those given, nothing for the others."""
+    out: dict[str, str] = {}
+    if interface:
+        out[INTERFACE_FIELD] = interface
+    if tunnel:
+        out[TUNNEL_FIELD] = tunnel
+    return out
 
 
 def tunnel_logger(tunnel: str, interface: str, name: str = "tund.tunnel") -> TunnelLogger:

@@ -337,3 +337,47 @@ def test_silent_client_is_dropped_after_idle_timeout(server: ServerThread) -> No
         t0 = time.monotonic()
         assert silent.recv(10) == b""
         assert 0.5 < time.monotonic() - t0 < 4
+
+
+def test_socket_in_a_dir_others_may_write_is_refused(tmp_path: Path) -> None:
+    """issue 16.7: the daemon will not bind where someone else could swap the socket."""
+    d = tmp_path / "shared"
+    d.mkdir()
+    d.chmod(0o777)
+
+    async def go() -> None:
+        with pytest.raises(ControlSocketError) as info:
+            await ControlServer(d / "run" / "control.sock", echo_dispatch).start()
+        assert f"refusing control socket {d}/run/control.sock: directory {d} is " \
+               "group- and other-writable (mode 0777)" in str(info.value)
+
+    asyncio.run(go())
+    assert not (d / "run").exists()  # refused before anything was made
+
+
+def test_socket_mode_is_set_at_bind_never_by_path_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No chmod by path after bind (it would follow a link put there meanwhile): the socket
+    is born 0660 and its group is set with lchown."""
+    from tund.control import server as server_mod
+
+    def no_chmod(*a: Any, **k: Any) -> None:
+        raise AssertionError(f"chmod by path after bind: {a}")
+
+    chowns: list[tuple[Any, ...]] = []
+    real_chown = os.chown
+
+    def chown(*a: Any, **k: Any) -> None:
+        chowns.append((*a, k.get("follow_symlinks", True)))
+        real_chown(*a, **k)
+
+    monkeypatch.setattr(server_mod.os, "chmod", no_chmod)
+    monkeypatch.setattr(server_mod.os, "chown", chown)
+    path = tmp_path / "control.sock"
+    sock = server_mod.bind_control_socket(path, os.getegid())
+    try:
+        st = path.lstat()
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
+        assert chowns == [(path, -1, os.getegid(), False)]
+    finally:
+        sock.close()

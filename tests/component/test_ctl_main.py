@@ -336,3 +336,19 @@ def test_runs_as_module_with_exit_codes(daemon: tuple[FakeDaemon, Path], tmp_pat
                           capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 3
     assert "no control socket at" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_config_prints_relative_key_files_as_absolute_paths(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``tundctl config`` from another directory shows where the keys really are (issue
+    15.6; it failed before: the key files were looked for in the cwd)."""
+    from tests.unit.test_config_valid import two_files_with_relative_keys
+
+    main, main_key, psk, drop_key = two_files_with_relative_keys(tmp_path)
+    monkeypatch.chdir("/")
+    rc, out, err = run(["config", str(main)], capsys)
+    assert (rc, err) == (0, "")
+    assert f'private_key_file = "{main_key}"' in out
+    assert f'preshared_key_file = "{psk}"' in out
+    assert f'private_key_file = "{drop_key}"' in out

@@ -201,3 +201,75 @@ def test_peer_config_without_endpoint_or_key_needs_filling_in(
     assert rc == 0 and "FILL IN" in out
     rc, _, err = run(["peer-config", "nope", str(path)], capsys)
     assert rc == 1 and "no tunnel named 'nope' (configured: wg)" in err
+
+
+# --------------------------------------------------------------------------- the daemon's file
+
+
+@pytest.fixture
+def daemon_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
+        tuple[Path, Path]]:
+    """A daemon stand-in on a socket whose status names ``tmp_path/site/tunnels.toml``."""
+    conf = tmp_path / "site" / "tunnels.toml"
+    conf.parent.mkdir()
+
+    async def dispatch(cmd: str, args: dict[str, Any], peer: PeerCred) -> dict[str, Any]:
+        return {**STATUS, "daemon": {**STATUS["daemon"], "config": str(conf)}}
+
+    path = tmp_path / "control.sock"
+    monkeypatch.delenv("TUND_CONFIG", raising=False)
+    monkeypatch.delenv("TUND_CONTROL_SOCKET", raising=False)
+    with ServerThread(path, dispatch):
+        yield path, conf
+
+
+CONNECTING = """
+[interfaces.tun0]
+mode = "tun"
+addresses = ["10.235.4.2/24"]
+
+[tunnels.up]
+interface = "tun0"
+remote = "192.0.2.1:55555"
+encryption = "none"
+"""
+
+
+def test_config_and_peer_config_read_the_running_daemons_file(
+        daemon_with: tuple[Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15.13: without PATH they read the file the daemon on --socket runs (they used
+    to fail on /etc/tund/tunnels.toml); --config overrides."""
+    sock, conf = daemon_with
+    conf.write_text(CONNECTING)
+    rc, out, err = run(["--socket", str(sock), "config"], capsys)
+    assert rc == 0, err
+    assert tomllib.loads(out)["tunnels"]["up"]["remote"] == "192.0.2.1:55555"
+    rc, out, err = run(["config", "--socket", str(sock)], capsys)
+    assert rc == 0 and "192.0.2.1:55555" in out, err
+    other = tmp_path / "other.toml"
+    other.write_text(CONNECTING.replace("192.0.2.1", "192.0.2.9"))
+    rc, out, err = run(["--socket", str(sock), "config", "--config", str(other)], capsys)
+    assert rc == 0 and "192.0.2.9:55555" in out and "192.0.2.1:" not in out, err
+    rc, out, err = run(["--socket", str(sock), "peer-config", "up"], capsys)
+    assert rc == 0, err
+    peer = tomllib.loads(out)
+    assert peer["tunnels"]["up"]["listen"] == "0.0.0.0:55555"
+    # the connecting end (.2) proposes the listener's address (.1), not a guessed .3
+    assert peer["interfaces"]["tun0"]["addresses"] == ["10.235.4.1/24"]
+
+
+def test_peer_config_of_each_end_proposes_the_others_address(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    listener = tmp_path / "a.toml"
+    listener.write_text(CONNECTING.replace('remote = "192.0.2.1:55555"',
+                                           'listen = "192.0.2.1:55555"')
+                        .replace("10.235.4.2/24", "10.235.4.1/24"))
+    rc, out, err = run(["peer-config", "up", "--config", str(listener)], capsys)
+    assert rc == 0, err
+    connecting = tmp_path / "b.toml"
+    connecting.write_text(out)
+    assert tomllib.loads(out)["interfaces"]["tun0"]["addresses"] == ["10.235.4.2/24"]
+    rc, out, err = run(["peer-config", "up", str(connecting)], capsys)
+    assert rc == 0, err
+    assert tomllib.loads(out)["interfaces"]["tun0"]["addresses"] == ["10.235.4.1/24"]

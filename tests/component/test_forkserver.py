@@ -51,6 +51,11 @@ def comm(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
+def cmdline(pid: int) -> str:
+    """``/proc/PID/cmdline`` as ps shows it (NULs as spaces, trailing padding dropped)."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+
+
 def ppid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
@@ -58,12 +63,14 @@ def ppid(pid: int) -> int:
 class Tunnel:
     """One worker started through a launcher, with the daemon side's callbacks."""
 
-    def __init__(self, launcher: Any, role: str, port: int = 0) -> None:
+    def __init__(self, launcher: Any, role: str, port: int = 0, name: str = "",
+                 interface: str = "") -> None:
         self.dev, dev_worker = fake_device()
         self.dev.settimeout(5)
         sock = listening_socket("udp") if role == "listen" else None
         self.port = sock.getsockname()[1] if sock else port
-        spec = WorkerSpec(tunnel=f"fs{role[0]}", interface=f"fs{role[0]}", mode="tun",
+        spec = WorkerSpec(tunnel=name or f"fs{role[0]}", interface=interface or f"fs{role[0]}",
+                          mode="tun",
                           transport="udp", role=role, host="127.0.0.1",  # type: ignore[arg-type]
                           port=self.port, device_fd=dev_worker.fileno(),
                           socket_fd=sock.fileno() if sock else None)
@@ -99,13 +106,14 @@ def test_forked_workers_are_our_children_and_relay(server: ForkServer) -> None:
         assert (await asyncio.to_thread(a.dev.recv, 2048)) == b"\x45" + b"x" * 99
         assert server.forked == 2 and server.spawned == 0
         assert server.pid is not None and comm(server.pid) == ZYGOTE_COMM
+        assert cmdline(server.pid) == "tund: fork server"
         for t in (a, b):
             pid = t.worker.pid
             assert isinstance(pid, int)
             assert ppid(pid) == os.getpid()  # re-parented to us, the subreaper
             assert comm(pid) == f"relay:{t.worker.spec.tunnel}"
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            assert b"tund.relay" in cmdline and b"--fork-server" in cmdline
+            spec = t.worker.spec
+            assert cmdline(pid) == f"tund: worker {spec.tunnel} ({spec.interface})"
             # besides stdio: its control end, its device, its underlay socket (passed, or
             # its own for role remote), its epoll fd; nothing of the fork server or of the
             # other worker

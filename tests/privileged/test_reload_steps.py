@@ -115,15 +115,18 @@ def test_dry_run_lists_exactly_the_lines_the_apply_logs(tmp_path: Path) -> None:
     keep, gone, new, chg = (new_ifname() for _ in range(4))
     site.write(_iface(keep, "10.79.1.1/24") + _tunnel("keep", keep, 56211)
                + _iface(gone, "10.79.2.1/24") + _tunnel("gone", gone, 56212)
-               + _iface(chg, "10.79.3.1/24") + _tunnel("chg", chg, 56213))
+               + _iface(chg, "10.79.3.1/24", "10.79.6.1/24") + _tunnel("chg", chg, 56213))
     try:
         site.start(extra_env=_ENV)
         site.write(_iface(keep, "10.79.1.1/24") + _tunnel("keep", keep, 56211)
-                   + _iface(chg, "10.79.3.1/24", "10.79.4.1/24", extra="mtu = 1300")
+                   + _iface(chg, "10.79.3.1/24", "10.79.4.1/24",
+                            extra='mtu = 1300\nroutes = ["10.80.0.0/16"]')
                    + _tunnel("chg", chg, 56213, "reconnect_max = 5.0")
                    + _iface(new, "10.79.5.1/24") + _tunnel("new", new, 56214))
         dry = json.loads(site.ctl("reload", "--dry-run", "--json").stdout)
         assert dry["dry_run"] is True
+        text = site.ctl("reload", "--dry-run").stdout.splitlines()  # what a person reads
+        assert [line.strip() for line in text[text.index("actions:") + 1:]] == dry["actions"]
         mark = len(site.log.read_text())
         done = json.loads(site.reload().stdout)
         logged = _logged_steps(site.log, mark)
@@ -135,6 +138,8 @@ def test_dry_run_lists_exactly_the_lines_the_apply_logs(tmp_path: Path) -> None:
         assert f"[#] ip addr add 10.79.5.1/24 dev {new}" in acts
         assert f"[#] ip link set {chg} mtu 1300" in acts
         assert f"[#] ip addr add 10.79.4.1/24 dev {chg}" in acts
+        assert f"[#] ip addr del 10.79.6.1/24 dev {chg}" in acts
+        assert any(a.startswith("[#] ip route ") and "10.80.0.0/16" in a for a in acts), acts
         assert f"create device {new} (mode tun)" in acts
         assert "stop worker of tunnel gone" in acts and "start worker of tunnel new" in acts
         assert acts.index("stop worker of tunnel chg (changed: reconnect_max)") < \

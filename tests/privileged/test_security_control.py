@@ -146,3 +146,73 @@ def test_stranger_cannot_even_connect(daemon: Daemon) -> None:
 def test_root_may_do_everything(daemon: Daemon) -> None:
     assert "daemon" in client.call(str(daemon.sock), "status")
     assert client.call(str(daemon.sock), "reload")["dry_run"] is False
+
+
+FAKE_SERVER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(8); s.settimeout(0.2)
+print("ready", flush=True)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    try:
+        c, _ = s.accept()
+    except TimeoutError:
+        continue
+    print("connected", flush=True)
+    c.recv(65536)
+    c.sendall(b'{"v": 1, "id": 1, "ok": true, "result": {"actions": ["pwned"]}}\n')
+    c.close()
+"""
+
+
+@pytest.fixture
+def user_dir() -> Iterator[Path]:
+    """A directory that ``nobody`` owns (mode 0755), as a user's own would be."""
+    base = Path(tempfile.mkdtemp(prefix="sc-spoof-", dir="/var/tmp"))
+    base.chmod(0o755)
+    d = base / "run"
+    d.mkdir(mode=0o755)
+    os.chown(d, NOBODY.pw_uid, NOBODY.pw_gid)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_root_tundctl_refuses_a_spoofed_socket_in_a_users_dir(user_dir: Path) -> None:
+    """issue 16.7: nobody's fake socket answers 'ok' to anything; root's tundctl must not
+    even connect (it used to, and printed the fake's reload result)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("needs setpriv (util-linux) to run the fake as nobody")
+    sock = user_dir / "control.sock"
+    fake = subprocess.Popen([setpriv, f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}",
+                             "--clear-groups", sys.executable, "-c", FAKE_SERVER, str(sock)],
+                            stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert fake.stdout is not None and fake.stdout.readline().strip() == "ready"
+        assert sock.lstat().st_uid == NOBODY.pw_uid
+        for cmd in ("reload", "status"):
+            p = subprocess.run([sys.executable, "-m", "tund.ctl.main", "--socket", str(sock),
+                                cmd], capture_output=True, text=True, timeout=30)
+            assert p.returncode == 3, (p.stdout, p.stderr)
+            assert f"refusing to talk to control socket {sock}" in p.stderr, p.stderr
+            assert f"directory {user_dir} is owned by uid {NOBODY.pw_uid}" in p.stderr
+            assert "pwned" not in p.stdout
+    finally:
+        fake.kill()
+        out, _ = fake.communicate(timeout=10)
+    assert "connected" not in out  # the fake never had a client
+
+
+def test_daemon_refuses_a_socket_path_in_a_users_dir(user_dir: Path) -> None:
+    cfg = user_dir.parent / "tunnels.toml"
+    cfg.write_text("[daemon]\n")
+    sock = user_dir / "control.sock"
+    p = subprocess.run([sys.executable, "-m", "tund", "--config", str(cfg),
+                        "--control-socket", str(sock)], capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 1, p.stderr
+    assert f"refusing control socket {sock}: directory {user_dir} is owned by uid" in p.stderr
+    assert not os.path.lexists(sock)

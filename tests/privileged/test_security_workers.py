@@ -24,7 +24,6 @@ import pytest
 
 from tests.sites import Site, TwoSites, new_ifname, two_sites
 from tund.keys import generate_private_key, generate_psk, public_key
-from tund.workerapi.run_as import FALLBACK_USER
 
 pytestmark = pytest.mark.usefixtures("privileged")
 
@@ -32,11 +31,8 @@ WG_PORT, TCP_PORT = 51237, 51238
 
 
 def worker_user() -> pwd.struct_passwd:
-    """Who workers run as on this machine: "tund" if it exists, else "nobody"."""
-    try:
-        return pwd.getpwnam("tund")
-    except KeyError:
-        return pwd.getpwnam(FALLBACK_USER)
+    """Who workers run as: "tund" (made by the session fixture in tests/conftest.py)."""
+    return pwd.getpwnam("tund")
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@
 #          network, so `dpkg -i tund.deb` cannot fetch anything: everything it needs is here;
 #          a Depends missing here makes the install test fail, which is how it is noticed)
 #   build  the Debian build tool chain only, for packaging/build-deb.sh
-#   DIR    defaults to /var/tmp/tsys-rootfs-PROFILE (never inside the repo)
+#   DIR    defaults to /var/tmp/tsys-rootfs-PROFILE-KEY (never inside the repo; one per KEY,
+#          so work trees with different package lists do not replace each other's rootfs)
 #
 # The cache is /var/tmp/tsys-rootfs-PROFILE-KEY.tar.zst; KEY hashes the suite, the package
 # lists and this script's format version, so changing a list rebuilds and an unchanged list
@@ -19,7 +20,6 @@
 set -euo pipefail
 
 PROFILE=${1:?usage: make_rootfs.sh run|build [DIR]}
-ROOT=${2:-/var/tmp/tsys-rootfs-$PROFILE}
 SUITE=${SUITE:-trixie}
 CACHE_DIR=${CACHE_DIR:-/var/tmp}
 FORMAT=3   # bump when the steps below change what a rootfs contains
@@ -27,7 +27,7 @@ FORMAT=3   # bump when the steps below change what a rootfs contains
 # tund's runtime Depends (keep in sync with packaging/debian/control) and what tests use.
 RUN_PKGS=systemd,systemd-sysv,dbus,python3,python3-pydantic,python3-tomli-w
 RUN_PKGS+=,python3-cryptography,python3-cffi-backend,python3-systemd,iproute2,iputils-ping
-RUN_PKGS+=,python3-prometheus-client,procps,adduser,passwd,man-db
+RUN_PKGS+=,python3-prometheus-client,python3-setproctitle,procps,adduser,passwd,man-db
 # debootstrap does not resolve virtual packages: python3-cryptography needs the cffi
 # backend named explicitly.
 # The build image needs only the tool chain (the package's tests do not run at build
@@ -42,6 +42,7 @@ case $PROFILE in
 esac
 KEY=$(printf '%s|%s|%s' "$SUITE" "$PKGS" "$FORMAT" | sha256sum | cut -c1-12)
 CACHE=$CACHE_DIR/tsys-rootfs-$PROFILE-$KEY.tar.zst
+ROOT=${2:-/var/tmp/tsys-rootfs-$PROFILE-$KEY}
 
 log() { printf 'make_rootfs[%s]: %s\n' "$PROFILE" "$*" >&2; }
 

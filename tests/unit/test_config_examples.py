@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from tund import config
 from tund.config import Config, DaemonConfig, InterfaceConfig, TunnelConfig, load, parse_text
 
 ETC = Path(__file__).resolve().parents[2] / "etc" / "tund"
@@ -40,8 +39,8 @@ def test_every_setting_uncommented_is_valid_and_covers_the_schema(
     Users, groups and key files named in the example need not exist on this machine, so
     name resolution and registered (key-file) checks are stubbed out here.
     """
-    monkeypatch.setattr(config, "_EXTRA_CHECKS", [])
-    monkeypatch.setattr(config, "_resolve_id", lambda value, kind: 1000)
+    monkeypatch.setattr("tund.config.checks._EXTRA_CHECKS", [])
+    monkeypatch.setattr("tund.config.model.resolve_id", lambda value, kind: 1000)
     cfg = parse_text(uncommented(EXAMPLE.read_text()), str(EXAMPLE))
 
     def fields_set(models: list[BaseModel]) -> set[str]:
@@ -62,8 +61,8 @@ def test_every_setting_uncommented_is_valid_and_covers_the_schema(
 
 def test_every_commented_default_is_the_real_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings whose comment calls them the default must match the model's default."""
-    monkeypatch.setattr(config, "_EXTRA_CHECKS", [])
-    monkeypatch.setattr(config, "_resolve_id", lambda value, kind: 1000)
+    monkeypatch.setattr("tund.config.checks._EXTRA_CHECKS", [])
+    monkeypatch.setattr("tund.config.model.resolve_id", lambda value, kind: 1000)
     cfg = parse_text(uncommented(EXAMPLE.read_text()), str(EXAMPLE))
     daemon = cfg.daemon
     for name in ("control_socket", "log_level", "restart_backoff_min", "restart_backoff_max",
@@ -78,7 +77,8 @@ def test_every_commented_default_is_the_real_default(monkeypatch: pytest.MonkeyP
 
 
 def test_two_site_examples_parse_and_fit_together(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "_EXTRA_CHECKS", [])  # key files: tests/demo.sh makes them
+    # key files: tests/demo.sh makes them
+    monkeypatch.setattr("tund.config.checks._EXTRA_CHECKS", [])
     a, b = load(ETC / "examples" / "site-a.toml"), load(ETC / "examples" / "site-b.toml")
     assert a.daemon.control_socket == "/run/tund/site-a.sock"
     assert b.daemon.control_socket == "/run/tund/site-b.sock"

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tund import config
 from tund.config import (
     Config,
     DaemonConfig,
@@ -39,7 +38,7 @@ encryption = "none"
 @pytest.fixture
 def no_extra_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run without hooks other modules registered (e.g. key-file checks)."""
-    monkeypatch.setattr(config, "_EXTRA_CHECKS", [])
+    monkeypatch.setattr("tund.config.checks._EXTRA_CHECKS", [])
 
 
 def test_empty_document_is_all_defaults() -> None:
@@ -189,7 +188,7 @@ def test_load_equals_parse_text_of_the_merged_document(tmp_path: Path) -> None:
 
 
 def test_register_check_hook_issues_are_located(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "_EXTRA_CHECKS", [])
+    monkeypatch.setattr("tund.config.checks._EXTRA_CHECKS", [])
 
     def hook(raw: Mapping[str, Any], issue: IssueFactory) -> list[ConfigIssue]:
         return [issue(("tunnels", name, "listen"), "hook says no")
@@ -203,7 +202,7 @@ def test_register_check_hook_issues_are_located(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_a_failing_hook_becomes_an_issue(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "_EXTRA_CHECKS", [])
+    monkeypatch.setattr("tund.config.checks._EXTRA_CHECKS", [])
 
     def broken(raw: Mapping[str, Any], issue: IssueFactory) -> list[ConfigIssue]:
         raise KeyError("oops")
@@ -243,3 +242,57 @@ def test_parse_endpoint(text: str, hostname: bool, expected: tuple[str, int]) ->
 def test_parse_endpoint_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_endpoint(text, allow_hostname=False)
+
+
+# ------------------------------------------------ relative paths (issue 15.6)
+
+
+def _key(path: Path) -> Path:
+    from tund import keys
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(keys.generate_private_key() + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def two_files_with_relative_keys(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """A main file and a drop-in, each naming key files relative to itself."""
+    from tund import keys
+
+    etc = tmp_path / "etc"
+    peer = keys.public_key(keys.generate_private_key())
+    main_key, psk, drop_key = (_key(etc / "to-b.key"), _key(etc / "keys" / "psk"),
+                               _key(etc / "tunnels.d" / "c.key"))
+    main = etc / "tunnels.toml"
+    main.write_text(f'[interfaces.tun0]\nmode = "tun"\n[interfaces.tun1]\nmode = "tun"\n'
+                    f'[tunnels.b]\ninterface = "tun0"\nlisten = "0.0.0.0:51820"\n'
+                    f'private_key_file = "to-b.key"\npreshared_key_file = "keys/psk"\n'
+                    f'peer_public_key = "{peer}"\n')
+    (etc / "tunnels.d" / "20-c.toml").write_text(
+        f'[tunnels.c]\ninterface = "tun1"\nremote = "192.0.2.1:51820"\n'
+        f'private_key_file = "c.key"\npeer_public_key = "{peer}"\n')
+    return main, main_key, psk, drop_key
+
+
+def test_relative_key_files_are_resolved_against_the_file_naming_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from another directory (systemd runs the daemon in /): the keys are found
+    beside the file that names them. Failed before: 'cannot read' against the cwd."""
+    main, main_key, psk, drop_key = two_files_with_relative_keys(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load(main)
+    assert cfg.tunnels["b"].private_key_file == str(main_key)
+    assert cfg.tunnels["b"].preshared_key_file == str(psk)
+    assert cfg.tunnels["c"].private_key_file == str(drop_key)
+    monkeypatch.chdir(main.parent.parent)  # a relative path to the main file: the same
+    assert load(Path("etc/tunnels.toml")) == cfg
+
+
+def test_in_memory_text_keeps_relative_paths(no_extra_checks: None) -> None:
+    """Text that is not a file has no directory: its paths are left as written."""
+    cfg = parse_text(MINIMAL.replace('encryption = "none"', 'private_key_file = "k"\n'
+                                     'peer_public_key = "x"'))
+    assert cfg.tunnels["t"].private_key_file == "k"

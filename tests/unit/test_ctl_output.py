@@ -208,6 +208,17 @@ def test_mirror_address(address: str, taken: list[str], expected: str) -> None:
     assert confout.mirror_address(address, ips) == expected
 
 
+@pytest.mark.parametrize(("address", "expected"), [
+    ("10.0.0.2/24", "10.0.0.1/24"),   # the connecting end .2 proposes the listener's .1
+    ("10.0.0.1/24", "10.0.0.254/24"),  # wraps, skips .0 and .255
+    ("10.0.0.1/31", "10.0.0.0/31"),
+    ("10.0.0.2/32", "10.0.0.1/32"),
+    ("fd00::2/64", "fd00::1/64"),
+])
+def test_mirror_address_before(address: str, expected: str) -> None:
+    assert confout.mirror_address(address, set(), before=True) == expected
+
+
 def test_mirror_address_full_subnet() -> None:
     with pytest.raises(ValueError, match="no free address"):
         confout.mirror_address("10.0.0.1/30", {ipaddress.ip_address("10.0.0.2")})
@@ -259,4 +270,6 @@ def test_peer_config_of_a_connecting_tcp_tunnel(site: tuple[Config, Path, str]) 
     assert (t.role, t.listen, t.transport, t.encryption) == ("listen", "0.0.0.0:55555",
                                                              "tcp", "none")
     assert peer.interfaces["tap0"].mode == "tap"
-    assert peer.interfaces["tap0"].addresses == ("10.235.2.1/24",)
+    # the connecting end proposes the address before its own (issue 15.13): the one a
+    # listener's peer-config would have given it .254 from
+    assert peer.interfaces["tap0"].addresses == ("10.235.2.253/24",)

@@ -55,6 +55,17 @@ def test_human_duration_and_ago() -> None:
     assert render.ago(NOW + 10, NOW).startswith("in 10 seconds")
 
 
+def test_since_reads_like_wg_show_never_now() -> None:
+    """issue 15.2: a state that began within the last second read ``(since Now)``."""
+    for delta, text in ((0.4, "0 seconds ago"), (12.7, "12 seconds ago"),
+                        (63, "1 minute, 3 seconds ago")):
+        t = {**STATUS["tunnels"]["wan0"], "since": NOW - delta}
+        out = render.render_status({"tunnels": {"wan0": t}}, now=NOW)
+        assert f"  state: up (since {text})" in out.splitlines(), out
+    d = render.render_status({"daemon": {"started": NOW - 0.2}, "tunnels": {}}, now=NOW)
+    assert "  started: 0 seconds ago" in d.splitlines()
+
+
 def test_status_blocks_like_wg_show() -> None:
     text = render.render_status(STATUS, now=NOW)
     blocks = text.split("\n\n")

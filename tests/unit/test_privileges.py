@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pwd
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tund.relay.process import privileges
 from tund.relay.process.privileges import problems
-from tund.workerapi.run_as import RunAs, resolve_worker_user
+from tund.workerapi.run_as import RunAs, WorkerUserError, resolve_worker_user
 
 USERS = {"tund": (998, 997), "nobody": (65534, 65534), "root": (0, 0)}
 
@@ -43,18 +45,28 @@ def test_configured_user_is_used(userdb: dict[str, tuple[int, int]]) -> None:
     assert resolve_worker_user("998", euid=0) == RunAs(998, 997, "tund")
 
 
-def test_missing_user_falls_back_to_nobody_with_a_warning(
-        userdb: dict[str, tuple[int, int]], caplog: pytest.LogCaptureFixture) -> None:
-    del userdb["tund"]
-    with caplog.at_level(logging.WARNING, "tund.workerapi.run_as"):
-        assert resolve_worker_user("tund", euid=0) == RunAs(65534, 65534, "nobody")
-    assert "'tund' does not exist" in caplog.text and "'nobody'" in caplog.text
-
-
-def test_without_nobody_either_the_overflow_ids_are_used(
+def test_missing_user_is_an_error_with_the_useradd_hint_never_nobody(
         userdb: dict[str, tuple[int, int]]) -> None:
-    del userdb["tund"], userdb["nobody"]
-    assert resolve_worker_user("tund", euid=0) == RunAs(65534, 65534, "65534")
+    del userdb["tund"]
+    with pytest.raises(WorkerUserError) as e:
+        resolve_worker_user("tund", euid=0)
+    assert "'tund' does not exist" in str(e.value)
+    assert "useradd --system --no-create-home --shell /usr/sbin/nologin tund" in str(e.value)
+    with pytest.raises(WorkerUserError, match="'tund-w' does not exist"):
+        resolve_worker_user("tund-w", euid=0)
+    with pytest.raises(WorkerUserError, match="'4242' does not exist"):
+        resolve_worker_user("4242", euid=0)
+
+
+def test_explicit_nobody_is_allowed_with_a_warning(
+        userdb: dict[str, tuple[int, int]], caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "tund.workerapi.run_as"):
+        assert resolve_worker_user("nobody", euid=0) == RunAs(65534, 65534, "nobody")
+    assert "share uid 65534" in caplog.text and "useradd" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "tund.workerapi.run_as"):
+        assert resolve_worker_user("tund", euid=0) == RunAs(998, 997, "tund")
+    assert caplog.text == ""
 
 
 def test_root_or_a_non_root_daemon_means_no_switch(
@@ -103,3 +115,33 @@ def test_without_switch_only_capabilities_and_no_new_privs_are_judged() -> None:
     assert problems(status, None) == []
     assert problems({**status, "CapEff": "0000000000000001"}, None) != []
     assert privileges.PRELOAD  # what the drop imports first is stated, not implicit
+
+
+def test_daemon_start_and_reload_refuse_a_missing_worker_user(
+        userdb: dict[str, tuple[int, int]], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """As root with no 'tund' user: start fails before anything is made, a reload to a
+    missing user is refused (located at daemon.worker_user), never 'nobody'."""
+    from tund import config
+    from tund.daemon import engine as engine_mod
+    from tund.errors import ConfigError
+
+    monkeypatch.setattr(engine_mod, "resolve_worker_user",
+                        lambda user: resolve_worker_user(user, euid=0))
+    del userdb["tund"]
+    NOBODY = RunAs(65534, 65534, "nobody")
+    path = tmp_path / "tunnels.toml"
+    path.write_text("[daemon]\n")
+    engine = engine_mod.Engine(path, fork_server=False)
+    with pytest.raises(ConfigError) as e:
+        asyncio.run(engine.start(config.load(path)))
+    assert "daemon.worker_user" in str(e.value) and "useradd --system" in str(e.value)
+    assert engine.config is None and not engine.runners
+    path.write_text('[daemon]\nworker_user = "nobody"\n')
+    asyncio.run(engine.start(config.load(path)))
+    assert engine._worker_cls.RUN_AS == NOBODY
+    path.write_text('[daemon]\nworker_user = "tund-missing"\n')
+    with pytest.raises(ConfigError, match="'tund-missing' does not exist"):
+        asyncio.run(engine.reload())
+    assert engine._worker_cls.RUN_AS == NOBODY
+    assert engine.last_reload is not None and not engine.last_reload["ok"]

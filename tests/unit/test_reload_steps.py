@@ -243,3 +243,69 @@ def test_failed_ip_step_names_the_interface_and_undoes(
         await eng.shutdown()
 
     asyncio.run(go())
+
+
+class CapturingJournal(logging.Handler):
+    """tund's JournalHandler with its ``send`` captured: the (MESSAGE, fields) journald
+    would get, for every record of every logger."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        super().__init__()
+        from tund import logs
+
+        journal = pytest.importorskip("systemd.journal")
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.inner = logs._make_handler("journal")
+        assert isinstance(self.inner, journal.JournalHandler)
+        monkeypatch.setattr(self.inner, "send",
+                            lambda message, /, **fields: self.sent.append((message, fields)))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.inner.emit(record)
+
+
+def test_every_message_about_an_interface_or_tunnel_carries_its_field(
+        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15.12: creation, ``[#] ip``, removal of an interface without a tunnel carry
+    TUND_INTERFACE; a tunnel's messages carry TUND_TUNNEL (fails before: 'create device',
+    'delete device' and reload-logged ip lines had no field)."""
+    ip, _ = fakes
+    path = tmp_path / "tunnels.toml"
+    port = _free_port()
+    eng = Engine(path, ip=ip, fork_server=False)
+    journal = CapturingJournal(monkeypatch)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(journal)
+    root.setLevel(logging.DEBUG)
+    try:
+        async def go() -> None:
+            await _start(eng, _iface("zqa0", addrs=["10.91.6.1/24"])
+                         + _iface("zqk0", addrs=["10.91.1.1/24"]) + _tunnel("keep", "zqk0"),
+                         path)
+            path.write_text(_iface("zqb0", addrs=["10.91.7.1/24"], extra="persist = false")
+                            + _iface("zqk0", addrs=["10.91.1.1/24"]) + _tunnel("keep", "zqk0")
+                            + _iface("zqn0") + _tunnel("new", "zqn0", "listen",
+                                                       f"127.0.0.1:{port}"))
+            await eng.reload()
+            await eng.shutdown()
+
+        asyncio.run(go())
+    finally:
+        root.removeHandler(journal)
+        root.setLevel(old_level)
+    about: dict[str, list[str]] = {}
+    for shown, fields in journal.sent:
+        message = shown.split("] ", 1)[1] if shown.startswith("[") else shown  # the prefix
+        for iface in ("zqa0", "zqb0", "zqk0", "zqn0"):
+            if iface in message:
+                about.setdefault(iface, []).append(message)
+                assert fields.get("TUND_INTERFACE") == iface, (message, fields)
+        for tunnel in ("keep", "new"):
+            if f"tunnel {tunnel}" in message:
+                assert fields.get("TUND_TUNNEL") == tunnel, (message, fields)
+    assert "delete device zqa0" in about["zqa0"]
+    assert about["zqb0"][:3] == ["create device zqb0 (mode tun)", "[#] ip link set zqb0 up",
+                                 "[#] ip addr add 10.91.7.1/24 dev zqb0"]
+    assert any(m.startswith("[#] close zqb0") for m in about["zqb0"])

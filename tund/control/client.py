@@ -9,7 +9,9 @@ Error handling:
 * the daemon could not be reached, or went away / stalled before answering
                                           -> :class:`DaemonUnreachable`, whose ``.reason``
   is ``missing`` (no socket at the path), ``refused`` (a stale socket: nothing listens),
-  ``permission`` (not root and not in the control group), ``timeout`` or ``closed``;
+  ``permission`` (not root and not in the control group), ``timeout``, ``closed``, or
+  ``unsafe`` (the socket or a directory on its way is another user's, or writable by
+  others: it may be a fake, so it is never connected to; see :mod:`tund.control.sockdir`);
 * the reply could not be understood        -> ControlError with the protocol error's code.
 """
 
@@ -22,7 +24,7 @@ import socket
 import time
 from typing import Any, Literal
 
-from tund.control import protocol
+from tund.control import protocol, sockdir
 from tund.control.protocol import ProtocolError
 from tund.errors import ControlError, TundError
 
@@ -31,7 +33,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_CONTROL_SOCKET = "/run/tund/control.sock"
 SOCKET_ENV = "TUND_CONTROL_SOCKET"
 
-Reason = Literal["missing", "refused", "permission", "timeout", "closed", "other"]
+Reason = Literal["missing", "refused", "permission", "timeout", "closed", "unsafe", "other"]
 
 
 class DaemonUnreachable(TundError):
@@ -72,6 +74,10 @@ class Connection:
         self.path = path
         self.timeout = timeout
         self._buf = bytearray()
+        problem = sockdir.socket_problem(path)
+        if problem is not None:
+            raise DaemonUnreachable("unsafe", f"refusing to talk to control socket {path}: "
+                                    f"{problem}")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:

@@ -11,12 +11,17 @@ The server knows nothing of what commands do. For each request it awaits
 
 Socket handling (see :meth:`ControlServer.start`):
 
-* the parent directory is created (0755) when missing;
+* the directories leading to the socket must be root's (or the daemon's user's) and not
+  writable by others unless sticky and root's (:mod:`tund.control.sockdir`); otherwise
+  start fails, before anything is created; the parent directory is created (0755) when
+  missing;
 * an existing path is probed: if something answers, start fails ("another tund is
   running"); a dead socket is unlinked; anything that is not a socket is left alone
   and start fails;
-* bind under umask 077, then chmod 0660 and, with ``group``, chgrp to that group, so
-  only the owner (root) and the control group can connect;
+* bind under umask 117, so the socket is born 0660 (no chmod by path afterwards), then,
+  with ``group``, chgrp to that group with ``lchown`` (never following a link), before
+  ``listen``; ``lstat`` checks the result is our socket. Only the owner (root) and the
+  control group can connect;
 * :meth:`ControlServer.close` unlinks the socket only if it is still the one bound here.
 
 Per connection: requests are handled one at a time, replies in order; a connection
@@ -47,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tund.control import protocol
+from tund.control import protocol, sockdir
 from tund.control.protocol import ErrorCode, ProtocolError
 from tund.errors import TundError
 
@@ -132,24 +137,49 @@ def _clear_stale(path: Path) -> None:
         path.unlink()
 
 
+def _check_dir(path: Path) -> None:
+    problem = sockdir.dir_problem(path)
+    if problem is not None:
+        raise ControlSocketError(f"refusing control socket {path}: {problem}")
+
+
+def _check_bound(path: Path, gid: int | None) -> None:
+    """The path is still the socket just bound: ours, 0660, of group ``gid``."""
+    st = path.lstat()
+    if (not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid()
+            or stat.S_IMODE(st.st_mode) != SOCKET_MODE
+            or (gid is not None and st.st_gid != gid)):
+        raise ControlSocketError(
+            f"control socket {path} is not as bound (mode {stat.S_IMODE(st.st_mode):04o}, "
+            f"uid {st.st_uid}, gid {st.st_gid}; expected a socket {SOCKET_MODE:04o} of uid "
+            f"{os.geteuid()}" + ("" if gid is None else f", gid {gid}")
+            + "): something replaced it")
+
+
 def bind_control_socket(path: Path, gid: int | None) -> socket.socket:
     """Create, bind and listen on the control socket at ``path`` (see module docstring)."""
+    _check_dir(path)
     if not path.parent.is_dir():
         log.info("creating control socket directory %s (mode %o)", path.parent, DIR_MODE)
         path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        _check_dir(path)
     _clear_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        old_umask = os.umask(0o077)
+        old_umask = os.umask(0o777 & ~SOCKET_MODE)
         try:
             sock.bind(str(path))
         finally:
             os.umask(old_umask)
-        os.chmod(path, SOCKET_MODE)
         if gid is not None:
-            os.chown(path, -1, gid)
+            log.info("[#] chgrp %d %s (not following links)", gid, path)
+            os.chown(path, -1, gid, follow_symlinks=False)
+        _check_bound(path, gid)
         sock.listen(64)
         sock.setblocking(False)
+    except ControlSocketError:
+        sock.close()
+        raise
     except OSError as e:
         sock.close()
         raise ControlSocketError(f"cannot listen on control socket {path}: "

@@ -55,15 +55,21 @@ def _list(items: list[str]) -> str:
     return "[" + ", ".join(_q(i) for i in items) + "]"
 
 
-def mirror_address(address: str, taken: set[ipaddress.IPv4Address | ipaddress.IPv6Address]
-                   ) -> str:
+def mirror_address(address: str, taken: set[ipaddress.IPv4Address | ipaddress.IPv6Address],
+                   *, before: bool = False) -> str:
     """Another host address in the same subnet as ``address`` (``A/N``): the next free one
-    after it (wrapping around), skipping network and broadcast addresses and ``taken``.
-    A /31 (/127) gives the other address; a /32 (/128) the next address, same prefix."""
+    after it (``before``: the free one before it), wrapping around, skipping network and
+    broadcast addresses and ``taken``. A /31 (/127) gives the other address; a /32 (/128)
+    the next (previous) address, same prefix.
+
+    peer-config pairs the addresses so that the listening end has the lower one: run on
+    the listener (``.1``) it proposes the next (``.2``), run on the connecting end
+    (``.2``) the one before (``.1``), so each end's proposal is the other's address."""
     iface = ipaddress.ip_interface(address)
     net, ip = iface.network, iface.ip
+    sign = -1 if before else 1
     if net.num_addresses == 1:
-        return f"{ip + 1}/{net.prefixlen}"
+        return f"{ip + sign}/{net.prefixlen}"
     first, last = int(net.network_address), int(net.broadcast_address)
     if net.num_addresses > 2 and net.version == 4:
         first, last = first + 1, last - 1  # no network / broadcast address
@@ -71,7 +77,7 @@ def mirror_address(address: str, taken: set[ipaddress.IPv4Address | ipaddress.IP
         first += 1  # IPv6: the subnet-router anycast address
     size = last - first + 1
     for step in range(1, min(size, 65536) + 1):
-        cand = ipaddress.ip_address(first + (int(ip) - first + step) % size)
+        cand = ipaddress.ip_address(first + (int(ip) - first + sign * step) % size)
         if cand != ip and cand not in taken:
             return f"{cand}/{net.prefixlen}"
     raise ValueError(f"no free address left in {net} for the peer")
@@ -93,8 +99,8 @@ def _endpoint_lines(t: TunnelConfig, endpoint: str | None) -> list[str]:
             f"remote = {_q(f'{PLACEHOLDER_HOST}:{port}')}"]
 
 
-def _interface_lines(name: str, iface: InterfaceConfig, theirs_routes: tuple[str, ...]
-                     ) -> list[str]:
+def _interface_lines(name: str, iface: InterfaceConfig, theirs_routes: tuple[str, ...],
+                     *, we_connect: bool = False) -> list[str]:
     lines = [f"[{render_path(['interfaces', name])}]",
              f"mode = {_q(iface.mode)}"]
     if iface.mtu is not None:
@@ -102,7 +108,7 @@ def _interface_lines(name: str, iface: InterfaceConfig, theirs_routes: tuple[str
     taken = {ipaddress.ip_interface(a).ip for a in iface.addresses}
     mirrored = []
     for a in iface.addresses:
-        m = mirror_address(a, taken)
+        m = mirror_address(a, taken, before=we_connect)
         taken.add(ipaddress.ip_interface(m).ip)
         mirrored.append(m)
     if mirrored:
@@ -130,7 +136,7 @@ def peer_toml(cfg: Config, tunnel: str, *, endpoint: str | None = None,
     lines = [f"# tund configuration for the other end of tunnel {tunnel!r},",
              "# made by `tundctl peer-config`. Fill in anything marked FILL IN, then run",
              "# `tundctl check` on it.", ""]
-    lines += _interface_lines(t.interface, iface, iface.routes)
+    lines += _interface_lines(t.interface, iface, iface.routes, we_connect=t.role == "remote")
     lines += ["", f"[{render_path(['tunnels', tunnel])}]", f"interface = {_q(t.interface)}",
               f"transport = {_q(t.transport)}"]
     lines += _endpoint_lines(t, endpoint)

@@ -247,9 +247,37 @@ def _tunnel_action(name: str, description: str) -> Callable[[Context, list[str]]
 
 
 _PATH_HELP = "config file (default: $TUND_CONFIG or /etc/tund/tunnels.toml)"
+_DAEMON_PATH_HELP = ("config file (default: --config, else $TUND_CONFIG, else the one the "
+                     "running daemon reads, else /etc/tund/tunnels.toml)")
 
 
-def _load_config(name: str, path_arg: str | None) -> tuple[Path, Any] | int:
+def daemon_config_path(ctx: Context, ns: argparse.Namespace) -> Path | None:
+    """The main config file of the daemon on the control socket (its ``status`` reply's
+    ``daemon.config``), or None when no daemon answers or it does not say."""
+    path = client.default_socket_path(getattr(ns, "socket", None) or ctx.socket)
+    try:
+        reply = client.call(path, "status")
+    except (DaemonUnreachable, ControlError, TundError, OSError, ValueError):
+        return None
+    daemon = reply.get("daemon") if isinstance(reply, dict) else None
+    found = daemon.get("config") if isinstance(daemon, dict) else None
+    return Path(found) if isinstance(found, str) and found else None
+
+
+def config_path_for(ctx: Context, ns: argparse.Namespace) -> Path | None:
+    """Which file ``config`` / ``peer-config`` read: ``PATH``, ``--config``,
+    ``$TUND_CONFIG``, the running daemon's, else None (the default)."""
+    import os
+
+    explicit = getattr(ns, "path", None) or getattr(ns, "config", None)
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("TUND_CONFIG"):
+        return Path(os.environ["TUND_CONFIG"])
+    return daemon_config_path(ctx, ns)
+
+
+def _load_config(name: str, path_arg: str | Path | None) -> tuple[Path, Any] | int:
     """Load and validate offline: (path, Config), or report every problem and return 1."""
     from tund import config  # late: pydantic is not needed by the daemon commands
     from tund.errors import ConfigError
@@ -288,14 +316,15 @@ def cmd_check(ctx: Context, argv: list[str]) -> int:
 
 def cmd_config(ctx: Context, argv: list[str]) -> int:
     parser = _parser("config", "Print the effective configuration as TOML: drop-ins merged, "
-                     "defaults filled in (offline, from the files, like `check`). Key files "
-                     "are named, never read.", daemon=False, json_flag=False)
-    parser.add_argument("path", nargs="?", help=_PATH_HELP)
+                     "defaults filled in (from the files, like `check`; by default those of "
+                     "the running daemon). Key files are named, never read.", json_flag=False)
+    parser.add_argument("path", nargs="?", help=_DAEMON_PATH_HELP)
+    parser.add_argument("--config", metavar="PATH", help="config file (as PATH)")
     ns = parser.parse_args(argv)
     from tund import config
     from tund.ctl import confout
 
-    loaded = _load_config("config", ns.path)
+    loaded = _load_config("config", config_path_for(ctx, ns))
     if isinstance(loaded, int):
         return loaded
     path, cfg = loaded
@@ -320,17 +349,19 @@ def _own_public_key(private_key_file: str | None) -> tuple[str | None, str]:
 
 def cmd_peer_config(ctx: Context, argv: list[str]) -> int:
     parser = _parser("peer-config", "Print the TOML the other end of TUNNEL needs: listen "
-                     "and remote swapped, addresses mirrored, this end's public key.",
-                     daemon=False, json_flag=False)
+                     "and remote swapped, addresses mirrored, this end's public key (from "
+                     "the running daemon's config unless PATH or --config names one).",
+                     json_flag=False)
     parser.add_argument("tunnel", help="tunnel name")
-    parser.add_argument("path", nargs="?", help=_PATH_HELP)
+    parser.add_argument("path", nargs="?", help=_DAEMON_PATH_HELP)
+    parser.add_argument("--config", metavar="PATH", help="config file (as PATH)")
     parser.add_argument("--endpoint", metavar="HOST",
                         help="this host's address or name as the peer reaches it (for a "
                              "tunnel that listens on 0.0.0.0 or [::])")
     ns = parser.parse_args(argv)
     from tund.ctl import confout
 
-    loaded = _load_config("peer-config", ns.path)
+    loaded = _load_config("peer-config", config_path_for(ctx, ns))
     if isinstance(loaded, int):
         return loaded
     _path, cfg = loaded
@@ -404,9 +435,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("restart", _tunnel_action("restart", "Restart a tunnel's worker."),
             "Restart a tunnel's worker (TUNNEL)"),
     Command("check", cmd_check, "Validate a configuration offline ([PATH])"),
-    Command("config", cmd_config, "Print the effective configuration as TOML ([PATH])"),
+    Command("config", cmd_config, "Print the effective configuration as TOML "
+            "([PATH | --config PATH]; default: the running daemon's)"),
     Command("peer-config", cmd_peer_config, "Print the other end's config of a tunnel "
-            "(TUNNEL [PATH] [--endpoint HOST])"),
+            "(TUNNEL [PATH | --config PATH] [--endpoint HOST])"),
     Command("genkey", _key_command("genkey", "generate_private_key",
                                    "Print a new private key (base64)."),
             "Print a new private key"),

@@ -100,6 +100,16 @@ def ago(timestamp: float, now: float) -> str:
     return f"{human_duration(delta)} ago"
 
 
+def elapsed(timestamp: float, now: float) -> str:
+    """``"12 seconds ago"``, ``"1 minute, 3 seconds ago"``, also within the first second
+    (``"0 seconds ago"``, never ``"Now"``): for when a state began, read as ``since ...``;
+    future -> ``"in ..."`` as :func:`ago`."""
+    delta = now - timestamp
+    if delta <= -1:
+        return f"in {human_duration(-delta)} (clock skew?)"
+    return f"{human_duration(delta)} ago"
+
+
 def _num(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -123,7 +133,7 @@ def _daemon_block(d: Mapping[str, Any], p: _Painter, now: float) -> list[str]:
     if d.get("config"):
         lines.append(p.field("config", str(d["config"])))
     if _num(d.get("started")):
-        lines.append(p.field("started", ago(d["started"], now)))
+        lines.append(p.field("started", elapsed(d["started"], now)))
     reloads = d.get("reloads")
     last = d.get("last_reload")
     if reloads is not None or isinstance(last, Mapping):
@@ -171,7 +181,7 @@ def _tunnel_block(name: str, t: Mapping[str, Any], p: _Painter, now: float) -> l
 
     add("interface", t.get("interface"))
     state = str(t.get("state") or "unknown")
-    since = f" (since {ago(t['since'], now)})" if _num(t.get("since")) else ""
+    since = f" (since {elapsed(t['since'], now)})" if _num(t.get("since")) else ""
     add("state", p.state(state) + since)
     add("transport", _transport_text(t))
     add("encryption", t.get("encryption"))

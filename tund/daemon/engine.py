@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tund import config
+from tund import config, logs
 from tund.config import Config, InterfaceConfig, TunnelConfig
 from tund.daemon import plan, status
 from tund.daemon import reload as reloading
@@ -46,7 +46,7 @@ from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, Spa
 from tund.supervise.runner import Limits, TunnelRunner
 from tund.supervise.worker import WorkerProcess, worker_class
 from tund.workerapi import underlay
-from tund.workerapi.run_as import resolve_worker_user
+from tund.workerapi.run_as import WorkerUserError, resolve_worker_user
 from tund.workerapi.spec import WorkerSpec
 
 log = logging.getLogger("tund.daemon.engine")
@@ -98,9 +98,9 @@ class Engine:
     async def start(self, cfg: Config) -> None:
         """Bring up every interface and start every tunnel of ``cfg``."""
         async with self._lock:
+            self._set_worker_user(cfg.daemon.worker_user)  # ConfigError: nothing started
             self.config = cfg
             self._start_fork_server()
-            self._set_worker_user(cfg.daemon.worker_user)
             self._read_all_keys(cfg)
             self._bind_listeners(cfg)
             await self._bring_up_all(cfg)
@@ -147,13 +147,19 @@ class Engine:
             for name, dev in list(self.devices.items()):
                 persistent = self.config is not None and self.config.interfaces[name].persist
                 log.info("[#] close %s (%s)", name,
-                         "persistent: stays" if persistent else "not persistent: removed")
+                         "persistent: stays" if persistent else "not persistent: removed",
+                         extra=self._fields_of_interface(name))
                 tuntap.close(dev.fd)
             self.devices.clear()
             if self.fork_server is not None:
                 self.fork_server.close()
 
     # ------------------------------------------------------------------ interfaces
+
+    def _fields_of_interface(self, name: str) -> dict[str, str]:
+        """Journal fields of a message about device ``name`` (its tunnel's too, if any)."""
+        found = self.config.tunnel_for(name) if self.config is not None else None
+        return logs.fields(interface=name, tunnel=found[0] if found else None)
 
     def _open_and_configure(self, name: str, iface: InterfaceConfig) -> None:
         """Open (create or adopt) device ``name`` and apply its ``ip`` config; raises."""
@@ -249,10 +255,18 @@ class Engine:
             preshared_key=km.preshared_key, timers=dict(self.timers))
 
     def _set_worker_user(self, user: str) -> None:
-        """Workers started from now on run as ``user`` (see tund.relay.process.privileges)."""
+        """Workers started from now on run as ``user`` (see tund.relay.process.privileges).
+
+        Raises ConfigError (located at ``daemon.worker_user``) when ``user`` does not exist;
+        nothing is changed then."""
         if user != self._worker_user:
+            try:
+                cls = worker_class(resolve_worker_user(user), self._launcher)
+            except WorkerUserError as e:
+                raise ConfigError([ConfigIssue(str(self.config_path), 0, "daemon.worker_user",
+                                               str(e))]) from None
             self._worker_user = user
-            self._worker_cls = worker_class(resolve_worker_user(user), self._launcher)
+            self._worker_cls = cls
 
     def runner(self, name: str) -> TunnelRunner:
         try:
@@ -301,6 +315,13 @@ class Engine:
                     self._note_reload(False, f"tunnel {name}: {e}")
                     raise ConfigError([ConfigIssue(
                         str(self.config_path), 0, f"tunnels.{name}", str(e))]) from None
+            if new.daemon.worker_user != self._worker_user:
+                try:
+                    resolve_worker_user(new.daemon.worker_user)
+                except WorkerUserError as e:
+                    self._note_reload(False, str(e))
+                    raise ConfigError([ConfigIssue(str(self.config_path), 0,
+                                                   "daemon.worker_user", str(e))]) from None
             p = plan.diff(self.config, new,
                           {n: k.fingerprint() for n, k in self.keys.items()},
                           {n: k.fingerprint() for n, k in new_keys.items()})

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tund import __version__, config, sdnotify
+from tund import __version__, config, proctitle, sdnotify
 from tund.config import Config
 from tund.control import auth
 from tund.control.server import ControlServer, PeerCred
@@ -129,7 +129,11 @@ class Daemon:
             log.error("cannot open control socket %s: %s", self.socket_path, e)
             return 1
         try:
-            await self.engine.start(self.cfg)
+            try:
+                await self.engine.start(self.cfg)
+            except ConfigError as e:
+                log.error("not starting:\n%s", e)
+                return 1
             await self._start_metrics()
             loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._sighup()))
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from tund import logs
 
-    path = args.config or config.default_config_path()
+    path = (args.config or config.default_config_path()).absolute()  # status names it
     try:
         cfg = config.load(path)
     except ConfigError as e:
@@ -203,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     logs.setup(args.log_level or cfg.daemon.log_level)
+    proctitle.set_title(proctitle.daemon_title(str(path)), "tund")
     socket_path = args.control_socket or cfg.daemon.control_socket
     return asyncio.run(Daemon(cfg, path, socket_path, timers=args.test_timers).run())
 

@@ -32,10 +32,11 @@ import logging
 import os
 import shlex
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
+from tund import logs
 from tund.config import Config, InterfaceConfig, TunnelConfig
 from tund.daemon.plan import InterfaceChange, Plan
 from tund.errors import KernelError, ReloadError
@@ -59,6 +60,8 @@ class Step:
     listed: bool = True  # False: bookkeeping (the commit), neither listed nor logged at info
     self_logged: bool = False  # ``do`` logs ``describe`` itself (IpRunner.run does)
     best_effort: bool = False  # a failure is logged and reported; nothing is undone
+    #: journal fields of its messages (TUND_INTERFACE / TUND_TUNNEL, see tund.logs.fields)
+    fields: Mapping[str, str] = field(default_factory=dict)
 
 
 class Target(Protocol):
@@ -101,14 +104,14 @@ class Target(Protocol):
 # --------------------------------------------------------------------------- building
 
 
-def _ip_step(ip: Ip, s: reconcile.Step, part: str) -> Step:
+def _ip_step(ip: Ip, s: reconcile.Step, part: str, link: str) -> Step:
     """An ``ip`` command as a reload step; undone by its reverting command."""
     if isinstance(ip, IpRunner):  # it logs the line as it runs it: say exactly that line
         line, self_logged = "[#] " + shlex.join(ip.command(s.argv)), True
     else:
         line, self_logged = "[#] " + shlex.join(("ip", *s.argv)), False
     return Step(line, partial(ip.run, s.argv), partial(reconcile.rollback, ip, [s]), part,
-                self_logged=self_logged)
+                self_logged=self_logged, fields=logs.fields(interface=link))
 
 
 def _link_state(ip: Ip, name: str) -> reconcile.LinkState:
@@ -121,8 +124,8 @@ def _link_state(ip: Ip, name: str) -> reconcile.LinkState:
 def _create(t: Target, name: str, iface: InterfaceConfig, part: str,
             state: reconcile.LinkState) -> list[Step]:
     create = Step(f"create device {name} (mode {iface.mode})", partial(t.open_device, name, iface),
-                  partial(t.remove_device, name), part)
-    return [create, *(_ip_step(t.ip, s, part)
+                  partial(t.remove_device, name), part, fields=logs.fields(interface=name))
+    return [create, *(_ip_step(t.ip, s, part, name)
                       for s in reconcile.plan_steps(name, iface, state))]
 
 
@@ -136,20 +139,21 @@ def _in_place(t: Target, c: InterfaceChange, p: Plan, new: Config) -> list[Step]
         flag = f"persist={str(c.new.persist).lower()}"
         return [Step(f"set {flag} on device {c.name}",
                      partial(t.set_persist, c.name, c.new.persist),
-                     partial(t.set_persist, c.name, c.old.persist))]
+                     partial(t.set_persist, c.name, c.old.persist),
+                     fields=logs.fields(interface=c.name))]
     if c.action != "reconfigure":
         return []
     assert c.new is not None and t.config is not None
     part = f"configure {c.name}"
     ip_steps = reconcile.plan_steps(c.name, c.new, reconcile.read_state(t.ip, c.name))
-    out = [_ip_step(t.ip, s, part) for s in ip_steps]
+    out = [_ip_step(t.ip, s, part, c.name) for s in ip_steps]
     found = new.tunnel_for(c.name)
     kept = found is not None and found[0] in p.of("tunnels", "unchanged")
     if kept and c.new.mtu is not None and any(s.argv[3:4] == ("mtu",) for s in ip_steps):
         assert found is not None
         out.append(Step(f"tell worker of tunnel {found[0]}: mtu {c.new.mtu}",
                         partial(t.push_mtu, c.name, new), partial(t.push_mtu, c.name, t.config),
-                        part))
+                        part, fields=logs.fields(interface=c.name, tunnel=found[0])))
     return out
 
 
@@ -157,7 +161,8 @@ def _recreate(t: Target, c: InterfaceChange) -> list[Step]:
     assert c.new is not None and c.old is not None
     part = f"recreate {c.name}"
     delete = Step(f"delete device {c.name} to recreate it ({c.reason})",
-                  partial(t.remove_device, c.name), partial(t.restore_device, c.name, c.old), part)
+                  partial(t.remove_device, c.name), partial(t.restore_device, c.name, c.old), part,
+                  fields=logs.fields(interface=c.name))
     return [delete, *_create(t, c.name, c.new, part, reconcile.LinkState(name=c.name))]
 
 
@@ -166,7 +171,7 @@ def _bind(t: Target, name: str, tc: TunnelConfig) -> Step:
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return Step(f"bind {tc.transport} {where} for tunnel {name}",
                 partial(t.bind_listener, name, tc), partial(t.close_listener, name),
-                f"bind tunnel {name}")
+                f"bind tunnel {name}", fields=logs.fields(interface=tc.interface, tunnel=name))
 
 
 def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[Step]:
@@ -175,13 +180,19 @@ def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[
     Reads the links to be reconfigured or adopted; raises KernelError if that fails.
     """
     assert t.config is not None
+    old = t.config
+
+    def of_tunnel(name: str) -> dict[str, str]:
+        tc = new.tunnels.get(name) or old.tunnels.get(name)
+        return logs.fields(interface=tc.interface if tc else None, tunnel=name)
+
     steps = [s for c in p.interfaces for s in _in_place(t, c, p, new)]  # 1
     for tc in p.tunnels:  # 2
         if tc.action in ("remove", "restart"):
             why = f" ({tc.reason})" if tc.reason else ""
             steps.append(Step(f"stop worker of tunnel {tc.name}{why}",
                               partial(t.stop_tunnel, tc.name), partial(t.start_tunnel, tc.name),
-                              f"stop tunnel {tc.name}"))
+                              f"stop tunnel {tc.name}", fields=of_tunnel(tc.name)))
     steps += [s for c in p.interfaces if c.action == "recreate" for s in _recreate(t, c)]  # 3
     starting = [tc.name for tc in p.tunnels if tc.action in ("add", "restart")]
     steps += [_bind(t, n, new.tunnels[n]) for n in starting  # 4
@@ -191,9 +202,10 @@ def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[
                       partial(t.switch, t.config, dict(t.keys), dict(t.key_errors)),
                       listed=False))
     steps += [Step(f"start worker of tunnel {n}", partial(t.start_tunnel, n),
-                   partial(t.stop_tunnel, n)) for n in starting]
+                   partial(t.stop_tunnel, n), fields=of_tunnel(n)) for n in starting]
     steps += [Step(f"delete device {c.name}", partial(t.remove_device, c.name),  # 6
-                   best_effort=True) for c in p.interfaces if c.action == "remove"]
+                   best_effort=True, fields=logs.fields(interface=c.name))
+              for c in p.interfaces if c.action == "remove"]
     return steps
 
 
@@ -223,11 +235,13 @@ async def _undo(done: Sequence[Step]) -> None:
     for step in reversed(done):
         if step.undo is None:
             continue
-        log.info("reload rollback: undo %r", step.describe)
+        extra = dict(step.fields)
+        log.info("reload rollback: undo %r", step.describe, extra=extra)
         try:
             await _call(step.undo)
         except (KernelError, OSError) as e:
-            log.error("reload rollback: undo of %r failed: %s", step.describe, _why(e))
+            log.error("reload rollback: undo of %r failed: %s", step.describe, _why(e),
+                      extra=extra)
 
 
 async def run(steps: Sequence[Step]) -> list[str]:
@@ -235,20 +249,21 @@ async def run(steps: Sequence[Step]) -> list[str]:
     done: list[Step] = []
     actions: list[str] = []
     for step in steps:
+        extra = dict(step.fields)
         if not step.listed:
-            log.debug("reload: %s", step.describe)
+            log.debug("reload: %s", step.describe, extra=extra)
         elif not step.self_logged:
-            log.info("%s", step.describe)
+            log.info("%s", step.describe, extra=extra)
         try:
             await _call(step.do)
         except (KernelError, OSError) as e:
             if step.best_effort:
-                log.error("reload: could not %s: %s", step.describe, _why(e))
+                log.error("reload: could not %s: %s", step.describe, _why(e), extra=extra)
                 actions.append(f"could not {step.describe}: {_why(e)}")
                 continue
             n = sum(1 for s in done if s.listed)
             log.error("reload: step %r failed: %s; undoing %d step(s)", step.describe,
-                      _why(e), n)
+                      _why(e), n, extra=extra)
             await _undo(done)
             where = f"{step.part!r} ({step.describe})" if step.part else repr(step.describe)
             raise ReloadError(f"reload failed at step {where}: {_why(e)}; the {n} step(s) "

@@ -28,6 +28,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
+from tund import logs
 from tund.supervise.forkserver import Child, Launcher, SpawnLauncher
 from tund.workerapi.run_as import RunAs
 from tund.workerapi.spec import WorkerSpec
@@ -107,7 +108,9 @@ class WorkerProcess:
                 msg = json.loads(data)
             except ValueError:
                 log.warning("worker %s (pid %s) sent malformed control data (%d bytes)",
-                            self.spec.tunnel, self.pid, len(data))
+                            self.spec.tunnel, self.pid, len(data),
+                            extra=logs.fields(interface=self.spec.interface,
+                                              tunnel=self.spec.tunnel))
                 continue
             if isinstance(msg, dict):
                 self._on_message(msg)
@@ -136,7 +139,8 @@ class WorkerProcess:
         """Signal the process by PID (never by name)."""
         if self.proc is not None and self.proc.poll() is None:
             log.info("[#] kill -%d %s (worker of tunnel %s)", sig, self.proc.pid or "(pending)",
-                     self.spec.tunnel)
+                     self.spec.tunnel,
+                     extra=logs.fields(interface=self.spec.interface, tunnel=self.spec.tunnel))
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
 

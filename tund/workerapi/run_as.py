@@ -2,8 +2,9 @@
 
 :func:`resolve_worker_user` gives a :class:`RunAs` (uid, gid), or None when there is
 nothing to switch to (the daemon is not root, or the configured user is root). A user
-that does not exist falls back to ``nobody``, with a warning. The worker switches to it
-itself before its first packet (:mod:`tund.relay.process.privileges`).
+that does not exist raises :class:`WorkerUserError` (there is no fallback: ``nobody`` is
+shared with other services); an explicit ``nobody`` is allowed, with a warning. The worker
+switches to it itself before its first packet (:mod:`tund.relay.process.privileges`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,20 @@ import os
 import pwd
 from dataclasses import dataclass
 
+from tund.errors import TundError
+
 log = logging.getLogger("tund.workerapi.run_as")
 
-FALLBACK_USER = "nobody"
+#: Shared with other services: allowed when configured explicitly, never a fallback.
+SHARED_USER = "nobody"
+#: How to create the default worker user (in every "does not exist" message).
+USERADD_HINT = "useradd --system --no-create-home --shell /usr/sbin/nologin tund"
+
+
+class WorkerUserError(TundError):
+    """``worker_user`` names no user on this system (the message says how to create one)."""
+
+    code = "invalid-config"
 
 
 @dataclass(frozen=True)
@@ -52,8 +64,7 @@ def resolve_worker_user(user: str, euid: int | None = None) -> RunAs | None:
 
     None when workers keep the daemon's identity: the daemon is not root (it cannot switch),
     or ``user`` is root (logged as a warning). A ``user`` unknown to the user database
-    falls back to :data:`FALLBACK_USER` with a warning; if that is missing too, to
-    65534:65534 (the kernel's overflow ids).
+    raises WorkerUserError (no fallback); :data:`SHARED_USER` is allowed with a warning.
     """
     euid = os.geteuid() if euid is None else euid
     if euid != 0:
@@ -61,14 +72,15 @@ def resolve_worker_user(user: str, euid: int | None = None) -> RunAs | None:
         return None
     entry = _lookup(user)
     if entry is None:
-        log.warning("worker_user %r does not exist on this system; workers run as %r "
-                    "instead (create the user, e.g. with the Debian package, to silence this)",
-                    user, FALLBACK_USER)
-        entry = _lookup(FALLBACK_USER)
-        if entry is None:
-            log.warning("user %r does not exist either; workers run as 65534:65534",
-                        FALLBACK_USER)
-            return RunAs(65534, 65534, "65534")
+        raise WorkerUserError(
+            f"user {user!r} does not exist on this system; workers "
+            f"never fall back to {SHARED_USER!r} (shared with other services). Create it: "
+            f"`{USERADD_HINT}`" + ("" if user == "tund" else f" (with {user!r} for 'tund')")
+            + ", or set worker_user to an existing user")
+    if entry.pw_name == SHARED_USER or entry.pw_uid == 65534:
+        log.warning("worker_user %r: workers share uid %d with other services that run as "
+                    "%r; a dedicated user is advised (`%s`)", user, entry.pw_uid,
+                    entry.pw_name, USERADD_HINT)
     if entry.pw_uid == 0:
         log.warning("worker_user %r is root: workers keep root and its capabilities "
                     "(not advised)", user)

@@ -107,6 +107,8 @@ class Pump:
         self.turn = 0  # loop turns that handled events
         self._device_turn = -2  # the last turn that read the device
         self.exit_code = 0
+        # a datagram transport without a peer drops what the device gives before the codec
+        self._datagram = getattr(transport, "kind", "") == "udp"
 
     # ------------------------------------------------------------------ the loop
 
@@ -205,6 +207,9 @@ class Pump:
         # after work, says whether more are there: a lone packet (a request, or the
         # answer to what just arrived) leaves no read behind it.
         device, transport = self.device, self.transport
+        if transport.peer is None and self._datagram:
+            self._drop_unsendable()
+            return
         again, self._device_turn = self._device_turn == self.turn - 1, self.turn
         if again and self.busy:
             self._send_packets(device.read_batch(BATCH))
@@ -224,6 +229,15 @@ class Pump:
                 c.last_tx = self.wall
         if transport.backlogged:
             self._watch_device(False)  # backpressure: the kernel's device queue drops
+
+    def _drop_unsendable(self) -> None:
+        """No peer to send to (a UDP listener before its first peer, an endpoint that does
+        not resolve): each packet the device gives is one ``no_peer`` drop, and the codec
+        never sees it, so no handshake, hello or staged packet is made for nobody (each of
+        those used to add a drop of its own: two for one packet)."""
+        n = len(self.device.read_batch(BATCH))
+        if n:
+            self.c.drop("no_peer", n)
 
     def _send_packets(self, packets: list[bytes]) -> None:
         seal, send, now, maxp = self.codec.seal, self.transport.send, self.now, self.max_packet

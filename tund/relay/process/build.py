@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import socket
 from typing import Any
 
@@ -96,13 +95,10 @@ def build(spec: WorkerSpec, control: socket.socket) -> Pump:
         # The frames' IP check moves to OffloadCodec.
         if isinstance(codec, PlainCodec):
             codec.ip_check = False
-        # the tunnel's `offload` setting; TUND_OFFLOAD=1/0 in the environment overrides it
-        negotiate = {"1": True, "0": False}.get(os.environ.get("TUND_OFFLOAD", ""),
-                                                spec.offload)
         # WireGuard carries IP packets only (tun mode: the receiver strips padding by the
         # IP length and drops anything else as invalid_packet): frames go in envelopes
         codec = OffloadCodec(codec, functools.partial(set_device_offload, spec.device_fd),
-                             max_packet=mp, drops=counters.drops, negotiate=negotiate,
+                             max_packet=mp, drops=counters.drops, negotiate=spec.offload,
                              enveloped=not isinstance(codec, PlainCodec),
                              chunked=spec.transport == "udp")
         device = FdDevice(spec.device_fd, read_size=VNET_MAX_FRAME + 1)

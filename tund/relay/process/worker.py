@@ -14,12 +14,12 @@ Logs go to stderr, every line tagged with the tunnel name.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import socket
 import sys
 
+from tund import proctitle
 from tund.relay.errors import RelayError
 from tund.relay.loop.counters import Counters
 from tund.relay.loop.pump import Pump
@@ -61,13 +61,10 @@ def setup_logging(tunnel: str, program: str = "tund-relay") -> None:
     root.setLevel(logging.INFO)
 
 
-def set_process_name(tunnel: str) -> None:
-    """Name the thread ``relay:<tunnel>`` (15 bytes, shown by ps -o comm, top); best effort."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(15, f"relay:{tunnel}".encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
+def set_process_name(tunnel: str, interface: str) -> None:
+    """Command line ``tund: worker TUNNEL (IFACE)``, thread name ``relay:TUNNEL`` (cut to
+    15 bytes with a hash suffix, :func:`tund.proctitle.worker_comm`); best effort."""
+    proctitle.set_title(proctitle.worker_title(tunnel, interface), proctitle.worker_comm(tunnel))
 
 
 def _fatal(control: socket.socket, error: str, pump: Pump | None) -> None:
@@ -95,7 +92,7 @@ def run(control_fd: int, run_as: RunAs | None) -> int:
         _fatal(control, str(e), None)
         return 2
     setup_logging(spec.tunnel)
-    set_process_name(spec.tunnel)
+    set_process_name(spec.tunnel, spec.interface)
     log.info("starting: %s", json.dumps(spec.redacted(), sort_keys=True))
     pump: Pump | None = None
     try:

@@ -39,10 +39,10 @@ In the worker, right after the fork: the thread is named ``tund-relay``; once re
 it replies; the received fds are moved to the requested numbers; every other fd above 2
 is closed (the zygote's socket too: the worker holds no reference to other workers or to
 the zygote); then it runs :func:`tund.relay.process.worker.run` on its control fd, which drops
-privileges before its first packet as always, and ``os._exit``\\ s with its code. A worker's
-``/proc/PID/cmdline`` is the zygote's (``... -m tund.relay --fork-server ...``); the thread
-name (``comm``) tells them apart: ``tund-zygote`` for the zygote, ``tund-relay`` /
-``relay:<tunnel>`` for workers.
+privileges before its first packet as always, and ``os._exit``\\ s with its code. The
+zygote's ``/proc/PID/cmdline`` reads ``tund: fork server``, a worker's ``tund: worker TUNNEL
+(IFACE)`` once its start message came (:mod:`tund.proctitle`); the thread name (``comm``)
+is ``tund-zygote`` for the zygote, ``tund-relay`` / ``relay:<tunnel>`` for workers.
 
 The zygote exits 0 when the daemon's end of the socket closes (the daemon stopped or died);
 it never runs a worker itself and never touches a packet.
@@ -65,6 +65,7 @@ import sys
 import time
 from typing import Any
 
+from tund import proctitle
 from tund.workerapi.run_as import RunAs
 
 log = logging.getLogger("tund.relay.process.zygote")
@@ -87,13 +88,6 @@ _MSG_SIZE = 1 << 16
 
 class ForkRequestError(ValueError):
     """A fork request the zygote cannot act on (the reply carries the message)."""
-
-
-def _set_comm(name: str) -> None:
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15], 0, 0, 0)
 
 
 def preload() -> list[str]:
@@ -260,7 +254,7 @@ def _worker(server: socket.socket, rid: int, middle: int, fds: list[int],
     """In the forked worker: wait to be re-parented, reply, run; never returns."""
     code = 1
     try:
-        _set_comm(WORKER_COMM)
+        proctitle.set_comm(WORKER_COMM)
         _wait_reparented(middle)
         _reply(server, {"op": "forked", "id": rid, "pid": os.getpid()})
         server.detach()  # its fd is closed by place_fds; the object must not close it again
@@ -323,7 +317,7 @@ def _reply(server: socket.socket, msg: dict[str, Any]) -> None:
 
 def serve(control_fd: int) -> int:
     """Run the zygote on ``control_fd`` until the daemon closes it; return the exit code."""
-    _set_comm(ZYGOTE_COMM)
+    proctitle.set_title(proctitle.FORK_SERVER_TITLE, ZYGOTE_COMM)
     try:
         server = socket.socket(fileno=control_fd)
     except OSError as e:

@@ -45,7 +45,8 @@ class Link(Protocol):
 
 
 class Transport(Protocol):
-    """One peer over one underlay; see the module docstring."""
+    """One peer over one underlay; see the module docstring. A transport class also says
+    its ``kind`` (``"udp"`` / ``"tcp"``; read with ``getattr``, a fake may lack it)."""
 
     state: str
     peer: Address | None

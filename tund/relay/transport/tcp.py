@@ -80,6 +80,8 @@ class TcpTransport:
     ``authenticates``: the codec authenticates its peer (WireGuard); ``allowed_sources``:
     networks (``"198.51.100.0/24"``) a listener accepts connections from (empty: all)."""
 
+    kind = "tcp"
+
     def __init__(self, counters: Counters, *, role: str, host: str, port: int,
                  max_message: int, listen_sock: socket.socket | None = None,
                  keepalive: int = 0, reconnect_min: float = 0.2,

@@ -85,6 +85,8 @@ def _is_ip(host: str) -> bool:
 class UdpTransport:
     """See the module docstring; implements :class:`tund.relay.transport.base.Transport`."""
 
+    kind = "udp"
+
     def __init__(self, counters: Counters, *, role: str, host: str, port: int,
                  sock: socket.socket | None = None, reconnect_min: float = 0.2,
                  reconnect_max: float = 10.0, allowed_sources: Sequence[str] = ()) -> None:

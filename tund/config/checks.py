@@ -1,0 +1,144 @@
+"""Checks across entries, made on the raw merged data (so they run even when types are
+wrong), and the registry of further checks (:func:`register_check`).
+
+Contract: :func:`cross_issues` returns issues, never raises; a registered hook that
+raises is reported as an issue. The key-file check of :mod:`tund.keys` is registered
+on first use (imported late: config without encryption needs no crypto library).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tund.config.locate import Locator
+from tund.config.model import TUNNEL_NAME_RE, KeyPath, check_ifname
+from tund.config.render import got, quote
+from tund.errors import ConfigIssue
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def cross_issues(raw: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
+    """Checks across entries, made on the raw data so they run even when types are wrong."""
+    issues: list[ConfigIssue] = []
+    daemon = raw.get("daemon", {})
+    ifaces = raw.get("interfaces", {})
+    tunnels = raw.get("tunnels", {})
+    daemon = daemon if isinstance(daemon, Mapping) else {}
+    ifaces = ifaces if isinstance(ifaces, Mapping) else {}
+    tunnels = tunnels if isinstance(tunnels, Mapping) else {}
+
+    bmin, bmax = daemon.get("restart_backoff_min", 0.2), daemon.get("restart_backoff_max", 10.0)
+    if _number(bmin) and _number(bmax) and bmin > bmax:
+        issues.append(loc.issue(("daemon", "restart_backoff_min"),
+                                f"must not exceed restart_backoff_max = {got(bmax)} "
+                                f"(got {got(bmin)})"))
+
+    for name, body in ifaces.items():
+        if why := check_ifname(name):
+            issues.append(loc.issue(("interfaces", name),
+                                    f"interface name {why} (got {got(name)})"))
+        if isinstance(body, Mapping) and body.get("mode") == "tun":
+            for key in ("mac", "bridge"):
+                if key in body:
+                    issues.append(loc.issue(
+                        ("interfaces", name, key),
+                        f'only valid with mode = "tap" (this interface is "tun") '
+                        f"(got {got(body[key])})"))
+
+    used: dict[str, str] = {}
+    for name, body in tunnels.items():
+        if not TUNNEL_NAME_RE.match(name):
+            issues.append(loc.issue(("tunnels", name),
+                                    "tunnel name must be 1 to 64 of A-Z a-z 0-9 _ . @ - "
+                                    f"(got {got(name)})"))
+        if not isinstance(body, Mapping):
+            continue
+        issues.extend(_tunnel_issues(name, body, ifaces, used, loc))
+    _register_builtin_checks()
+    for hook in _EXTRA_CHECKS:
+        try:
+            issues.extend(hook(raw, loc.issue))
+        except Exception as e:  # a bug in a hook must not turn into a traceback for the user
+            issues.append(loc.issue((), f"internal error in check {hook.__qualname__}: "
+                                        f"{type(e).__name__}: {e}"))
+    return issues
+
+
+def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any],
+                   used: dict[str, str], loc: Locator) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    iface = body.get("interface")
+    if isinstance(iface, str):
+        if iface not in ifaces:
+            known = (f"expected one of: {', '.join(sorted(ifaces))}" if ifaces
+                     else "no [interfaces] are defined")
+            issues.append(loc.issue(("tunnels", name, "interface"),
+                                    f"no interface of that name ({known}) (got {got(iface)})"))
+        elif iface in used:
+            issues.append(loc.issue(("tunnels", name, "interface"),
+                                    f"already used by tunnel {quote(used[iface])} (one tunnel "
+                                    f"per interface) (got {got(iface)})"))
+        else:
+            used[iface] = name
+    has_listen, has_remote = "listen" in body, "remote" in body
+    if has_listen and has_remote:
+        issues.append(loc.issue(("tunnels", name, "remote"),
+                                "set either listen or remote, not both "
+                                f"(got listen = {got(body['listen'])}, "
+                                f"remote = {got(body['remote'])})"))
+    elif not has_listen and not has_remote:
+        issues.append(loc.issue(("tunnels", name),
+                                'needs listen = "ADDRESS:PORT" (wait for the peer) or '
+                                'remote = "HOST:PORT" (connect to it); got neither'))
+    if body.get("encryption", "wireguard") == "wireguard":
+        for key in ("private_key_file", "peer_public_key"):
+            if key not in body:
+                issues.append(loc.issue(("tunnels", name, key),
+                                        'required with encryption = "wireguard" (the '
+                                        'default); set encryption = "none" for plaintext'))
+    elif body.get("encryption") == "none":
+        for key in ("private_key_file", "peer_public_key", "preshared_key_file"):
+            if key in body:
+                issues.append(loc.issue(("tunnels", name, key),
+                                        'only valid with encryption = "wireguard" '
+                                        f"(got {got(body[key])})"))
+    rmin, rmax = body.get("reconnect_min", 0.2), body.get("reconnect_max", 10.0)
+    if _number(rmin) and _number(rmax) and rmin > rmax:
+        issues.append(loc.issue(("tunnels", name, "reconnect_min"),
+                                f"must not exceed reconnect_max = {got(rmax)} "
+                                f"(got {got(rmin)})"))
+    return issues
+
+
+IssueFactory = Callable[[KeyPath, str], ConfigIssue]
+#: Further checks registered by other modules (e.g. key files for encryption); each gets the
+#: raw merged data and a factory that turns (key path, message) into a located ConfigIssue.
+_EXTRA_CHECKS: list[Callable[[Mapping[str, Any], IssueFactory], list[ConfigIssue]]] = []
+
+
+_builtins_registered = False
+
+
+def _register_builtin_checks() -> None:
+    """Register, once, the checks every load runs: the key-file check of tund.keys (imported
+    here, not at the top, so loading config without encryption needs no crypto library)."""
+    global _builtins_registered
+    if not _builtins_registered:
+        from tund.keys import check_tunnel_keys
+
+        register_check(check_tunnel_keys)
+        _builtins_registered = True
+
+
+def register_check(hook: Callable[[Mapping[str, Any], IssueFactory], list[ConfigIssue]]) -> None:
+    """Add a cross-entry check run by every load (idempotent per hook).
+
+    The hook gets the raw merged data (types NOT yet validated: check before use) and must
+    return issues, not raise; an exception it raises anyway is reported as an issue.
+    """
+    if hook not in _EXTRA_CHECKS:
+        _EXTRA_CHECKS.append(hook)

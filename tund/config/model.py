@@ -1,0 +1,341 @@
+"""The configuration's pydantic models and the value checks they use.
+
+Contract: models are ``frozen``, ``strict`` and ``extra="forbid"``; equal configs compare
+equal (reload planning relies on it). A field validator raises ValueError with what was
+expected, never the value (messages add ``(got VALUE)``). User and group names are
+resolved with the local user database (:func:`resolve_id`), nothing else is looked up.
+"""
+
+from __future__ import annotations
+
+import grp
+import ipaddress
+import pwd
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+)
+
+from tund.config.render import quote
+
+DEFAULT_CONFIG = Path("/etc/tund/tunnels.toml")
+DEFAULT_CONTROL_SOCKET = "/run/tund/control.sock"
+DEFAULT_PORT = 55555
+IFNAMSIZ = 16  # the kernel's limit includes the trailing NUL: names are at most 15 bytes
+
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_IFNAME_BAD = re.compile(r"[\s/:]")
+TUNNEL_NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+KeyPath = tuple[str | int, ...]
+
+
+def parse_endpoint(text: str, *, allow_hostname: bool) -> tuple[str, int]:
+    """Split ``"host:port"`` / ``"[v6]:port"`` into ``(host, port)``.
+
+    ``allow_hostname`` False (listen addresses) accepts IP addresses only.
+    Raises ValueError with a message saying what was expected (never the value itself).
+    """
+    form = '"HOST:PORT" or "[IPv6]:PORT"' if allow_hostname else '"IPv4:PORT" or "[IPv6]:PORT"'
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or text[close + 1 : close + 2] != ":":
+            raise ValueError('expected "[IPv6]:PORT"')
+        host, port_s = text[1:close], text[close + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{quote(host)} in brackets is not an IPv6 address") from None
+    else:
+        host, sep, port_s = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"expected {form}")
+        if ":" in host:
+            raise ValueError('an IPv6 address must be written in brackets, as "[ADDR]:PORT"')
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            if not allow_hostname:
+                raise ValueError(f"{quote(host)} is not an IP address; a listen address "
+                                 f"cannot be a host name (expected {form})") from None
+            if not _HOSTNAME_RE.match(host):
+                raise ValueError(f"{quote(host)} is neither an IP address nor a host name"
+                                 ) from None
+    if not (port_s.isascii() and port_s.isdigit()) or not 1 <= int(port_s) <= 65535:
+        raise ValueError("port must be a number from 1 to 65535")
+    return host, int(port_s)
+
+
+def check_ifname(name: str) -> str | None:
+    """Return why ``name`` is not an interface name the kernel accepts, or None.
+
+    The kernel (``dev_valid_name``) wants 1 to 15 bytes, not ``.`` or ``..``, and no
+    ``/``, ``:`` or whitespace.
+    """
+    raw = name.encode("utf-8", "surrogatepass")
+    if not raw:
+        return "must not be empty"
+    if len(raw) >= IFNAMSIZ:
+        return f"must be at most {IFNAMSIZ - 1} bytes (is {len(raw)})"
+    if name in (".", ".."):
+        return "must not be '.' or '..'"
+    if _IFNAME_BAD.search(name):
+        return "must not contain whitespace, '/' or ':'"
+    return None
+
+
+def resolve_id(value: str | int, kind: Literal["user", "group"]) -> int:
+    if isinstance(value, int):
+        if not 0 <= value < 2**32 - 1:
+            raise ValueError(f"{kind} id must be from 0 to 4294967294")
+        return value
+    if value.isascii() and value.isdigit():
+        return resolve_id(int(value), kind)
+    try:
+        return pwd.getpwnam(value).pw_uid if kind == "user" else grp.getgrnam(value).gr_gid
+    except (KeyError, ValueError):  # ValueError: embedded NUL
+        raise ValueError(f"no such {kind} on this system") from None
+
+
+def _check_principal(value: Any, kind: Literal["user", "group"]) -> str | int:
+    """Before-validator for owner/group: a name or a numeric id that exists/is in range."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"must be a {kind} name (string) or a numeric {kind[0]}id")
+    resolve_id(value, kind)
+    return value
+
+
+def _check_address(a: str) -> str:
+    if "/" not in a:
+        raise ValueError("expected ADDRESS/PREFIXLEN, like 10.0.0.1/24 or fd00::1/64")
+    try:
+        return str(ipaddress.ip_interface(a))
+    except ValueError:
+        raise ValueError("is not an IP address with a prefix length "
+                         "(expected ADDRESS/PREFIXLEN)") from None
+
+
+def _check_route(r: str) -> str:
+    try:
+        return str(ipaddress.ip_network(r, strict=True))
+    except ValueError as e:
+        if "host bits set" in str(e):
+            try:
+                net = ipaddress.ip_network(r, strict=False)
+            except ValueError:
+                pass
+            else:
+                raise ValueError(f"has host bits set (expected a network, like {net})") from None
+        raise ValueError("is not an IP network (expected NETWORK/PREFIXLEN, "
+                         "like 10.0.0.0/24)") from None
+
+
+def _no_duplicates(what: str) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    def check(v: tuple[str, ...]) -> tuple[str, ...]:
+        seen: set[str] = set()
+        for item in v:
+            if item in seen:
+                raise ValueError(f"lists the {what} {item} twice")
+            seen.add(item)
+        return v
+    return check
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+Mtu = Annotated[int, Field(ge=68, le=65535)]
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+Address = Annotated[str, AfterValidator(_check_address)]
+Route = Annotated[str, AfterValidator(_check_route)]
+
+
+class DaemonConfig(_Model):
+    """``[daemon]``: process-wide settings."""
+
+    control_socket: str = DEFAULT_CONTROL_SOCKET
+    control_group: str | None = None
+    admin_group: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # supervision: a crashed worker is restarted after a capped exponential backoff;
+    # more than crash_limit crashes within crash_window seconds puts the tunnel in `failed`.
+    restart_backoff_min: Seconds = 0.2
+    restart_backoff_max: Seconds = 10.0
+    crash_limit: Annotated[int, Field(ge=1, le=10000)] = 10
+    crash_window: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    # liveness: the daemon pings each worker; no pong within ping_timeout -> killed, replaced.
+    ping_interval: Seconds = 1.0
+    ping_timeout: Seconds = 5.0
+    # Prometheus metrics over HTTP at "IP:PORT" ("[IPv6]:PORT"); None (default): off.
+    metrics_listen: str | None = None
+    # control socket bounds: concurrent clients, seconds a client may stay silent (also
+    # mid-line), longest request line in bytes.
+    control_max_clients: Annotated[int, Field(ge=1, le=4096)] = 32
+    control_timeout: Seconds = 30.0
+    control_max_request: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
+    # the user (name or uid) workers run as, without capabilities; one that does not exist
+    # stops the daemon from starting (no fallback to the shared "nobody"; "nobody" set
+    # here is allowed, with a warning). "root" keeps workers privileged (not advised).
+    worker_user: str = "tund"
+
+    @field_validator("worker_user")
+    @classmethod
+    def _worker_user(cls, v: str) -> str:
+        if not v or "\0" in v or ":" in v or "/" in v or v != v.strip():
+            raise ValueError("must be a user name or a numeric uid")
+        if v.isascii() and v.isdigit():
+            resolve_id(int(v), "user")
+        return v
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_endpoint(v, allow_hostname=False)
+        return v
+
+    @field_validator("control_socket")
+    @classmethod
+    def _abs_socket(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must be an absolute path (starting with /)")
+        if len(v.encode("utf-8", "surrogatepass")) > 107:
+            raise ValueError("must be at most 107 bytes (the Unix socket path limit)")
+        return v
+
+    @field_validator("control_group", "admin_group")
+    @classmethod
+    def _group_exists(cls, v: str | None) -> str | None:
+        if v is not None:
+            resolve_id(v, "group")
+        return v
+
+
+class InterfaceConfig(_Model):
+    """``[interfaces.NAME]``: one persistent TUN/TAP device and its addressing."""
+
+    mode: Literal["tun", "tap"]
+    owner: str | int | None = None
+    group: str | int | None = None
+    persist: bool = True
+    packet_info: bool = False
+    multi_queue: bool = False
+    mtu: Mtu | None = None
+    txqueuelen: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    addresses: Annotated[tuple[Address, ...], AfterValidator(_no_duplicates("address"))] = ()
+    routes: Annotated[tuple[Route, ...], AfterValidator(_no_duplicates("route"))] = ()
+    mac: str | None = None
+    bridge: str | None = None
+
+    @field_validator("owner", mode="before")
+    @classmethod
+    def _owner(cls, v: Any) -> str | int:
+        return _check_principal(v, "user")
+
+    @field_validator("group", mode="before")
+    @classmethod
+    def _group(cls, v: Any) -> str | int:
+        return _check_principal(v, "group")
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not _MAC_RE.match(v):
+            raise ValueError("expected six hex octets like 02:00:00:00:00:01")
+        if int(v[:2], 16) & 1:
+            raise ValueError("must be a unicast address (this one is multicast: the lowest "
+                             "bit of the first octet is set; try 02:...)")
+        if v.lower() == "00:00:00:00:00:00":
+            raise ValueError("must not be all zeros")
+        return v.lower()
+
+    @field_validator("bridge")
+    @classmethod
+    def _bridge(cls, v: str | None) -> str | None:
+        if v is not None and (why := check_ifname(v)):
+            raise ValueError(f"bridge name {why}")
+        return v
+
+    @property
+    def uid(self) -> int | None:
+        """Owner as a numeric uid (resolved now), or None."""
+        return None if self.owner is None else resolve_id(self.owner, "user")
+
+    @property
+    def gid(self) -> int | None:
+        """Group as a numeric gid (resolved now), or None."""
+        return None if self.group is None else resolve_id(self.group, "group")
+
+
+class TunnelConfig(_Model):
+    """``[tunnels.NAME]``: a relay between an interface and one remote peer."""
+
+    interface: str
+    transport: Literal["tcp", "udp"] = "udp"
+    listen: str | None = None
+    remote: str | None = None
+    encryption: Literal["none", "wireguard"] = "wireguard"
+    private_key_file: str | None = None
+    peer_public_key: str | None = None
+    preshared_key_file: str | None = None
+    keepalive: Annotated[int, Field(ge=0, le=65535)] = 0
+    # Negotiate TSO super-packets with a tund peer (tun mode without packet_info;
+    # tund.relay.codec.offload). Over UDP they travel in MTU-sized chunks (tund.relay.codec.chunks),
+    # so a lost datagram costs one chunk. Other peers get plain packets. On by default.
+    offload: bool = True
+    reconnect_min: Seconds = 0.2
+    reconnect_max: Seconds = 10.0
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_endpoint(v, allow_hostname=False)
+        return v
+
+    @field_validator("remote")
+    @classmethod
+    def _remote(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_endpoint(v, allow_hostname=True)
+        return v
+
+    @property
+    def role(self) -> Literal["listen", "remote"]:
+        """``"listen"`` when ``listen`` is set (we wait for the peer), else ``"remote"``."""
+        return "listen" if self.listen is not None else "remote"
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        """``(host, port)`` of the listen address or the remote peer."""
+        text = self.listen if self.listen is not None else self.remote
+        assert text is not None
+        return parse_endpoint(text, allow_hostname=self.role == "remote")
+
+
+class Config(_Model):
+    """The whole validated configuration."""
+
+    daemon: DaemonConfig = DaemonConfig()
+    interfaces: dict[str, InterfaceConfig] = {}
+    tunnels: dict[str, TunnelConfig] = {}
+
+    def tunnel_for(self, interface: str) -> tuple[str, TunnelConfig] | None:
+        """The (name, config) of the tunnel using ``interface``, if any."""
+        for name, t in self.tunnels.items():
+            if t.interface == interface:
+                return name, t
+        return None
