@@ -23,7 +23,15 @@ import pytest
 
 from tests.sites import new_ifname, plain_tunnel, two_sites
 from tests.wg_flood import initiations
-from tests.wg_helpers import KeyPair, disable_ipv6, ns_socket, wg_tunnel, write_key
+from tests.wg_helpers import (
+    KeyPair,
+    dev_with_addr,
+    disable_ipv6,
+    ns_socket,
+    wait_for,
+    wg_tunnel,
+    write_key,
+)
 from tund.keyformat import decode_key
 
 pytestmark = pytest.mark.usefixtures("privileged")
@@ -106,5 +114,51 @@ def test_reconnecting_attacker_causes_no_loss(tmp_path: Path, encryption: str) -
         stop.set()
         for s in socks:
             s.close()
+        ts.a.stop()
+        ts.b.stop()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_allowed_sources_in_the_config(tmp_path: Path, transport: str) -> None:
+    """``allowed_sources`` on the listener: the peer's address passes, another address on
+    the same host is refused (TCP: closed on accept; UDP: dropped before the codec)."""
+    ts = two_sites(tmp_path)
+    disable_ipv6(ts.a.ns, ts.b.ns)
+    ia, ib = new_ifname("twga"), new_ifname("twgb")
+    ina, inb = ts.inner("a"), ts.inner("b")
+    extra = f'allowed_sources = ["{ts.ub}/32"]'
+    ts.a.write(plain_tunnel(ia, "tun", ina, transport, "listen", f"{ts.ua}:{PORT}",
+                            extra_tun=extra))
+    ts.b.write(plain_tunnel(ib, "tun", inb, transport, "remote", f"{ts.ua}:{PORT}",
+                            extra_tun="keepalive = 1" if transport == "udp" else ""))
+    other = ts.ub.rsplit(".", 1)[0] + ".3"
+    ts.b.ns.run("ip", "addr", "add", f"{other}/24", "dev", dev_with_addr(ts.b.ns, ts.ub))
+    ts.a.start()
+    ts.b.start()
+    try:
+        ts.b.ns.wait_ping(ina, within=20)
+        kind = socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM
+        s = ns_socket(ts.b.ns, socket.AF_INET, kind)
+        s.bind((other, 0))
+        s.settimeout(2)
+        pkt = _ip_packet(inb, ina)
+        if transport == "tcp":
+            s.connect((ts.ua, PORT))
+            with contextlib.suppress(OSError):
+                s.sendall(struct.pack("!H", len(pkt)) + pkt)
+            with contextlib.suppress(ConnectionResetError):  # (our frame unread: a reset)
+                assert s.recv(100) == b""  # closed by the listener at once
+        else:
+            for _ in range(3):
+                s.sendto(pkt, (ts.ua, PORT))
+        s.close()
+        wait_for(lambda: ts.a.tunnel("t1")["drops"].get("source_refused", 0) >= 1, 5,
+                 "a source_refused drop")
+        assert ts.a.tunnel("t1")["peer"].startswith(ts.ub + ":")
+        assert ts.b.ns.ping(ina, count=3)
+    except AssertionError:
+        print(f"--- a ---\n{ts.a.log_tail()}")
+        raise
+    finally:
         ts.a.stop()
         ts.b.stop()

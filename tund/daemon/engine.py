@@ -250,7 +250,8 @@ class Engine:
             mtu=iface.mtu or sysfs_mtu(t.interface) or 1500, packet_info=iface.packet_info,
             vnet_hdr=_vnet_hdr(iface), offload=t.offload,
             keepalive=t.keepalive, reconnect_min=t.reconnect_min,
-            reconnect_max=t.reconnect_max, encryption=t.encryption,
+            reconnect_max=t.reconnect_max, allowed_sources=t.allowed_sources,
+            encryption=t.encryption,
             private_key=km.private_key, peer_public_key=km.peer_public_key,
             preshared_key=km.preshared_key, timers=dict(self.timers))
 
