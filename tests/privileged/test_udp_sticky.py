@@ -81,13 +81,15 @@ def test_single_address_throughput(tmp_path: Path, bind: str) -> None:
     ts.b.start()
     try:
         ts.b.ns.wait_ping(ts.inner("a"), within=15)
-        rates = []
-        for _ in range(3):
-            n, sha_tx, sha_rx, seconds = transfer(ts.b.ns, ts.a.ns, ts.inner("a"), 200 << 20)
-            assert n == 200 << 20 and sha_tx == sha_rx
-            rates.append(n * 8 / seconds / 1e6)
-        print(f"\n[15.7] listener bound to {bind}: {', '.join(f'{r:.0f}' for r in rates)} "
-              f"Mbit/s (b -> a, 200 MB each)")
+        for name, src, dst, to in (("b -> a", ts.b.ns, ts.a.ns, ts.inner("a")),
+                                   ("a -> b", ts.a.ns, ts.b.ns, ts.inner("b"))):
+            rates = []
+            for _ in range(3):
+                n, sha_tx, sha_rx, seconds = transfer(src, dst, to, 200 << 20)
+                assert n == 200 << 20 and sha_tx == sha_rx
+                rates.append(n * 8 / seconds / 1e6)
+            print(f"\n[15.7] listener bound to {bind}, {name}: "
+                  f"{', '.join(f'{r:.0f}' for r in rates)} Mbit/s (200 MB each)")
     finally:
         ts.a.stop()
         ts.b.stop()
