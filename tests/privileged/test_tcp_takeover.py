@@ -162,3 +162,46 @@ def test_allowed_sources_in_the_config(tmp_path: Path, transport: str) -> None:
     finally:
         ts.a.stop()
         ts.b.stop()
+
+
+def test_restarted_wireguard_peer_takes_over_a_half_open_connection(tmp_path: Path) -> None:
+    """The peer restarts and its old connection's FIN and RST never reach the listener
+    (dropped by nftables in ``b``): the listener still holds the old connection as live.
+    The new one waits, completes a handshake with the peer's key and takes over: the
+    tunnel is back within seconds, without waiting for the old one to time out."""
+    ts = two_sites(tmp_path)
+    disable_ipv6(ts.a.ns, ts.b.ns)
+    ia, ib = new_ifname("twga"), new_ifname("twgb")
+    ina, inb = ts.inner("a"), ts.inner("b")
+    ka, kb = KeyPair.new(), KeyPair.new()
+    ts.a.write(wg_tunnel(ia, "tun", ina, "tcp", "listen", f"{ts.ua}:{PORT}",
+                         write_key(ts.a.dir / "a.key", ka.priv), kb.pub))
+    ts.b.write(wg_tunnel(ib, "tun", inb, "tcp", "remote", f"{ts.ua}:{PORT}",
+                         write_key(ts.b.dir / "b.key", kb.priv), ka.pub))
+    ts.a.start()
+    ts.b.start()
+    try:
+        ts.b.ns.wait_ping(ina, within=20)
+        old_peer = ts.a.tunnel("t1")["peer"]
+        ts.b.ns.run("nft", "add", "table", "inet", "twg")
+        ts.b.ns.run("nft", "add", "chain", "inet", "twg", "out",
+                    "{ type filter hook output priority 0 ; }")
+        ts.b.ns.run("nft", "add", "rule", "inet", "twg", "out", "tcp", "dport", str(PORT),
+                    "tcp", "flags", "&", "(fin|rst)", "!=", "0", "drop")
+        ts.b.stop()
+        assert ts.a.tunnel("t1")["peer"] == old_peer  # a knows nothing
+        ts.b.start()
+        t0 = time.monotonic()
+        ts.b.ns.wait_ping(ina, within=15)
+        back = time.monotonic() - t0
+        now = ts.a.tunnel("t1")
+        print(f"restarted peer back after {back:.2f}s; peer {old_peer} -> {now['peer']}")
+        assert now["peer"] != old_peer
+        assert back < 10
+        assert ts.a.ns.ping(inb, count=3)
+    except AssertionError:
+        print(f"--- a ---\n{ts.a.log_tail()}")
+        raise
+    finally:
+        ts.a.stop()
+        ts.b.stop()
