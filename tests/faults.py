@@ -35,6 +35,7 @@ from typing import Any
 
 from tests.netns import Netns, unique
 from tests.sites import Site, TwoSites, plain_tunnel
+from tests.wg_helpers import KeyPair, wg_tunnel, write_key
 from tund.relay.process.zygote import ZYGOTE_COMM
 
 PREFIX = "fi"
@@ -75,20 +76,52 @@ def fault_sites(tmp: Path) -> FaultSites:
 
 def start_pair(ts: TwoSites, transport: str, *, daemon_a: str = "", daemon_b: str = "",
                extra_tun_a: str = "", extra_tun_b: str = "", port: int = 55555,
-               tunnel: str = "t1") -> tuple[str, str]:
-    """One plaintext TUN tunnel: ``a`` listens on its underlay address, ``b`` connects.
+               tunnel: str = "t1", encryption: str = "none") -> tuple[str, str]:
+    """One TUN tunnel: ``a`` listens on its underlay address, ``b`` connects.
 
-    Starts both daemons and waits until a ping crosses (b -> a); returns the device names.
+    ``encryption``: ``"none"`` (plaintext) or ``"wireguard"`` (keys written to each site's
+    directory). Starts both daemons and waits until a ping crosses (b -> a); returns the
+    device names.
     """
     ia, ib = fi_name(), fi_name()
-    ts.a.write(daemon_a + plain_tunnel(ia, "tun", ts.inner("a"), transport, "listen",
-                                       f"{ts.ua}:{port}", tunnel=tunnel, extra_tun=extra_tun_a))
-    ts.b.write(daemon_b + plain_tunnel(ib, "tun", ts.inner("b"), transport, "remote",
-                                       f"{ts.ua}:{port}", tunnel=tunnel, extra_tun=extra_tun_b))
+    ts.a.write(daemon_a + tunnel_config(ts, "a", ia, transport, port, tunnel, encryption,
+                                        extra_tun_a))
+    ts.b.write(daemon_b + tunnel_config(ts, "b", ib, transport, port, tunnel, encryption,
+                                        extra_tun_b))
     ts.a.start()
     ts.b.start()
     ts.b.ns.wait_ping(ts.inner("a"), within=20)
     return ia, ib
+
+
+def tunnel_config(ts: TwoSites, side: str, ifname: str, transport: str, port: int,
+                  tunnel: str, encryption: str, extra_tun: str = "") -> str:
+    """Side ``side``'s config of the pair (``a`` listens on ``ts.ua:port``, ``b`` connects).
+
+    With WireGuard, both key pairs are made once per pair (kept in ``a``'s directory, so a
+    rewritten config of either side keeps its keys).
+    """
+    role = "listen" if side == "a" else "remote"
+    endpoint = f"{ts.ua}:{port}"
+    if encryption == "none":
+        return plain_tunnel(ifname, "tun", ts.inner(side), transport, role, endpoint,
+                            tunnel=tunnel, extra_tun=extra_tun)
+    keys = _pair_keys(ts)
+    me, other = (keys[0], keys[1]) if side == "a" else (keys[1], keys[0])
+    site = ts.a if side == "a" else ts.b
+    priv = write_key(site.dir / f"{side}.key", me.priv)
+    return wg_tunnel(ifname, "tun", ts.inner(side), transport, role, endpoint, priv, other.pub,
+                     tunnel=tunnel, extra_tun=extra_tun)
+
+
+def _pair_keys(ts: TwoSites) -> tuple[KeyPair, KeyPair]:
+    saved = ts.a.dir / "pair-keys.json"
+    if saved.exists():
+        a, b = json.loads(saved.read_text())
+        return KeyPair(*a), KeyPair(*b)
+    pair = KeyPair.new(), KeyPair.new()
+    saved.write_text(json.dumps([[k.priv, k.pub] for k in pair]))
+    return pair
 
 
 def daemon_section(**keys: float | int) -> str:

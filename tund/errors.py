@@ -17,12 +17,36 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Every error code tund gives (a reply's ``error.code``, an exception's ``code``).
+
+    The codes are the stable part of an error: scripts match on them. The control
+    protocol's reply codes are documented in :data:`tund.control.protocol.ERROR_CODES`.
+    """
+
+    BAD_REQUEST = "bad-request"
+    TOO_LARGE = "too-large"
+    UNKNOWN_COMMAND = "unknown-command"
+    VERSION_MISMATCH = "version-mismatch"
+    INVALID_CONFIG = "invalid-config"
+    RELOAD_FAILED = "reload-failed"
+    BUSY = "busy"
+    NOT_FOUND = "not-found"
+    DENIED = "denied"
+    INTERNAL = "internal"
+    KERNEL = "kernel"
+    RELAY = "relay"
+    UNREACHABLE = "unreachable"
+    CONTROL_SOCKET = "control-socket"
 
 
 class TundError(Exception):
     """Base of every error tund raises on purpose."""
 
-    code = "internal"
+    code: str = ErrorCode.INTERNAL
 
 
 @dataclass(frozen=True)
@@ -46,7 +70,7 @@ class ConfigIssue:
 class ConfigError(TundError):
     """The configuration is invalid; ``issues`` lists every problem found."""
 
-    code = "invalid-config"
+    code = ErrorCode.INVALID_CONFIG
 
     def __init__(self, issues: Sequence[ConfigIssue]) -> None:
         self.issues = list(issues)
@@ -56,7 +80,7 @@ class ConfigError(TundError):
 class KernelError(TundError):
     """A kernel object could not be created, read or changed."""
 
-    code = "kernel"
+    code = ErrorCode.KERNEL
 
 
 class TunError(KernelError):
@@ -76,7 +100,7 @@ class IpCommandError(KernelError):
 class ReloadError(TundError):
     """A reload step failed; the steps before it were undone."""
 
-    code = "reload-failed"
+    code = ErrorCode.RELOAD_FAILED
 
 
 class ControlError(TundError):

@@ -100,6 +100,32 @@ def _make_handler(target: Target) -> logging.Handler:
     return handler
 
 
+def current_target(env: Mapping[str, str] | None = None) -> Target:
+    """:func:`choose_target` for this process (its environment, journald, stderr)."""
+    return choose_target(os.environ if env is None else env,
+                         journal_socket=os.path.exists(JOURNAL_SOCKET),
+                         journal_importable=_journal_importable(),
+                         stderr_is_tty=sys.stderr.isatty())
+
+
+def object_journal_handler(fields: Mapping[str, str]) -> logging.Handler:
+    """A JournalHandler whose every message carries ``fields`` (``TUND_TUNNEL``, ...) and
+    the ``[tunnel/interface]`` prefix; for a process about one object (a tunnel's worker).
+    Call only when :func:`current_target` is ``"journal"``.
+
+    The journal socket is opened (by libsystemd, once per process) at the first message:
+    a process that forks others keeping some fd numbers (the fork server) must never log
+    through it, or its children would inherit that fd under a number they reuse."""
+    from systemd.journal import JournalHandler
+
+    tunnel, iface = fields.get(TUNNEL_FIELD, ""), fields.get(INTERFACE_FIELD, "")
+    prefix = f"[{tunnel}/{iface}] " if tunnel and iface else (
+        f"[{tunnel or iface}] " if tunnel or iface else "")
+    handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER, **fields)
+    handler.setFormatter(logging.Formatter(prefix.replace("%", "%%") + "%(message)s"))
+    return handler
+
+
 def setup(level: str, *, env: Mapping[str, str] | None = None) -> Target:
     """Route all logging to journald or stderr at ``level``; returns the target chosen.
 
@@ -107,10 +133,7 @@ def setup(level: str, *, env: Mapping[str, str] | None = None) -> Target:
     """
     global _installed
     levelno = parse_level(level)
-    env = os.environ if env is None else env
-    target = choose_target(env, journal_socket=os.path.exists(JOURNAL_SOCKET),
-                           journal_importable=_journal_importable(),
-                           stderr_is_tty=sys.stderr.isatty())
+    target = current_target(env)
     root = logging.getLogger()
     if _installed is not None:
         root.removeHandler(_installed)

@@ -76,8 +76,9 @@ class Tunnel:
                           socket_fd=sock.fileno() if sock else None)
         self.messages: list[dict[str, Any]] = []
         self.exit_codes: list[int | None] = []
-        self.worker = worker_class(None, launcher)(spec, self.messages.append,
-                                                   self.exit_codes.append)
+        self.worker = worker_class(None, launcher)(
+            spec, lambda m: self.messages.append(json.loads(m.encode())),  # as it came
+            self.exit_codes.append)
         self.worker.spawn(asyncio.get_running_loop())
         dev_worker.close()  # the worker holds its own copies now
         if sock:

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tund.control import protocol as p
-from tund.control.protocol import ErrorCode, ProtocolError
+from tund.control.protocol import ProtocolError
+from tund.errors import ErrorCode
 
 
 def test_request_round_trip() -> None:

@@ -76,6 +76,22 @@ def test_tunnel_setting_change_restarts_that_tunnel() -> None:
     assert t["a"].action == "unchanged"
 
 
+def test_keepalive_change_alone_updates_the_running_worker() -> None:
+    p = _plan(BASE.replace('listen = "0.0.0.0:5000"', 'listen = "0.0.0.0:5000"\nkeepalive = 9'))
+    t = {t.name: t for t in p.tunnels}
+    assert t["a"].action == "update" and "keepalive" in t["a"].reason
+    assert p.summary()["changed"]["tunnels"] == ["a"]
+    assert p.of("tunnels", "restart") == []
+
+
+def test_keepalive_with_another_change_or_new_keys_restarts() -> None:
+    both = BASE.replace('listen = "0.0.0.0:5000"', 'listen = "0.0.0.0:5001"\nkeepalive = 9')
+    assert {t.name: t.action for t in _plan(both).tunnels}["a"] == "restart"
+    alone = BASE.replace('listen = "0.0.0.0:5000"', 'listen = "0.0.0.0:5000"\nkeepalive = 9')
+    p = _plan(alone, old_keys={"a": "x"}, new_keys={"a": "y"})
+    assert {t.name: t.action for t in p.tunnels}["a"] == "restart"
+
+
 def test_key_material_change_restarts_even_with_same_paths() -> None:
     p = _plan(BASE, old_keys={"a": "x", "b": "y"}, new_keys={"a": "x", "b": "z"})
     assert {t.name: t.action for t in p.tunnels} == {"a": "unchanged", "b": "restart"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from tund.states import TunnelState, can_move
 from tund.supervise.runner import Limits, TunnelRunner
+from tund.workerapi.messages import Message, Pong, State, Stats
 from tund.workerapi.spec import WorkerSpec
 
 SPEC = WorkerSpec(tunnel="t", interface="tun0", mode="tun", transport="udp", role="remote",
@@ -23,7 +25,7 @@ class FakeWorker:
     all: list[FakeWorker] = []
     answer_pings = True
 
-    def __init__(self, spec: WorkerSpec, on_message: Callable[[dict[str, Any]], None],
+    def __init__(self, spec: WorkerSpec, on_message: Callable[[Any], None],
                  on_exit: Callable[[int | None], None]) -> None:
         self.spec, self.on_message, self.on_exit = spec, on_message, on_exit
         self.pid = 1000 + len(FakeWorker.all)
@@ -37,13 +39,13 @@ class FakeWorker:
     def drain(self) -> None:
         pass
 
-    def send(self, msg: dict[str, Any]) -> bool:
+    def send(self, message: Message) -> bool:
+        msg = json.loads(message.encode())  # as the worker would read it
         self.sent.append(msg)
         if msg["op"] == "ping" and FakeWorker.answer_pings and not self.killed:
             asyncio.get_running_loop().call_soon(
-                self.on_message, {"op": "pong", "seq": msg["seq"],
-                                  "stats": {"rx_packets": 5, "rx_bytes": 500,
-                                            "drops": {"oversize": 1}}})
+                self.on_message, Pong(msg["seq"], Stats(rx_packets=5, rx_bytes=500,
+                                                        drops={"oversize": 1})))
         return True
 
     def kill(self, sig: int = 9) -> None:
@@ -72,7 +74,7 @@ def test_crash_restarts_with_backoff_and_keeps_counters() -> None:
         r = _runner(Limits(backoff_min=0.05, backoff_max=0.2, ping_interval=0.02))
         r.start()
         assert r.state == TunnelState.STARTING
-        FakeWorker.all[0].on_message({"op": "state", "state": "up", "peer": "192.0.2.1:1"})
+        FakeWorker.all[0].on_message(State("up", "192.0.2.1:1", None, Stats()))
         assert r.state == TunnelState.UP
         await r.refresh()
         assert r.status()["rx_packets"] == 5
@@ -117,7 +119,7 @@ def test_hung_worker_is_killed_and_replaced() -> None:
         r = _runner(Limits(backoff_min=0.01, backoff_max=0.01, ping_interval=0.02,
                            ping_timeout=0.1))
         r.start()
-        FakeWorker.all[0].on_message({"op": "state", "state": "connecting"})
+        FakeWorker.all[0].on_message(State("connecting", None, None, Stats()))
         FakeWorker.answer_pings = False
         await asyncio.sleep(0.3)
         assert FakeWorker.all[0].killed
@@ -151,7 +153,7 @@ def test_a_stall_of_the_daemon_does_not_condemn_healthy_workers() -> None:
     async def go() -> None:
         r = _runner(Limits(ping_interval=0.02, ping_timeout=0.1))
         r.start()
-        FakeWorker.all[0].on_message({"op": "state", "state": "up", "peer": "x"})
+        FakeWorker.all[0].on_message(State("up", "x", None, Stats()))
         await asyncio.sleep(0.1)
         time.sleep(0.5)  # the daemon's loop is blocked for 5x ping_timeout
         await asyncio.sleep(0.2)
@@ -189,10 +191,33 @@ def test_a_forked_workers_pid_is_logged_once_known_never_as_pending(
             r.start()
             w = FakeWorker.all[0]
             w.pid = w.late  # type: ignore[attr-defined]
-            w.on_message({"op": "state", "state": "up", "peer": "192.0.2.1:1"})
-            w.on_message({"op": "state", "state": "up", "peer": "192.0.2.1:1"})
+            w.on_message(State("up", "192.0.2.1:1", None, Stats()))
+            w.on_message(State("up", "192.0.2.1:1", None, Stats()))
             await r.stop()
         text = caplog.text
         assert "(pending)" not in text and "pid None" not in text, text
         assert text.count(f"worker pid {w.pid} started") == 1, text
+    asyncio.run(go())
+
+
+def test_a_malformed_message_kills_the_worker_and_leaves_the_state_alone() -> None:
+    """The worker process reports what it could not decode as Malformed (16.4)."""
+    from tund.supervise.worker import Malformed
+
+    async def go() -> None:
+        r = _runner(Limits(backoff_min=0.01, backoff_max=0.01, ping_interval=0.02))
+        r.start()
+        FakeWorker.all[0].on_message(State("up", "192.0.2.1:1", None, Stats()))
+        await r.refresh()
+        before = r.status()
+        FakeWorker.all[0].on_message(Malformed("state message: field stats.rx_packets must "
+                                               "be an integer >= 0 (got 'pwn')"))
+        assert FakeWorker.all[0].killed
+        after = r.status()
+        assert after["rx_packets"] == before["rx_packets"] == 5
+        await asyncio.sleep(0.1)
+        assert r.restarts == 1 and len(FakeWorker.all) == 2
+        assert "stats.rx_packets" in (r.last_error or "") and "'pwn'" in (r.last_error or "")
+        await r.stop()
+
     asyncio.run(go())

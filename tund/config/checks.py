@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tund.config.conflicts import address_issues, listener_issues
 from tund.config.locate import Locator
 from tund.config.model import TUNNEL_NAME_RE, KeyPath, check_ifname
 from tund.config.render import got, quote
@@ -58,6 +59,8 @@ def cross_issues(raw: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
         if not isinstance(body, Mapping):
             continue
         issues.extend(_tunnel_issues(name, body, ifaces, used, loc))
+    issues.extend(listener_issues(daemon, tunnels, loc))
+    issues.extend(address_issues(ifaces, loc))
     _register_builtin_checks()
     for hook in _EXTRA_CHECKS:
         try:

@@ -26,7 +26,7 @@ import pwd
 from dataclasses import dataclass
 from typing import Literal
 
-from tund.errors import TundError
+from tund.errors import ErrorCode, TundError
 
 Right = Literal["read", "admin"]
 RIGHTS: tuple[Right, ...] = ("read", "admin")
@@ -35,7 +35,7 @@ RIGHTS: tuple[Right, ...] = ("read", "admin")
 class Denied(TundError):
     """The peer lacks the right a command needs."""
 
-    code = "denied"
+    code = ErrorCode.DENIED
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from tund.control import protocol, sockdir
 from tund.control.protocol import ProtocolError
-from tund.errors import ControlError, TundError
+from tund.errors import ControlError, ErrorCode, TundError
 
 DEFAULT_TIMEOUT = 30.0
 #: Same as tund.config.DEFAULT_CONTROL_SOCKET (not imported: keeps pydantic out of tundctl).
@@ -39,7 +39,7 @@ Reason = Literal["missing", "refused", "permission", "timeout", "closed", "unsaf
 class DaemonUnreachable(TundError):
     """The daemon could not be asked: ``reason`` says why, the message says where."""
 
-    code = "unreachable"
+    code = ErrorCode.UNREACHABLE
 
     def __init__(self, reason: Reason, message: str) -> None:
         self.reason = reason
@@ -114,7 +114,7 @@ class Connection:
         except ProtocolError as e:
             raise ControlError(e.code, f"unreadable reply from tund: {e}") from None
         if reply.id is not None and reply.id != request_id:
-            raise ControlError("bad-request", f"reply id {reply.id} does not match "
+            raise ControlError(ErrorCode.BAD_REQUEST, f"reply id {reply.id} does not match "
                                f"request id {request_id}")
         if not reply.ok:
             raise ControlError(reply.error_code, reply.error_message)

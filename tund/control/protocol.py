@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
+from tund.errors import ErrorCode as ErrorCode  # re-exported: the reply codes
 from tund.errors import TundError
 
 PROTOCOL_VERSION = 1
@@ -33,21 +33,6 @@ PROTOCOL_VERSION = 1
 MAX_REQUEST = 64 * 1024
 #: Longest reply line a client accepts (a status of many tunnels is large, but bounded).
 MAX_REPLY = 16 * 1024 * 1024
-
-
-class ErrorCode(StrEnum):
-    """Error codes a reply may carry; :data:`ERROR_CODES` says what each means."""
-
-    BAD_REQUEST = "bad-request"
-    TOO_LARGE = "too-large"
-    UNKNOWN_COMMAND = "unknown-command"
-    VERSION_MISMATCH = "version-mismatch"
-    INVALID_CONFIG = "invalid-config"
-    RELOAD_FAILED = "reload-failed"
-    BUSY = "busy"
-    NOT_FOUND = "not-found"
-    DENIED = "denied"
-    INTERNAL = "internal"
 
 
 ERROR_CODES: dict[str, str] = {
@@ -61,9 +46,12 @@ ERROR_CODES: dict[str, str] = {
     ErrorCode.NOT_FOUND: "no tunnel or interface of that name",
     ErrorCode.DENIED: "the caller may not run this command",
     ErrorCode.INTERNAL: "the daemon hit a bug; details are in its log",
+    ErrorCode.KERNEL: "a kernel object (device, link, address, route) could not be changed",
+    ErrorCode.RELAY: "a relay worker could not run its tunnel (in its log and last_error)",
+    ErrorCode.UNREACHABLE: "tundctl could not ask the daemon (no socket, refused, timeout)",
+    ErrorCode.CONTROL_SOCKET: "the daemon could not open its control socket",
 }
-"""Known codes and their meaning. Daemon errors may carry other codes (``kernel`` ...),
-taken from :class:`~tund.errors.TundError` subclasses; clients must accept any string."""
+"""Every code tund gives and its meaning (clients must still accept any string)."""
 
 
 class CommandError(TundError):

@@ -53,8 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from tund.control import protocol, sockdir
-from tund.control.protocol import ErrorCode, ProtocolError
-from tund.errors import TundError
+from tund.control.protocol import ProtocolError
+from tund.errors import ErrorCode, TundError
 
 log = logging.getLogger("tund.control.server")
 
@@ -83,7 +83,7 @@ Dispatch = Callable[[str, dict[str, Any], PeerCred], Awaitable[dict[str, Any]]]
 class ControlSocketError(TundError):
     """The control socket could not be set up (in use, not a socket, bad group ...)."""
 
-    code = "control-socket"
+    code = ErrorCode.CONTROL_SOCKET
 
 
 def peer_credentials(sock: socket.socket) -> PeerCred:

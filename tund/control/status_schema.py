@@ -49,6 +49,8 @@ TUNNEL_FIELDS: dict[str, str] = {
     "role": 'str: "listen" (waits for the peer) or "remote" (connects to it)',
     "endpoint": 'str: the listen address or the remote "HOST:PORT"',
     "encryption": 'str: "wireguard" or "none"',
+    "keepalive": "int: seconds between keepalives (0 = off; a reload changing only this "
+                 "tells the running worker)",
     # supervision
     "state": "str: starting, connecting, up, backoff, failed or stopped",
     "since": "float: unix time of the last state change",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tund.control import auth
 from tund.control.server import PeerCred
-from tund.errors import TundError
+from tund.errors import ErrorCode, TundError
 
 if TYPE_CHECKING:
     from tund.daemon.engine import Engine
@@ -26,11 +26,11 @@ Handler = Callable[["Engine", dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class BadRequest(TundError):
-    code = "bad-request"
+    code = ErrorCode.BAD_REQUEST
 
 
 class UnknownCommand(TundError):
-    code = "unknown-command"
+    code = ErrorCode.UNKNOWN_COMMAND
 
 
 def _tunnel_arg(args: dict[str, Any]) -> str:

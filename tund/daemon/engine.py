@@ -38,14 +38,16 @@ from tund.config import Config, InterfaceConfig, TunnelConfig
 from tund.daemon import plan, status
 from tund.daemon import reload as reloading
 from tund.daemon.keyfiles import KeyMaterial, read_keys
+from tund.daemon.peerstore import PeerStore
 from tund.daemon.status import sysfs_mtu
-from tund.errors import ConfigError, ConfigIssue, KernelError, ReloadError, TundError
-from tund.netdev import reconcile, tuntap
+from tund.errors import ConfigError, ConfigIssue, ErrorCode, KernelError, ReloadError, TundError
+from tund.netdev import conflicts, reconcile, tuntap
 from tund.netdev.ip import Ip, IpRunner
 from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, SpawnLauncher
 from tund.supervise.runner import Limits, TunnelRunner
 from tund.supervise.worker import WorkerProcess, worker_class
 from tund.workerapi import underlay
+from tund.workerapi.messages import Update
 from tund.workerapi.run_as import WorkerUserError, resolve_worker_user
 from tund.workerapi.spec import WorkerSpec
 
@@ -53,7 +55,7 @@ log = logging.getLogger("tund.daemon.engine")
 
 
 class NotFound(TundError):
-    code = "not-found"
+    code = ErrorCode.NOT_FOUND
 
 
 def _vnet_hdr(iface: InterfaceConfig) -> bool:
@@ -71,12 +73,17 @@ class Engine:
     """Devices, listeners and tunnel runners for one configuration at a time."""
 
     def __init__(self, config_path: Path, ip: Ip | None = None,
-                 fork_server: bool = True, timers: Mapping[str, float] | None = None) -> None:
+                 fork_server: bool = True, timers: Mapping[str, float] | None = None,
+                 test_malformed: int = 0, peers_file: Path | None = None) -> None:
         """``fork_server`` False: every worker is spawned as a fresh interpreter.
-        ``timers``: test-only timer overrides passed to every worker (see WorkerSpec)."""
+        ``timers``: test-only timer overrides passed to every worker (see WorkerSpec).
+        ``test_malformed``: test-only, the first this many workers send a malformed
+        message (``tund --test-malformed-state``).
+        ``peers_file``: where the listeners' last peer endpoints outlive the daemon."""
         self.config_path = config_path
         self.ip: Ip = ip or IpRunner()
         self.timers = dict(timers or {})
+        self.test_malformed = test_malformed
         self.config: Config | None = None
         self.devices: dict[str, tuntap.OpenedDevice] = {}
         self.device_errors: dict[str, str] = {}
@@ -87,6 +94,7 @@ class Engine:
         self.started = time.time()
         self.reloads = 0
         self.last_reload: dict[str, Any] | None = None
+        self.peers = PeerStore(peers_file)
         self._lock = asyncio.Lock()
         self._worker_user: str | None = None
         self._worker_cls: type[WorkerProcess] = WorkerProcess
@@ -100,6 +108,7 @@ class Engine:
         async with self._lock:
             self._set_worker_user(cfg.daemon.worker_user)  # ConfigError: nothing started
             self.config = cfg
+            self.peers.keep_only(set(cfg.tunnels))
             self._start_fork_server()
             self._read_all_keys(cfg)
             self._bind_listeners(cfg)
@@ -171,6 +180,8 @@ class Engine:
         """At start: like _open_and_configure, but a failure is recorded, not raised, so
         the other interfaces and tunnels still come up."""
         try:
+            assert self.config is not None
+            conflicts.check(self.ip, name, iface.addresses, self.config.interfaces)
             self._open_and_configure(name, iface)
         except KernelError as e:
             self.device_errors[name] = str(e)
@@ -202,6 +213,11 @@ class Engine:
                 self._bring_up(name, iface)
                 await asyncio.sleep(0)
             return
+        opened, clashes = await asyncio.to_thread(conflicts.screen, self.ip, opened, states,
+                                                  set(cfg.interfaces))
+        for name, why in clashes.items():  # nothing of these applied: they fail alone
+            self.device_errors[name] = why
+            log.error("interface %s: %s", name, why, extra={"TUND_INTERFACE": name})
         results = await asyncio.to_thread(reconcile.apply_many, self.ip, opened, states)
         for name, res in results.items():
             if isinstance(res, KernelError):
@@ -224,7 +240,7 @@ class Engine:
     def _describe(self, name: str, t: TunnelConfig) -> dict[str, Any]:
         return {"interface": t.interface, "transport": t.transport, "role": t.role,
                 "endpoint": t.listen if t.listen is not None else t.remote,
-                "encryption": t.encryption}
+                "encryption": t.encryption, "keepalive": t.keepalive}
 
     def _make_spec(self, name: str) -> WorkerSpec:
         assert self.config is not None
@@ -244,6 +260,8 @@ class Engine:
                 self.listeners[name] = bind_underlay(t)
             sock_fd = self.listeners[name].fileno()
         host, port = t.endpoint
+        malformed, self.test_malformed = self.test_malformed > 0, max(0, self.test_malformed - 1)
+        resumable = t.role == "listen" and t.transport == "udp"
         return WorkerSpec(
             tunnel=name, interface=t.interface, mode=iface.mode, transport=t.transport,
             role=t.role, host=host, port=port, device_fd=dev.fd, socket_fd=sock_fd,
@@ -253,7 +271,9 @@ class Engine:
             reconnect_max=t.reconnect_max, allowed_sources=t.allowed_sources,
             encryption=t.encryption,
             private_key=km.private_key, peer_public_key=km.peer_public_key,
-            preshared_key=km.preshared_key, timers=dict(self.timers))
+            preshared_key=km.preshared_key,
+            known_peer=self.peers.get(name) if resumable else None, timers=dict(self.timers),
+            test_malformed=malformed)
 
     def _set_worker_user(self, user: str) -> None:
         """Workers started from now on run as ``user`` (see tund.relay.process.privileges).
@@ -385,7 +405,14 @@ class Engine:
         found = new.tunnel_for(iface)
         if found and found[0] in self.runners:
             mtu = new.interfaces[iface].mtu or sysfs_mtu(iface) or 1500
-            self.runners[found[0]].send({"op": "update", "mtu": mtu})
+            self.runners[found[0]].send(Update(mtu=mtu))
+
+    def push_keepalive(self, tunnel: str, seconds: int) -> None:
+        """Tell tunnel's running worker its new keepalive (a reload step; no restart)."""
+        runner = self.runners.get(tunnel)
+        if runner is not None:
+            runner.describe["keepalive"] = seconds
+            runner.send(Update(keepalive=seconds))
 
     async def stop_tunnel(self, name: str) -> None:
         """Stop the tunnel's worker, drop its runner, close its listening socket."""
@@ -400,7 +427,8 @@ class Engine:
         t = self.config.tunnels[name]
         runner = TunnelRunner(name, lambda: self._make_spec(name),
                               Limits.from_config(self.config.daemon), self._describe(name, t),
-                              spawn=self._worker_cls)
+                              spawn=self._worker_cls,
+                              on_peer=lambda peer: self.peers.remember(name, peer))
         self.runners[name] = runner
         runner.start()
 
@@ -418,6 +446,7 @@ class Engine:
                key_errors: Mapping[str, str]) -> None:
         """Put ``cfg`` and its tunnels' key material in force (workers started later)."""
         self.config = cfg
+        self.peers.keep_only(set(cfg.tunnels))
         self.keys = dict(keys)
         self.key_errors = dict(key_errors)
         self._set_worker_user(cfg.daemon.worker_user)

@@ -34,10 +34,12 @@ class Daemon:
     """The loop-side glue: control socket, signals, systemd notifications."""
 
     def __init__(self, cfg: Config, config_path: Path, socket_path: str,
-                 timers: Mapping[str, float] | None = None) -> None:
-        """``timers``: test-only timer overrides for every worker (``--test-timers``)."""
+                 timers: Mapping[str, float] | None = None, test_malformed: int = 0) -> None:
+        """``timers``: test-only timer overrides for every worker (``--test-timers``);
+        ``test_malformed``: test-only (``--test-malformed-state``, see Engine)."""
         self.cfg = cfg
-        self.engine = Engine(config_path, timers=timers)
+        self.engine = Engine(config_path, timers=timers, test_malformed=test_malformed,
+                             peers_file=Path(socket_path).with_name("peers.json"))
         self.socket_path = socket_path
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -189,6 +191,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # overrides passed to every worker, see tund.relay.wireguard.timers. Not in --help.
     ap.add_argument("--test-timers", type=parse_timers, default={}, metavar="NAME=SECONDS,...",
                     help=argparse.SUPPRESS)
+    # For tests only: the first N workers send one malformed state message (a compromised
+    # worker); the daemon must kill and replace each. Not in --help.
+    ap.add_argument("--test-malformed-state", type=int, default=0, metavar="N",
+                    help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -209,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log_level or cfg.daemon.log_level)
     proctitle.set_title(proctitle.daemon_title(str(path)), "tund")
     socket_path = args.control_socket or cfg.daemon.control_socket
-    return asyncio.run(Daemon(cfg, path, socket_path, timers=args.test_timers).run())
+    return asyncio.run(Daemon(cfg, path, socket_path, timers=args.test_timers,
+                              test_malformed=args.test_malformed_state).run())
 
 
 if __name__ == "__main__":

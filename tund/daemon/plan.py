@@ -8,8 +8,9 @@ returns a :class:`Plan`:
   disruptive action: ``reconfigure`` (addresses, routes, MTU, MAC, bridge, txqueuelen:
   applied in place by ``ip``, the worker keeps running), ``retag`` (persist: an ioctl on the
   held device), ``recreate`` (mode, packet_info, multi_queue, owner, group: a new device);
-* tunnels: ``add`` / ``remove`` / ``unchanged`` / ``restart`` (any tunnel setting or its key
-  material changed, or its interface is recreated).
+* tunnels: ``add`` / ``remove`` / ``unchanged`` / ``update`` (only settings the running
+  worker takes without a restart changed: ``keepalive``) / ``restart`` (any other tunnel
+  setting or its key material changed, or its interface is recreated).
 
 An unchanged tunnel is never touched: its worker process keeps running.
 """
@@ -23,12 +24,14 @@ from typing import Literal
 from tund.config import Config, InterfaceConfig
 
 InterfaceAction = Literal["add", "remove", "unchanged", "reconfigure", "retag", "recreate"]
-TunnelAction = Literal["add", "remove", "unchanged", "restart"]
+TunnelAction = Literal["add", "remove", "unchanged", "update", "restart"]
 
 # The kernel allows TUNSETOWNER/TUNSETGROUP only while attached and an adopted device must
 # match its owner: an owner or group change recreates the device, like a mode change.
 _RECREATE_KEYS = ("mode", "packet_info", "multi_queue", "owner", "group")
 _RETAG_KEYS = ("persist",)
+# tunnel settings a running worker applies when told (tund.daemon.reload: "tell worker")
+LIVE_TUNNEL_KEYS = ("keepalive",)
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class Plan:
             "added": {"interfaces": self.of("interfaces", "add"),
                       "tunnels": self.of("tunnels", "add")},
             "changed": {"interfaces": self.of("interfaces", *changed_if),
-                        "tunnels": self.of("tunnels", "restart")},
+                        "tunnels": self.of("tunnels", "update", "restart")},
             "removed": {"interfaces": self.of("interfaces", "remove"),
                         "tunnels": self.of("tunnels", "remove")},
             "unchanged": {"interfaces": self.of("interfaces", "unchanged"),
@@ -125,7 +128,10 @@ def diff(old: Config | None, new: Config,
             tunnels.append(TunnelChange(name, "remove"))
         elif o != n:
             keys = [k for k in type(n).model_fields if getattr(o, k) != getattr(n, k)]
-            tunnels.append(TunnelChange(name, "restart", f"changed: {', '.join(keys)}"))
+            live = (set(keys) <= set(LIVE_TUNNEL_KEYS) and n.interface not in recreated
+                    and old_keys.get(name) == new_keys.get(name))
+            tunnels.append(TunnelChange(name, "update" if live else "restart",
+                                        f"changed: {', '.join(keys)}"))
         elif old_keys.get(name) != new_keys.get(name):
             tunnels.append(TunnelChange(name, "restart", "key material changed"))
         elif n.interface in recreated:

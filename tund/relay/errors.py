@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tund.errors import TundError
+from tund.errors import ErrorCode, TundError
 
 
 class RelayError(TundError):
     """A worker cannot go on: bad start message, unusable fd, missing codec, dead device."""
 
-    code = "relay"
+    code = ErrorCode.RELAY

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import select
@@ -44,8 +43,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
+from tund.workerapi.messages import (
+    FROM_ZYGOTE,
+    Fork,
+    Forked,
+    ForkError,
+    MessageError,
+    Ready,
+    decode,
+)
 from tund.workerapi.run_as import RunAs
 
 log = logging.getLogger("tund.supervise")
@@ -283,7 +291,7 @@ class ForkServer:
                 proc.kill()
                 proc.wait()
 
-    def _recv(self, timeout: float, what: str) -> dict[str, Any] | None:
+    def _recv(self, timeout: float, what: str) -> Ready | Forked | ForkError | None:
         """One message; None when none came within ``timeout`` (0: do not wait).
 
         The socket stays non-blocking: waits are explicit selects.
@@ -301,13 +309,10 @@ class ForkServer:
             code = self.proc.poll() if self.proc is not None else None
             raise ForkServerError(f"fork server exited (status {code}) before its {what}")
         try:
-            msg = json.loads(data)
-        except ValueError:
+            return decode(data, FROM_ZYGOTE, what)
+        except MessageError as e:
             raise ForkServerError(f"fork server sent malformed data ({len(data)} bytes) "
-                                  f"instead of its {what}") from None
-        if not isinstance(msg, dict):
-            raise ForkServerError(f"fork server sent {msg!r} instead of its {what}")
-        return msg
+                                  f"instead of its {what}: {e}") from None
 
     def _send(self, data: bytes, fds: Sequence[int]) -> None:
         """Send one request, waiting up to ``request_timeout`` for room in the zygote's
@@ -352,15 +357,16 @@ class ForkServer:
                 return
             self._dispatch(msg)
 
-    def _dispatch(self, msg: dict[str, Any]) -> None:
+    def _dispatch(self, msg: Ready | Forked | ForkError) -> None:
         """Hand one reply to the child waiting for it."""
-        child = self._pending.pop(msg.get("id"), None)  # type: ignore[arg-type]
-        if child is None:
+        child = None if isinstance(msg, Ready) or msg.id is None else self._pending.pop(
+            msg.id, None)
+        if child is None or isinstance(msg, Ready):
             log.warning("fork server: reply to no pending request: %r", msg)
-        elif msg.get("op") == "forked" and isinstance(msg.get("pid"), int):
-            child.resolved(msg["pid"])
+        elif isinstance(msg, Forked):
+            child.resolved(msg.pid)
         else:
-            child.failed(str(msg.get("error", msg)))
+            child.failed(msg.error)
 
     def _watch(self) -> None:
         """Read replies from the running event loop, if there is one."""
@@ -411,7 +417,7 @@ class ForkServer:
             if msg is None:
                 raise ForkServerError(f"fork server pid {self.pid}: no ready message within "
                                       f"{self.ready_timeout:g}s")
-            if msg.get("op") != "ready":
+            if not isinstance(msg, Ready):
                 raise ForkServerError(f"fork server: expected op 'ready' (got {msg!r})")
             self._ready = True
             log.info("fork server pid %s ready", self.pid)
@@ -421,8 +427,7 @@ class ForkServer:
         assert self._sock is not None
         self._next_id += 1
         child = ForkedChild(self, self._next_id)
-        req = json.dumps({"op": "fork", "id": child.rid, "fds": list(fds),
-                          "run_as": str(run_as) if run_as is not None else None})
+        req = Fork(child.rid, tuple(fds), str(run_as) if run_as is not None else None)
         try:
             self._send(req.encode(), fds)
         except ForkServerError:
@@ -451,10 +456,3 @@ def _fd_array(fds: Sequence[int]) -> bytes:
     import array
 
     return array.array("i", fds).tobytes()
-
-
-def close_quietly(server: ForkServer | None) -> None:
-    """Stop ``server`` if there is one, ignoring errors (for shutdown paths)."""
-    if server is not None:
-        with contextlib.suppress(OSError):
-            server.close()

@@ -26,7 +26,8 @@ from typing import Any
 from tund.config import DaemonConfig
 from tund.logs import tunnel_logger
 from tund.states import TunnelState, can_move
-from tund.supervise.worker import WorkerProcess
+from tund.supervise.worker import FromWorker, Malformed, WorkerProcess
+from tund.workerapi.messages import Message, Ping, Pong, State
 from tund.workerapi.spec import WorkerSpec
 
 _COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "errors")
@@ -59,7 +60,9 @@ class TunnelRunner:
 
     def __init__(self, name: str, make_spec: SpecFactory, limits: Limits,
                  describe: dict[str, Any], spawn: type[WorkerProcess] = WorkerProcess,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 on_peer: Callable[[str | None], None] | None = None) -> None:
+        """``on_peer(endpoint)``: called when the worker reports a new peer endpoint."""
         self.name = name
         self.make_spec = make_spec
         self.limits = limits
@@ -68,6 +71,8 @@ class TunnelRunner:
         self.log = tunnel_logger(name, str(describe.get("interface", "")), "tund.supervise")
         self._spawn_cls = spawn
         self._on_change = on_change or (lambda: None)
+        self._on_peer = on_peer or (lambda _peer: None)
+        self._peer: str | None = None  # the latest peer a worker reported
         self.state = TunnelState.STOPPED
         self.worker: WorkerProcess | None = None
         self.restarts = 0
@@ -166,31 +171,45 @@ class TunnelRunner:
 
     # ------------------------------------------------------------------ worker events
 
-    def _message(self, msg: dict[str, Any]) -> None:
-        op = msg.get("op")
+    def _message(self, msg: FromWorker) -> None:
+        """A message from the live worker, already checked (a :class:`Malformed` one kills
+        it: it restarts with backoff, and nothing it sent touches the tunnel's state)."""
+        if isinstance(msg, Malformed):
+            self._refuse(msg.error)
+            return
         if not self._pid_logged and self.worker is not None and self.worker.pid is not None:
             self._pid_logged = True
             self.log.info("tunnel %s: worker pid %d started", self.name, self.worker.pid)
         self._heard = True
-        if isinstance(msg.get("stats"), dict):
-            self._live = msg["stats"]
-        if op == "pong":
-            seq = int(msg.get("seq", -1))
+        self._live = msg.stats.as_dict()
+        peer = msg.peer if isinstance(msg, State) else msg.stats.peer
+        if peer is not None and peer != self._peer:
+            self._peer = peer
+            self._on_peer(peer)
+        if isinstance(msg, Pong):
             # a pong answers its ping and every older one (the worker handles them in order)
-            for old_seq in [k for k in self._outstanding if k <= seq]:
+            for old_seq in [k for k in self._outstanding if k <= msg.seq]:
                 del self._outstanding[old_seq]
-            fut = self._pong_waiters.pop(seq, None)
+            fut = self._pong_waiters.pop(msg.seq, None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
-        elif op == "state":
-            if msg.get("error"):
-                self.last_error = str(msg["error"])
+        elif isinstance(msg, State):
+            if msg.error:
+                self.last_error = msg.error
                 self._reported_error = True
-            st = msg.get("state")
-            if st == "up":
-                self._move(TunnelState.UP, f"peer {msg.get('peer')}")
-            elif st == "connecting":
+            if msg.state == "up":
+                self._move(TunnelState.UP, f"peer {msg.peer}")
+            else:
                 self._move(TunnelState.CONNECTING)
+
+    def _refuse(self, error: str) -> None:
+        w = self.worker
+        if w is None:
+            return
+        self._kill_reason = (f"worker pid {w.pid} sent a malformed control message "
+                             f"({error}); killed")
+        self.log.error("tunnel %s: %s", self.name, self._kill_reason)
+        w.kill()
 
     def _exited(self, code: int | None) -> None:
         loop = asyncio.get_running_loop()
@@ -263,7 +282,7 @@ class TunnelRunner:
                 w.kill()
                 continue
             self._seq += 1
-            if w.send({"op": "ping", "seq": self._seq}):
+            if w.send(Ping(self._seq)):
                 self._outstanding[self._seq] = now
 
     async def refresh(self, timeout: float = 0.5) -> None:
@@ -274,12 +293,12 @@ class TunnelRunner:
         self._seq += 1
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pong_waiters[self._seq] = fut
-        if w.send({"op": "ping", "seq": self._seq}):
+        if w.send(Ping(self._seq)):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(fut, timeout)
         self._pong_waiters.pop(self._seq, None)
 
-    def send(self, msg: dict[str, Any]) -> bool:
+    def send(self, msg: Message) -> bool:
         """Forward a control message to the live worker (e.g. an MTU update)."""
         return self.worker.send(msg) if self.worker else False
 

@@ -19,23 +19,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
 import signal
 import socket
 import subprocess
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 from tund import logs
 from tund.supervise.forkserver import Child, Launcher, SpawnLauncher
+from tund.workerapi.messages import FROM_WORKER, Message, MessageError, Pong, Start, State, Stop
+from tund.workerapi.messages import decode as decode_message
 from tund.workerapi.run_as import RunAs
 from tund.workerapi.spec import WorkerSpec
 
 log = logging.getLogger("tund.supervise")
 
-MessageHandler = Callable[[dict[str, Any]], None]
+
+@dataclass(frozen=True)
+class Malformed:
+    """Not a message: the worker sent something :func:`decode_message` refused (``error``
+    names the field and the value). Nothing it sends afterwards is read."""
+
+    error: str
+
+
+FromWorker = Pong | State | Malformed
+MessageHandler = Callable[[FromWorker], None]
 
 
 class WorkerProcess:
@@ -54,6 +64,7 @@ class WorkerProcess:
         self._sock: socket.socket | None = None
         self.proc: Child | None = None
         self._exited = False
+        self._refused = False  # it sent a malformed message: read nothing more
 
     @property
     def pid(self) -> int | None:
@@ -75,14 +86,14 @@ class WorkerProcess:
         ours.setblocking(False)
         self._sock = ours
         loop.add_reader(ours.fileno(), self._readable)
-        self.send({"op": "start", "spec": spec_dict(self.spec)})
+        self.send(Start(self.spec))
 
-    def send(self, msg: dict[str, Any]) -> bool:
+    def send(self, msg: Message) -> bool:
         """Send one control message; False if the worker is gone or its queue is full."""
         if self._sock is None:
             return False
         try:
-            self._sock.send(json.dumps(msg).encode())
+            self._sock.send(msg.encode())
             return True
         except (BlockingIOError, BrokenPipeError, ConnectionResetError, OSError):
             return False
@@ -104,16 +115,18 @@ class WorkerProcess:
             if not data:
                 self._closed()
                 return
+            if self._refused:
+                continue
             try:
-                msg = json.loads(data)
-            except ValueError:
-                log.warning("worker %s (pid %s) sent malformed control data (%d bytes)",
-                            self.spec.tunnel, self.pid, len(data),
+                msg: FromWorker = decode_message(data, FROM_WORKER)
+            except MessageError as e:
+                log.warning("worker %s (pid %s) sent malformed control data (%d bytes): %s",
+                            self.spec.tunnel, self.pid, len(data), e,
                             extra=logs.fields(interface=self.spec.interface,
                                               tunnel=self.spec.tunnel))
-                continue
-            if isinstance(msg, dict):
-                self._on_message(msg)
+                self._refused = True
+                msg = Malformed(str(e))
+            self._on_message(msg)
 
     def _closed(self) -> None:
         if self._sock is not None:
@@ -148,7 +161,7 @@ class WorkerProcess:
         """Ask the worker to stop; TERM then KILL if it does not exit in time."""
         if self.proc is None or self._exited:
             return
-        self.send({"op": "stop"})
+        self.send(Stop())
         for sig in (None, signal.SIGTERM, signal.SIGKILL):
             if sig is not None:
                 self.kill(sig)
@@ -160,13 +173,9 @@ class WorkerProcess:
         self._closed()
 
 
-def spec_dict(spec: WorkerSpec) -> dict[str, Any]:
-    """``spec.to_dict()`` for the start message, without its deep copy (a dataclass
-    ``asdict`` costs more than the rest of starting a worker); the JSON is the same."""
-    return {f.name: getattr(spec, f.name) for f in _SPEC_FIELDS}
-
-
-_SPEC_FIELDS = dataclasses.fields(WorkerSpec)
+def spec_dict(spec: WorkerSpec) -> dict[str, object]:
+    """The spec as the start message carries it (without ``asdict``'s deep copy)."""
+    return dict(Start(spec).fields()["spec"])
 
 
 def worker_class(run_as: RunAs | None,

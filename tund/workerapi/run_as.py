@@ -14,7 +14,7 @@ import os
 import pwd
 from dataclasses import dataclass
 
-from tund.errors import TundError
+from tund.errors import ErrorCode, TundError
 
 log = logging.getLogger("tund.workerapi.run_as")
 
@@ -27,7 +27,7 @@ USERADD_HINT = "useradd --system --no-create-home --shell /usr/sbin/nologin tund
 class WorkerUserError(TundError):
     """``worker_user`` names no user on this system (the message says how to create one)."""
 
-    code = "invalid-config"
+    code = ErrorCode.INVALID_CONFIG
 
 
 @dataclass(frozen=True)

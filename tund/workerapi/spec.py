@@ -8,30 +8,12 @@ with ``pass_fds`` holding the control end, the device fd and (role ``listen``) t
 pre-bound underlay socket; or, the usual way, the fork server (``python -m tund.relay
 --fork-server``, :mod:`tund.relay.process.zygote`) forks a worker that finds the same fds under
 the same numbers (:mod:`tund.supervise.forkserver`). Its first message on the control
-socket is::
+socket is a :class:`~tund.workerapi.messages.Start` carrying this spec; secrets (private /
+preshared keys) travel only there, never in argv or env. Every message afterwards, and
+``STATS``, is a frozen dataclass of :mod:`tund.workerapi.messages`.
 
-    {"op": "start", "spec": WorkerSpec.to_dict()}
-
-Secrets (private / preshared keys) travel only in that message, never in argv or env.
-
-Control messages (one JSON object per SEQPACKET datagram):
-
-daemon -> worker
-    ``{"op": "ping", "seq": N}``  answered from the packet loop itself (a wedged loop
-    does not answer, and the daemon kills it);
-    ``{"op": "stop"}``            finish the current batch, close, exit 0.
-
-worker -> daemon
-    ``{"op": "pong", "seq": N, "stats": STATS}``
-    ``{"op": "state", "state": "connecting"|"up", "peer": "ADDR:PORT"|null,
-       "error": str|null, "stats": STATS}``  sent on every state change.
-
-``STATS`` is a dict with at least: ``rx_packets``, ``rx_bytes`` (peer -> device),
-``tx_packets``, ``tx_bytes`` (device -> peer), ``drops`` (cause -> count), ``errors``,
-``last_rx``, ``last_tx`` (unix time or null), ``peer`` (or null), ``state``; encrypted
-tunnels add their session fields. Counters are cumulative for the life of the process;
-the daemon adds the totals of earlier incarnations.
-
+Counters are cumulative for the life of the process; the daemon adds the totals of
+earlier incarnations.
 A worker exits non-zero on a fatal error after sending a ``state`` message carrying it.
 """
 
@@ -70,11 +52,20 @@ class WorkerSpec:
     preshared_key: str | None = None
     # role listen: source networks accepted (TCP on accept, UDP on receive); empty: all
     allowed_sources: tuple[str, ...] = ()
+    # role listen, UDP: the peer's last authenticated endpoint ("ADDR:PORT", "[V6]:PORT"),
+    # known to the daemon from an earlier worker: contacted at once (tund.daemon.peerstore)
+    known_peer: str | None = None
     # Test-only timer overrides (e.g. {"rekey_after_time": 5}); empty in production.
     timers: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Test-only (tund --test-malformed-state): the worker sends one malformed state
+    # message before its first packet, as a compromised worker might.
+    test_malformed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as JSON has them (``allowed_sources`` as a list)."""
+        d = dataclasses.asdict(self)
+        d["allowed_sources"] = list(self.allowed_sources)
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkerSpec:

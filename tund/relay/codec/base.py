@@ -48,6 +48,20 @@ Contract (:class:`Codec`):
     replaced, a UDP socket is ready. An initiator starts its handshake here. Session
     state tied to the old connection may be dropped.
 
+``expired(now) -> list[bytes]``
+    Device packets the codec held and no longer waits to complete (offload: a frame
+    rebuilt from chunks whose lost companions never came); the pump writes them when
+    ``now >= next_deadline()``. ``[]`` from a codec that holds nothing.
+
+``mtu_changed(old, new)``
+    The device's MTU changed in place (a reload). A codec that checks packet sizes itself
+    (offload: plain packets of at most the MTU) moves its limit by ``new - old``; the
+    others ignore it.
+
+``set_keepalive(seconds, now)``
+    A reload changed the tunnel's ``keepalive``: use ``seconds`` (0 = off) from now on,
+    without restarting the worker.
+
 ``stats() -> dict[str, Any]``
     Extra JSON-serialisable fields merged into the worker's STATS. Its ``drops``, if
     present, maps cause -> count of what the codec discarded on its own (never returned
@@ -98,4 +112,23 @@ class Codec(Protocol):
 
     def on_connected(self, now: float) -> list[bytes]: ...
 
+    def expired(self, now: float) -> list[bytes]: ...
+
+    def mtu_changed(self, old: int, new: int) -> None: ...
+
+    def set_keepalive(self, seconds: float, now: float) -> None: ...
+
     def stats(self) -> dict[str, Any]: ...
+
+
+class HoldsNothing:
+    """For codecs that hold no device packets and check no sizes: ``expired`` and
+    ``mtu_changed`` of the contract, doing nothing."""
+
+    __slots__ = ()
+
+    def expired(self, now: float) -> list[bytes]:
+        return []
+
+    def mtu_changed(self, old: int, new: int) -> None:
+        return None

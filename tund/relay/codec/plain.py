@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from tund.relay.codec.base import Address, Codec, Opened
+from tund.relay.codec.base import Address, Codec, HoldsNothing, Opened
 
 KEEPALIVE = b""  # plain UDP only: an empty datagram says "I am here" and carries nothing
 
 
-class PlainCodec:
+class PlainCodec(HoldsNothing):
     """Encryption "none": packets pass through unchanged.
 
     Checks on what arrives from the peer (counted as ``"malformed"`` drops): a message
@@ -24,10 +24,12 @@ class PlainCodec:
     """
 
     def __init__(self, *, min_len: int = 1, ip_check: bool = False,
-                 keepalive: float = 0.0, hello: bool = False) -> None:
+                 keepalive: float = 0.0, hello: bool = False, timed: bool = True) -> None:
+        """``timed`` False (TCP: the socket's own keepalive): ``set_keepalive`` is ignored."""
         self.min_len = max(1, min_len)
         self.ip_check = ip_check
         self.keepalive = keepalive
+        self.timed = timed
         self.hello = hello
         self._last_send: float | None = None
 
@@ -66,6 +68,10 @@ class PlainCodec:
         if self.keepalive <= 0 or self._last_send is None:
             return None
         return self._last_send + self.keepalive
+
+    def set_keepalive(self, seconds: float, now: float) -> None:
+        if self.timed:
+            self.keepalive = seconds
 
     def on_connected(self, now: float) -> list[bytes]:
         if self.hello:

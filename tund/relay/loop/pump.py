@@ -49,7 +49,6 @@ No per-packet logging; per-packet work is a length check, the codec call and a s
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import selectors
 import socket
@@ -62,6 +61,18 @@ from tund.relay.device.tun import BATCH, PacketDevice
 from tund.relay.loop.counters import Counters
 from tund.relay.loop.poller import Poller
 from tund.relay.transport.base import Transport, format_peer
+from tund.workerapi.messages import (
+    TO_WORKER,
+    Message,
+    MessageError,
+    Ping,
+    Pong,
+    State,
+    Stats,
+    Stop,
+    Update,
+    decode,
+)
 
 log = logging.getLogger("tund.relay.loop.pump")
 
@@ -185,8 +196,7 @@ class Pump:
         for m in self.codec.tick(now):
             self.transport.send(m)
         if self.vnet:  # frames rebuilt from chunks whose companions were lost
-            codec: Any = self.codec
-            self._rx += codec.expired(now)
+            self._rx += self.codec.expired(now)
             self._flush_rx()
 
     def _watch_device(self, on: bool) -> None:
@@ -355,8 +365,7 @@ class Pump:
             return
         self._reported = key
         log.info("state %s, peer %s", key[0], key[1])
-        self.send_control({"op": "state", "state": key[0], "peer": key[1], "error": error,
-                           "stats": self.stats()})
+        self.send_control(State(key[0], key[1], error, Stats.of(self.stats())))
 
     def stats(self) -> dict[str, Any]:
         s = self.c.as_dict()
@@ -369,11 +378,11 @@ class Pump:
         s.update(extra)
         return s
 
-    def send_control(self, msg: dict[str, Any]) -> None:
+    def send_control(self, msg: Message) -> None:
         try:
-            self.control.send(json.dumps(msg, separators=(",", ":")).encode())
+            self.control.send(msg.encode())
         except TimeoutError:
-            log.warning("control socket full: %s message lost", msg.get("op"))
+            log.warning("control socket full: %s message lost", msg.OP)
         except OSError as e:
             log.warning("control socket: %s; exiting", e)
             self._running = False
@@ -391,26 +400,30 @@ class Pump:
             self._running = False
             return
         try:
-            msg = json.loads(raw)
-            op = msg["op"]
-        except (ValueError, TypeError, KeyError):
-            log.warning("ignoring a malformed control message: %r", raw[:200])
+            msg = decode(raw, TO_WORKER)
+        except MessageError as e:
+            log.warning("ignoring a malformed control message: %s", e)
             return
-        if op == "ping":
-            self.send_control({"op": "pong", "seq": msg.get("seq"), "stats": self.stats()})
-        elif op == "update":
-            # the device MTU changed in place (reload): adjust the oversize limit, keep running
-            new_mtu = msg.get("mtu")
-            if isinstance(new_mtu, int) and 68 <= new_mtu <= 65535:
-                if self.vnet:  # frames stay up to 64 KB; plain packets obey the MTU
-                    codec: Any = self.codec
-                    codec.max_packet = codec.max_packet - self.mtu + new_mtu
-                else:
-                    self.max_packet = self.max_packet - self.mtu + new_mtu
-                self.mtu = new_mtu
-                log.info("mtu now %d (largest packet %d)", new_mtu, self.max_packet)
-        elif op == "stop":
+        if isinstance(msg, Ping):
+            self.send_control(Pong(msg.seq, Stats.of(self.stats())))
+        elif isinstance(msg, Update):
+            if msg.keepalive is not None:
+                self.codec.set_keepalive(float(msg.keepalive), self.now)
+                self.transport.set_keepalive(msg.keepalive)
+                log.info("keepalive now %d s", msg.keepalive)
+            if msg.mtu is not None:
+                self._set_mtu(msg.mtu)
+        elif isinstance(msg, Stop):
             log.info("stop requested")
             self._running = False
         else:
-            log.warning("ignoring unknown control op %r", op)
+            log.warning("ignoring control op %r after the start", msg.OP)
+
+    def _set_mtu(self, new_mtu: int) -> None:
+        """The device MTU changed in place (reload): adjust the oversize limit, keep running."""
+        if self.vnet:  # frames stay up to 64 KB; plain packets obey the MTU (the codec)
+            self.codec.mtu_changed(self.mtu, new_mtu)
+        else:
+            self.max_packet = self.max_packet - self.mtu + new_mtu
+        self.mtu = new_mtu
+        log.info("mtu now %d (largest packet %d)", new_mtu, self.max_packet)

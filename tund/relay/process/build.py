@@ -20,7 +20,7 @@ from tund.relay.device.tun import FdDevice
 from tund.relay.errors import RelayError
 from tund.relay.loop.counters import Counters
 from tund.relay.loop.pump import Pump
-from tund.relay.transport.base import Transport
+from tund.relay.transport.base import Transport, parse_peer
 from tund.relay.transport.framing import MAX_FRAME
 from tund.relay.transport.tcp import TcpTransport
 from tund.relay.transport.udp import UdpTransport
@@ -45,7 +45,7 @@ def make_codec(spec: WorkerSpec) -> Codec:
         min_len = (4 if spec.packet_info else 0) + (14 if spec.mode == "tap" else 1)
         return PlainCodec(min_len=min_len, ip_check=spec.mode == "tun" and not spec.packet_info,
                           keepalive=float(spec.keepalive) if udp else 0.0,
-                          hello=udp and spec.role == "remote")
+                          hello=udp and spec.role == "remote", timed=udp)
     if spec.encryption == "wireguard":
         try:
             from tund.relay.wireguard.codec import WireGuardCodec  # type: ignore[import-not-found,unused-ignore]
@@ -83,7 +83,8 @@ def make_transport(spec: WorkerSpec, counters: Counters,
         return TcpTransport(counters, listen_sock=sock, keepalive=spec.keepalive,
                             max_message=(largest or max_packet(spec)) + CODEC_OVERHEAD,
                             authenticates=spec.encryption == "wireguard", **common)
-    return UdpTransport(counters, sock=sock, **common)
+    known = parse_peer(spec.known_peer) if spec.known_peer and spec.role == "listen" else None
+    return UdpTransport(counters, sock=sock, known_peer=known, **common)
 
 
 def build(spec: WorkerSpec, control: socket.socket) -> Pump:

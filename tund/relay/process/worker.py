@@ -19,18 +19,24 @@ import logging
 import socket
 import sys
 
-from tund import proctitle
+from tund import logs, proctitle
 from tund.relay.errors import RelayError
 from tund.relay.loop.counters import Counters
 from tund.relay.loop.pump import Pump
 from tund.relay.process.build import build
 from tund.relay.process.privileges import drop_privileges
+from tund.workerapi.messages import MessageError, Start, State, Stats, decode
 from tund.workerapi.run_as import RunAs
 from tund.workerapi.spec import WorkerSpec
 
 log = logging.getLogger("tund.relay.process.worker")
 
 START_TIMEOUT = 30.0
+#: Test-only (``WorkerSpec.test_malformed``): a state message whose counter is a string.
+MALFORMED_STATE = (b'{"op":"state","state":"up","peer":null,"error":null,"stats":'
+                   b'{"rx_packets":"pwn","rx_bytes":0,"tx_packets":0,"tx_bytes":0,'
+                   b'"drops":{},"errors":0,"last_rx":null,"last_tx":null,"peer":null,'
+                   b'"state":"up"}}')
 
 
 def receive_start(control: socket.socket) -> WorkerSpec:
@@ -42,20 +48,26 @@ def receive_start(control: socket.socket) -> WorkerSpec:
     if not raw:
         raise RelayError("control socket closed before the start message")
     try:
-        msg = json.loads(raw)
-        if msg.get("op") != "start":
-            raise ValueError(f"expected op 'start' (got {msg.get('op')!r})")
-        return WorkerSpec.from_dict(msg["spec"])
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        return decode(raw, (Start,), "start message").spec
+    except MessageError as e:
         raise RelayError(f"bad start message: {e}") from None
 
 
-def setup_logging(tunnel: str, program: str = "tund-relay") -> None:
-    """Log to stderr at info, every line tagged ``PROGRAM[TUNNEL]``."""
-    tag = tunnel.replace("%", "%%")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        f"%(asctime)s {program}[{tag}] %(levelname)s %(name)s: %(message)s"))
+def setup_logging(tunnel: str, program: str = "tund-relay", interface: str | None = None) -> None:
+    """Log at info to stderr, every line tagged ``PROGRAM[TUNNEL]``; with ``interface`` (a
+    worker that has its spec) to journald instead when the daemon's rule picks it
+    (:func:`tund.logs.current_target`), every message carrying ``TUND_TUNNEL`` and
+    ``TUND_INTERFACE``. The fork server passes no interface: it never opens the journal."""
+    handler: logging.Handler | None = None
+    if interface is not None and logs.current_target() == "journal":
+        with contextlib.suppress(ImportError, OSError):
+            handler = logs.object_journal_handler(
+                logs.fields(interface=interface, tunnel=tunnel))
+    if handler is None:
+        tag = tunnel.replace("%", "%%")
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s {program}[{tag}] %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
@@ -72,10 +84,9 @@ def _fatal(control: socket.socket, error: str, pump: Pump | None) -> None:
     if pump is not None:
         pump.report(error=error)
         return
-    msg = {"op": "state", "state": "connecting", "peer": None, "error": error,
-           "stats": {**Counters().as_dict(), "peer": None, "state": "connecting"}}
+    msg = State("connecting", None, error, Stats.of(Counters().as_dict()))
     with contextlib.suppress(OSError):
-        control.send(json.dumps(msg).encode())
+        control.send(msg.encode())
 
 
 def run(control_fd: int, run_as: RunAs | None) -> int:
@@ -91,13 +102,16 @@ def run(control_fd: int, run_as: RunAs | None) -> int:
     except RelayError as e:
         _fatal(control, str(e), None)
         return 2
-    setup_logging(spec.tunnel)
+    setup_logging(spec.tunnel, interface=spec.interface)
     set_process_name(spec.tunnel, spec.interface)
     log.info("starting: %s", json.dumps(spec.redacted(), sort_keys=True))
     pump: Pump | None = None
     try:
         pump = build(spec, control)
         drop_privileges(run_as)  # before the first packet; raises PrivilegeError
+        if spec.test_malformed:  # test-only: what a compromised worker might send
+            log.warning("test: sending a malformed state message")
+            control.send(MALFORMED_STATE)
         return pump.run()
     except (RelayError, OSError, ValueError) as e:
         _fatal(control, str(e) if isinstance(e, RelayError) else f"{type(e).__name__}: {e}",

@@ -11,18 +11,11 @@ worker needs (:data:`PRELOAD`), freezes the garbage collector's view of it
 (``gc.freeze()``: the collector never writes to those objects' pages, so forked workers
 keep sharing them), and then forks one worker per request.
 
-Protocol, on the ``SOCK_SEQPACKET`` socket ``N`` (one JSON object per datagram):
-
-zygote -> daemon, once, when ready
-    ``{"op": "ready", "pid": PID}``
-daemon -> zygote
-    ``{"op": "fork", "id": ID, "fds": [CONTROL, DEVICE, SOCKET?], "run_as": "UID:GID"|null}``
-    with the worker's fds attached (``SCM_RIGHTS``, same order); ``fds`` are the numbers
-    the worker must find them under (those named in its start message); ``ID`` is any
-    integer, echoed in the reply;
-one reply per request, not necessarily in request order
-    ``{"op": "forked", "id": ID, "pid": PID}`` (sent by the worker itself) or
-    ``{"op": "error", "id": ID, "error": TEXT}``.
+Protocol, on the ``SOCK_SEQPACKET`` socket ``N`` (:mod:`tund.workerapi.messages`): the
+zygote says :class:`Ready` once; each :class:`Fork` request (the worker's fds attached,
+``SCM_RIGHTS``, in the order of its ``fds``: the numbers the worker must find them under)
+gets one reply, not necessarily in request order: :class:`Forked` (sent by the worker
+itself) or :class:`ForkError`.
 
 Requests are not waited for: the daemon may send many before reading any reply.
 
@@ -63,9 +56,21 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
 
 from tund import proctitle
+from tund.workerapi.messages import (
+    TO_ZYGOTE,
+    Fork,
+    Forked,
+    ForkError,
+    Message,
+    MessageError,
+    Ping,
+    Ready,
+    Start,
+    Stop,
+    decode,
+)
 from tund.workerapi.run_as import RunAs
 
 log = logging.getLogger("tund.relay.process.zygote")
@@ -150,13 +155,13 @@ def warm_up(rounds: int = WARM_ROUNDS) -> list[str]:
                         device_fd=dev_worker.fileno(), socket_fd=udp.fileno(), mtu=1420,
                         vnet_hdr=vnet, encryption="wireguard", private_key=key,
                         peer_public_key=peer)
-                    ours.send(json.dumps({"op": "start", "spec": spec.to_dict()}).encode())
+                    ours.send(Start(spec).encode())
                     spec = relay_worker.receive_start(theirs)
                     json.dumps(spec.redacted(), sort_keys=True)
                     pump = relay_build.build(spec, theirs)
                     udp.detach()  # the pump's transport owns (and closes) it now
-                    ours.send(json.dumps({"op": "ping", "seq": 1}).encode())
-                    ours.send(json.dumps({"op": "stop"}).encode())
+                    ours.send(Ping(1).encode())
+                    ours.send(Stop().encode())
                     pump.run()
                     privileges.problems(privileges.read_status(), None)
                     privileges.prepare()
@@ -179,29 +184,13 @@ def parse_request(msg: bytes, fds: list[int]) -> tuple[int, list[int], str | Non
     :data:`MAX_FDS` of them (control first).
     """
     try:
-        req = json.loads(msg)
-    except ValueError as e:
-        raise ForkRequestError(f"fork request is not JSON ({e}): {msg[:80]!r}") from None
-    if not isinstance(req, dict) or req.get("op") != "fork":
-        raise ForkRequestError(f"expected op 'fork' (got {msg[:80]!r})")
-    rid = request_id(msg)
-    if rid is None:
-        raise ForkRequestError(f"fork request without an integer id (got {req.get('id')!r})")
-    targets = req.get("fds")
-    if (not isinstance(targets, list) or not 2 <= len(targets) <= MAX_FDS
-            or not all(isinstance(t, int) and not isinstance(t, bool) and t > 2
-                       for t in targets)
-            or len(set(targets)) != len(targets)):
-        raise ForkRequestError(f"fds must be 2 or 3 distinct numbers above 2 (got {targets!r})")
+        req: Fork = decode(msg, TO_ZYGOTE, "fork request")
+    except MessageError as e:
+        raise ForkRequestError(str(e)) from None
+    rid, targets, run_as = req.id, list(req.fds), req.run_as
     if len(fds) != len(targets):
         raise ForkRequestError(f"{len(targets)} fd number(s) named but {len(fds)} fd(s) "
                                "attached")
-    run_as = req.get("run_as")
-    if run_as is not None:
-        try:
-            RunAs.parse(run_as)
-        except (ValueError, AttributeError):
-            raise ForkRequestError(f"run_as must be 'UID:GID' or null (got {run_as!r})") from None
     return rid, targets, run_as
 
 
@@ -256,7 +245,7 @@ def _worker(server: socket.socket, rid: int, middle: int, fds: list[int],
     try:
         proctitle.set_comm(WORKER_COMM)
         _wait_reparented(middle)
-        _reply(server, {"op": "forked", "id": rid, "pid": os.getpid()})
+        _reply(server, Forked(rid, os.getpid()))
         server.detach()  # its fd is closed by place_fds; the object must not close it again
         place_fds(fds, targets)
         from tund.relay.process import worker as relay_worker
@@ -291,7 +280,7 @@ def fork_worker(server: socket.socket, rid: int, fds: list[int], targets: list[i
                 _worker(server, rid, me, fds, targets, run_as)
         except OSError as e:
             status = 1
-            _reply(server, {"op": "error", "id": rid, "error": f"cannot fork a worker: {e}"})
+            _reply(server, ForkError(rid, f"cannot fork a worker: {e}"))
     except BaseException:  # never return into the zygote's loop
         status = 1
     finally:
@@ -311,8 +300,8 @@ def _recv(server: socket.socket) -> tuple[bytes, list[int]]:
     return msg, list(fds)
 
 
-def _reply(server: socket.socket, msg: dict[str, Any]) -> None:
-    server.send(json.dumps(msg).encode())
+def _reply(server: socket.socket, msg: Message) -> None:
+    server.send(msg.encode())
 
 
 def serve(control_fd: int) -> int:
@@ -334,7 +323,7 @@ def serve(control_fd: int) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the middle processes
     gc.collect()
     gc.freeze()  # forked workers share these pages: the collector never writes to them
-    _reply(server, {"op": "ready", "pid": os.getpid()})
+    _reply(server, Ready(os.getpid()))
     while True:
         try:
             msg, fds = _recv(server)
@@ -344,12 +333,12 @@ def serve(control_fd: int) -> int:
             return 0
         if not msg:
             return 0  # the daemon is gone
-        reply: dict[str, Any] | None = None
+        reply: Message | None = None
         try:
             rid, targets, run_as = parse_request(msg, fds)
             fork_worker(server, rid, fds, targets, run_as)
         except (ForkRequestError, OSError) as e:
-            reply = {"op": "error", "id": request_id(msg), "error": str(e)}
+            reply = ForkError(request_id(msg), str(e))
         finally:
             for fd in fds:
                 if fd >= 0:

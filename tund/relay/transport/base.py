@@ -83,6 +83,11 @@ class Transport(Protocol):
         """Move the peer endpoint (UDP roaming); a no-op where the peer is a connection."""
         ...
 
+    def set_keepalive(self, seconds: int) -> None:
+        """A reload changed ``keepalive``: TCP re-arms its socket keepalive; UDP ignores it
+        (the codec sends UDP keepalives)."""
+        ...
+
     def tick(self, now: float) -> None: ...
 
     def next_deadline(self) -> float | None: ...
@@ -96,6 +101,18 @@ def format_peer(addr: Any) -> str | None:
         return None
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_peer(text: str) -> tuple[str, int]:
+    """The inverse of :func:`format_peer`: ``"ADDR:PORT"`` / ``"[V6]:PORT"`` -> (addr, port).
+
+    Raises ValueError naming the text when it is not of that form."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not an ADDR:PORT endpoint: {text!r}")
+    return host, int(port)
 
 
 def resolve(host: str, port: int, socktype: int) -> tuple[int, Any]:

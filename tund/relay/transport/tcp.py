@@ -295,6 +295,20 @@ class TcpTransport:
 
     # ------------------------------------------------------------------ connection
 
+    def _arm_keepalive(self, s: socket.socket) -> None:
+        if self.keepalive > 0:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, self.keepalive)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, self.keepalive)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+
+    def set_keepalive(self, seconds: int) -> None:
+        """Use ``seconds`` for this connection (if any) and the next ones; 0: the kernel's.
+        The plaintext dead-connection window (3 x keepalive) follows."""
+        self.keepalive = seconds
+        self.dead_after = 3.0 * seconds if seconds > 0 else DEAD_AFTER
+        if self.conn is not None and seconds > 0:
+            self._arm_keepalive(self.conn)
+
     def _use(self, s: socket.socket, addr: Any, decoder: FrameDecoder | None = None,
              new_path: bool = True) -> None:
         """``s`` is now the connection to the peer: set options, go up (``decoder``: the
@@ -302,10 +316,7 @@ class TcpTransport:
         assert self._sel is not None and self._link is not None
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if self.keepalive > 0:
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, self.keepalive)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, self.keepalive)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        self._arm_keepalive(s)
         self.conn, self.peer = s, addr
         if decoder is not None:
             self.decoder = decoder

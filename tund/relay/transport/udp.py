@@ -98,7 +98,9 @@ class UdpTransport:
 
     def __init__(self, counters: Counters, *, role: str, host: str, port: int,
                  sock: socket.socket | None = None, reconnect_min: float = 0.2,
-                 reconnect_max: float = 10.0, allowed_sources: Sequence[str] = ()) -> None:
+                 reconnect_max: float = 10.0, known_peer: Address | None = None,
+                 allowed_sources: Sequence[str] = ()) -> None:
+        """``known_peer`` (role listen): the previous worker's peer, contacted at start."""
         if role == "listen" and sock is None:
             raise ValueError("udp: role listen needs a bound socket")
         # role listen: datagrams from elsewhere are dropped before the codec sees them
@@ -110,6 +112,7 @@ class UdpTransport:
         self.sock = sock
         self.state = "connecting"
         self.peer: Address | None = None
+        self._known_peer = known_peer
         self.backlogged = False  # datagrams are never queued in user space
         self.backoff = Backoff(reconnect_min, reconnect_max)
         self._deadline: float | None = None
@@ -141,6 +144,10 @@ class UdpTransport:
             sel.register(self.sock, selectors.EVENT_READ, self._on_readable)
             log.info("listening on %s%s", format_peer(self.sock.getsockname()),
                      " (replies from the address each peer sent to)" if self.sticky else "")
+            if self._known_peer is not None:
+                log.info("the previous worker's peer was %s: contacting it now",
+                         format_peer(self._known_peer))
+                self.set_peer(self._known_peer)
         else:
             self._resolve()
 
@@ -195,6 +202,9 @@ class UdpTransport:
         return self._deadline
 
     # ------------------------------------------------------------------ both roles
+
+    def set_keepalive(self, seconds: int) -> None:
+        """Nothing to do: UDP keepalives are the codec's."""
 
     def set_peer(self, addr: Address) -> None:
         if self.role != "listen" or addr == self.peer:

@@ -67,7 +67,7 @@ from typing import Any, Literal, overload
 from cryptography.exceptions import InvalidTag
 
 from tund.keyformat import clamp, decode_key, encode_key, public_from_private
-from tund.relay.codec.base import Address, Opened
+from tund.relay.codec.base import Address, HoldsNothing, Opened
 from tund.relay.wireguard import messages as msgs
 from tund.relay.wireguard import noise
 from tund.relay.wireguard.cookie import CookieChecker, CookieGenerator, LoadDetector
@@ -118,7 +118,7 @@ def ip_length(packet: bytes) -> int | None:
     return None
 
 
-class WireGuardCodec:
+class WireGuardCodec(HoldsNothing):
     """WireGuard for one peer; see the module docstring for flows and drop causes.
 
     ``spec`` supplies ``private_key``, ``peer_public_key``, ``preshared_key`` (base64),
@@ -155,6 +155,8 @@ class WireGuardCodec:
         self._mtu = spec.mtu
         self._role = spec.role
         self._keepalive = float(spec.keepalive)
+        # a listener handed its previous worker's peer (spec.known_peer) initiates at once
+        self._resume = spec.known_peer is not None
         self._t = t = Timers.from_overrides(dict(spec.timers))
         # Timers is frozen: the per-packet paths read these copies.
         self._tun = spec.mode == "tun"
@@ -306,14 +308,21 @@ class WireGuardCodec:
 
     def on_connected(self, now: float) -> list[bytes]:
         """A (new) path to the peer: the initiator side (role remote, or any side with a
-        persistent keepalive) sends a keepalive, which starts a handshake when no session
-        exists. The rate limit is reset, since an earlier initiation may have gone to a
-        dead connection."""
+        persistent keepalive, or a listener resuming its predecessor's peer) sends a
+        keepalive, which starts a handshake when no session exists. The rate limit is
+        reset, since an earlier initiation may have gone to a dead connection."""
         self._now = now
-        if self._role != "remote" and self._keepalive <= 0:
+        resume, self._resume = self._resume, False
+        if self._role != "remote" and self._keepalive <= 0 and not resume:
             return []
         self._last_sent_handshake = None
         return self._send_keepalive(now)
+
+    def set_keepalive(self, seconds: float, now: float) -> None:
+        """A new persistent-keepalive interval: re-armed from now (0 disarms it), as wg
+        does on ``wg set ... persistent-keepalive``."""
+        self._keepalive = float(seconds)
+        self._deadline["persistent"] = now + self._keepalive if seconds > 0 else None
 
     def stats(self) -> dict[str, Any]:
         """peer_public_key, latest_handshake (unix time or None), session (as of the latest

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-import time
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -145,11 +144,6 @@ def tai64n(wall: float) -> bytes:
 def time_ns(wall: float) -> int:
     """``wall`` (unix seconds, float) in integer nanoseconds."""
     return round(wall * 1_000_000_000)
-
-
-def now_wall() -> float:
-    """The default wall clock (kept here so callers pass time in, tests pass their own)."""
-    return time.time()
 
 
 

@@ -1,0 +1,124 @@
+"""tund.workerapi.messages: every message round-trips; the decoder takes nothing else."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tund.workerapi import messages as m
+from tund.workerapi.spec import WorkerSpec
+
+SPEC = WorkerSpec(tunnel="t", interface="tun0", mode="tun", transport="udp", role="remote",
+                  host="192.0.2.1", port=1, device_fd=4, private_key="k" * 44,
+                  timers={"rekey_after_time": 5.0})
+STATS = m.Stats(rx_packets=1, rx_bytes=2, tx_packets=3, tx_bytes=4, drops={"oversize": 1},
+                errors=5, last_rx=1.5, last_tx=None, peer="192.0.2.1:1", state="up",
+                extra={"session": "established", "wg_drops": {"replay": 2},
+                       "latest_handshake": None, "peer_public_key": "x", "offload": "off",
+                       "handshakes_sent": 1, "cookie_replies_sent": 0})
+EVERY = [
+    m.Start(SPEC), m.Ping(7), m.Update(1300), m.Stop(),
+    m.Pong(7, STATS), m.Pong(8, m.Stats()),
+    m.State("up", "192.0.2.1:1", None, STATS), m.State("connecting", None, "boom", m.Stats()),
+    m.Ready(42), m.Fork(1, (10, 11), "65534:65534"), m.Fork(2, (10, 11, 12)),
+    m.Forked(1, 43), m.ForkError(1, "no"), m.ForkError(None, "unreadable"),
+]
+
+
+def test_every_kind_of_message_is_covered() -> None:
+    assert {type(x) for x in EVERY} == set(m.ALL)
+    assert len({k.OP for k in m.ALL}) == len(m.ALL)
+
+
+@pytest.mark.parametrize("msg", EVERY, ids=lambda x: type(x).__name__)
+def test_round_trip(msg: m.Message) -> None:
+    assert m.decode(msg.encode(), m.ALL) == msg
+    assert json.loads(msg.encode())["op"] == msg.OP
+
+
+def test_the_wire_form_is_unchanged() -> None:
+    """The JSON is what the loose dicts were (old readers and tests see the same)."""
+    assert json.loads(m.Ping(3).encode()) == {"op": "ping", "seq": 3}
+    assert json.loads(m.Update(1300).encode()) == {"op": "update", "mtu": 1300}
+    assert json.loads(m.Stop().encode()) == {"op": "stop"}
+    assert json.loads(m.Start(SPEC).encode()) == {"op": "start", "spec": SPEC.to_dict()}
+    assert json.loads(m.State("up", "p", None, STATS).encode()) == {
+        "op": "state", "state": "up", "peer": "p", "error": None, "stats": STATS.as_dict()}
+
+
+def test_stats_of_a_workers_dict() -> None:
+    assert m.Stats.of(STATS.as_dict()) == STATS
+    assert m.Stats.from_dict(STATS.as_dict()) == STATS
+
+
+def _state(**stats: Any) -> bytes:
+    return json.dumps({"op": "state", "state": "up", "peer": None, "error": None,
+                       "stats": {**m.Stats().as_dict(), **stats}}).encode()
+
+
+@pytest.mark.parametrize(("data", "error"), [
+    (_state(rx_packets="pwn"), "field stats.rx_packets must be an integer >= 0 (got 'pwn')"),
+    (_state(rx_packets=-1), "field stats.rx_packets must be an integer >= 0 (got -1)"),
+    (_state(rx_packets=True), "stats.rx_packets must be an integer >= 0 (got True)"),
+    (_state(rx_bytes=1.5), "stats.rx_bytes must be an integer >= 0 (got 1.5)"),
+    (_state(drops={"x": "1"}), "field stats.drops.x must be an integer >= 0 (got '1')"),
+    (_state(drops=[]), "field stats.drops must be an object of cause -> count (got [])"),
+    (_state(last_rx="now"), "field stats.last_rx must be a time"),
+    (_state(last_rx=float("nan")), "field stats.last_rx must be a time"),
+    (_state(session=1), "field stats.session must be 'established' or 'handshaking' or"),
+    (_state(bogus=1), "unknown field stats.bogus (= 1)"),
+    (_state(state="pwned"), "field stats.state must be 'connecting' or 'up' (got 'pwned')"),
+    (json.dumps({"op": "state", "stats": {"rx_packets": "pwn"}}).encode(),
+     "state message: field state is missing"),
+    (json.dumps({"op": "state", "state": "up", "peer": None, "error": None}).encode(),
+     "field stats is missing"),
+    (json.dumps({"op": "state", "state": "up", "peer": 5, "error": None,
+                 "stats": m.Stats().as_dict()}).encode(), "field peer must be a string"),
+    (json.dumps({"op": "pong", "seq": "1", "stats": {}}).encode(),
+     "pong message: field seq must be an integer >= 0 (got '1')"),
+    (json.dumps({"op": "pong", "seq": 1, "stats": {}, "x": 2}).encode(),
+     "pong message: field stats.rx_packets is missing"),
+    (json.dumps({"op": "stop", "x": 2}).encode(), "expected op 'pong' or 'state'"),
+    (json.dumps({"op": "exec"}).encode(), "expected op 'pong' or 'state' (field op, got 'exec')"),
+    (json.dumps({"seq": 1}).encode(), "(field op, got None)"),
+    (b"[1]", "not a JSON object (got [1])"),
+    (b"{", "not JSON"),
+    (b"[" * 100000, "not JSON"),
+])
+def test_the_decoder_is_strict(data: bytes, error: str) -> None:
+    with pytest.raises(m.MessageError) as e:
+        m.decode(data, m.FROM_WORKER)
+    assert error in str(e.value)
+
+
+@pytest.mark.parametrize(("data", "error"), [
+    (b'{"op":"update","mtu":10}', "update message: field mtu must be an integer 68..65535"),
+    (b'{"op":"ping","seq":1,"x":1}', "ping message: unknown field x (= 1)"),
+    (b'{"op":"stop","now":1}', "stop message: unknown field now"),
+    (b'{"op":"start","spec":{"tunnel":"x","bogus":1}}', "unknown WorkerSpec fields"),
+    (b'{"op":"start","spec":[]}', "field spec must be an object"),
+    (b'{"op":"pong","seq":1,"stats":{}}', "expected op 'start' or 'ping' or 'update' or"),
+])
+def test_what_a_worker_refuses(data: bytes, error: str) -> None:
+    with pytest.raises(m.MessageError) as e:
+        m.decode(data, m.TO_WORKER)
+    assert error in str(e.value)
+
+
+@pytest.mark.parametrize(("data", "error"), [
+    (b'{"op":"ready","pid":0}', "ready message: field pid must be an integer >= 1 (got 0)"),
+    (b'{"op":"forked","id":1,"pid":"2"}', "forked message: field pid must be"),
+    (b'{"op":"error","id":"1","error":"x"}', "field id must be an integer or null"),
+    (b'{"op":"error","id":1}', "error message: field error is missing"),
+])
+def test_what_the_daemon_refuses_from_the_zygote(data: bytes, error: str) -> None:
+    with pytest.raises(m.MessageError) as e:
+        m.decode(data, m.FROM_ZYGOTE)
+    assert error in str(e.value)
+
+
+def test_messages_are_frozen() -> None:
+    with pytest.raises(AttributeError):
+        m.Ping(1).seq = 2  # type: ignore[misc]

@@ -1,0 +1,116 @@
+"""The last authenticated peer endpoint of each listening tunnel, kept across restarts.
+
+Contract: a :class:`PeerStore` maps tunnel name -> ``"ADDR:PORT"`` (``"[V6]:PORT"``), the
+peer a UDP listener's worker last heard from (with WireGuard: authenticated traffic only).
+A replacement worker gets it in its spec and contacts the peer at once instead of waiting
+for the peer's rekey (issue 15.8). It lives in memory and, when a path is given, in a JSON
+file beside the control socket (``/run/tund/peers.json``; the unit keeps the runtime
+directory across ``systemctl restart``), so a daemon restart recovers as fast.
+
+The file is only a hint: :func:`load` opens it without following links, ignores a file not
+owned by this uid, and keeps only entries that are well-formed addresses; :meth:`save`
+replaces it atomically (mode 0600). Errors are logged, never raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+
+log = logging.getLogger("tund.daemon.peerstore")
+
+MAX_FILE = 1 << 20  # a peers file larger than this is not ours
+
+
+def valid_endpoint(text: object) -> bool:
+    """``"IPv4:PORT"`` or ``"[IPv6]:PORT"`` with a literal address and a port 1..65535."""
+    if not isinstance(text, str) or ":" not in text:
+        return False
+    host, _, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        want = 6
+    else:
+        want = 4
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return addr.version == want and port.isdigit() and 0 < int(port) < 65536
+
+
+def load(path: Path) -> dict[str, str]:
+    """The entries of ``path`` that are well-formed; {} when absent, foreign or corrupt."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        log.warning("peer endpoints: cannot open %s: %s; starting without them", path, e)
+        return {}
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            log.warning("peer endpoints: %s is not a regular file owned by uid %d; ignored",
+                        path, os.geteuid())
+            return {}
+        raw = f.read(MAX_FILE + 1)
+    try:
+        data = json.loads(raw) if len(raw) <= MAX_FILE else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        log.warning("peer endpoints: %s is not a JSON object of endpoints; ignored", path)
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and valid_endpoint(v)}
+
+
+class PeerStore:
+    """Tunnel name -> last peer endpoint; written through to ``path`` when it changes."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._peers: dict[str, str] = load(path) if path is not None else {}
+
+    def get(self, tunnel: str) -> str | None:
+        return self._peers.get(tunnel)
+
+    def remember(self, tunnel: str, endpoint: str | None) -> None:
+        """Remember ``endpoint`` (None or malformed: forget the tunnel's entry)."""
+        if endpoint is not None and not valid_endpoint(endpoint):
+            endpoint = None
+        if self._peers.get(tunnel) == endpoint:
+            return
+        if endpoint is None:
+            self._peers.pop(tunnel, None)
+        else:
+            self._peers[tunnel] = endpoint
+        self.save()
+
+    def keep_only(self, tunnels: set[str]) -> None:
+        """Forget the tunnels that are no longer configured."""
+        gone = set(self._peers) - tunnels
+        for name in gone:
+            del self._peers[name]
+        if gone:
+            self.save()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._peers, f, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.warning("peer endpoints: cannot write %s: %s", self.path, e)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
