@@ -31,7 +31,9 @@ Drop causes (``Opened.drop``; every one is also counted in ``stats()["wg_drops"]
 ``flood``            an initiation within ``handshake_initiation_rate`` of the previous
 ``handshake_ratelimited`` under load, a handshake message beyond its source address's
                      token bucket (cookie replies and mac2-valid handshakes each
-                     ``handshake_rate``/s, burst ``handshake_burst``; see :mod:`.ratelimit`)
+                     ``handshake_rate``/s, burst ``handshake_burst``; see :mod:`.ratelimit`);
+                     one of handshake size without mac2 while the source's cookie bucket
+                     is empty is dropped so before it is parsed or its mac1 computed
 ``unknown_receiver`` response/cookie/transport for an index we do not hold
 ``bad_cookie``       a cookie reply that does not open against our last mac1
 ``expired``          transport on a keypair older than REJECT_AFTER_TIME
@@ -83,6 +85,7 @@ _ETH_P_IPV6 = b"\x86\xdd"
 _OWN_DROPS = frozenset({"cookie", "no_session", "handshake_timeout"})
 _DEADLINES = ("retransmit", "send_keepalive", "new_handshake", "zero_keys", "persistent")
 _ZEROS = tuple(bytes(i) for i in range(_PAD))  # padding, by length
+_NO_MAC2 = bytes(16)
 # The transport header as one little-endian word: type 4 with its 3 reserved bytes zero.
 _TRANSPORT_WORD = msgs.TYPE_TRANSPORT
 _HEADER = struct.Struct("<IIQ")
@@ -252,6 +255,14 @@ class WireGuardCodec(HoldsNothing):
             word, receiver, counter = _unpack_header(message)
             if word == _TRANSPORT_WORD:
                 return self._open_transport(receiver, counter, message, now)
+        if ((n == msgs.INITIATION_LEN or n == msgs.RESPONSE_LEN)
+                and message[-16:] == _NO_MAC2 and self._load.under_load(now)):
+            # Under load a handshake without mac2 can only earn a cookie reply: with the
+            # source's cookie bucket empty it is dropped before parsing or mac1.
+            key = source_key(source[0]) if source is not None else ""
+            if not self._cookie_limit.has_token(key, now):
+                self._load.note(now)
+                return self._drop("handshake_ratelimited")
         try:
             m = msgs.parse(message)
         except msgs.Malformed:
