@@ -93,3 +93,35 @@ def test_single_address_throughput(tmp_path: Path, bind: str) -> None:
     finally:
         ts.a.stop()
         ts.b.stop()
+
+
+def test_ipv6_peer_connected_to_the_second_address_gets_replies(tmp_path: Path) -> None:
+    """The same over an IPv6 underlay: a listens on [::], b connects to a's second v6
+    address (IPV6_RECVPKTINFO / IPV6_PKTINFO)."""
+    ts = two_sites(tmp_path)
+    va, vb = dev_with_addr(ts.a.ns, ts.ua), dev_with_addr(ts.b.ns, ts.ub)
+    net = f"fd00:{ts.net:x}::"
+    # the kernel picks the address added last (::3) for replies; b connects to ::f0
+    for ns, dev, addrs in ((ts.a.ns, va, ("f0", "3")), (ts.b.ns, vb, ("2",))):
+        ns.run("sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=0")
+        for a in addrs:
+            ns.run("ip", "-6", "addr", "add", f"{net}{a}/64", "dev", dev, "nodad")
+    ka, kb = KeyPair.new(), KeyPair.new()
+    ts.a.write(wg_tunnel(new_ifname("twga"), "tun", ts.inner("a"), "udp", "listen",
+                         f"[::]:{PORT}", write_key(ts.a.dir / "a.key", ka.priv), kb.pub))
+    ts.b.write(wg_tunnel(new_ifname("twgb"), "tun", ts.inner("b"), "udp", "remote",
+                         f"[{net}f0]:{PORT}", write_key(ts.b.dir / "b.key", kb.priv),
+                         ka.pub, extra_tun="keepalive = 1"))
+    ts.a.start()
+    ts.b.start()
+    try:
+        ts.b.ns.wait_ping(ts.inner("a"), within=15)
+        assert ts.a.ns.ping(ts.inner("b"), count=3)
+        assert ts.a.tunnel("t1")["peer"] == f"[{net}2]:" + ts.a.tunnel("t1")["peer"].rsplit(
+            ":", 1)[1]
+    except AssertionError:
+        print(f"--- a ---\n{ts.a.log_tail()}\n--- b ---\n{ts.b.log_tail()}")
+        raise
+    finally:
+        ts.a.stop()
+        ts.b.stop()
