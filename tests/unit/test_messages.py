@@ -69,7 +69,8 @@ def _state(**stats: Any) -> bytes:
     (_state(last_rx=float("nan")), "field stats.last_rx must be a time"),
     (_state(session=1), "field stats.session must be 'established' or 'handshaking' or"),
     (_state(bogus=1), "unknown field stats.bogus (= 1)"),
-    (_state(state="pwned"), "field stats.state must be 'connecting' or 'up' (got 'pwned')"),
+    (_state(state="pwned"), "field stats.state must be 'connecting' or 'handshaking' or "
+                            "'unverified' or 'failing' or 'up' (got 'pwned')"),
     (json.dumps({"op": "state", "stats": {"rx_packets": "pwn"}}).encode(),
      "state message: field state is missing"),
     (json.dumps({"op": "state", "state": "up", "peer": None, "error": None}).encode(),
@@ -122,3 +123,15 @@ def test_what_the_daemon_refuses_from_the_zygote(data: bytes, error: str) -> Non
 def test_messages_are_frozen() -> None:
     with pytest.raises(AttributeError):
         m.Ping(1).seq = 2  # type: ignore[misc]
+
+
+def test_worker_states_are_the_live_states_and_why_round_trips() -> None:
+    """issue 15.1: every state tund.states.link_state gives passes the decoder, and a
+    State message carries why the state is short of up (left out when None)."""
+    from tund.states import LIVE
+    assert set(m.WORKER_STATES) == {str(s) for s in LIVE}
+    msg = m.State("failing", "192.0.2.1:1", None, m.Stats(state="failing",
+                                                          extra={"warnings": ["w"]}),
+                  "no reply from 192.0.2.1:1 to 3 handshake initiations")
+    assert m.decode(msg.encode(), m.FROM_WORKER) == msg
+    assert "why" not in json.loads(m.State("up", None, None, m.Stats()).encode())

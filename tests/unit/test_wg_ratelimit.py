@@ -115,14 +115,14 @@ def test_under_load_an_empty_cookie_bucket_drops_before_mac1() -> None:
     replies = [p.b.open(init, SRC, 1.0).replies for _ in range(5)]
     assert all(len(r) == 1 for r in replies)  # the burst
     macs = 0
-    real_check = p.b._checker.check_mac1
+    real_check = p.b._local.checker.check_mac1
 
     def counting(msg: bytes) -> bool:
         nonlocal macs
         macs += 1
         return real_check(msg)
 
-    p.b._checker.check_mac1 = counting  # type: ignore[method-assign]
+    p.b._local.checker.check_mac1 = counting  # type: ignore[method-assign]
     bad = bytearray(init)
     bad[-20] ^= 1  # mac1 broken
     for m in (init, bytes(bad)):

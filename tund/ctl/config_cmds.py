@@ -82,8 +82,11 @@ def cmd_check(ctx: Context, argv: list[str]) -> int:
     path, cfg = loaded
     files = config.config_files(path)
     extra = f" + {count(len(files) - 1, 'drop-in')}" if len(files) > 1 else ""
+    peers = sum(len(t.peers) for t in cfg.tunnels.values() if t.peers is not None)
+    with_peers = f", {count(peers, 'peer')}" if any(
+        t.peers is not None for t in cfg.tunnels.values()) else ""
     out(f"{path}{extra}: ok ({count(len(cfg.interfaces), 'interface')}, "
-         f"{count(len(cfg.tunnels), 'tunnel')})")
+        f"{count(len(cfg.tunnels), 'tunnel')}{with_peers})")
     return EXIT_OK
 
 

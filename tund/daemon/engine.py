@@ -239,7 +239,7 @@ class Engine:
 
     def _describe(self, name: str, t: TunnelConfig) -> dict[str, Any]:
         return {"interface": t.interface, "transport": t.transport, "role": t.role,
-                "endpoint": t.listen if t.listen is not None else t.remote,
+                "endpoint": t.endpoint_text,
                 "encryption": t.encryption, "keepalive": t.keepalive}
 
     def _make_spec(self, name: str) -> WorkerSpec:
@@ -345,7 +345,10 @@ class Engine:
                                                    "daemon.worker_user", str(e))]) from None
             p = plan.diff(self.config, new,
                           {n: k.fingerprint() for n, k in self.keys.items()},
-                          {n: k.fingerprint() for n, k in new_keys.items()})
+                          {n: k.fingerprint() for n, k in new_keys.items()},
+                          {n: k.peer_fingerprints() for n, k in self.keys.items()},
+                          {n: k.peer_fingerprints() for n, k in new_keys.items()},
+                          failed=dict(self.device_errors))
             if dry_run:
                 return {**p.summary(), "actions": reloading.lines(self._steps(p, new, new_keys)),
                         "dry_run": True, "notes": list(p.daemon_notes)}
@@ -386,6 +389,16 @@ class Engine:
                 multi_queue=iface.multi_queue, persist=iface.persist,
                 owner=iface.uid, group=iface.gid, vnet_hdr=_vnet_hdr(iface))
         self.device_errors.pop(name, None)
+
+    def retry_device(self, name: str, iface: InterfaceConfig) -> None:
+        """Open and configure failed interface ``name`` again; on failure it stays failed
+        (its error replaced by the new one) and KernelError is raised."""
+        try:
+            self._open_and_configure(name, iface)
+        except KernelError as e:
+            self.device_errors[name] = str(e)
+            raise
+        log.info("interface %s: up after retry", name, extra={"TUND_INTERFACE": name})
 
     def restore_device(self, name: str, iface: InterfaceConfig) -> None:
         """Open device ``name`` and configure it as ``iface`` (the undo of deleting it)."""

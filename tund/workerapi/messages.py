@@ -28,6 +28,8 @@ from typing import Any, ClassVar, TypeVar, cast
 from tund.workerapi.spec import WorkerSpec
 
 MAX_KEEPALIVE = 65535  # seconds, as the config allows
+#: The states a live worker reports (tund.states.LIVE; a unit test keeps them equal).
+WORKER_STATES = ("connecting", "handshaking", "unverified", "failing", "up")
 MAX_MTU = 65535
 MIN_MTU = 68
 
@@ -90,6 +92,12 @@ class _Fields:
             raise self._bad(name, "a string or null", v)
         return v
 
+    def texts(self, name: str) -> list[str]:
+        v = self.get(name)
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise self._bad(name, "a list of strings", v)
+        return list(v)
+
     def counts(self, name: str) -> dict[str, int]:
         v = self.get(name)
         if not isinstance(v, dict):
@@ -119,6 +127,7 @@ _EXTRA: dict[str, Callable[[_Fields, str], object]] = {
     "cookie_replies_sent": _Fields.num,
     "wg_drops": _Fields.counts,
     "offload": lambda f, n: f.text(n, ("off", "frames", "chunks")),
+    "warnings": _Fields.texts,
 }
 
 
@@ -176,7 +185,7 @@ def _stats(v: Mapping[str, Any], what: str, prefix: str = "") -> Stats:
     out = Stats(s.num("rx_packets"), s.num("rx_bytes"), s.num("tx_packets"),
                 s.num("tx_bytes"), s.counts("drops"), s.num("errors"),
                 s.opt_float("last_rx"), s.opt_float("last_tx"), s.opt_text("peer"),
-                s.text("state", ("connecting", "up")),
+                s.text("state", WORKER_STATES),
                 {k: _EXTRA[k](s, k) for k in v if k in _EXTRA})
     s.done()
     return out
@@ -291,22 +300,29 @@ class Pong(Message):
 
 @dataclass(frozen=True)
 class State(Message):
-    """worker -> daemon: its state or peer changed, or (``error``) it hit a fatal error."""
+    """worker -> daemon: its state, peer or ``why`` changed, or (``error``) it hit a fatal
+    error. ``why``: what keeps the state short of up ("no reply from ADDR:PORT to 3
+    handshake initiations", ...; tund.states.link_state), not fatal; left out when None."""
 
     OP: ClassVar[str] = "state"
-    state: str  # "connecting" or "up" (the decoder takes nothing else)
+    state: str  # one of WORKER_STATES (the decoder takes nothing else)
     peer: str | None
     error: str | None
     stats: Stats
+    why: str | None = None
 
     def fields(self) -> dict[str, Any]:
-        return {"state": self.state, "peer": self.peer, "error": self.error,
-                "stats": self.stats.as_dict()}
+        out = {"state": self.state, "peer": self.peer, "error": self.error,
+               "stats": self.stats.as_dict()}
+        if self.why is not None:
+            out["why"] = self.why
+        return out
 
     @classmethod
     def read(cls, f: _Fields) -> State:
-        return cls(f.text("state", ("connecting", "up")), f.opt_text("peer"),
-                   f.opt_text("error"), Stats.read(f, "stats"))
+        return cls(f.text("state", WORKER_STATES), f.opt_text("peer"),
+                   f.opt_text("error"), Stats.read(f, "stats"),
+                   f.opt_text("why") if "why" in f.obj else None)
 
 
 @dataclass(frozen=True)

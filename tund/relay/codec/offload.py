@@ -353,6 +353,11 @@ class OffloadCodec:
         self._forget_peer()
         return self.inner.on_connected(now)
 
+    def health(self, now: float) -> Any:
+        """The inner codec's ``health`` (WireGuard), or None (see the Codec contract)."""
+        inner = getattr(self.inner, "health", None)
+        return inner(now) if inner is not None else None
+
     def stats(self) -> dict[str, Any]:
         mode = "off" if not self.peer_vnet else "chunks" if self.send_chunks else "frames"
         return {**self.inner.stats(), "offload": mode}

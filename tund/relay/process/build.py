@@ -45,7 +45,8 @@ def make_codec(spec: WorkerSpec) -> Codec:
         min_len = (4 if spec.packet_info else 0) + (14 if spec.mode == "tap" else 1)
         return PlainCodec(min_len=min_len, ip_check=spec.mode == "tun" and not spec.packet_info,
                           keepalive=float(spec.keepalive) if udp else 0.0,
-                          hello=udp and spec.role == "remote", timed=udp)
+                          hello=udp and spec.role == "remote", timed=udp,
+                          answer=udp and spec.role == "listen")
     if spec.encryption == "wireguard":
         try:
             from tund.relay.wireguard.codec import WireGuardCodec  # type: ignore[import-not-found,unused-ignore]
@@ -87,10 +88,20 @@ def make_transport(spec: WorkerSpec, counters: Counters,
     return UdpTransport(counters, sock=sock, known_peer=known, **common)
 
 
+def underlay_check(spec: WorkerSpec) -> tuple[int, int, int] | None:
+    """The pump's ``underlay`` (MTU warning) for a UDP tunnel: (mtu, 14 for tap, 32 for
+    WireGuard's header and tag); None for TCP."""
+    if spec.transport != "udp":
+        return None
+    return (spec.mtu, 14 if spec.mode == "tap" else 0,
+            32 if spec.encryption == "wireguard" else 0)
+
+
 def build(spec: WorkerSpec, control: socket.socket) -> Pump:
     counters = Counters()
     mp = max_packet(spec)
     codec = make_codec(spec)
+    underlay = underlay_check(spec)
     if spec.vnet_hdr and spec.mode == "tun" and not spec.packet_info:
         # vnet frames on the device (tund.relay.codec.offload); offloads only when negotiated.
         # The frames' IP check moves to OffloadCodec.
@@ -106,7 +117,8 @@ def build(spec: WorkerSpec, control: socket.socket) -> Pump:
         return Pump(control=control, device=device,
                     transport=make_transport(spec, counters, VNET_MAX_FRAME),
                     codec=codec, counters=counters, max_packet=VNET_MAX_FRAME,
-                    mtu=spec.mtu, vnet=True)
+                    mtu=spec.mtu, vnet=True, underlay=underlay)
     device = FdDevice(spec.device_fd, read_size=mp + 1)  # mp + 1 bytes read = oversize
     return Pump(control=control, device=device, transport=make_transport(spec, counters),
-                codec=codec, counters=counters, max_packet=mp, mtu=spec.mtu)
+                codec=codec, counters=counters, max_packet=mp, mtu=spec.mtu,
+                underlay=underlay)

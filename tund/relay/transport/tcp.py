@@ -102,6 +102,7 @@ class TcpTransport:
         self.listen_sock = listen_sock
         self.state = "connecting"
         self.peer: Address | None = None
+        self.problem: str | None = None  # why there is no connection (resolve, connect)
         self.conn: socket.socket | None = None
         self.decoder = FrameDecoder(min(max_message, MAX_FRAME), counters.drops)
         self.out = bytearray()
@@ -175,6 +176,7 @@ class TcpTransport:
         self._use(s, self._target)
 
     def _retry_later(self, why: str) -> None:
+        self.problem = why
         delay = self.backoff.next_delay()
         log.warning("%s; retrying in %.2fs", why, delay)
         self._deadline = time.monotonic() + delay
@@ -314,6 +316,7 @@ class TcpTransport:
         """``s`` is now the connection to the peer: set options, go up (``decoder``: the
         one that already read from it; ``new_path``: the codec's on_connected runs)."""
         assert self._sel is not None and self._link is not None
+        self.problem = None
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._arm_keepalive(s)

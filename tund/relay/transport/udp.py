@@ -112,6 +112,7 @@ class UdpTransport:
         self.sock = sock
         self.state = "connecting"
         self.peer: Address | None = None
+        self.problem: str | None = None  # why there is no path (the name does not resolve)
         self._known_peer = known_peer
         self.backlogged = False  # datagrams are never queued in user space
         self.backoff = Backoff(reconnect_min, reconnect_max)
@@ -169,9 +170,11 @@ class UdpTransport:
             family, addr = resolve(self.host, self.port, socket.SOCK_DGRAM)
         except OSError as e:
             delay = self.backoff.next_delay()
-            log.warning("%s; retrying in %.2fs", e.strerror or e, delay)
+            self.problem = str(e.strerror or e)
+            log.warning("%s; retrying in %.2fs", self.problem, delay)
             self._deadline = time.monotonic() + delay
             return
+        self.problem = None
         self.backoff.reset()
         self._deadline = None if _is_ip(self.host) else time.monotonic() + RESOLVE_EVERY
         if addr == self.peer:
