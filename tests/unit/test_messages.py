@@ -42,7 +42,7 @@ def test_a_bad_peer_entry_or_peer_counter_is_refused() -> None:
                                         "latest_handshake": None, "rx_bytes": "pwn",
                                         "tx_bytes": 0, "rx_packets": 0, "tx_packets": 0,
                                         "drops": {}}}
-    with pytest.raises(m.MessageError, match="stats.peers.alice.rx_bytes"):
+    with pytest.raises(m.MessageError, match=r"stats\.peers\.alice\.rx_bytes"):
         m.decode(json.dumps(pong).encode(), m.FROM_WORKER)
 
 

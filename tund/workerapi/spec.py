@@ -50,6 +50,8 @@ class WorkerSpec:
     private_key: str | None = None  # base64, as `wg genkey` prints it
     peer_public_key: str | None = None
     preshared_key: str | None = None
+    # role listen: source networks accepted (TCP on accept, UDP on receive); empty: all
+    allowed_sources: tuple[str, ...] = ()
     # role listen, UDP: the peer's last authenticated endpoint ("ADDR:PORT", "[V6]:PORT"),
     # known to the daemon from an earlier worker: contacted at once (tund.daemon.peerstore)
     known_peer: str | None = None
@@ -63,7 +65,10 @@ class WorkerSpec:
     test_malformed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as JSON has them (``allowed_sources`` as a list)."""
+        d = dataclasses.asdict(self)
+        d["allowed_sources"] = list(self.allowed_sources)
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkerSpec:
@@ -71,6 +76,8 @@ class WorkerSpec:
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown WorkerSpec fields: {sorted(unknown)}")
+        if "allowed_sources" in data:  # a JSON list
+            data = {**data, "allowed_sources": tuple(data["allowed_sources"])}
         return cls(**data)
 
     def redacted(self) -> dict[str, Any]:

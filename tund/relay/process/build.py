@@ -87,11 +87,12 @@ def make_transport(spec: WorkerSpec, counters: Counters,
             sock = _own_socket(spec)
     common: dict[str, Any] = {"role": spec.role, "host": spec.host, "port": spec.port,
                               "reconnect_min": spec.reconnect_min,
-                              "reconnect_max": spec.reconnect_max}
+                              "reconnect_max": spec.reconnect_max,
+                              "allowed_sources": spec.allowed_sources}
     if spec.transport == "tcp":
         return TcpTransport(counters, listen_sock=sock, keepalive=spec.keepalive,
                             max_message=(largest or max_packet(spec)) + CODEC_OVERHEAD,
-                            **common)
+                            authenticates=spec.encryption == "wireguard", **common)
     known = parse_peer(spec.known_peer) if spec.known_peer and spec.role == "listen" else None
     return UdpTransport(counters, sock=sock, known_peer=known, multi=spec.peers is not None,
                         **common)

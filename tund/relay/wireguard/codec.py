@@ -31,7 +31,9 @@ Drop causes (``Opened.drop``; every one is also counted in ``stats()["wg_drops"]
 ``flood``            an initiation within ``handshake_initiation_rate`` of the previous
 ``handshake_ratelimited`` under load, a handshake message beyond its source address's
                      token bucket (cookie replies and mac2-valid handshakes each
-                     ``handshake_rate``/s, burst ``handshake_burst``; see :mod:`.ratelimit`)
+                     ``handshake_rate``/s, burst ``handshake_burst``; see :mod:`.ratelimit`);
+                     one of handshake size without mac2 while the source's cookie bucket
+                     is empty is dropped so before it is parsed or its mac1 computed
 ``unknown_receiver`` response/cookie/transport for an index we do not hold
 ``bad_cookie``       a cookie reply that does not open against our last mac1
 ``expired``          transport on a keypair older than REJECT_AFTER_TIME
@@ -139,6 +141,8 @@ class WireGuardCodec(PeerSession, HoldsNothing):
             word, receiver, counter = _unpack_header(message)
             if word == _TRANSPORT_WORD:
                 return self._open_transport(receiver, counter, message, now)
+        if self._local.cheap_drop(message, source, now):
+            return self._drop("handshake_ratelimited")
         try:
             m = msgs.parse(message)
         except msgs.Malformed:

@@ -47,6 +47,7 @@ _ETH_P_IPV6 = b"\x86\xdd"
 OWN_DROPS = frozenset({"cookie", "no_session", "handshake_timeout"})
 _DEADLINES = ("retransmit", "send_keepalive", "new_handshake", "zero_keys", "persistent")
 _ZEROS = tuple(bytes(i) for i in range(_PAD))  # padding, by length
+_NO_MAC2 = bytes(16)  # a handshake message from a sender without a cookie
 # The transport header as one little-endian word: type 4 with its 3 reserved bytes zero.
 TRANSPORT_WORD = msgs.TYPE_TRANSPORT
 _HEADER = struct.Struct("<IIQ")
@@ -148,6 +149,19 @@ class Local:
             if self.index.get(i) is peer:
                 del self.index[i]
         peer._indexes = []
+
+    def cheap_drop(self, message: bytes, source: Address | None, now: float) -> bool:
+        """True when ``message`` is to be dropped as ``handshake_ratelimited`` before it
+        is even parsed: under load, of initiation or response size, without mac2 (so only
+        a cookie reply could come of it) while ``source``'s cookie bucket is empty."""
+        n = len(message)
+        if ((n == msgs.INITIATION_LEN or n == msgs.RESPONSE_LEN)
+                and message[-16:] == _NO_MAC2 and self.load.under_load(now)):
+            key = source_key(source[0]) if source is not None else ""
+            if not self.cookie_limit.has_token(key, now):
+                self.load.note(now)
+                return True
+        return False
 
     def screen(self, message: bytes, sender: int, source: Address | None,
                now: float) -> str | bytes | None:

@@ -381,6 +381,8 @@ class PeerCore:
 
     def _open_handshake(self, message: bytes, source: Address | None,
                         now: float) -> Delivered:
+        if self._local.cheap_drop(message, source, now):
+            return self._drop("handshake_ratelimited")
         try:
             m = msgs.parse(message)
         except msgs.Malformed:
