@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.component.test_relay_worker import Factory, packet, worker
 
 __all__ = ["worker"]  # the fixture, shared with test_relay_worker
@@ -77,7 +79,10 @@ def test_remote_reconnects_with_backoff_after_the_peer_goes(worker: Factory) -> 
     assert db.recv(4096) == packet(2)
 
 
-def test_a_new_connection_replaces_the_current_one(worker: Factory) -> None:
+def test_a_live_plaintext_connection_is_never_displaced(worker: Factory) -> None:
+    """Issue 16.2: a second connection waits while the current one passes frames; it is
+    given nothing and what it sends is dropped; it takes over once the current one goes.
+    On the old code the second connection replaced the live one and got its traffic."""
     a, dev = worker("tcp", "listen")
     port = a.port  # type: ignore[attr-defined]
     a.wait_state("connecting")
@@ -86,14 +91,70 @@ def test_a_new_connection_replaces_the_current_one(worker: Factory) -> None:
     write_frame_simpletun(c1, packet(1))
     assert dev.recv(4096) == packet(1)
     c2 = socket.create_connection(("127.0.0.1", port), timeout=5)  # c1 is still open
+    c2.settimeout(0.5)
+    write_frame_simpletun(c2, packet(9))  # an intruder's frame: dropped
+    dev.send(packet(2))
+    assert read_frame(c1) == packet(2)  # the live connection keeps the tunnel
+    write_frame_simpletun(c1, packet(3))
+    assert dev.recv(4096) == packet(3)
+    with pytest.raises(TimeoutError):
+        c2.recv(10)  # nothing for the waiting connection
+    stats = a.ping()
+    assert stats["peer"] == up1["peer"] and stats["drops"] == {"pending_connection": 1}
+    c1.close()  # the current one goes: the waiting one takes over
+    up2 = a.wait_state("up", peer=True)
+    assert up2["peer"] == f"127.0.0.1:{c2.getsockname()[1]}"
+    c2.settimeout(5)
+    dev.send(packet(4))
+    assert read_frame(c2) == packet(4)
+    write_frame_simpletun(c2, packet(5))
+    assert dev.recv(4096) == packet(5)
+    c2.close()
+
+
+def test_a_dead_plaintext_connection_is_displaced(worker: Factory) -> None:
+    """No frame on the current connection for 3 x keepalive: a new one replaces it."""
+    a, dev = worker("tcp", "listen", keepalive=1)
+    port = a.port  # type: ignore[attr-defined]
+    c1 = socket.create_connection(("127.0.0.1", port), timeout=5)
+    up1 = a.wait_state("up")
+    time.sleep(3.2)  # c1 stays silent
+    c2 = socket.create_connection(("127.0.0.1", port), timeout=5)
     up2 = a.wait_state("up")
     assert up2["peer"] == f"127.0.0.1:{c2.getsockname()[1]}" != up1["peer"]
     assert c1.recv(10) == b""  # the old connection was closed by the worker
     dev.send(packet(2))
     assert read_frame(c2) == packet(2)
-    write_frame_simpletun(c2, packet(3))
-    assert dev.recv(4096) == packet(3)
     c1.close()
+    c2.close()
+
+
+def test_pending_connections_are_bounded(worker: Factory) -> None:
+    a, _dev = worker("tcp", "listen")
+    port = a.port  # type: ignore[attr-defined]
+    c1 = socket.create_connection(("127.0.0.1", port), timeout=5)
+    a.wait_state("up")
+    waiting = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(12)]
+    for s in waiting[:4]:  # the oldest beyond 8 are closed by the worker
+        assert s.recv(10) == b""
+    time.sleep(0.3)
+    assert a.proc.poll() is None
+    fds = len(list(Path(f"/proc/{a.proc.pid}/fd").iterdir()))
+    for s in waiting:
+        s.close()
+    c1.close()
+    assert fds < 40
+
+
+def test_allowed_sources_refuse_other_connections(worker: Factory) -> None:
+    a, _dev = worker("tcp", "listen", allowed_sources=("127.0.0.2/32",))
+    port = a.port  # type: ignore[attr-defined]
+    c = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert c.recv(10) == b""  # closed at once
+    c.close()
+    assert a.ping()["drops"] == {"source_refused": 1}
+    c2 = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0))
+    assert a.wait_state("up")["peer"].startswith("127.0.0.2:")
     c2.close()
 
 

@@ -70,9 +70,9 @@ def test_icmp_errors_are_counted_not_fatal(worker: Factory) -> None:
     port = gone.getsockname()[1]
     gone.close()  # nothing listens there: loopback answers with port unreachable
     b, dev = worker("udp", "remote", port=port)
-    b.wait_state("up")
+    b.wait_state("unverified")  # nothing comes back from there (issue 15.1)
     for i in range(5):
         dev.send(packet(i))
         time.sleep(0.05)
     stats = b.wait_stats(lambda st: st["errors"] >= 1)
-    assert b.proc.poll() is None and stats["state"] == "up"
+    assert b.proc.poll() is None and stats["state"] == "unverified"

@@ -43,6 +43,11 @@ def seeds(target: str) -> list[bytes]:
                 json.dumps({"v": 1, "id": None, "ok": False}).encode()]
     if target == "framing":
         return [b"\x05\xdc\x10" + encode(b"x" * 60) + encode(b"y"), b"\x00\x10\x01\xff\xff"]
+    if target == "wg_peers":
+        packet = bytes([0x45, 0, 0, 28]) + bytes(8) + bytes([10, 8, 0, 1, 10, 8, 0, 2])
+        return [b"\x00" + bytes(3) + bytes(4) + bytes(8) + bytes(32),
+                b"\x01" + packet + bytes(8) + b"\xff\xfe" + b"\x02" + bytes(147),
+                b"\x03" + packet[:12] + b"\xff\xfe\x06" + bytes(63)]
     if target in ("wg_parse", "wg_open"):
         return [messages.pack_initiation(1, bytes(108)),
                 messages.pack_response(2, 1, bytes(48)),

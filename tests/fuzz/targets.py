@@ -18,6 +18,8 @@ dispatch           a request line, decoded, then ``Daemon.dispatch``      Protoc
 framing            a TCP byte stream, split where the input says          (none)
 wg_parse           one UDP payload, :func:`messages.parse`                Malformed
 wg_open            UDP payloads into ``WireGuardCodec.open``              (none)
+wg_peers           UDP payloads into ``PeerCore.open`` (3 peers, one      (none)
+                   established), device packets into ``PeerCore.seal``
 =================  =====================================================  ==================
 """
 
@@ -46,6 +48,7 @@ from tund.errors import ConfigError, TundError
 from tund.relay.transport.framing import MAX_FRAME, FrameDecoder, encode
 from tund.relay.wireguard import messages
 from tund.relay.wireguard.codec import WireGuardCodec
+from tund.relay.wireguard.peers import PeerCore
 from tund.workerapi.spec import WorkerSpec
 
 Target = Callable[[bytes], None]
@@ -229,6 +232,62 @@ def wg_open(data: bytes) -> None:
     json.dumps(_CODEC.stats())
 
 
+def _peer_core() -> PeerCore:
+    """A server with three peers; the first has a session with an in-memory client."""
+    import random
+
+    rng = random.Random(17)
+    server_priv, client_priv = rng.randbytes(32), rng.randbytes(32)
+    server = PeerCore(server_priv, mtu=1420, wall=lambda: 1_700_000_000.0,
+                      rand=rng.randbytes)
+    client = PeerCore(client_priv, mtu=1420, wall=lambda: 1_700_000_000.0,
+                      rand=rng.randbytes)
+    client.add_peer("s", server.public_key, None, ["0.0.0.0/0"], ("127.0.0.1", 1), 0)
+    server.add_peer("c", client.public_key, None, ["10.8.0.2/32", "fd08::/64"], None, 0)
+    for i in (3, 4):
+        server.add_peer(f"p{i}", base64.b64encode(rng.randbytes(32)).decode(), None,
+                        [f"10.8.0.{i}/32"], ("127.0.0.1", i), 25)
+    packet = bytes([0x45, 0, 0, 28]) + bytes(8) + bytes([10, 8, 0, 2, 10, 8, 0, 1]) + bytes(8)
+    queue = [(m, "server") for _, m in client.seal(packet, 1.0)]
+    while queue:
+        m, to = queue.pop(0)
+        if to == "server":
+            queue += [(r, "client") for _, r in server.open(m, ("127.0.0.2", 9), 1.0).sends]
+        else:
+            queue += [(r, "server") for _, r in client.open(m, ("127.0.0.1", 1), 1.0).sends]
+    assert server.peer_status("c")["session"] == "established"
+    return server
+
+
+_PEER_CORE = _peer_core()
+
+
+def wg_peers(data: bytes) -> None:
+    """Parts (split at 0xff 0xfe) into a PeerCore: a part whose first byte is even is a
+    datagram (type from that byte; a transport message's receiver index is replaced by
+    a live one, so decryption and per-peer paths are reached), odd a device packet."""
+    now = 1000.0
+    live = sorted(_PEER_CORE._local.index) or [0]
+    for part in data.split(b"\xff\xfe")[:8]:
+        if part and part[0] & 1:
+            for address, message in _PEER_CORE.seal(part[1:], now):
+                assert isinstance(address, tuple) and isinstance(message, bytes)
+        else:
+            if part:
+                kind = 1 + (part[0] >> 1) % 4
+                part = bytes([kind]) + part[1:]
+                if kind == 4 and len(part) >= 8:
+                    index = live[part[1] % len(live)]
+                    part = part[:4] + index.to_bytes(4, "little") + part[8:]
+            got = _PEER_CORE.open(part, ("127.0.0.3", 7), now)
+            assert isinstance(got.packets, list) and isinstance(got.sends, list)
+            assert got.drop is None or isinstance(got.drop, str)
+        now += 0.5
+    _PEER_CORE.tick(now)
+    _PEER_CORE.next_deadline()
+    json.dumps(_PEER_CORE.stats())
+
+
 TARGETS: dict[str, Target] = {
     "config_bytes": config_bytes,
     "config_toml": config_toml,
@@ -238,4 +297,5 @@ TARGETS: dict[str, Target] = {
     "framing": framing,
     "wg_parse": wg_parse,
     "wg_open": wg_open,
+    "wg_peers": wg_peers,
 }

@@ -122,6 +122,7 @@ def test_wireguard_sized_messages(kind: int, size: int, zero_reserved: bool,
     message = (head + body)[:size] if size else b""
     targets.wg_parse(message)
     targets.wg_open(message)
+    targets.wg_peers(bytes([kind * 2 % 256]) + message[1:])
 
 
 @FAST
@@ -129,6 +130,7 @@ def test_wireguard_sized_messages(kind: int, size: int, zero_reserved: bool,
 def test_wireguard_bytes(data: bytes) -> None:
     targets.wg_parse(data)
     targets.wg_open(data)
+    targets.wg_peers(data)
 
 
 def test_nan_and_infinity_are_not_json() -> None:

@@ -63,7 +63,8 @@ def test_reload_adding_and_removing_a_peer_adds_and_removes_its_routes(tmp_path:
             'allowed_ips = ["10.96.1.0/24", "fd96::/64", "0.0.0.0/0"]\n')
         dry = json.loads(site.ctl("reload", "--dry-run", "--json").stdout)
         assert dry["actions"] == [f"[#] ip route replace 10.96.1.0/24 dev {dev} proto static",
-                                  f"[#] ip route replace fd96::/64 dev {dev} proto static"]
+                                  f"[#] ip route replace fd96::/64 dev {dev} proto static",
+                                  "tell worker of tunnel vpn: peers +alice"]
         assert any("0.0.0.0/0 gets no route" in n for n in dry["notes"]), dry["notes"]
         assert _routes(ns, dev, "-4") == {"10.95.0.0/16"}  # the dry run changed nothing
         done = json.loads(site.reload().stdout)
@@ -80,7 +81,8 @@ def test_reload_adding_and_removing_a_peer_adds_and_removes_its_routes(tmp_path:
         # deleted as the kernel reports them (IPv6 routes carry the kernel's metric 1024)
         assert [a.removesuffix(" metric 1024") for a in gone["actions"]] == [
             f"[#] ip route del 10.96.1.0/24 dev {dev} proto static",
-            f"[#] ip route del fd96::/64 dev {dev} proto static"]
+            f"[#] ip route del fd96::/64 dev {dev} proto static",
+            "tell worker of tunnel vpn: peers -alice"]
         assert _routes(ns, dev, "-4") == {"10.95.0.0/16"}
         assert _routes(ns, dev, "-6") == set()
         assert "via 10.94.255.254" in ns.run("ip", "-4", "route", "show", "default").stdout

@@ -109,6 +109,23 @@ CASES = [
          whole='t.toml:7: tunnels.t.remote: set either listen or remote, not both '
                '(got listen = "10.0.0.1:5", remote = "10.0.0.2:5")'),
     Case("neither-listen-nor-remote", doc(*PLAIN), 3, "tunnels.t", "got neither"),
+    # --- allowed_sources (issue 16.2) ---
+    Case("allowed-sources-on-a-connector",
+         doc(*PLAIN, 'remote = "10.0.0.2:5"', 'allowed_sources = ["10.0.0.0/24"]'), 7,
+         "tunnels.t.allowed_sources", "only valid on a tunnel that listens",
+         whole='t.toml:7: tunnels.t.allowed_sources: only valid on a tunnel that listens '
+               '(a connecting tunnel talks to its remote only; got allowed_sources = '
+               '["10.0.0.0/24"])'),
+    Case("allowed-sources-not-a-network",
+         doc(*PLAIN, 'listen = "10.0.0.1:5"', 'allowed_sources = ["10.0.0.300/24"]'), 7,
+         "tunnels.t.allowed_sources[0]", "is not an IP network"),
+    Case("allowed-sources-host-bits",
+         doc(*PLAIN, 'listen = "10.0.0.1:5"', 'allowed_sources = ["10.0.0.7/24"]'), 7,
+         "tunnels.t.allowed_sources[0]",
+         "has host bits set (expected a network, like 10.0.0.0/24)"),
+    Case("allowed-sources-twice",
+         doc(*PLAIN, 'listen = "10.0.0.1:5"', 'allowed_sources = ["10.0.0.0/24", "10.0.0.0/24"]'),
+         7, "tunnels.t.allowed_sources", "lists the network 10.0.0.0/24 twice"),
     Case("endpoint-missing-port", doc(*PLAIN, 'listen = "10.0.0.1"'), 6, "tunnels.t.listen",
          'expected "IPv4:PORT" or "[IPv6]:PORT" (got "10.0.0.1")'),
     Case("endpoint-port-0", doc(*PLAIN, 'listen = "10.0.0.1:0"'), 6, "tunnels.t.listen",

@@ -62,6 +62,13 @@ def test_defaults_are_filled_in() -> None:
     assert t.remote is None
 
 
+def test_allowed_sources_on_a_listener_are_normalised() -> None:
+    text = MINIMAL + 'allowed_sources = ["198.51.100.0/24", "2001:DB8::/32", "192.0.2.7"]\n'
+    t = parse_text(text).tunnels["t"]
+    assert t.allowed_sources == ("198.51.100.0/24", "2001:db8::/32", "192.0.2.7/32")
+    assert parse_text(MINIMAL).tunnels["t"].allowed_sources == ()
+
+
 def test_encryption_none_needs_no_keys() -> None:
     assert parse_text(MINIMAL).tunnels["t"].encryption == "none"
 

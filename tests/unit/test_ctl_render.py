@@ -188,3 +188,16 @@ def test_action_line() -> None:
     assert render.render_action("up", "wan0", {"state": "starting"}) == "tunnel wan0: starting"
     assert render.render_action("down", "wan0", {"message": "stopped wan0"}) == "stopped wan0"
     assert render.render_action("restart", "wan0", {}) == "tunnel wan0: restart done"
+
+
+def test_new_states_and_warnings_are_shown() -> None:
+    """issue 15.1: a tunnel short of up says why; warnings get a line each."""
+    t = {**STATUS["tunnels"]["wan0"], "state": "failing",
+         "last_error": "no reply from 192.0.2.1:51820 to 3 handshake initiations",
+         "warnings": ["mtu 1500 is larger than the underlay path to 192.0.2.1 carries"]}
+    out = render.render_status({"tunnels": {"wan0": t}}, now=NOW).splitlines()
+    assert "  state: failing (since 2 minutes, 5 seconds ago)" in out
+    assert "  last error: no reply from 192.0.2.1:51820 to 3 handshake initiations" in out
+    assert "  warning: mtu 1500 is larger than the underlay path to 192.0.2.1 carries" in out
+    coloured = render.render_status({"tunnels": {"wan0": t}}, now=NOW, colour=True)
+    assert "\x1b[1;31mfailing\x1b[0m" in coloured

@@ -156,3 +156,23 @@ def test_a_workers_messages_carry_its_tunnel_and_interface(
     assert message == "[wan0/tun7] starting: {}"
     assert (fields["TUND_TUNNEL"], fields["TUND_INTERFACE"]) == ("wan0", "tun7")
     assert fields["SYSLOG_IDENTIFIER"] == "tund"
+
+
+def test_throttle_writes_one_line_per_key_per_interval_and_counts_the_rest(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    t = logs.Throttle(10.0, clock=lambda: now[0], max_keys=2)
+    lg = logging.getLogger("tund.test.throttle")
+    with caplog.at_level(logging.WARNING, "tund.test.throttle"):
+        written = [t.log(lg, logging.WARNING, "a", "accept failed: %s", "EMFILE")
+                   for _ in range(1000)]
+        assert written.count(True) == 1
+        assert t.log(lg, logging.WARNING, "b", "other")  # another key is not held back
+        now[0] += 10.0
+        assert t.log(lg, logging.WARNING, "a", "accept failed: %s", "EMFILE")
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == ["accept failed: EMFILE", "other",
+                    "accept failed: EMFILE (999 more like this in the last 10s not logged)"]
+    for i in range(10):  # distinct keys do not pile up
+        t.allow(f"k{i}")
+    assert len(t._last) <= 2

@@ -20,11 +20,30 @@ STATS = m.Stats(rx_packets=1, rx_bytes=2, tx_packets=3, tx_bytes=4, drops={"over
                        "handshakes_sent": 1, "cookie_replies_sent": 0})
 EVERY = [
     m.Start(SPEC), m.Ping(7), m.Update(1300), m.Stop(),
+    m.Peers(({"name": "alice", "public_key": "k" * 44, "preshared_key": None,
+              "allowed_ips": ["10.8.0.2/32"], "endpoint": None, "keepalive": 0},)),
+    m.Pong(9, m.Stats(extra={"peers": {"alice": {
+        "public_key": "k" * 44, "endpoint": "192.0.2.5:40000", "latest_handshake": 2.0,
+        "rx_bytes": 1, "tx_bytes": 2, "rx_packets": 3, "tx_packets": 4,
+        "drops": {"not_allowed": 1}}}})),
     m.Pong(7, STATS), m.Pong(8, m.Stats()),
     m.State("up", "192.0.2.1:1", None, STATS), m.State("connecting", None, "boom", m.Stats()),
     m.Ready(42), m.Fork(1, (10, 11), "65534:65534"), m.Fork(2, (10, 11, 12)),
     m.Forked(1, 43), m.ForkError(1, "no"), m.ForkError(None, "unreadable"),
 ]
+
+
+def test_a_bad_peer_entry_or_peer_counter_is_refused() -> None:
+    bad = {"op": "peers", "peers": [{"name": "alice", "public_key": "k"}]}
+    with pytest.raises(m.MessageError, match="field peers: a peer must have exactly"):
+        m.decode(json.dumps(bad).encode(), m.TO_WORKER)
+    pong = json.loads(m.Pong(1, m.Stats()).encode())
+    pong["stats"]["peers"] = {"alice": {"public_key": "x", "endpoint": None,
+                                        "latest_handshake": None, "rx_bytes": "pwn",
+                                        "tx_bytes": 0, "rx_packets": 0, "tx_packets": 0,
+                                        "drops": {}}}
+    with pytest.raises(m.MessageError, match=r"stats\.peers\.alice\.rx_bytes"):
+        m.decode(json.dumps(pong).encode(), m.FROM_WORKER)
 
 
 def test_every_kind_of_message_is_covered() -> None:
@@ -69,7 +88,8 @@ def _state(**stats: Any) -> bytes:
     (_state(last_rx=float("nan")), "field stats.last_rx must be a time"),
     (_state(session=1), "field stats.session must be 'established' or 'handshaking' or"),
     (_state(bogus=1), "unknown field stats.bogus (= 1)"),
-    (_state(state="pwned"), "field stats.state must be 'connecting' or 'up' (got 'pwned')"),
+    (_state(state="pwned"), "field stats.state must be 'connecting' or 'handshaking' or "
+                            "'unverified' or 'failing' or 'up' (got 'pwned')"),
     (json.dumps({"op": "state", "stats": {"rx_packets": "pwn"}}).encode(),
      "state message: field state is missing"),
     (json.dumps({"op": "state", "state": "up", "peer": None, "error": None}).encode(),
@@ -160,3 +180,15 @@ def test_stats_peers_decoder_is_strict(peers: Any, error: str) -> None:
     with pytest.raises(m.MessageError) as e:
         m.decode(_state(peers=peers), m.FROM_WORKER)
     assert error in str(e.value)
+
+
+def test_worker_states_are_the_live_states_and_why_round_trips() -> None:
+    """issue 15.1: every state tund.states.link_state gives passes the decoder, and a
+    State message carries why the state is short of up (left out when None)."""
+    from tund.states import LIVE
+    assert set(m.WORKER_STATES) == {str(s) for s in LIVE}
+    msg = m.State("failing", "192.0.2.1:1", None, m.Stats(state="failing",
+                                                          extra={"warnings": ["w"]}),
+                  "no reply from 192.0.2.1:1 to 3 handshake initiations")
+    assert m.decode(msg.encode(), m.FROM_WORKER) == msg
+    assert "why" not in json.loads(m.State("up", None, None, m.Stats()).encode())

@@ -74,7 +74,8 @@ def test_state_is_one_hot_over_every_state() -> None:
     for tunnel, current in (("wan0", "up"), ('we"ird', "failed")):
         states = {dict(labels)["state"]: v for (name, labels), v in s.items()
                   if name == "tund_tunnel_state" and dict(labels)["tunnel"] == tunnel}
-        assert set(states) == {"starting", "connecting", "up", "backoff", "failed", "stopped"}
+        assert set(states) == {"starting", "connecting", "handshaking", "unverified", "failing",
+                               "up", "backoff", "failed", "stopped"}
         assert [k for k, v in states.items() if v == 1] == [current]
     assert s[("tund_tunnel_up", (("tunnel", 'we"ird'),))] == 0  # label escaping round-trips
 

@@ -278,3 +278,22 @@ def test_read_keys_reads_each_peers_psk(tmp_path: Path, peers_text: str) -> None
     km = read_keys(parse_text(text).tunnels["vpn"])
     assert km.peer_preshared_keys == {"alice": None, "bob": psk.read_text()}
     assert km.preshared_key is None
+
+
+def test_a_failed_interface_is_retried_and_its_tunnel_restarted_never_unchanged() -> None:
+    """issue 16.1: an interface that failed (EBUSY: someone held the device) used to stay
+    failed, each reload calling it "unchanged"."""
+    p = diff(parse_text(BASE), parse_text(BASE), failed={"tun1": "TUNSETIFF tun1: busy"})
+    ch = {c.name: c for c in p.interfaces}
+    assert ch["tun1"].action == "retry" and ch["tun1"].reason == "failed: TUNSETIFF tun1: busy"
+    assert ch["tun0"].action == "unchanged"
+    assert {t.name: (t.action, t.reason) for t in p.tunnels} == {
+        "a": ("unchanged", ""), "b": ("restart", "interface tun1 is retried")}
+    assert not p.is_noop and p.summary()["changed"]["interfaces"] == ["tun1"]
+    # changed in place while failed: still a retry (with the new config); removed: removed
+    p = diff(parse_text(BASE), parse_text(BASE.replace(TUN1, TUN1 + "\nmtu = 1300")),
+             failed={"tun1": "x"})
+    assert {c.name: c.action for c in p.interfaces}["tun1"] == "retry"
+    p = diff(parse_text(BASE), parse_text(BASE.replace(TUN1, "").replace(TUNNEL_B, "")),
+             failed={"tun1": "x"})
+    assert {c.name: c.action for c in p.interfaces}["tun1"] == "remove"

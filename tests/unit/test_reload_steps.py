@@ -312,10 +312,11 @@ def test_every_message_about_an_interface_or_tunnel_carries_its_field(
     assert any(m.startswith("[#] close zqb0") for m in about["zqb0"])
 
 
-def test_adding_a_peer_in_a_drop_in_keeps_the_worker_and_runs_no_step(
+def test_adding_a_peer_in_a_drop_in_keeps_the_worker_and_tells_it(
         tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
-    """issue 17: a peers-only change is an "update" with a per-peer diff; no restart, and
-    (until the data path sends peers to the worker) no keepalive step that changes nothing."""
+    """issue 17: a peers-only change is an "update" with a per-peer diff: no restart, one
+    step that tells the running worker its peers, and no keepalive step that changes
+    nothing."""
     from tund import keys
 
     ip, _dev = fakes
@@ -345,7 +346,8 @@ def test_adding_a_peer_in_a_drop_in_keeps_the_worker_and_runs_no_step(
         return {"dry": dry, "done": done, "status": status}
 
     r = asyncio.run(go())
-    assert r["dry"]["actions"] == r["done"]["actions"] == []
+    assert r["dry"]["actions"] == r["done"]["actions"] == [
+        "tell worker of tunnel vpn: peers +alice"]
     assert f'"endpoint": "127.0.0.1:{port}"' in json.dumps(r["status"])
     assert '"role": "listen"' in json.dumps(r["status"])
     assert r["done"]["changed"]["tunnels"] == ["vpn"]
@@ -392,12 +394,67 @@ def test_a_peer_added_and_removed_by_reload_adds_and_removes_its_routes(
 
     r = asyncio.run(go())
     want = ["[#] ip route replace 10.93.0.0/24 dev zqv0 proto static",
-            "[#] ip route replace fd93::/64 dev zqv0 proto static"]
+            "[#] ip route replace fd93::/64 dev zqv0 proto static",
+            "tell worker of tunnel vpn: peers +alice"]
     assert r["dry"]["actions"] == r["added"]["actions"] == want
     assert set(r["routes"]) == {"10.93.0.0/24", "fd93::/64"}  # no 0.0.0.0/0, no /32
     assert r["added"]["changed"] == {"interfaces": ["zqv0"], "tunnels": ["vpn"]}
     assert any("allowed_ips 0.0.0.0/0 gets no route" in n for n in r["dry"]["notes"])
     assert r["removed"]["actions"] == [
         "[#] ip route del 10.93.0.0/24 dev zqv0 proto static",
-        "[#] ip route del fd93::/64 dev zqv0 proto static"]
+        "[#] ip route del fd93::/64 dev zqv0 proto static",
+        "tell worker of tunnel vpn: peers -alice"]
     assert ip.links["zqv0"].routes == {}
+
+
+def test_an_interface_that_failed_is_retried_by_the_next_reload_not_called_unchanged(
+        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 16.1: someone held the device at start (EBUSY); reloads retry it (best effort:
+    still busy -> still failed, the reload goes on) and its tunnel starts once it is up."""
+    from tund.errors import TunError
+
+    ip, dev = fakes
+    busy = {"zqb0"}
+    real_open = dev.open_device
+
+    def open_device(name: str, mode: Any, **kw: Any) -> tuntap.OpenedDevice:
+        if name in busy:
+            raise TunError(f"TUNSETIFF {name}: Device or resource busy")
+        return real_open(name, mode, **kw)
+
+    monkeypatch.setattr(tuntap, "open_device", open_device)
+    text = (_iface("zqk0", addrs=["10.91.1.1/24"]) + _tunnel("keep", "zqk0")
+            + _iface("zqb0", addrs=["10.91.6.1/24"]) + _tunnel("held", "zqb0"))
+    path = tmp_path / "tunnels.toml"
+    eng = Engine(path, ip=ip, fork_server=False)
+
+    async def go() -> tuple[dict[str, Any], ...]:
+        await _start(eng, text, path)
+        assert "busy" in eng.device_errors["zqb0"]
+        keep = eng.runners["keep"]
+        still = await eng.reload()
+        assert "busy" in eng.device_errors["zqb0"]
+        busy.clear()  # the other user let go
+        dry = await eng.reload(dry_run=True)
+        done = await eng.reload()
+        assert eng.runners["keep"] is keep  # the other tunnel is never touched
+        status = await eng.status()
+        again = await eng.reload()
+        await eng.shutdown()
+        return still, dry, done, status, again
+
+    still, dry, done, status, again = asyncio.run(go())
+    why = "failed: TUNSETIFF zqb0: Device or resource busy"
+    assert still["actions"][0] == f"could not retry interface zqb0 ({why}): TUNSETIFF zqb0: " \
+                                  "Device or resource busy"
+    assert dry["actions"] == [f"retry interface zqb0 ({why})",
+                              "stop worker of tunnel held (interface zqb0 is retried)",
+                              "start worker of tunnel held"]
+    assert done["actions"] == dry["actions"]
+    assert done["changed"] == {"interfaces": ["zqb0"], "tunnels": ["held"]}
+    assert "zqb0" not in done["unchanged"]["interfaces"]
+    assert [a[0] for a in ip.links["zqb0"].addresses] == ["10.91.6.1/24"]
+    assert status["interfaces"]["zqb0"]["error"] is None
+    assert [w.spec.tunnel for w in FakeWorker.all].count("held") == 1  # started once, now
+    assert again["actions"] == [] and again["unchanged"]["interfaces"] == ["zqb0", "zqk0"]

@@ -363,6 +363,23 @@ def test_under_load_initiation_gets_a_cookie_then_mac2_is_accepted() -> None:
     ok(p.a.open(resp, SRC, deadline))
 
 
+def test_under_load_an_ipv6_source_as_recvfrom_gives_it() -> None:
+    """An AF_INET6 socket's recvfrom gives (host, port, flowinfo, scope_id): the cookie
+    is bound to host and port, and opening never raises (it did: ValueError)."""
+    p = pair(b_kw={"timers": {"under_load_handshakes": 0}})
+    src6 = ("2001:db8::7", 51820, 0, 0)
+    (init,) = p.a.on_connected(1.0)
+    r = p.b.open(init, src6, 1.0)  # type: ignore[arg-type]
+    assert r.drop is None and [len(m) for m in r.replies] == [64]
+    ok(p.a.open(r.replies[0], SRC, 1.0))
+    p.wall.t += 1
+    deadline = p.a.next_deadline()
+    assert deadline is not None
+    (retry,) = p.a.tick(deadline)
+    (resp,) = ok(p.b.open(retry, ("2001:db8::7", 51820, 0, 0), deadline)).replies  # type: ignore[arg-type]
+    assert len(resp) == 92
+
+
 def test_not_under_load_ignores_mac2() -> None:
     p = pair()
     (init,) = p.a.on_connected(1.0)

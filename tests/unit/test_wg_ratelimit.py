@@ -95,3 +95,37 @@ def test_under_load_mac2_handshakes_are_rate_limited_per_source() -> None:
     assert len(processed) == 5  # the burst: the first processed, the rest are replays
     assert processed[0].replies and len(processed[0].replies[0]) == 92
     assert {r.drop for r in processed[1:]} == {"stale_timestamp"}
+
+
+def test_has_token_takes_nothing() -> None:
+    rl = RateLimiter(rate=20, burst=2)
+    assert rl.has_token("a", 0.0) and len(rl) == 0
+    assert rl.allow("a", 0.0) and rl.allow("a", 0.0)
+    assert not rl.has_token("a", 0.0)
+    assert rl.has_token("a", 0.05) and rl.has_token("a", 0.05)
+    assert rl.allow("a", 0.05) and not rl.allow("a", 0.05)
+
+
+def test_under_load_an_empty_cookie_bucket_drops_before_mac1() -> None:
+    """Once the source's cookie bucket is empty, a handshake-sized message without mac2
+    is dropped as handshake_ratelimited, even with a bad mac1 (no MAC is computed)."""
+    from tund.relay.wireguard import codec as codec_mod
+    p = pair(b_kw={"timers": {"under_load_handshakes": 0}})
+    (init,) = p.a.on_connected(1.0)
+    replies = [p.b.open(init, SRC, 1.0).replies for _ in range(5)]
+    assert all(len(r) == 1 for r in replies)  # the burst
+    macs = 0
+    real_check = p.b._local.checker.check_mac1
+
+    def counting(msg: bytes) -> bool:
+        nonlocal macs
+        macs += 1
+        return real_check(msg)
+
+    p.b._local.checker.check_mac1 = counting  # type: ignore[method-assign]
+    bad = bytearray(init)
+    bad[-20] ^= 1  # mac1 broken
+    for m in (init, bytes(bad)):
+        assert p.b.open(m, SRC, 1.0).drop == "handshake_ratelimited"
+    assert macs == 0
+    assert len(init) == codec_mod.msgs.INITIATION_LEN

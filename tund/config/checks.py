@@ -111,6 +111,11 @@ def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any]
         issues.append(loc.issue(("tunnels", name),
                                 'needs listen = "ADDRESS:PORT" (wait for the peer) or '
                                 'remote = "HOST:PORT" (connect to it); got neither'))
+    if body.get("allowed_sources") and not has_listen:  # (an empty list: no filter)
+        issues.append(loc.issue(("tunnels", name, "allowed_sources"),
+                                "only valid on a tunnel that listens (a connecting tunnel "
+                                "talks to its remote only; got allowed_sources = "
+                                f"{got(body['allowed_sources'])})"))
     if body.get("encryption", "wireguard") == "wireguard":
         for key in ("private_key_file", "peer_public_key"):
             if key == "peer_public_key" and peers is not None:

@@ -334,6 +334,10 @@ class TunnelConfig(_Model):
     offload: bool = True
     reconnect_min: Seconds = 0.2
     reconnect_max: Seconds = 10.0
+    # listeners only: networks ("198.51.100.0/24", "2001:db8::/32") the underlay takes
+    # traffic from (TCP: on accept; UDP: on receive, before any decryption); () = any
+    allowed_sources: Annotated[tuple[Route, ...],
+                               AfterValidator(_no_duplicates("network"))] = ()
     # None: the single-peer form; a table (possibly empty): peers by name (issue 17)
     peers: dict[str, PeerConfig] | None = None
 

@@ -35,6 +35,11 @@ def _as_tuples(raw: dict[str, Any]) -> None:
                 for k in ("addresses", "routes"):
                     if isinstance(body.get(k), list):
                         body[k] = tuple(body[k])
+    tunnels = raw.get("tunnels")
+    if isinstance(tunnels, dict):
+        for body in tunnels.values():
+            if isinstance(body, dict) and isinstance(body.get("allowed_sources"), list):
+                body["allowed_sources"] = tuple(body["allowed_sources"])
     for _path, peer in _peer_bodies(raw):
         if isinstance(peer.get("allowed_ips"), list):
             peer["allowed_ips"] = tuple(peer["allowed_ips"])

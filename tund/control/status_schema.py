@@ -52,11 +52,15 @@ TUNNEL_FIELDS: dict[str, str] = {
     "keepalive": "int: seconds between keepalives (0 = off; a reload changing only this "
                  "tells the running worker)",
     # supervision
-    "state": "str: starting, connecting, up, backoff, failed or stopped",
+    "state": "str: starting, connecting, handshaking, unverified, failing, up, backoff, "
+             "failed or stopped (up: packets pass, see tund.states.link_state)",
     "since": "float: unix time of the last state change",
     "pid": "int or null: the worker's process id (null: no worker)",
     "restarts": "int: worker restarts after crashes",
-    "last_error": "str or null: the latest error (crash, refusal, hang)",
+    "last_error": "str or null: the latest error (crash, refusal, hang, why the state "
+                  "is short of up)",
+    "warnings": "list of str: what works but will hurt (an MTU larger than the underlay "
+                "path carries); empty when all is well",
     # counters: cumulative over every worker of this tunnel since the daemon started
     "rx_packets": "int: packets from the peer written to the device",
     "rx_bytes": "int: bytes of those packets",

@@ -33,6 +33,7 @@ _RED = "\x1b[1;31m"
 _DIM = "\x1b[2m"
 
 _STATE_COLOURS = {"up": _GREEN, "starting": _YELLOW, "connecting": _YELLOW,
+                  "handshaking": _YELLOW, "unverified": _YELLOW, "failing": _RED,
                   "backoff": _YELLOW, "failed": _RED, "stopped": _DIM}
 
 
@@ -212,6 +213,8 @@ def _tunnel_block(name: str, t: Mapping[str, Any], p: _Painter, now: float) -> l
         add("errors", t["errors"])
     if t.get("last_error"):
         add("last error", p.paint(_RED, str(t["last_error"])))
+    for warning in t.get("warnings") or ():
+        add("warning", p.paint(_YELLOW, str(warning)))
     return lines + _peer_blocks(t, p, now)
 
 

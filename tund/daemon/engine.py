@@ -47,7 +47,7 @@ from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, Spa
 from tund.supervise.runner import Limits, TunnelRunner
 from tund.supervise.worker import WorkerProcess, worker_class
 from tund.workerapi import underlay
-from tund.workerapi.messages import Update
+from tund.workerapi.messages import Peers, Update
 from tund.workerapi.run_as import WorkerUserError, resolve_worker_user
 from tund.workerapi.spec import WorkerSpec
 
@@ -61,6 +61,16 @@ class NotFound(TundError):
 def _vnet_hdr(iface: InterfaceConfig) -> bool:
     """Tun devices without packet info carry a vnet header (offloads: tund.relay.codec.offload)."""
     return iface.mode == "tun" and not iface.packet_info
+
+
+def peer_entries(t: TunnelConfig, km: KeyMaterial | None) -> list[dict[str, Any]]:
+    """The enabled peers of ``t`` as the worker takes them (tund.workerapi.spec.check_peer),
+    with each peer's preshared key from ``km``."""
+    psks = km.peer_preshared_keys if km is not None else {}
+    return [{"name": name, "public_key": p.public_key, "preshared_key": psks.get(name),
+             "allowed_ips": [str(r) for r in p.allowed_ips], "endpoint": p.endpoint,
+             "keepalive": p.keepalive}
+            for name, p in sorted((t.peers or {}).items()) if p.enabled]
 
 
 def bind_underlay(t: TunnelConfig) -> socket.socket:
@@ -270,10 +280,13 @@ class Engine:
             mtu=iface.mtu or sysfs_mtu(t.interface) or 1500, packet_info=iface.packet_info,
             vnet_hdr=_vnet_hdr(iface), offload=t.offload,
             keepalive=t.keepalive, reconnect_min=t.reconnect_min,
-            reconnect_max=t.reconnect_max, encryption=t.encryption,
+            reconnect_max=t.reconnect_max, allowed_sources=t.allowed_sources,
+            encryption=t.encryption,
             private_key=km.private_key, peer_public_key=km.peer_public_key,
             preshared_key=km.preshared_key,
-            known_peer=self.peers.get(name) if resumable else None, timers=dict(self.timers),
+            known_peer=self.peers.get(name) if resumable and t.peers is None else None,
+            peers=peer_entries(t, km) if t.peers is not None else None,
+            timers=dict(self.timers),
             test_malformed=malformed)
 
     def _set_worker_user(self, user: str) -> None:
@@ -348,7 +361,8 @@ class Engine:
                           {n: k.fingerprint() for n, k in self.keys.items()},
                           {n: k.fingerprint() for n, k in new_keys.items()},
                           {n: k.peer_fingerprints() for n, k in self.keys.items()},
-                          {n: k.peer_fingerprints() for n, k in new_keys.items()})
+                          {n: k.peer_fingerprints() for n, k in new_keys.items()},
+                          failed=dict(self.device_errors))
             if dry_run:
                 return {**p.summary(), "actions": reloading.lines(self._steps(p, new, new_keys)),
                         "dry_run": True, "notes": list(p.daemon_notes)}
@@ -392,6 +406,16 @@ class Engine:
                 owner=iface.uid, group=iface.gid, vnet_hdr=_vnet_hdr(iface))
         self.device_errors.pop(name, None)
 
+    def retry_device(self, name: str, iface: InterfaceConfig) -> None:
+        """Open and configure failed interface ``name`` again; on failure it stays failed
+        (its error replaced by the new one) and KernelError is raised."""
+        try:
+            self._open_and_configure(name, iface)
+        except KernelError as e:
+            self.device_errors[name] = str(e)
+            raise
+        log.info("interface %s: up after retry", name, extra={"TUND_INTERFACE": name})
+
     def restore_device(self, name: str, iface: InterfaceConfig) -> None:
         """Open device ``name`` and configure it as ``iface`` (the undo of deleting it)."""
         self._open_and_configure(name, iface)
@@ -411,6 +435,14 @@ class Engine:
         if found and found[0] in self.runners:
             mtu = new.interfaces[iface].mtu or sysfs_mtu(iface) or 1500
             self.runners[found[0]].send(Update(mtu=mtu))
+
+    def push_peers(self, tunnel: str, cfg: Config, keys: Mapping[str, KeyMaterial]) -> None:
+        """Tell tunnel's running worker its peers as ``cfg`` and ``keys`` say (a reload
+        step, and its undo; the worker keeps running and the others' sessions)."""
+        runner = self.runners.get(tunnel)
+        if runner is not None:
+            entries = peer_entries(cfg.tunnels[tunnel], keys.get(tunnel))
+            runner.send(Peers(tuple(entries)))
 
     def push_keepalive(self, tunnel: str, seconds: int) -> None:
         """Tell tunnel's running worker its new keepalive (a reload step; no restart)."""

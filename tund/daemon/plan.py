@@ -10,10 +10,12 @@ returns a :class:`Plan`:
   disruptive action: ``reconfigure`` (addresses, routes, MTU, MAC, bridge, txqueuelen:
   applied in place by ``ip``, the worker keeps running), ``retag`` (persist: an ioctl on the
   held device), ``recreate`` (mode, packet_info, multi_queue, owner, group: a new device);
+  ``retry`` for an interface that failed (e.g. EBUSY: someone held the device) and is
+  still configured: opened and configured again, never called ``unchanged``;
 * tunnels: ``add`` / ``remove`` / ``unchanged`` / ``update`` (only settings the running
   worker takes without a restart changed: ``keepalive``, and the ``peers`` table) /
   ``restart`` (any other tunnel setting or its key material changed, the tunnel moved
-  between the single-peer form and ``peers``, or its interface is recreated);
+  between the single-peer form and ``peers``, or its interface is recreated or retried);
 * for a tunnel with ``peers`` in both configs: a :class:`PeerChange` per peer (``add`` /
   ``remove`` / ``change`` / ``unchanged``), a changed PSK file (per-peer fingerprints)
   changing only its peer. Adding, removing or changing peers never restarts the tunnel.
@@ -36,7 +38,8 @@ from tund.config import (
     skipped_default_routes,
 )
 
-InterfaceAction = Literal["add", "remove", "unchanged", "reconfigure", "retag", "recreate"]
+InterfaceAction = Literal["add", "remove", "unchanged", "reconfigure", "retag", "recreate",
+                          "retry"]
 TunnelAction = Literal["add", "remove", "unchanged", "update", "restart"]
 PeerAction = Literal["add", "remove", "change", "unchanged"]
 
@@ -89,7 +92,7 @@ class Plan:
 
     def summary(self) -> dict[str, dict[str, list[str]]]:
         """The added / changed / removed / unchanged lists of the reload reply."""
-        changed_if = ("reconfigure", "retag", "recreate")
+        changed_if = ("reconfigure", "retag", "recreate", "retry")
         return {
             "added": {"interfaces": self.of("interfaces", "add"),
                       "tunnels": self.of("tunnels", "add")},
@@ -159,7 +162,7 @@ def _peer_changes(old: Mapping[str, PeerConfig], new: Mapping[str, PeerConfig],
 
 
 def _tunnel_change(name: str, o: TunnelConfig, n: TunnelConfig, keys_same: bool,
-                   recreated: bool, old_peer_keys: Mapping[str, str],
+                   recreated: bool, retried: bool, old_peer_keys: Mapping[str, str],
                    new_peer_keys: Mapping[str, str]) -> TunnelChange:
     """The action for a tunnel in both configs (see the module docstring)."""
     both = o.peers is not None and n.peers is not None
@@ -170,21 +173,31 @@ def _tunnel_change(name: str, o: TunnelConfig, n: TunnelConfig, keys_same: bool,
         keys.append("peers")  # only a peer's key material changed
     if keys:
         live = (set(keys) <= {*LIVE_TUNNEL_KEYS, "peers"} and (both or "peers" not in keys)
-                and not recreated and keys_same)
+                and not recreated and not retried and keys_same)
         return TunnelChange(name, "update" if live else "restart",
                             f"changed: {', '.join(keys)}", peers)
     if not keys_same:
         return TunnelChange(name, "restart", "key material changed", peers)
     if recreated:
         return TunnelChange(name, "restart", f"interface {n.interface} is recreated", peers)
+    if retried:
+        return TunnelChange(name, "restart", f"interface {n.interface} is retried", peers)
     return TunnelChange(name, "unchanged", "", peers)
+
+
+def _retry(c: InterfaceChange, failed: Mapping[str, str]) -> InterfaceChange:
+    """A failed interface that stays (changed in place or not) is retried as configured."""
+    if c.name in failed and c.action in ("unchanged", "reconfigure", "retag"):
+        return InterfaceChange(c.name, "retry", c.old, c.new, f"failed: {failed[c.name]}")
+    return c
 
 
 def diff(old: Config | None, new: Config,
          old_keys: Mapping[str, str] | None = None,
          new_keys: Mapping[str, str] | None = None,
          old_peer_keys: Mapping[str, Mapping[str, str]] | None = None,
-         new_peer_keys: Mapping[str, Mapping[str, str]] | None = None) -> Plan:
+         new_peer_keys: Mapping[str, Mapping[str, str]] | None = None,
+         failed: Mapping[str, str] | None = None) -> Plan:
     """Plan the move from ``old`` (None: nothing running) to ``new``.
 
     ``old_keys`` / ``new_keys`` map tunnel name -> an opaque fingerprint of its key material
@@ -192,7 +205,10 @@ def diff(old: Config | None, new: Config,
     ``old_peer_keys`` / ``new_peer_keys`` map tunnel name -> peer name -> a fingerprint of
     that peer's key material (its PSK: :meth:`~tund.daemon.keyfiles.KeyMaterial.peer_fingerprints`);
     a differing one changes only that peer.
+    ``failed`` maps interfaces that failed to their error: they are retried, their tunnels
+    restarted.
     """
+    failed = failed or {}
     old_ifs = effective_interfaces(old) if old else {}
     new_ifs = effective_interfaces(new)
     old_tuns = old.tunnels if old else {}
@@ -201,9 +217,10 @@ def diff(old: Config | None, new: Config,
     old_peer_keys = old_peer_keys or {}
     new_peer_keys = new_peer_keys or {}
 
-    ifaces = tuple(_interface_change(n, old_ifs.get(n), new_ifs.get(n))
+    ifaces = tuple(_retry(_interface_change(n, old_ifs.get(n), new_ifs.get(n)), failed)
                    for n in sorted(old_ifs.keys() | new_ifs.keys()))
     recreated = {c.name for c in ifaces if c.action == "recreate"}
+    retried = {c.name for c in ifaces if c.action == "retry"}
 
     tunnels: list[TunnelChange] = []
     for name in sorted(old_tuns.keys() | new.tunnels.keys()):
@@ -215,7 +232,7 @@ def diff(old: Config | None, new: Config,
         else:
             tunnels.append(_tunnel_change(
                 name, o, n, old_keys.get(name) == new_keys.get(name), n.interface in recreated,
-                old_peer_keys.get(name, {}), new_peer_keys.get(name, {})))
+                n.interface in retried, old_peer_keys.get(name, {}), new_peer_keys.get(name, {})))
 
     notes: list[str] = skipped_default_routes(new)
     if old is not None and old.daemon.control_socket != new.daemon.control_socket:

@@ -9,9 +9,11 @@ Contract:
 
   1. in place, while every worker runs, interface by interface: reconfigure (``[#] ip ...``,
      then the new MTU told to its tunnel's worker), retag (the persist flag), add (create
-     the device, then its ``[#] ip ...``). Before an interface's addresses are added, an
-     unlisted step fails the reload if another interface of the host, one tund does not
-     manage, has one of them (:mod:`tund.netdev.conflicts`);
+     the device, then its ``[#] ip ...``), retry (a failed interface: open and configure it
+     in one step, best effort: if it fails again it stays failed, the reload goes on).
+     Before an interface's addresses are added, an unlisted step fails the reload if
+     another interface of the host, one tund does not manage, has one of them
+     (:mod:`tund.netdev.conflicts`);
   2. stop the workers of removed and restarted tunnels;
   3. recreate the devices whose mode, owner, ... changed (delete, create, ``[#] ip ...``);
   4. bind the sockets of added and restarted listening tunnels (a port in use fails here);
@@ -86,6 +88,8 @@ class Target(Protocol):
 
     def restore_device(self, name: str, iface: InterfaceConfig) -> None: ...
 
+    def retry_device(self, name: str, iface: InterfaceConfig) -> None: ...
+
     def remove_device(self, name: str) -> None: ...
 
     def set_persist(self, name: str, on: bool) -> None: ...
@@ -93,6 +97,8 @@ class Target(Protocol):
     def push_mtu(self, iface: str, cfg: Config) -> None: ...
 
     def push_keepalive(self, tunnel: str, seconds: int) -> None: ...
+
+    def push_peers(self, tunnel: str, cfg: Config, keys: Mapping[str, Any]) -> None: ...
 
     def stop_tunnel(self, name: str) -> Awaitable[None]: ...
 
@@ -154,6 +160,11 @@ def _in_place(t: Target, c: InterfaceChange, p: Plan, new: Config) -> list[Step]
     if c.action == "add":
         assert c.new is not None
         return _create(t, c.name, c.new, f"create {c.name}", _link_state(t.ip, c.name), new)
+    if c.action == "retry":
+        assert c.new is not None
+        return [Step(f"retry interface {c.name} ({c.reason})",
+                     partial(t.retry_device, c.name, c.new), None, f"retry {c.name}",
+                     best_effort=True)]
     if c.action == "retag":
         assert c.new is not None and c.old is not None
         flag = f"persist={str(c.new.persist).lower()}"
@@ -225,9 +236,14 @@ def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[
     for tc in p.tunnels:
         if tc.action != "update":
             continue
-        # TODO(issue 17, data path): tc.peers lists the peers to add / remove / change in
-        # the running worker (PeerChange); the steps that send them come with the
-        # multi-peer worker. Until then a peers-only update changes no running worker.
+        changed = [pc for pc in tc.peers if pc.action != "unchanged"]
+        if changed:
+            sign = {"add": "+", "remove": "-", "change": "~"}
+            what = " ".join(f"{sign[pc.action]}{pc.name}" for pc in changed)
+            steps.append(Step(f"tell worker of tunnel {tc.name}: peers {what}",
+                              partial(t.push_peers, tc.name, new, new_keys),
+                              partial(t.push_peers, tc.name, t.config, dict(t.keys)),
+                              f"update {tc.name}", fields=of_tunnel(tc.name)))
         k_new, k_old = new.tunnels[tc.name].keepalive, t.config.tunnels[tc.name].keepalive
         if k_new != k_old:
             steps.append(Step(f"tell worker of tunnel {tc.name}: keepalive {k_new}",

@@ -2,7 +2,8 @@
 
 Contract: a :class:`TunnelRunner` owns at most one live :class:`WorkerProcess`. It
 
-* starts the worker (``STARTING``) and follows what it reports (``CONNECTING`` / ``UP``);
+* starts the worker (``STARTING``) and follows what it reports (one of
+  :data:`tund.states.LIVE`; its ``why`` or ``error`` becomes ``last_error``);
 * pings it every ``ping_interval``; no pong within ``ping_timeout`` (the packet loop is
   wedged, or the process is SIGSTOPped) -> SIGKILL, counted as a crash;
 * on a crash schedules a restart after a capped exponential backoff (``BACKOFF``); more than
@@ -26,7 +27,7 @@ from typing import Any
 
 from tund.config import DaemonConfig
 from tund.logs import tunnel_logger
-from tund.states import TunnelState, can_move
+from tund.states import LIVE, TunnelState, can_move
 from tund.supervise.worker import FromWorker, Malformed, WorkerProcess
 from tund.workerapi.messages import PEER_COUNTERS, Message, Ping, Pong, State
 from tund.workerapi.spec import WorkerSpec
@@ -218,10 +219,16 @@ class TunnelRunner:
             if msg.error:
                 self.last_error = msg.error
                 self._reported_error = True
-            if msg.state == "up":
-                self._move(TunnelState.UP, f"peer {msg.peer}")
-            else:
-                self._move(TunnelState.CONNECTING)
+            if msg.why:  # why the state is short of up (not fatal)
+                self.last_error = msg.why
+            try:
+                st = TunnelState(msg.state)
+            except ValueError:  # not reached: the decoder takes only WORKER_STATES
+                return
+            if st == TunnelState.UP:
+                self._move(st, f"peer {msg.peer}")
+            elif st in LIVE:
+                self._move(st, msg.why or "")
 
     def _refuse(self, error: str) -> None:
         w = self.worker
@@ -353,6 +360,7 @@ class TunnelRunner:
         for k in ("last_rx", "last_tx", "peer"):
             out[k] = live.get(k) if live.get(k) is not None else self._base.get(k)
         out["peers"] = merge_peers(self._base["peers"], live.get("peers") or {})
+        out["warnings"] = list(live.get("warnings") or [])
         for k, v in live.items():  # session fields of encrypted tunnels etc.
             if k not in out and k not in ("state",):
                 out[k] = v

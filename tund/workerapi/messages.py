@@ -25,13 +25,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, cast
 
-from tund.workerapi.spec import WorkerSpec
+from tund.workerapi.spec import WorkerSpec, check_peer
 
 MAX_KEEPALIVE = 65535  # seconds, as the config allows
 #: The largest control message either end reads (one ``SOCK_SEQPACKET`` datagram): a
 #: worker's stats with ``peers`` take ~250 bytes a peer, so this holds ~4,000 peers.
 #: The daemon sizes both ends' send buffers for it (:mod:`tund.supervise.worker`).
 MAX_MESSAGE = 1 << 20
+#: The states a live worker reports (tund.states.LIVE; a unit test keeps them equal).
+WORKER_STATES = ("connecting", "handshaking", "unverified", "failing", "up")
 MAX_MTU = 65535
 MIN_MTU = 68
 
@@ -94,6 +96,12 @@ class _Fields:
             raise self._bad(name, "a string or null", v)
         return v
 
+    def texts(self, name: str) -> list[str]:
+        v = self.get(name)
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise self._bad(name, "a list of strings", v)
+        return list(v)
+
     def counts(self, name: str) -> dict[str, int]:
         v = self.get(name)
         if not isinstance(v, dict):
@@ -139,7 +147,6 @@ def _peers(f: _Fields, name: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-
 #: Fields a codec may add to :class:`Stats` (see ``tund.control.status_schema``), and how
 #: each is read.
 _EXTRA: dict[str, Callable[[_Fields, str], object]] = {
@@ -150,6 +157,7 @@ _EXTRA: dict[str, Callable[[_Fields, str], object]] = {
     "cookie_replies_sent": _Fields.num,
     "wg_drops": _Fields.counts,
     "offload": lambda f, n: f.text(n, ("off", "frames", "chunks")),
+    "warnings": _Fields.texts,
     "peers": _peers,
 }
 
@@ -208,7 +216,7 @@ def _stats(v: Mapping[str, Any], what: str, prefix: str = "") -> Stats:
     out = Stats(s.num("rx_packets"), s.num("rx_bytes"), s.num("tx_packets"),
                 s.num("tx_bytes"), s.counts("drops"), s.num("errors"),
                 s.opt_float("last_rx"), s.opt_float("last_tx"), s.opt_text("peer"),
-                s.text("state", ("connecting", "up")),
+                s.text("state", WORKER_STATES),
                 {k: _EXTRA[k](s, k) for k in v if k in _EXTRA})
     s.done()
     return out
@@ -299,6 +307,29 @@ class Update(Message):
 
 
 @dataclass(frozen=True)
+class Peers(Message):
+    """daemon -> worker: a reload changed the tunnel's peers; ``peers`` is the whole new
+    set (each checked by :func:`~tund.workerapi.spec.check_peer`): peers not in it are
+    removed, new ones added, changed ones updated in place; the worker keeps running."""
+
+    OP: ClassVar[str] = "peers"
+    peers: tuple[dict[str, Any], ...]
+
+    def fields(self) -> dict[str, Any]:
+        return {"peers": [dict(p) for p in self.peers]}
+
+    @classmethod
+    def read(cls, f: _Fields) -> Peers:
+        v = f.get("peers")
+        if not isinstance(v, list):
+            raise f._bad("peers", "a list of peers", v)
+        try:
+            return cls(tuple(check_peer(p) for p in v))
+        except ValueError as e:
+            raise MessageError(f"{f.what}: field peers: {e}") from None
+
+
+@dataclass(frozen=True)
 class Stop(Message):
     """daemon -> worker: finish the current batch, close, exit 0."""
 
@@ -323,22 +354,29 @@ class Pong(Message):
 
 @dataclass(frozen=True)
 class State(Message):
-    """worker -> daemon: its state or peer changed, or (``error``) it hit a fatal error."""
+    """worker -> daemon: its state, peer or ``why`` changed, or (``error``) it hit a fatal
+    error. ``why``: what keeps the state short of up ("no reply from ADDR:PORT to 3
+    handshake initiations", ...; tund.states.link_state), not fatal; left out when None."""
 
     OP: ClassVar[str] = "state"
-    state: str  # "connecting" or "up" (the decoder takes nothing else)
+    state: str  # one of WORKER_STATES (the decoder takes nothing else)
     peer: str | None
     error: str | None
     stats: Stats
+    why: str | None = None
 
     def fields(self) -> dict[str, Any]:
-        return {"state": self.state, "peer": self.peer, "error": self.error,
-                "stats": self.stats.as_dict()}
+        out = {"state": self.state, "peer": self.peer, "error": self.error,
+               "stats": self.stats.as_dict()}
+        if self.why is not None:
+            out["why"] = self.why
+        return out
 
     @classmethod
     def read(cls, f: _Fields) -> State:
-        return cls(f.text("state", ("connecting", "up")), f.opt_text("peer"),
-                   f.opt_text("error"), Stats.read(f, "stats"))
+        return cls(f.text("state", WORKER_STATES), f.opt_text("peer"),
+                   f.opt_text("error"), Stats.read(f, "stats"),
+                   f.opt_text("why") if "why" in f.obj else None)
 
 
 @dataclass(frozen=True)
@@ -434,7 +472,8 @@ class ForkError(Message):
 _SPEC_FIELDS = tuple(WorkerSpec.__dataclass_fields__)
 
 #: What each reader accepts.
-TO_WORKER: tuple[type[Start | Ping | Update | Stop], ...] = (Start, Ping, Update, Stop)
+TO_WORKER: tuple[type[Start | Ping | Update | Peers | Stop], ...] = (Start, Ping, Update,
+                                                                      Peers, Stop)
 FROM_WORKER: tuple[type[Pong | State], ...] = (Pong, State)
 TO_ZYGOTE: tuple[type[Fork], ...] = (Fork,)
 FROM_ZYGOTE: tuple[type[Ready | Forked | ForkError], ...] = (Ready, Forked, ForkError)

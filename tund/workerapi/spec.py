@@ -50,9 +50,14 @@ class WorkerSpec:
     private_key: str | None = None  # base64, as `wg genkey` prints it
     peer_public_key: str | None = None
     preshared_key: str | None = None
+    # role listen: source networks accepted (TCP on accept, UDP on receive); empty: all
+    allowed_sources: tuple[str, ...] = ()
     # role listen, UDP: the peer's last authenticated endpoint ("ADDR:PORT", "[V6]:PORT"),
     # known to the daemon from an earlier worker: contacted at once (tund.daemon.peerstore)
     known_peer: str | None = None
+    # many peers (a [tunnels.X.peers] table): one object per peer (check_peer); None for the
+    # single-peer form (private_key / peer_public_key above)
+    peers: list[dict[str, Any]] | None = None
     # Test-only timer overrides (e.g. {"rekey_after_time": 5}); empty in production.
     timers: dict[str, float] = dataclasses.field(default_factory=dict)
     # Test-only (tund --test-malformed-state): the worker sends one malformed state
@@ -60,7 +65,10 @@ class WorkerSpec:
     test_malformed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as JSON has them (``allowed_sources`` as a list)."""
+        d = dataclasses.asdict(self)
+        d["allowed_sources"] = list(self.allowed_sources)
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkerSpec:
@@ -68,6 +76,8 @@ class WorkerSpec:
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown WorkerSpec fields: {sorted(unknown)}")
+        if "allowed_sources" in data:  # a JSON list
+            data = {**data, "allowed_sources": tuple(data["allowed_sources"])}
         return cls(**data)
 
     def redacted(self) -> dict[str, Any]:
@@ -76,4 +86,34 @@ class WorkerSpec:
         for k in ("private_key", "preshared_key"):
             if d[k] is not None:
                 d[k] = "(hidden)"
+        for peer in d["peers"] or ():
+            if peer.get("preshared_key") is not None:
+                peer["preshared_key"] = "(hidden)"
         return d
+
+
+#: what the daemon tells the worker about each peer
+PEER_FIELDS = ("name", "public_key", "preshared_key", "allowed_ips", "endpoint", "keepalive")
+
+
+def check_peer(entry: object) -> dict[str, Any]:
+    """``entry`` as a peer of the worker spec, or ValueError naming the field."""
+    if not isinstance(entry, dict) or set(entry) != set(PEER_FIELDS):
+        got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        raise ValueError(f"a peer must have exactly the fields {list(PEER_FIELDS)} "
+                         f"(got {got})")
+    name = entry["name"]
+    for key in ("name", "public_key"):
+        if not isinstance(entry[key], str) or not entry[key]:
+            raise ValueError(f"peer {name!r}: {key} must be a non-empty string")
+    if entry["preshared_key"] is not None and not isinstance(entry["preshared_key"], str):
+        raise ValueError(f"peer {name!r}: preshared_key must be a string or null")
+    ips = entry["allowed_ips"]
+    if not isinstance(ips, list) or not all(isinstance(p, str) for p in ips):
+        raise ValueError(f"peer {name!r}: allowed_ips must be a list of prefixes")
+    if entry["endpoint"] is not None and not isinstance(entry["endpoint"], str):
+        raise ValueError(f"peer {name!r}: endpoint must be \"HOST:PORT\" or null")
+    k = entry["keepalive"]
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= 65535:
+        raise ValueError(f"peer {name!r}: keepalive must be 0..65535 seconds")
+    return entry

@@ -73,6 +73,11 @@ Contract (:class:`Codec`):
     WireGuard handshake: a Diffie-Hellman). The pump opens such messages after the
     data that came in the same turn, a bounded number per turn (see the pump).
 
+``health(now) -> tund.states.Handshakes`` (optional; an encrypting codec has it)
+    What :func:`tund.states.link_state` needs to say whether packets pass (a session
+    and how young it is, unanswered and refused handshakes). A codec without it (or one
+    whose ``health`` returns None) is plaintext: the pump judges by what came back.
+
 Codecs must not raise on hostile input: malformed messages are drops, not exceptions.
 """
 

@@ -346,12 +346,24 @@ class OffloadCodec:
         """Plain packets obey the new MTU; frames stay up to 64 KB (the pump's limit)."""
         self.max_packet += new - old
 
+    def apply_peers(self, entries: Any, now: float) -> Any:
+        """A codec with many peers underneath: its peers change (see the pump)."""
+        apply = getattr(self.inner, "apply_peers", None)
+        if apply is None:
+            raise ValueError("this tunnel has no peers")
+        return apply(entries, now)
+
     def set_keepalive(self, seconds: float, now: float) -> None:
         self.inner.set_keepalive(seconds, now)
 
     def on_connected(self, now: float) -> list[bytes]:
         self._forget_peer()
         return self.inner.on_connected(now)
+
+    def health(self, now: float) -> Any:
+        """The inner codec's ``health`` (WireGuard), or None (see the Codec contract)."""
+        inner = getattr(self.inner, "health", None)
+        return inner(now) if inner is not None else None
 
     def stats(self) -> dict[str, Any]:
         mode = "off" if not self.peer_vnet else "chunks" if self.send_chunks else "frames"

@@ -21,16 +21,24 @@ class PlainCodec(HoldsNothing):
     listening peer learns (and keeps, through NATs) our address. An empty message from
     the peer is such a keepalive: no packet, no drop, authenticated (it moves the
     endpoint, as any well-formed message of an unauthenticated codec does).
+
+    ``answer`` (plain UDP, role listen): an empty message from the peer (its hello or
+    keepalive) is answered with one empty message, so the remote end learns that its
+    packets arrive (it is ``unverified`` until a message comes back, see
+    :func:`tund.states.link_state`); one answer per message, of the same size: no
+    amplification, and a remote (``answer`` False) never answers back.
     """
 
     def __init__(self, *, min_len: int = 1, ip_check: bool = False,
-                 keepalive: float = 0.0, hello: bool = False, timed: bool = True) -> None:
+                 keepalive: float = 0.0, hello: bool = False, timed: bool = True,
+                 answer: bool = False) -> None:
         """``timed`` False (TCP: the socket's own keepalive): ``set_keepalive`` is ignored."""
         self.min_len = max(1, min_len)
         self.ip_check = ip_check
         self.keepalive = keepalive
         self.timed = timed
         self.hello = hello
+        self.answer = answer
         self._last_send: float | None = None
 
     def seal(self, packet: bytes, now: float) -> list[bytes]:
@@ -50,8 +58,8 @@ class PlainCodec(HoldsNothing):
         n = len(message)
         if n >= self.min_len and (not self.ip_check or message[0] >> 4 in (4, 6)):
             return Opened([message], [], True)
-        if n == 0:
-            return Opened([], [], True)  # keepalive
+        if n == 0:  # keepalive
+            return Opened([], [KEEPALIVE] if self.answer else [], True)
         return Opened([], [], False, "malformed")
 
     def _keepalive(self, now: float) -> list[bytes]:

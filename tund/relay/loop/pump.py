@@ -41,7 +41,12 @@ super-frame; other frames after an idle wait are written at once.
 Control: the daemon's SEQPACKET socket is watched by the same epoll, so a ``ping``
 is answered only by a loop that is really turning. ``stop`` ends the loop after the
 current batch; a closed control socket (the daemon died) ends it too. Every change of
-``(state, peer)`` is reported with a ``state`` message.
+``(state, peer, why)`` is reported with a ``state`` message: the state is
+:func:`tund.states.link_state` of what the transport and the codec know (judged again at
+least every ``CHECK_EVERY`` seconds, at once after a handshake), ``why`` explains a state
+short of ``up`` and goes out as the message's ``why``. ``stats()["warnings"]`` lists what
+works but will hurt (an MTU larger than the underlay path carries, see
+:mod:`tund.relay.loop.health`).
 
 No per-packet logging; per-packet work is a length check, the codec call and a syscall.
 """
@@ -59,12 +64,15 @@ from tund.relay.codec.base import Address, Codec, Opened
 from tund.relay.device.coalesce import coalesce, may_lead
 from tund.relay.device.tun import BATCH, PacketDevice
 from tund.relay.loop.counters import Counters
+from tund.relay.loop.health import mtu_warning
 from tund.relay.loop.poller import Poller
 from tund.relay.transport.base import Transport, format_peer
+from tund.states import Link, TunnelState, link_state
 from tund.workerapi.messages import (
     TO_WORKER,
     Message,
     MessageError,
+    Peers,
     Ping,
     Pong,
     State,
@@ -79,6 +87,7 @@ log = logging.getLogger("tund.relay.loop.pump")
 MAX_WAIT = 1.0  # the loop wakes at least this often, even with nothing to do
 RECHECK = 0.00025  # a busy loop reads the timers' deadlines at least this often
 RX_HOLD = 256  # vnet: frames held for coalescing before a write even within one batch
+CHECK_EVERY = 0.25  # s: the state is judged again at least this often (session age, ...)
 HANDSHAKE_QUEUE = 1024  # handshake messages waiting behind data
 HANDSHAKES_PER_TURN = 64  # handshake messages opened per loop turn
 
@@ -91,11 +100,14 @@ class Pump:
     ``vnet``: the device gives and takes vnet frames and ``codec`` is an
     :class:`~tund.relay.codec.offload.OffloadCodec` (``max_packet`` is then the largest frame;
     an MTU update goes to the codec's ``max_packet``).
+    ``underlay``: ``(tunnel MTU, bytes a frame adds to it (14 for tap), bytes the codec
+    adds)`` for the MTU warning, or None for no check (TCP carries any size).
     """
 
     def __init__(self, *, control: socket.socket, device: PacketDevice,
                  transport: Transport, codec: Codec, counters: Counters,
-                 max_packet: int, mtu: int | None = None, vnet: bool = False) -> None:
+                 max_packet: int, mtu: int | None = None, vnet: bool = False,
+                 underlay: tuple[int, int, int] | None = None) -> None:
         self.control = control
         self.device = device
         self.transport = transport
@@ -109,7 +121,12 @@ class Pump:
         self.wall = time.time()
         self._running = False
         self._device_watched = False
-        self._reported: tuple[str, str | None] | None = None
+        self._reported: tuple[str, str | None, str | None] | None = None
+        self._health = getattr(codec, "health", None)  # an encrypting codec's (see Codec)
+        self._heard = False  # an authenticated message came on this path (plaintext)
+        self._rx_mark = 0  # rx_packets when the path began: more means heard
+        self._underlay = underlay
+        self.warnings: list[str] = []
         self._rx: list[bytes] = []  # vnet: frames for the device, written once per batch
         self._hs_types: frozenset[int] = getattr(codec, "handshake_types", frozenset())
         self._handshakes: collections.deque[tuple[bytes, Address | None]] = (
@@ -142,6 +159,7 @@ class Pump:
         cd = td = None
         recheck = 0.0
         busy = False
+        check = self.now + CHECK_EVERY
         try:
             while self._running:
                 now = mono()
@@ -183,6 +201,9 @@ class Pump:
                 if cd is not None and now >= cd:
                     self._codec_timers(now)
                     recheck = 0.0
+                if now >= check:
+                    check = now + CHECK_EVERY
+                    self.report()
                 transport.flush()
         finally:
             try:
@@ -195,6 +216,7 @@ class Pump:
     def _codec_timers(self, now: float) -> None:
         for m in self.codec.tick(now):
             self.transport.send(m)
+        self.report()  # a handshake retry may change the state
         if self.vnet:  # frames rebuilt from chunks whose companions were lost
             self._rx += self.codec.expired(now)
             self._flush_rx()
@@ -288,6 +310,7 @@ class Pump:
         # the common case: authenticated, one packet, no reply
         transport = self.transport
         if source is not None and source != transport.peer:
+            self._heard = True
             transport.set_peer(source)
         self._to_device(opened)
 
@@ -302,8 +325,13 @@ class Pump:
         if op.drop is not None:
             self.c.drop(op.drop)
             return
-        if op.authenticated and source is not None and source != self.transport.peer:
-            self.transport.set_peer(source)
+        if op.authenticated:
+            if source is not None and source != self.transport.peer:
+                self._heard = True
+                self.transport.set_peer(source)
+            elif not self._heard:
+                self._heard = True
+                self.report()
         for p in op.packets:
             self._to_device(p)
         if op.authenticated or source is None:
@@ -312,6 +340,9 @@ class Pump:
         else:  # e.g. a cookie reply: back to whoever asked, the peer may be elsewhere
             for r in op.replies:
                 self.transport.reply_to(r, source)
+        if self._health is not None and (self._reported is None
+                                         or self._reported[0] != TunnelState.UP):
+            self.report()  # a handshake may have completed
 
     def _to_device(self, p: bytes) -> None:
         """Write ``p`` now, or (vnet) hold it for coalescing: in a busy turn, behind held
@@ -353,24 +384,65 @@ class Pump:
     # ------------------------------------------------------------------ state, control
 
     def on_state(self, new_path: bool) -> None:
-        if new_path and self.transport.state == "up":
+        transport = self.transport
+        if new_path and getattr(transport, "role", "") != "listen":
+            # a path we made ourselves: nothing has come back on it yet (a listener's
+            # path comes from a message, so it has been heard)
+            self._heard, self._rx_mark = False, self.c.rx_packets
+        if transport.peer is not None:
+            self._check_underlay()
+        if new_path and transport.state == "up":
             for m in self.codec.on_connected(self.now):
-                self.transport.send(m)
+                transport.send(m)
         self.report()
 
+    def link(self) -> Link:
+        """What :func:`tund.states.link_state` judges, as of now."""
+        t = self.transport
+        health = self._health
+        endpoint = format_peer(t.peer)
+        host = getattr(t, "host", None) if getattr(t, "role", "") == "remote" else None
+        if host and endpoint and host not in endpoint:  # a name: say which address it was
+            endpoint = f"{host} ({endpoint})"
+        return Link(getattr(t, "kind", "tcp"), t.state == "up",
+                    self._heard or self.c.rx_packets > self._rx_mark,
+                    health(self.now) if health is not None else None,
+                    endpoint, getattr(t, "problem", None))
+
+    def state(self) -> tuple[str, str | None]:
+        """The state to report and why it is short of ``up`` (None: nothing to say)."""
+        state, why = link_state(self.link(), self.now)
+        return str(state), why
+
     def report(self, error: str | None = None) -> None:
-        """Send a ``state`` message if ``(state, peer)`` changed, or always with ``error``."""
-        key = (self.transport.state, format_peer(self.transport.peer))
+        """Send a ``state`` message if ``(state, peer, why)`` changed, or always with
+        ``error`` (fatal: the worker is about to exit)."""
+        state, why = self.state()
+        key = (state, format_peer(self.transport.peer), why)
         if key == self._reported and error is None:
             return
         self._reported = key
-        log.info("state %s, peer %s", key[0], key[1])
-        self.send_control(State(key[0], key[1], error, Stats.of(self.stats())))
+        if why:
+            log.warning("state %s, peer %s: %s", key[0], key[1], why)
+        else:
+            log.info("state %s, peer %s", key[0], key[1])
+        self.send_control(State(key[0], key[1], error, Stats.of(self.stats()), why))
+
+    def _check_underlay(self) -> None:
+        """The MTU warning for the current peer (see :mod:`tund.relay.loop.health`)."""
+        if self._underlay is None or self.transport.peer is None:
+            return
+        mtu, frame_extra, codec_extra = self._underlay
+        warning = mtu_warning(mtu, frame_extra, codec_extra, self.transport.peer)
+        self.warnings = [warning] if warning else []
+        if warning:
+            log.warning("%s", warning)
 
     def stats(self) -> dict[str, Any]:
         s = self.c.as_dict()
         s["peer"] = format_peer(self.transport.peer)
-        s["state"] = self.transport.state
+        s["state"] = self._reported[0] if self._reported else self.transport.state
+        s["warnings"] = list(self.warnings)
         extra = dict(self.codec.stats())
         drops = s["drops"]
         for cause, n in (extra.pop("drops", None) or {}).items():  # the codec's own drops
@@ -413,11 +485,28 @@ class Pump:
                 log.info("keepalive now %d s", msg.keepalive)
             if msg.mtu is not None:
                 self._set_mtu(msg.mtu)
+        elif isinstance(msg, Peers):
+            self._apply_peers(msg)
         elif isinstance(msg, Stop):
             log.info("stop requested")
             self._running = False
         else:
             log.warning("ignoring control op %r after the start", msg.OP)
+
+    def _apply_peers(self, msg: Peers) -> None:
+        """A reload changed the peers (a codec with many peers has ``apply_peers``)."""
+        apply = getattr(self.codec, "apply_peers", None)
+        if apply is None:
+            log.warning("a peers update for a tunnel without peers: ignored")
+            return
+        try:
+            done = apply(msg.peers, self.now)
+        except ValueError as e:
+            log.error("peers update refused: %s", e)
+            return
+        log.info("peers: added %s, removed %s, changed %s", done["added"] or "none",
+                 done["removed"] or "none", done["changed"] or "none")
+        self.transport.flush()
 
     def _set_mtu(self, new_mtu: int) -> None:
         """The device MTU changed in place (reload): adjust the oversize limit, keep running."""
@@ -426,4 +515,7 @@ class Pump:
         else:
             self.max_packet = self.max_packet - self.mtu + new_mtu
         self.mtu = new_mtu
+        if self._underlay is not None:
+            self._underlay = (new_mtu, *self._underlay[1:])
+            self._check_underlay()
         log.info("mtu now %d (largest packet %d)", new_mtu, self.max_packet)

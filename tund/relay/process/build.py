@@ -45,7 +45,17 @@ def make_codec(spec: WorkerSpec) -> Codec:
         min_len = (4 if spec.packet_info else 0) + (14 if spec.mode == "tap" else 1)
         return PlainCodec(min_len=min_len, ip_check=spec.mode == "tun" and not spec.packet_info,
                           keepalive=float(spec.keepalive) if udp else 0.0,
-                          hello=udp and spec.role == "remote", timed=udp)
+                          hello=udp and spec.role == "remote", timed=udp,
+                          answer=udp and spec.role == "listen")
+    if spec.encryption == "wireguard" and spec.peers is not None:
+        from tund.relay.wireguard.multi import PeersCodec
+        from tund.relay.wireguard.peers import PeerCore
+
+        if spec.private_key is None:
+            raise RelayError(f"tunnel {spec.tunnel!r}: peers need private_key in the spec")
+        core = PeerCore(spec.private_key, mtu=spec.mtu, packet_info=spec.packet_info,
+                        mode=spec.mode, timers=spec.timers)
+        return PeersCodec(core, spec.peers)
     if spec.encryption == "wireguard":
         try:
             from tund.relay.wireguard.codec import WireGuardCodec  # type: ignore[import-not-found,unused-ignore]
@@ -77,19 +87,46 @@ def make_transport(spec: WorkerSpec, counters: Counters,
             sock = _own_socket(spec)
     common: dict[str, Any] = {"role": spec.role, "host": spec.host, "port": spec.port,
                               "reconnect_min": spec.reconnect_min,
-                              "reconnect_max": spec.reconnect_max}
+                              "reconnect_max": spec.reconnect_max,
+                              "allowed_sources": spec.allowed_sources}
     if spec.transport == "tcp":
         return TcpTransport(counters, listen_sock=sock, keepalive=spec.keepalive,
                             max_message=(largest or max_packet(spec)) + CODEC_OVERHEAD,
-                            **common)
+                            authenticates=spec.encryption == "wireguard", **common)
     known = parse_peer(spec.known_peer) if spec.known_peer and spec.role == "listen" else None
-    return UdpTransport(counters, sock=sock, known_peer=known, **common)
+    return UdpTransport(counters, sock=sock, known_peer=known, multi=spec.peers is not None,
+                        **common)
+
+
+def underlay_check(spec: WorkerSpec) -> tuple[int, int, int] | None:
+    """The pump's ``underlay`` (MTU warning) for a UDP tunnel: (mtu, 14 for tap, 32 for
+    WireGuard's header and tag); None for TCP."""
+    if spec.transport != "udp":
+        return None
+    return (spec.mtu, 14 if spec.mode == "tap" else 0,
+            32 if spec.encryption == "wireguard" else 0)
 
 
 def build(spec: WorkerSpec, control: socket.socket) -> Pump:
+    pump = _build(spec, control)
+    peers = _peers_codec(pump.codec)
+    if peers is not None:  # many peers: the codec sends to each peer's address itself
+        peers.attach(pump.transport.reply_to)
+    return pump
+
+
+def _peers_codec(codec: Codec) -> Any:
+    from tund.relay.wireguard.multi import PeersCodec
+
+    inner = getattr(codec, "inner", codec)  # under an OffloadCodec
+    return inner if isinstance(inner, PeersCodec) else None
+
+
+def _build(spec: WorkerSpec, control: socket.socket) -> Pump:
     counters = Counters()
     mp = max_packet(spec)
     codec = make_codec(spec)
+    underlay = underlay_check(spec)
     if spec.vnet_hdr and spec.mode == "tun" and not spec.packet_info:
         # vnet frames on the device (tund.relay.codec.offload); offloads only when negotiated.
         # The frames' IP check moves to OffloadCodec.
@@ -98,14 +135,16 @@ def build(spec: WorkerSpec, control: socket.socket) -> Pump:
         # WireGuard carries IP packets only (tun mode: the receiver strips padding by the
         # IP length and drops anything else as invalid_packet): frames go in envelopes
         codec = OffloadCodec(codec, functools.partial(set_device_offload, spec.device_fd),
-                             max_packet=mp, drops=counters.drops, negotiate=spec.offload,
+                             max_packet=mp, drops=counters.drops,
+                             negotiate=spec.offload and spec.peers is None,
                              enveloped=not isinstance(codec, PlainCodec),
                              chunked=spec.transport == "udp")
         device = FdDevice(spec.device_fd, read_size=VNET_MAX_FRAME + 1)
         return Pump(control=control, device=device,
                     transport=make_transport(spec, counters, VNET_MAX_FRAME),
                     codec=codec, counters=counters, max_packet=VNET_MAX_FRAME,
-                    mtu=spec.mtu, vnet=True)
+                    mtu=spec.mtu, vnet=True, underlay=underlay)
     device = FdDevice(spec.device_fd, read_size=mp + 1)  # mp + 1 bytes read = oversize
     return Pump(control=control, device=device, transport=make_transport(spec, counters),
-                codec=codec, counters=counters, max_packet=mp, mtu=spec.mtu)
+                codec=codec, counters=counters, max_packet=mp, mtu=spec.mtu,
+                underlay=underlay)

@@ -10,8 +10,10 @@ learned peer, endpoint not resolvable) and ``"up"``.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import socket
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from tund.relay.codec.base import Address
@@ -140,3 +142,39 @@ class Backoff:
         base = min(self.maximum, self.minimum * (2 ** min(self.attempts, 30)))
         self.attempts += 1
         return float(max(self.minimum, base * random.uniform(0.5, 1.0)))
+
+
+class SourceFilter:
+    """Which source addresses a listener takes: those inside one of ``networks``
+    (``"198.51.100.0/24"``, ``"2001:db8::/32"``, a bare address). An IPv4-mapped IPv6
+    source counts as its IPv4 address. Answers are cached per address (bounded).
+    A network that does not parse is a ValueError naming it."""
+
+    CACHE = 1024
+
+    def __init__(self, networks: Sequence[str]) -> None:
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for n in networks:
+            try:
+                self.networks.append(ipaddress.ip_network(n, strict=False))
+            except ValueError as e:
+                raise ValueError(f"allowed_sources: {n!r} is not a network ({e})") from None
+        self._cache: dict[str, bool] = {}
+
+    def allows(self, host: str) -> bool:
+        ok = self._cache.get(host)
+        if ok is None:
+            ok = self._check(host)
+            if len(self._cache) >= self.CACHE:
+                self._cache.clear()
+            self._cache[host] = ok
+        return ok
+
+    def _check(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in n for n in self.networks)

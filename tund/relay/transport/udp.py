@@ -6,6 +6,16 @@ until a datagram is accepted by the codec as authenticated (see
 and later authenticated datagrams from elsewhere move it (roaming). Until then, sends are
 dropped as ``"no_peer"``.
 
+Role ``listen`` on a wildcard address (``0.0.0.0`` / ``[::]``): every datagram's local
+destination address is read with it (:mod:`tund.relay.transport.pktinfo`) and the replies
+to a sender, and everything sent to the peer, go out from the address the peer's latest
+datagram came to (kept per sender for the latest ``SOURCES`` senders, so a handshake
+opened later still answers from the right one). A datagram from the current peer to
+another of our addresses moves it. A socket bound to one address uses none of this.
+
+``allowed_sources`` (role listen): a datagram from outside those networks is dropped as
+``"source_refused"`` before the codec sees it.
+
 Role ``remote``: a socket of our own, ``connect()``-ed to the resolved endpoint (the
 kernel then filters other senders and reports ICMP errors). A host name is resolved
 again every ``RESOLVE_EVERY`` seconds and the socket re-pointed if the address changed;
@@ -35,12 +45,14 @@ import logging
 import selectors
 import socket
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tund.relay.codec.base import Address
 from tund.relay.loop.counters import Counters
 from tund.relay.loop.poller import Registry
-from tund.relay.transport.base import Backoff, Link, format_peer, resolve
+from tund.relay.transport import pktinfo
+from tund.relay.transport.base import Backoff, Link, SourceFilter, format_peer, resolve
 from tund.relay.transport.gso import (
     GRO_SPACE,
     GSO_BYTES,
@@ -58,6 +70,7 @@ RECV_SIZE = 65536
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>; not in the socket module
 SOCKET_BUFFER = 4 * 1024 * 1024  # bursts wait in the kernel instead of being dropped
 FLUSH_BYTES = 1 << 20  # send queued datagrams once this many bytes wait
+SOURCES = 1024  # wildcard listener: senders whose local address is remembered
 
 
 def _grow_buffers(sock: socket.socket) -> None:
@@ -85,17 +98,27 @@ class UdpTransport:
 
     def __init__(self, counters: Counters, *, role: str, host: str, port: int,
                  sock: socket.socket | None = None, reconnect_min: float = 0.2,
-                 reconnect_max: float = 10.0, known_peer: Address | None = None) -> None:
+                 reconnect_max: float = 10.0, known_peer: Address | None = None,
+                 multi: bool = False, allowed_sources: Sequence[str] = ()) -> None:
         """``known_peer`` (role listen): the previous worker's peer, contacted at start."""
         if role == "listen" and sock is None:
             raise ValueError("udp: role listen needs a bound socket")
+        # role listen: datagrams from elsewhere are dropped before the codec sees them
+        self.sources = (SourceFilter(allowed_sources)
+                        if allowed_sources and role == "listen" else None)
         self.c = counters
         self.role = role
         self.host, self.port = host, port
         self.sock = sock
         self.state = "connecting"
         self.peer: Address | None = None
+        self.problem: str | None = None  # why there is no path (the name does not resolve)
         self._known_peer = known_peer
+        # many peers (tund.relay.wireguard.multi): no single peer; the codec sends each
+        # message with reply_to(message, address); up as soon as the socket listens
+        self.multi = multi
+        if multi:
+            self.kind = "udp-peers"
         self.backlogged = False  # datagrams are never queued in user space
         self.backoff = Backoff(reconnect_min, reconnect_max)
         self._deadline: float | None = None
@@ -109,6 +132,10 @@ class UdpTransport:
         self.gso = True  # False once the kernel refused UDP_SEGMENT on this socket
         self._train_max = 1 << 16  # datagrams this large are sent alone (path MTU; EMSGSIZE)
         self._gro = False
+        self.sticky = False  # wildcard listener: send from the address the peer sent to
+        self._src: pktinfo.Option | None = None  # that address, as a sendmsg option
+        self._srcs: dict[Address, pktinfo.Option | None] = {}  # sender -> local address
+        self._anc_space = GRO_SPACE
 
     def start(self, sel: Registry, link: Link, now: float) -> None:
         self._sel, self._link = sel, link
@@ -117,8 +144,14 @@ class UdpTransport:
             self.sock.setblocking(False)
             _grow_buffers(self.sock)
             self._gro = enable_gro(self.sock)
+            if pktinfo.is_wildcard(self.sock) and pktinfo.enable(self.sock):
+                self.sticky = True
+                self._anc_space = GRO_SPACE + pktinfo.SPACE
             sel.register(self.sock, selectors.EVENT_READ, self._on_readable)
-            log.info("listening on %s", format_peer(self.sock.getsockname()))
+            log.info("listening on %s%s", format_peer(self.sock.getsockname()),
+                     " (replies from the address each peer sent to)" if self.sticky else "")
+            if self.multi:
+                self.state = "up"
             if self._known_peer is not None:
                 log.info("the previous worker's peer was %s: contacting it now",
                          format_peer(self._known_peer))
@@ -144,9 +177,11 @@ class UdpTransport:
             family, addr = resolve(self.host, self.port, socket.SOCK_DGRAM)
         except OSError as e:
             delay = self.backoff.next_delay()
-            log.warning("%s; retrying in %.2fs", e.strerror or e, delay)
+            self.problem = str(e.strerror or e)
+            log.warning("%s; retrying in %.2fs", self.problem, delay)
             self._deadline = time.monotonic() + delay
             return
+        self.problem = None
         self.backoff.reset()
         self._deadline = None if _is_ip(self.host) else time.monotonic() + RESOLVE_EVERY
         if addr == self.peer:
@@ -182,7 +217,7 @@ class UdpTransport:
         """Nothing to do: UDP keepalives are the codec's."""
 
     def set_peer(self, addr: Address) -> None:
-        if self.role != "listen" or addr == self.peer:
+        if self.multi or self.role != "listen" or addr == self.peer:
             return
         assert self._link is not None
         if self.peer is None:
@@ -191,19 +226,26 @@ class UdpTransport:
             log.info("peer moved from %s to %s", format_peer(self.peer), format_peer(addr))
         first = self.peer is None
         self.peer, self.state = addr, "up"
+        if self.sticky:
+            self._src = self._srcs.get(addr)
+            log.info("sending to %s from %s", format_peer(addr), pktinfo.describe(self._src))
         self._link.on_state(first)
 
     def _on_readable(self, mask: int) -> None:
         sock, view, link = self.sock, self._rview, self._link
         assert sock is not None and link is not None
-        deliver, gro, views = link.deliver, self._gro, self._rviews
-        recv = sock.recvmsg_into if gro else None
+        deliver, gro, views, sources = link.deliver, self._gro, self._rviews, self.sources
+        sticky, space = self.sticky, self._anc_space
+        recv = sock.recvmsg_into if gro or sticky else None
         for _ in range(RECV_BATCH if link.busy else 1):  # (see Link.busy)
             size = 0
             try:
                 if recv is not None:
-                    n, anc, _flags, addr = recv(views, GRO_SPACE)
-                    size = gro_size(anc)
+                    n, anc, _flags, addr = recv(views, space)
+                    if anc:
+                        size = gro_size(anc)
+                        if sticky:
+                            self._note_local(addr, pktinfo.reply_option(anc))
                 else:
                     n, addr = sock.recvfrom_into(view)
             except (BlockingIOError, InterruptedError):
@@ -211,6 +253,9 @@ class UdpTransport:
             except OSError as e:  # a queued ICMP error
                 self.c.errors += 1
                 log.debug("receive error: %s", e)
+                continue
+            if sources is not None and not sources.allows(addr[0]):
+                self.c.drop("source_refused")
                 continue
             if 0 < size < n:  # a train of datagrams of ``size`` bytes (the last may be short)
                 for off in range(0, n, size):
@@ -221,6 +266,18 @@ class UdpTransport:
                 deliver(bytes(view[:n]), addr)
             if self.sock is not sock:
                 return
+
+    def _note_local(self, addr: Address, option: pktinfo.Option | None) -> None:
+        """``addr`` sent to the local address in ``option`` (wildcard listener)."""
+        srcs = self._srcs
+        if srcs.get(addr, False) != option:
+            if len(srcs) >= SOURCES:
+                srcs.clear()
+            srcs[addr] = option
+            if addr == self.peer and option != self._src:
+                log.info("peer %s now sends to %s: replying from there", format_peer(addr),
+                         pktinfo.describe(option))
+                self._src = option
 
     def send(self, message: bytes) -> bool:
         """Queue ``message`` for :meth:`flush`; False (counted as ``no_peer``) while
@@ -268,6 +325,8 @@ class UdpTransport:
             self.c.drop("no_peer", len(batch))
             return
         anc = [segment_option(size)]
+        if self._src is not None:
+            anc.append(self._src)
         data = [b"".join(batch)]
         try:
             if self.role == "remote":
@@ -282,6 +341,11 @@ class UdpTransport:
                 for m in batch:
                     self._send_to(m, peer)
                 return
+            if self._src is not None and e.errno in (errno.EINVAL, errno.EADDRNOTAVAIL):
+                self._lost_local()
+                for m in batch:
+                    self._send_to(m, peer)
+                return
             if e.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                 log.info("UDP_SEGMENT refused (%s): sending datagrams one by one", e)
                 self.gso = False
@@ -291,14 +355,34 @@ class UdpTransport:
             self.c.errors += 1
             log.debug("send to %s failed: %s", format_peer(peer), e)
 
-    def _send_to(self, message: bytes, dest: Address | None) -> bool:
+    def _lost_local(self) -> None:
+        log.warning("cannot send from %s any more (the address is gone?): replies go out "
+                    "from the routing table's choice until the peer sends again",
+                    pktinfo.describe(self._src))
+        self._src = None
+        self._srcs.clear()
+
+    def _send_to(self, message: bytes, dest: Address | None,
+                 src: pktinfo.Option | bool | None = True) -> bool:
+        """One datagram; ``src``: the local address option (True: the peer's)."""
         sock = self.sock
         if sock is None or dest is None:
             self.c.drop("no_peer")
             return False
+        if src is True:
+            src = self._src
         try:
             if self.role == "remote":
                 sock.send(message)
+            elif src:
+                try:
+                    sock.sendmsg([message], [src], 0, dest)
+                except OSError as e:
+                    if e.errno not in (errno.EINVAL, errno.EADDRNOTAVAIL):
+                        raise
+                    if src is self._src:
+                        self._lost_local()
+                    sock.sendto(message, dest)
             else:
                 sock.sendto(message, dest)
         except (BlockingIOError, InterruptedError):
@@ -315,7 +399,7 @@ class UdpTransport:
         if self.role == "remote" or self.sock is None:
             return self.send(message)
         self.flush()  # keep the order of what was queued before
-        return self._send_to(message, source)
+        return self._send_to(message, source, self._srcs.get(source) if self.sticky else None)
 
 
 if TYPE_CHECKING:

@@ -43,10 +43,12 @@ _NO_MAC2 = bytes(16)  # what a sender without a cookie puts there: no MAC to com
 
 
 def address_bytes(source: Address | None) -> bytes:
-    """The bytes a cookie is bound to: packed IP || big-endian port (empty without one)."""
+    """The bytes a cookie is bound to: packed IP || big-endian port (empty without one).
+    ``source`` as ``recvfrom`` gives it: an AF_INET6 socket adds flowinfo and scope_id,
+    which are ignored."""
     if source is None:
         return b""
-    host, port = source
+    host, port = source[0], source[1]
     try:
         packed = ipaddress.ip_address(host.split("%", 1)[0]).packed
     except ValueError:
@@ -123,6 +125,10 @@ class CookieGenerator:
         self._cookie, self._cookie_set = cookie, now
         self._last_mac1 = None
         return True
+
+    @property
+    def has_cookie(self) -> bool:
+        return self._cookie is not None
 
 
 class LoadDetector:

@@ -58,6 +58,13 @@ class RateLimiter:
         b[0] = tokens - 1.0
         return True
 
+    def has_token(self, key: str, now: float) -> bool:
+        """Whether :meth:`allow` would say yes now (nothing is taken or stored)."""
+        b = self._buckets.get(key)
+        if b is None:
+            return len(self._buckets) < self.max_entries or now - self._last_gc >= 1.0
+        return b[0] + (now - b[1]) * self.rate >= 1.0
+
     def _collect(self, now: float) -> bool:
         """Forget buckets full again; True when there is room for one more."""
         if now - self._last_gc >= 1.0:
