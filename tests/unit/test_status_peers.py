@@ -176,6 +176,11 @@ def test_readme_documents_every_peer_dump_column() -> None:
     section = readme.split("### tundctl dump", 1)[1].split("\n### ", 1)[0]
     for column in render.PEER_DUMP_COLUMNS:
         assert f"`{column}`" in section, column
+    # how a script tells the lines apart: the field counts README gives are the real ones
+    assert f"; {len(render.PEER_DUMP_COLUMNS)} fields, a tunnel's line" in " ".join(
+        section.split())
+    assert f"has {len(render.DUMP_COLUMNS)})" in " ".join(section.split())
+    assert f"NF == {len(render.DUMP_COLUMNS)} " in section
 
 
 def test_metrics_have_per_peer_series() -> None:
