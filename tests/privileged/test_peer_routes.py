@@ -1,6 +1,7 @@
 """Routes from peers' allowed_ips against the real kernel (issue 17.3): a reload that adds
 a peer (a drop-in of its own) adds its routes through the interface, removing it removes
-them, and a 0.0.0.0/0 peer never touches the namespace's default route."""
+them, a 0.0.0.0/0 peer never touches the namespace's default route, and a peer repeating
+another link's prefix fails the reload instead of taking that route over."""
 
 from __future__ import annotations
 
@@ -86,5 +87,19 @@ def test_reload_adding_and_removing_a_peer_adds_and_removes_its_routes(tmp_path:
         assert _routes(ns, dev, "-4") == {"10.95.0.0/16"}
         assert _routes(ns, dev, "-6") == set()
         assert "via 10.94.255.254" in ns.run("ip", "-4", "route", "show", "default").stdout
+
+        # a peer repeating the uplink's own prefix: ip route replace would move the LAN
+        # into the tunnel; the reload refuses it and changes nothing
+        drop_in.write_text(
+            "[tunnels.vpn.peers.lan]\n"
+            f'public_key = "{keys.public_key(keys.generate_private_key())}"\n'
+            'allowed_ips = ["10.94.255.0/24"]\n')
+        p = site.reload(check=False)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert ("would take over the route of 10.94.255.0/24 through interface tpuup0"
+                in p.stdout + p.stderr), p.stdout + p.stderr
+        lan = ns.run("ip", "-4", "route", "show", "10.94.255.0/24").stdout
+        assert "dev tpuup0" in lan and dev not in lan, lan
+        assert set(site.status()["tunnels"]["vpn"]["peers"]) == {"bob"}
     finally:
         site.stop()

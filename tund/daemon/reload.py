@@ -138,12 +138,18 @@ def _address_check(t: Target, name: str, ip_steps: Sequence[reconcile.Step], new
     (one tund does not manage) has one of them (:mod:`tund.netdev.conflicts`). Not listed:
     it changes nothing."""
     adds = [s.argv[2] for s in ip_steps if s.argv[:2] == ("addr", "add")]
-    if not adds:
-        return []
+    routes = [s.argv[2] for s in ip_steps if s.argv[:2] == ("route", "replace")]
     managed = {*new.interfaces, *(t.config.interfaces if t.config is not None else ())}
-    return [Step(f"check that no other interface has {', '.join(adds)}",
-                 partial(conflicts.check, t.ip, name, adds, managed), None, part, listed=False,
-                 fields=logs.fields(interface=name))]
+    out = []
+    if adds:
+        out.append(Step(f"check that no other interface has {', '.join(adds)}",
+                        partial(conflicts.check, t.ip, name, adds, managed), None, part,
+                        listed=False, fields=logs.fields(interface=name)))
+    if routes:
+        out.append(Step(f"check that no other interface routes {', '.join(routes)}",
+                        partial(conflicts.check_routes, t.ip, name, routes, managed), None,
+                        part, listed=False, fields=logs.fields(interface=name)))
+    return out
 
 
 def _create(t: Target, name: str, iface: InterfaceConfig, part: str,

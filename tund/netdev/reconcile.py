@@ -22,7 +22,9 @@ The routes wanted are the interface's ``routes``; the daemon passes the interfac
 ``allowed_ips`` (issue 17.3).
 
 Known limits: ``ip route replace`` takes over a same-prefix route of the main table with the
-same metric (e.g. the kernel's connected route of an address); rolling back deletes it.
+same metric (e.g. the kernel's connected route of an address); rolling back deletes it. The
+daemon refuses that for a route of another link it does not manage before any step runs
+(:func:`tund.netdev.conflicts.check_routes`); on the interface itself it stays.
 """
 
 from __future__ import annotations
