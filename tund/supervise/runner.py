@@ -78,6 +78,7 @@ class TunnelRunner:
         self.worker: WorkerProcess | None = None
         self.restarts = 0
         self.last_error: str | None = None
+        self._why: str | None = None  # last_error came from a worker's why (see _message)
         self.since = time.time()
         self._base: dict[str, Any] = {k: 0 for k in _COUNTERS}
         self._base["drops"] = {}
@@ -199,12 +200,15 @@ class TunnelRunner:
                 self.last_error = msg.error
                 self._reported_error = True
             if msg.why:  # why the state is short of up (not fatal)
-                self.last_error = msg.why
+                self.last_error, self._why = msg.why, msg.why
             try:
                 st = TunnelState(msg.state)
             except ValueError:  # not reached: the decoder takes only WORKER_STATES
                 return
             if st == TunnelState.UP:
+                if self._why is not None and self.last_error == self._why:
+                    self.last_error = None  # it explained a state that is over
+                self._why = None
                 self._move(st, f"peer {msg.peer}")
             elif st in LIVE:
                 self._move(st, msg.why or "")
