@@ -237,6 +237,10 @@ def test_the_new_states_are_followed_and_a_why_is_cleared_once_up() -> None:
         assert (r.state, r.status()["last_error"]) == (TunnelState.FAILING, why)
         w.on_message(State("up", "192.0.2.1:1", None, Stats()))
         assert (r.state, r.last_error) == (TunnelState.UP, None)
+        r.last_error = "worker killed by signal 9"  # a crash's error outlives a why
+        w.on_message(State("connecting", None, None, Stats(), "connect to x: ECONNREFUSED"))
+        w.on_message(State("up", "192.0.2.1:1", None, Stats()))
+        assert r.last_error == "worker killed by signal 9"
         await r.stop()
 
     asyncio.run(go())
