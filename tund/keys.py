@@ -99,7 +99,9 @@ def check_tunnel_keys(raw: Mapping[str, Any], issue: IssueFactory) -> list[Confi
 
     Checks ``private_key_file`` (readable, mode, owner, a 32-byte key),
     ``peer_public_key`` (base64 of 32 bytes, not our own public key) and
-    ``preshared_key_file`` when given. Missing keys are reported by config itself.
+    ``preshared_key_file`` when given, and the same of every peer of a ``peers`` table
+    (plus: no public key shared by two enabled peers). Missing keys are reported by config
+    itself.
     """
     issues: list[ConfigIssue] = []
     tunnels = raw.get("tunnels")
@@ -130,5 +132,46 @@ def check_tunnel_keys(raw: Mapping[str, Any], issue: IssueFactory) -> list[Confi
                 load_psk_file(psk)
             except ValueError as e:
                 issues.append(issue(("tunnels", name, "preshared_key_file"), str(e)))
+        peers = body.get("peers")
+        if isinstance(peers, Mapping):
+            issues.extend(_check_peer_keys(str(name), peers, own, issue))
+    return issues
+
+
+def _check_peer_keys(tunnel: str, peers: Mapping[str, Any], own: bytes | None,
+                     issue: IssueFactory) -> list[ConfigIssue]:
+    """Each peer's ``public_key`` (base64 of 32 bytes, not ours, not another enabled peer's)
+    and ``preshared_key_file`` (as the tunnel's). Keys compare decoded, not as text."""
+    issues: list[ConfigIssue] = []
+    owners: dict[bytes, str] = {}
+    for peer, body in peers.items():
+        if not isinstance(body, Mapping):
+            continue
+        where = ("tunnels", tunnel, "peers", str(peer))
+        key = body.get("public_key")
+        if isinstance(key, str):
+            try:
+                raw = decode_key(key, "public_key")
+            except ValueError as e:
+                issues.append(issue((*where, "public_key"), str(e)))
+            else:
+                if raw == own:
+                    issues.append(issue((*where, "public_key"),
+                                        "is this tunnel's own public key (from "
+                                        "private_key_file); it must be the peer's"))
+                elif body.get("enabled", True) is not False:
+                    if raw in owners:
+                        issues.append(issue((*where, "public_key"),
+                                            f"is also the public key of peer "
+                                            f"\"{owners[raw]}\" of this tunnel: each peer "
+                                            f"needs its own key pair (got \"{key}\")"))
+                    else:
+                        owners[raw] = str(peer)
+        psk = body.get("preshared_key_file")
+        if isinstance(psk, str):
+            try:
+                load_psk_file(psk)
+            except ValueError as e:
+                issues.append(issue((*where, "preshared_key_file"), str(e)))
     return issues
 

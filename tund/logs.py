@@ -18,6 +18,8 @@ Contract:
   of the same name (journald keeps those named in upper case), so ``journalctl
   TUND_TUNNEL=wan0`` finds them; both handlers also show them as a ``[tunnel/interface]``
   message prefix.
+* :class:`Throttle` rate-limits identical warnings (one line per key per interval, with the
+  number suppressed in between).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping, MutableMapping
+import time
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Literal
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -100,6 +103,32 @@ def _make_handler(target: Target) -> logging.Handler:
     return handler
 
 
+def current_target(env: Mapping[str, str] | None = None) -> Target:
+    """:func:`choose_target` for this process (its environment, journald, stderr)."""
+    return choose_target(os.environ if env is None else env,
+                         journal_socket=os.path.exists(JOURNAL_SOCKET),
+                         journal_importable=_journal_importable(),
+                         stderr_is_tty=sys.stderr.isatty())
+
+
+def object_journal_handler(fields: Mapping[str, str]) -> logging.Handler:
+    """A JournalHandler whose every message carries ``fields`` (``TUND_TUNNEL``, ...) and
+    the ``[tunnel/interface]`` prefix; for a process about one object (a tunnel's worker).
+    Call only when :func:`current_target` is ``"journal"``.
+
+    The journal socket is opened (by libsystemd, once per process) at the first message:
+    a process that forks others keeping some fd numbers (the fork server) must never log
+    through it, or its children would inherit that fd under a number they reuse."""
+    from systemd.journal import JournalHandler
+
+    tunnel, iface = fields.get(TUNNEL_FIELD, ""), fields.get(INTERFACE_FIELD, "")
+    prefix = f"[{tunnel}/{iface}] " if tunnel and iface else (
+        f"[{tunnel or iface}] " if tunnel or iface else "")
+    handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER, **fields)
+    handler.setFormatter(logging.Formatter(prefix.replace("%", "%%") + "%(message)s"))
+    return handler
+
+
 def setup(level: str, *, env: Mapping[str, str] | None = None) -> Target:
     """Route all logging to journald or stderr at ``level``; returns the target chosen.
 
@@ -107,10 +136,7 @@ def setup(level: str, *, env: Mapping[str, str] | None = None) -> Target:
     """
     global _installed
     levelno = parse_level(level)
-    env = os.environ if env is None else env
-    target = choose_target(env, journal_socket=os.path.exists(JOURNAL_SOCKET),
-                           journal_importable=_journal_importable(),
-                           stderr_is_tty=sys.stderr.isatty())
+    target = current_target(env)
     root = logging.getLogger()
     if _installed is not None:
         root.removeHandler(_installed)
@@ -145,3 +171,49 @@ def fields(*, interface: str | None = None, tunnel: str | None = None) -> dict[s
 def tunnel_logger(tunnel: str, interface: str, name: str = "tund.tunnel") -> TunnelLogger:
     """A logger for one tunnel: messages carry its name and interface as structured fields."""
     return TunnelLogger(logging.getLogger(name), {TUNNEL_FIELD: tunnel, INTERFACE_FIELD: interface})
+
+
+class Throttle:
+    """Rate-limits identical warnings: per ``key``, at most one line per ``interval`` seconds.
+
+    :meth:`log` writes the first occurrence of a key at once; later ones within
+    ``interval`` are counted, not written, and the next line written for that key says
+    how many were suppressed. ``clock`` is injectable for tests. Keys are kept at most
+    ``max_keys`` (the oldest is forgotten), so a flood of distinct keys cannot grow memory.
+    """
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 256) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._max_keys = max_keys
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        """None if ``key`` is to be suppressed now, else how many were suppressed before."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        self._last.pop(key, None)
+        self._last[key] = now
+        if len(self._last) > self._max_keys:
+            oldest = next(iter(self._last))
+            del self._last[oldest]
+            self._suppressed.pop(oldest, None)
+        return self._suppressed.pop(key, 0)
+
+    def log(self, logger: logging.Logger | logging.LoggerAdapter[logging.Logger], level: int,
+            key: str, msg: str, *args: object) -> bool:
+        """Log ``msg % args`` at ``level`` unless ``key`` was logged within ``interval``;
+        True if written. No traceback is ever attached."""
+        suppressed = self.allow(key)
+        if suppressed is None:
+            return False
+        if suppressed:
+            msg += " (%d more like this in the last %.0fs not logged)"
+            args = (*args, suppressed, self.interval)
+        logger.log(level, msg, *args)
+        return True

@@ -7,6 +7,8 @@
 #   tcp-plain  tund <-> tund, TCP (simpletun framing), no encryption
 #   wggo       wireguard-go in namespace A <-> tund in namespace B (interop)
 # Offload negotiation (the tunnel's `offload` key) is on unless TUND_BENCH_OFFLOAD=false.
+# The daemon and tundctl run as `python -m tund` / `python -m tund.ctl.main`, not the venv's
+# console scripts, so that `bench/run.sh --rev REV` runs REV's entry points (they moved).
 # Usage: tund-<mode>.sh up|down|version
 set -euo pipefail
 ANCHORS="${TUND_ANCHORS:?set by bench/run.sh}"
@@ -49,8 +51,8 @@ EOC
 up() {
   assert_our_addr "$OUTER_A"; assert_our_addr "$OUTER_B"
   for s in A B; do
-    "$V/bin/tundctl" genkey > "$SD/$s.key"; chmod 600 "$SD/$s.key"
-    "$V/bin/tundctl" pubkey < "$SD/$s.key" > "$SD/$s.pub"
+    "$V/bin/python" -m tund.ctl.main genkey > "$SD/$s.key"; chmod 600 "$SD/$s.key"
+    "$V/bin/python" -m tund.ctl.main pubkey < "$SD/$s.key" > "$SD/$s.pub"
   done
   : > "$SD/pids"
   if [ "$MODE" = wggo ]; then
@@ -60,15 +62,15 @@ up() {
         peer "$(cat "$SD/B.pub")" allowed-ips "$INNER_B/32"
     nsA ip addr add "$INNER_A/24" dev "$WG_IF"; nsA ip link set "$WG_IF" up
     conf B "$INNER_B" "remote = \"$OUTER_A:$WG_PORT\"" "$SD/B.key" "$(cat "$SD/A.pub")" > "$SD/B.toml"
-    spawn "$NS_B" "$SD/pids" "$SD/B.log" "$V/bin/tund" --config "$SD/B.toml" --control-socket "$SD/B.sock"
+    spawn "$NS_B" "$SD/pids" "$SD/B.log" "$V/bin/python" -m tund --config "$SD/B.toml" --control-socket "$SD/B.sock"
     echo "$WG_IF" > "$SD/ifname"
     return
   fi
   conf A "$INNER_A" "listen = \"$OUTER_A:$PORT\"" "$SD/A.key" "$(cat "$SD/B.pub")" > "$SD/A.toml"
   conf B "$INNER_B" "remote = \"$OUTER_A:$PORT\"" "$SD/B.key" "$(cat "$SD/A.pub")" > "$SD/B.toml"
-  spawn "$NS_A" "$SD/pids" "$SD/A.log" "$V/bin/tund" --config "$SD/A.toml" --control-socket "$SD/A.sock"
+  spawn "$NS_A" "$SD/pids" "$SD/A.log" "$V/bin/python" -m tund --config "$SD/A.toml" --control-socket "$SD/A.sock"
   if [ "$MODE" = tcp-plain ]; then wait_listen "$NS_A" t "$PORT" 10; else wait_listen "$NS_A" u "$PORT" 10; fi
-  spawn "$NS_B" "$SD/pids" "$SD/B.log" "$V/bin/tund" --config "$SD/B.toml" --control-socket "$SD/B.sock"
+  spawn "$NS_B" "$SD/pids" "$SD/B.log" "$V/bin/python" -m tund --config "$SD/B.toml" --control-socket "$SD/B.sock"
   echo pftA > "$SD/ifname"
 }
 
@@ -83,7 +85,7 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   version)
-    v="$("$V/bin/tund" --version 2>&1 | head -1)"
+    v="$("$V/bin/python" -m tund --version 2>&1 | head -1)"
     [ "$MODE" = wggo ] && v="$v <-> $(wireguard-go --version | head -1)"
     echo "$v (${TUND_BENCH_DESC:-working tree})" ;;
   *) echo "usage: $0 up|down|version" >&2; exit 2 ;;

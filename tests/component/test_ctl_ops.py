@@ -252,11 +252,21 @@ def test_config_and_peer_config_read_the_running_daemons_file(
     rc, out, err = run(["--socket", str(sock), "config", "--config", str(other)], capsys)
     assert rc == 0 and "192.0.2.9:55555" in out and "192.0.2.1:" not in out, err
     rc, out, err = run(["--socket", str(sock), "peer-config", "up"], capsys)
-    assert rc == 0, err
+    assert rc == 0 and err == "", err
     peer = tomllib.loads(out)
     assert peer["tunnels"]["up"]["listen"] == "0.0.0.0:55555"
     # the connecting end (.2) proposes the listener's address (.1), not a guessed .3
     assert peer["interfaces"]["tun0"]["addresses"] == ["10.235.4.1/24"]
+
+
+def test_config_with_a_named_socket_nobody_answers_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("TUND_CONFIG", raising=False)
+    monkeypatch.setattr("tund.config.default_config_path", lambda: tmp_path / "none.toml")
+    rc, _, err = run(["--socket", str(tmp_path / "none.sock"), "config"], capsys)
+    assert rc == 1
+    assert "cannot ask the daemon on" in err and "none.toml" in err, err
 
 
 def test_peer_config_of_each_end_proposes_the_others_address(

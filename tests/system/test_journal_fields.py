@@ -39,3 +39,17 @@ def test_interface_without_tunnel_has_its_whole_story(installed: Container) -> N
     # and nothing about tsys5 went out without the field
     every = journal(ct, "SYSLOG_IDENTIFIER=tund")
     assert [m for m in every if "tsys5" in m and m not in messages] == []
+
+
+def test_a_workers_own_messages_carry_its_tunnel(installed: Container) -> None:
+    ct = installed
+    start_with(ct, ALPHA)
+    ct.wait_for("journalctl -u tund -o json --no-pager TUND_TUNNEL=alpha"
+                " LOGGER=tund.relay.process.worker | grep -q starting", within=15)
+    messages = journal(ct, "TUND_TUNNEL=alpha TUND_INTERFACE=tsys0")
+    assert any("starting: " in m for m in messages), messages
+    # also after the worker dropped to its own user (logged just before the last step)
+    assert any("PR_SET_DUMPABLE 0" in m for m in messages), messages
+    # no line of the worker reached the journal untagged through its stderr
+    assert not [m for m in journal(ct, "SYSLOG_IDENTIFIER=tund _TRANSPORT=stdout")
+                if "tund-relay[" in m], "worker lines went to stderr"

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from tund.config import Config, DaemonConfig, InterfaceConfig, TunnelConfig, load, parse_text
+from tund.config import (
+    Config,
+    DaemonConfig,
+    InterfaceConfig,
+    PeerConfig,
+    TunnelConfig,
+    load,
+    parse_text,
+)
 
 ETC = Path(__file__).resolve().parents[2] / "etc" / "tund"
 EXAMPLE = ETC / "tunnels.toml"
@@ -51,6 +59,7 @@ def test_every_setting_uncommented_is_valid_and_covers_the_schema(
         (DaemonConfig, [cfg.daemon]),
         (InterfaceConfig, list(cfg.interfaces.values())),
         (TunnelConfig, list(cfg.tunnels.values())),
+        (PeerConfig, [p for t in cfg.tunnels.values() for p in (t.peers or {}).values()]),
     ]
     for model, instances in expected:
         missing = set(model.model_fields) - fields_set(instances)
@@ -93,3 +102,26 @@ def test_two_site_examples_parse_and_fit_together(monkeypatch: pytest.MonkeyPatc
     assert ta.encryption == tb.encryption == "wireguard"
     assert (ta.private_key_file, tb.private_key_file) == ("/etc/tund/keys/site-a.key",
                                                           "/etc/tund/keys/site-b.key")
+
+
+def test_server_example_with_a_peer_drop_in_passes_check(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 17: server.toml plus server.d/50-bob-phone.toml pass `tundctl check`. Only the
+    key files are stubbed (tests/demo.sh-style files need not exist): public keys, PSK
+    paths and every peer check still run."""
+    from tund import keys
+    from tund.ctl import main as ctl
+
+    server_private = bytes(range(1, 33))
+    monkeypatch.setattr(keys, "load_private_key_file", lambda path: server_private)
+    monkeypatch.setattr(keys, "load_psk_file", lambda path: bytes(32))
+    path = ETC / "examples" / "server.toml"
+    assert ctl.main(["check", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert (out, err) == (f"{path} + 1 drop-in: ok (1 interface, 1 tunnel, 2 peers)\n", "")
+    t = load(path).tunnels["vpn"]
+    assert t.peers is not None and list(t.peers) == ["alice-laptop", "bob-phone"]
+    alice, bob = t.peers["alice-laptop"], t.peers["bob-phone"]
+    assert alice.preshared_key_file == "/etc/tund/keys/alice-laptop.psk" and alice.keepalive == 0
+    assert bob.allowed_ips == ("10.8.0.3/32", "fd08::3/128") and bob.keepalive == 25
+    assert (t.role, t.endpoint) == ("listen", ("0.0.0.0", 51820))

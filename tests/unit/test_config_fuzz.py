@@ -20,6 +20,7 @@ from tund.config import (
     Config,
     DaemonConfig,
     InterfaceConfig,
+    PeerConfig,
     TunnelConfig,
     load,
     parse_text,
@@ -30,12 +31,15 @@ from tund.errors import ConfigError
 importlib.import_module("tund.keys")
 
 FIELDS = sorted({*DaemonConfig.model_fields, *InterfaceConfig.model_fields,
-                 *TunnelConfig.model_fields, *Config.model_fields})
+                 *TunnelConfig.model_fields, *PeerConfig.model_fields,
+                 *Config.model_fields})
 NAMES = ["tun0", "tap0", "t", "a/b", "x" * 16, "", "é", "a.b"]
 PLAUSIBLE = ["tun", "tap", "udp", "tcp", "none", "wireguard", "info", "10.0.0.1/24",
              "10.0.0.0/24", "10.0.0.1", "1.2.3.4:5", "[::1]:5", "::1:5", "host:0",
              "02:00:00:00:00:01", "01:00:00:00:00:01", "/run/x.sock", "rel.sock", "root",
-             "tun0", "br0", "0", "\x00", "\ud800"]
+             "tun0", "br0", "0", "\x00", "\ud800", "0.0.0.0/0", "::/0", "10.0.0.0/8",
+             "fd00::/64", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+             "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB="]
 
 FRAGMENTS = ["[", "]", "[[", "]]", "{", "}", "=", " = ", "\n", "\n", '"', "'", '"""', "'''",
              "#", ".", ",", " ", "daemon", "interfaces", "tunnels", "tun0", "t", "mode",
@@ -74,6 +78,20 @@ schema_shaped = st.fixed_dictionaries(
                                    section(TunnelConfig.model_fields), max_size=3),
     },
 )
+# issue 17: tunnels with peers tables, peers with some of PeerConfig's keys
+peer_lists = st.lists(st.sampled_from(PLAUSIBLE[-6:-2]) | st.sampled_from(PLAUSIBLE), max_size=4)
+peer_section = st.fixed_dictionaries(
+    {}, optional={k: (peer_lists if k == "allowed_ips" else values)
+                  for k in PeerConfig.model_fields})
+peers_shaped = st.fixed_dictionaries({
+    "interfaces": st.just({"tun0": {"mode": "tun"}}),
+    "tunnels": st.dictionaries(st.sampled_from(NAMES), st.fixed_dictionaries(
+        {"interface": st.just("tun0"),
+         "peers": st.dictionaries(st.sampled_from(NAMES) | st.text(max_size=4), peer_section,
+                                  max_size=4)},
+        optional={k: values for k in ("transport", "encryption", "listen", "remote",
+                                      "keepalive", "peer_public_key")}), max_size=2),
+})
 free_form = st.dictionaries(keys, values, max_size=5)
 tomlish = st.lists(st.sampled_from(FRAGMENTS), max_size=60).map("".join)
 
@@ -128,6 +146,37 @@ def dumped(data: dict[str, Any]) -> str | None:
 def test_schema_shaped_tables(data: dict[str, Any]) -> None:
     if (text := dumped(data)) is not None:
         check(text)
+
+
+@COMMON
+@given(peers_shaped)
+def test_peers_shaped_tables(data: dict[str, Any]) -> None:
+    if (text := dumped(data)) is not None:
+        check(text)
+
+
+@COMMON
+@given(peers_shaped, peers_shaped)
+def test_peers_in_drop_ins(main: dict[str, Any], dropin: dict[str, Any]) -> None:
+    """A main file and a drop-in holding peers (only) of the same tunnels."""
+    only_peers = {"tunnels": {n: {"peers": b["peers"]}
+                              for n, b in dropin.get("tunnels", {}).items()}}
+    texts = [dumped(main), dumped(only_peers)]
+    if None in texts:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tunnels.toml"
+        (Path(tmp) / "tunnels.d").mkdir()
+        second = Path(tmp) / "tunnels.d" / "50-p.toml"
+        path.write_text(texts[0] or "", encoding="utf-8", errors="surrogatepass")
+        second.write_text(texts[1] or "", encoding="utf-8", errors="surrogatepass")
+        try:
+            cfg = load(path)
+        except ConfigError as e:
+            check_issues(e, {str(path): (texts[0] or "").count("\n") + 1,
+                             str(second): (texts[1] or "").count("\n") + 1})
+        else:
+            assert isinstance(cfg, Config)
 
 
 @COMMON

@@ -105,8 +105,10 @@ def test_wireguard_stats_fields_are_documented() -> None:
     import re
 
     from tund.relay.wireguard.codec import WireGuardCodec
+    from tund.relay.wireguard.peer import PeerSession
 
-    src = inspect.getsource(WireGuardCodec.stats)
+    # WireGuardCodec.stats returns its PeerSession's peer_stats
+    src = inspect.getsource(WireGuardCodec.stats) + inspect.getsource(PeerSession.peer_stats)
     found = set(re.findall(r'"([a-z_]+)":', src))
     assert found <= set(status_schema.TUNNEL_FIELDS), found - set(status_schema.TUNNEL_FIELDS)
     assert found >= status_schema.WIREGUARD_FIELDS
@@ -273,3 +275,58 @@ def test_peer_config_of_a_connecting_tcp_tunnel(site: tuple[Config, Path, str]) 
     # the connecting end proposes the address before its own (issue 15.13): the one a
     # listener's peer-config would have given it .254 from
     assert peer.interfaces["tap0"].addresses == ("10.235.2.253/24",)
+
+
+PEERS = """\
+[interfaces.wg0]
+mode = "tun"
+
+[tunnels.vpn]
+interface = "wg0"
+private_key_file = "{key}"
+
+[tunnels.vpn.peers.alice]
+public_key = "{a}"
+allowed_ips = ["10.8.0.2/32", "fd08::2/128"]
+endpoint = "[2001:db8::5]:51820"
+keepalive = 25
+
+[tunnels.vpn.peers.bob]
+public_key = "{b}"
+enabled = false
+
+[tunnels.empty]
+interface = "wg1"
+private_key_file = "{key}"
+
+[tunnels.empty.peers]
+
+[interfaces.wg1]
+mode = "tun"
+"""
+
+
+def test_effective_config_with_peers_round_trips(site: tuple[Config, Path, str]) -> None:
+    """issue 17: peers are shown per peer, the single-peer keys (keepalive) are not, and
+    the output is a valid config equal to the input."""
+    _, key, _ = site
+    text = PEERS.format(key=key, a=keys.public_key(keys.generate_private_key()),
+                        b=keys.public_key(keys.generate_private_key()))
+    cfg = parse_text(text)
+    out = confout.effective_toml(cfg, ["/x/tunnels.toml"])
+    data = tomllib.loads(out)
+    vpn = data["tunnels"]["vpn"]
+    assert "keepalive" not in vpn and "peer_public_key" not in vpn and "listen" not in vpn
+    assert vpn["peers"]["alice"]["allowed_ips"] == ["10.8.0.2/32", "fd08::2/128"]
+    assert vpn["peers"]["alice"]["keepalive"] == 25
+    assert vpn["peers"]["bob"]["enabled"] is False
+    assert data["tunnels"]["empty"]["peers"] == {}
+    assert parse_text(out) == cfg
+
+
+def test_peer_config_of_a_peers_tunnel_is_refused(site: tuple[Config, Path, str]) -> None:
+    _, key, _ = site
+    cfg = parse_text(PEERS.format(key=key, a=keys.public_key(keys.generate_private_key()),
+                                  b=keys.public_key(keys.generate_private_key())))
+    with pytest.raises(ValueError, match="has a peers table"):
+        confout.peer_toml(cfg, "vpn")

@@ -126,3 +126,53 @@ def test_journal_handler_sends_upper_case_fields(monkeypatch: pytest.MonkeyPatch
     assert fields["TUND_INTERFACE"] == "tun7"
     assert fields["SYSLOG_IDENTIFIER"] == "tund"
     assert fields["PRIORITY"] == "6"
+
+
+def test_a_workers_messages_carry_its_tunnel_and_interface(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15.12: under journald a worker logs through the journal with TUND_TUNNEL and
+    TUND_INTERFACE on every message (it used to write untagged lines to stderr); the fork
+    server never opens the journal (its children would inherit the socket's fd number)."""
+    journal = pytest.importorskip("systemd.journal")
+    from tund.relay.process import worker
+
+    sent: list[tuple[str, dict[str, object]]] = []
+    monkeypatch.setattr(logs, "current_target", lambda env=None: "journal")
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        worker.setup_logging("fork-server", "tund-zygote")
+        assert [type(h) for h in root.handlers] == [logging.StreamHandler]
+        worker.setup_logging("wan0", interface="tun7")
+        (handler,) = root.handlers
+        assert isinstance(handler, journal.JournalHandler)
+        monkeypatch.setattr(handler, "send",
+                            lambda message, /, **fields: sent.append((message, fields)))
+        logging.getLogger("tund.relay.process.worker").info("starting: %s", "{}")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    ((message, fields),) = sent
+    assert message == "[wan0/tun7] starting: {}"
+    assert (fields["TUND_TUNNEL"], fields["TUND_INTERFACE"]) == ("wan0", "tun7")
+    assert fields["SYSLOG_IDENTIFIER"] == "tund"
+
+
+def test_throttle_writes_one_line_per_key_per_interval_and_counts_the_rest(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    t = logs.Throttle(10.0, clock=lambda: now[0], max_keys=2)
+    lg = logging.getLogger("tund.test.throttle")
+    with caplog.at_level(logging.WARNING, "tund.test.throttle"):
+        written = [t.log(lg, logging.WARNING, "a", "accept failed: %s", "EMFILE")
+                   for _ in range(1000)]
+        assert written.count(True) == 1
+        assert t.log(lg, logging.WARNING, "b", "other")  # another key is not held back
+        now[0] += 10.0
+        assert t.log(lg, logging.WARNING, "a", "accept failed: %s", "EMFILE")
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == ["accept failed: EMFILE", "other",
+                    "accept failed: EMFILE (999 more like this in the last 10s not logged)"]
+    for i in range(10):  # distinct keys do not pile up
+        t.allow(f"k{i}")
+    assert len(t._last) <= 2

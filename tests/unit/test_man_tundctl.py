@@ -1,4 +1,5 @@
-"""``man tundctl`` documents every command the CLI has, with its options (issue 15.13).
+"""``man tundctl`` and the bash completion know every command the CLI has, with its options
+(issue 15.13).
 
 The COMMANDS section of packaging/man/tundctl.8 has one ``.TP`` entry per command, in the
 order of :data:`tund.ctl.main.COMMANDS`; each entry names every option its command's
@@ -76,3 +77,29 @@ def test_global_options_and_exit_codes() -> None:
     codes = re.findall(r"^\.B ([0-9])$", s["EXIT STATUS"], re.M)
     assert codes == [str(c) for c in (ctl.EXIT_OK, ctl.EXIT_REFUSED, ctl.EXIT_USAGE,
                                       ctl.EXIT_UNREACHABLE)]
+
+
+COMPLETION = MAN.parents[1] / "bash-completion/tundctl"
+
+
+def test_bash_completion_knows_every_command_and_option(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    text = COMPLETION.read_text()
+    m = re.search(r'local commands="([^"]*)"', text)
+    assert m is not None
+    assert m.group(1).split() == [c.name for c in ctl.COMMANDS]
+    for c in ctl.COMMANDS:
+        missing = sorted(o for o in options_of(c.name, capsys) if o not in text)
+        assert not missing, f"bash completion: {c.name} lacks {missing}"
+
+
+def test_bash_completion_parses() -> None:
+    import shutil
+    import subprocess
+
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    p = subprocess.run([bash, "-n", str(COMPLETION)], capture_output=True, text=True,
+                       timeout=10)
+    assert p.returncode == 0, p.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -176,6 +177,22 @@ def test_apply_failure_rolls_back_in_reverse() -> None:
     assert len(undone) == len(forward)
     assert undone[0] == ["addr", "del", "fd10:210::1/64", "dev", "t0"]
     assert undone[-1] == ["link", "set", "t0", "mtu", "1500"]
+
+
+def test_failure_and_rollback_messages_carry_the_interface(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 15.12: the warning about a failed step and the errors of its undo carry
+    TUND_INTERFACE (they had no field)."""
+    ip = FakeIp(FakeLink("t0"))
+    ip.fail(lambda a: a[:2] == ["addr", "add"], "RTNETLINK answers: File exists")
+    ip.fail(lambda a: a[:3] == ["link", "set", "t0"] and a[3:4] == ["mtu"] and a[4] == "1500")
+    with caplog.at_level(logging.INFO, "tund.netdev.reconcile"), \
+            pytest.raises(IpCommandError):
+        apply(ip, "t0", iface(mtu=1400, addresses=("10.210.5.1/24",)))
+    records = [r for r in caplog.records if r.name == "tund.netdev.reconcile"]
+    assert len(records) >= 2 and any("undo" in r.getMessage() for r in records)
+    assert all(getattr(r, "TUND_INTERFACE", None) == "t0" for r in records), [
+        (r.getMessage(), r.__dict__.get("TUND_INTERFACE")) for r in records]
 
 
 def test_apply_missing_device() -> None:

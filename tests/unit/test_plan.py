@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from tund import keys
 from tund.config import parse_text
-from tund.daemon.plan import diff
+from tund.daemon.keyfiles import KeyMaterial, read_keys
+from tund.daemon.plan import PeerChange, Plan, TunnelChange, diff
 
 TUN1 = '[interfaces.tun1]\nmode = "tun"'
 TUNNEL_B = '[tunnels.b]\ninterface = "tun1"\nremote = "192.0.2.1:5000"\nencryption = "none"\n'
@@ -122,3 +128,172 @@ def test_rights_and_worker_user_changes_are_noted() -> None:
     p = _plan('[daemon]\nworker_user = "nobody"\nadmin_group = "root"\n' + BASE)
     assert any("worker_user" in n for n in p.daemon_notes)
     assert any("admin_group" in n for n in p.daemon_notes)
+
+
+# ------------------------------------------------------------ many peers (issue 17)
+
+PEERS = """
+[interfaces.wg0]
+mode = "tun"
+
+[tunnels.vpn]
+interface = "wg0"
+listen = "0.0.0.0:51820"
+private_key_file = "/k/vpn.key"
+
+[tunnels.vpn.peers.alice]
+public_key = "{a}"
+allowed_ips = ["10.8.0.2/32"]
+
+[tunnels.vpn.peers.bob]
+public_key = "{b}"
+allowed_ips = ["10.8.0.3/32"]
+"""
+
+
+@pytest.fixture
+def peers_text(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The PEERS config, key files not checked (none exist here)."""
+    monkeypatch.setattr("tund.config.checks._EXTRA_CHECKS", [])
+    return PEERS.format(a=keys.public_key(keys.generate_private_key()),
+                        b=keys.public_key(keys.generate_private_key()))
+
+
+def _vpn(p: Plan) -> TunnelChange:
+    (tc,) = [t for t in p.tunnels if t.name == "vpn"]
+    return tc
+
+
+def _peers(tc: TunnelChange) -> dict[str, tuple[str, str]]:
+    return {c.name: (c.action, c.reason) for c in tc.peers}
+
+
+def test_unchanged_peers_are_a_noop(peers_text: str) -> None:
+    p = _plan(peers_text, peers_text)
+    assert p.is_noop
+    assert _peers(_vpn(p)) == {"alice": ("unchanged", ""), "bob": ("unchanged", "")}
+
+
+def test_adding_a_peer_is_an_update_not_a_restart(peers_text: str) -> None:
+    carol = keys.public_key(keys.generate_private_key())
+    new = peers_text + f'[tunnels.vpn.peers.carol]\npublic_key = "{carol}"\n'
+    tc = _vpn(_plan(new, peers_text))
+    assert (tc.action, tc.reason) == ("update", "changed: peers")
+    assert _peers(tc) == {"alice": ("unchanged", ""), "bob": ("unchanged", ""),
+                          "carol": ("add", "")}
+    assert tc.peers == (PeerChange("alice", "unchanged"), PeerChange("bob", "unchanged"),
+                        PeerChange("carol", "add"))
+
+
+def test_removing_a_peer_is_an_update(peers_text: str) -> None:
+    new = peers_text[:peers_text.index("[tunnels.vpn.peers.bob]")]
+    p = _plan(new, peers_text)
+    tc = _vpn(p)
+    assert tc.action == "update"
+    assert _peers(tc) == {"alice": ("unchanged", ""), "bob": ("remove", "")}
+    assert p.peer_summary() == {"vpn": {"added": [], "changed": [], "removed": ["bob"]}}
+    assert p.summary()["changed"]["tunnels"] == ["vpn"]
+
+
+def test_peer_summary_is_empty_without_peer_changes(peers_text: str) -> None:
+    assert _plan(peers_text, peers_text).peer_summary() == {}
+    assert _plan(BASE.replace("5000", "5001")).peer_summary() == {}
+
+
+@pytest.mark.parametrize(("edit", "reason"), [
+    (('allowed_ips = ["10.8.0.3/32"]', 'allowed_ips = ["10.8.0.3/32", "10.9.0.0/16"]'),
+     "changed: allowed_ips"),
+    (('allowed_ips = ["10.8.0.3/32"]', 'allowed_ips = ["10.8.0.3/32"]\nendpoint = "h:1"\n'
+      "keepalive = 25"), "changed: endpoint, keepalive"),
+    (('allowed_ips = ["10.8.0.3/32"]', 'allowed_ips = ["10.8.0.3/32"]\nenabled = false'),
+     "changed: enabled"),
+    (('allowed_ips = ["10.8.0.3/32"]', 'allowed_ips = ["10.8.0.3/32"]\n'
+      'preshared_key_file = "/k/bob.psk"'), "changed: preshared_key_file"),
+])
+def test_changing_one_peer_changes_only_that_peer(peers_text: str, edit: tuple[str, str],
+                                                  reason: str) -> None:
+    tc = _vpn(_plan(peers_text.replace(*edit), peers_text))
+    assert (tc.action, tc.reason) == ("update", "changed: peers")
+    assert _peers(tc) == {"alice": ("unchanged", ""), "bob": ("change", reason)}
+
+
+def test_a_new_public_key_changes_the_peer(peers_text: str) -> None:
+    old_b = peers_text.split('public_key = "')[2].split('"')[0]
+    new = peers_text.replace(old_b, keys.public_key(keys.generate_private_key()))
+    tc = _vpn(_plan(new, peers_text))
+    assert tc.action == "update"
+    assert _peers(tc)["bob"] == ("change", "changed: public_key")
+
+
+def test_a_rewritten_psk_file_changes_only_its_peer(peers_text: str) -> None:
+    """Same config, bob's PSK file rewritten: bob changes, the tunnel is not restarted."""
+    old, new = parse_text(peers_text), parse_text(peers_text)
+    p = diff(old, new, {"vpn": "T"}, {"vpn": "T"},
+             {"vpn": {"alice": "x", "bob": "y"}}, {"vpn": {"alice": "x", "bob": "z"}})
+    tc = _vpn(p)
+    assert (tc.action, tc.reason) == ("update", "changed: peers")
+    assert _peers(tc) == {"alice": ("unchanged", ""), "bob": ("change", "changed: key material")}
+
+
+def test_the_tunnels_own_key_still_restarts(peers_text: str) -> None:
+    old, new = parse_text(peers_text), parse_text(peers_text)
+    tc = _vpn(diff(old, new, {"vpn": "T1"}, {"vpn": "T2"}))
+    assert (tc.action, tc.reason) == ("restart", "key material changed")
+
+
+def test_a_listen_change_restarts_and_still_lists_the_peers(peers_text: str) -> None:
+    carol = keys.public_key(keys.generate_private_key())
+    added = f'[tunnels.vpn.peers.carol]\npublic_key = "{carol}"\n'
+    tc = _vpn(_plan(peers_text.replace(":51820", ":51821") + added, peers_text))
+    assert (tc.action, tc.reason) == ("restart", "changed: listen, peers")
+    assert _peers(tc)["carol"] == ("add", "")  # listed all the same
+
+
+def test_single_peer_to_peers_restarts(peers_text: str) -> None:
+    a = peers_text.split('public_key = "')[1].split('"')[0]
+    single = peers_text[:peers_text.index("[tunnels.vpn.peers")] + f'peer_public_key = "{a}"\n'
+    for old, new in ((single, peers_text), (peers_text, single)):
+        tc = _vpn(_plan(new, old))
+        assert tc.action == "restart" and tc.peers == ()
+        assert "peers" in tc.reason and "peer_public_key" in tc.reason
+
+
+def test_keyfiles_fingerprint_psks_per_peer() -> None:
+    a = KeyMaterial("P", None, None, {"alice": "A", "bob": None})
+    b = KeyMaterial("P", None, None, {"alice": "A2", "bob": None})
+    assert a.fingerprint() == b.fingerprint()  # the tunnel's own material is unchanged
+    fa, fb = a.peer_fingerprints(), b.peer_fingerprints()
+    assert fa["bob"] == fb["bob"] and fa["alice"] != fb["alice"]
+    assert KeyMaterial("P", None, None).peer_fingerprints() == {}
+
+
+def test_read_keys_reads_each_peers_psk(tmp_path: Path, peers_text: str) -> None:
+    k, psk = tmp_path / "vpn.key", tmp_path / "bob.psk"
+    k.write_text(keys.generate_private_key())
+    psk.write_text(keys.generate_psk())
+    k.chmod(0o600)
+    psk.chmod(0o600)
+    text = (peers_text.replace("/k/vpn.key", str(k))
+            + f'preshared_key_file = "{psk}"\n')
+    km = read_keys(parse_text(text).tunnels["vpn"])
+    assert km.peer_preshared_keys == {"alice": None, "bob": psk.read_text()}
+    assert km.preshared_key is None
+
+
+def test_a_failed_interface_is_retried_and_its_tunnel_restarted_never_unchanged() -> None:
+    """issue 16.1: an interface that failed (EBUSY: someone held the device) used to stay
+    failed, each reload calling it "unchanged"."""
+    p = diff(parse_text(BASE), parse_text(BASE), failed={"tun1": "TUNSETIFF tun1: busy"})
+    ch = {c.name: c for c in p.interfaces}
+    assert ch["tun1"].action == "retry" and ch["tun1"].reason == "failed: TUNSETIFF tun1: busy"
+    assert ch["tun0"].action == "unchanged"
+    assert {t.name: (t.action, t.reason) for t in p.tunnels} == {
+        "a": ("unchanged", ""), "b": ("restart", "interface tun1 is retried")}
+    assert not p.is_noop and p.summary()["changed"]["interfaces"] == ["tun1"]
+    # changed in place while failed: still a retry (with the new config); removed: removed
+    p = diff(parse_text(BASE), parse_text(BASE.replace(TUN1, TUN1 + "\nmtu = 1300")),
+             failed={"tun1": "x"})
+    assert {c.name: c.action for c in p.interfaces}["tun1"] == "retry"
+    p = diff(parse_text(BASE), parse_text(BASE.replace(TUN1, "").replace(TUNNEL_B, "")),
+             failed={"tun1": "x"})
+    assert {c.name: c.action for c in p.interfaces}["tun1"] == "remove"

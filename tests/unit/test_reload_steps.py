@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import socket
 from collections.abc import Iterator, Sequence
@@ -309,3 +310,97 @@ def test_every_message_about_an_interface_or_tunnel_carries_its_field(
     assert about["zqb0"][:3] == ["create device zqb0 (mode tun)", "[#] ip link set zqb0 up",
                                  "[#] ip addr add 10.91.7.1/24 dev zqb0"]
     assert any(m.startswith("[#] close zqb0") for m in about["zqb0"])
+
+
+def test_adding_a_peer_in_a_drop_in_keeps_the_worker_and_runs_no_step(
+        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
+    """issue 17: a peers-only change is an "update" with a per-peer diff; no restart, and
+    (until the data path sends peers to the worker) no keepalive step that changes nothing."""
+    from tund import keys
+
+    ip, _dev = fakes
+    path = tmp_path / "tunnels.toml"
+    key = tmp_path / "vpn.key"
+    key.write_text(keys.generate_private_key())
+    key.chmod(0o600)
+    port = _free_port()
+    main = (_iface("zqv0", addrs=["10.91.8.1/24"])
+            + f'[tunnels.vpn]\ninterface = "zqv0"\nlisten = "127.0.0.1:{port}"\n'
+            'private_key_file = "vpn.key"\n[tunnels.vpn.peers]\n')
+    eng = Engine(path, ip=ip, fork_server=False)
+
+    async def go() -> dict[str, Any]:
+        await _start(eng, main, path)
+        runner, worker = eng.runners["vpn"], eng.runners["vpn"].worker
+        (tmp_path / "tunnels.d").mkdir()
+        (tmp_path / "tunnels.d" / "50-alice.toml").write_text(
+            "[tunnels.vpn.peers.alice]\n"
+            f'public_key = "{keys.public_key(keys.generate_private_key())}"\n'
+            'allowed_ips = ["10.91.8.2/32"]\n')
+        dry = await eng.reload(dry_run=True)
+        done = await eng.reload()
+        assert eng.runners["vpn"] is runner and runner.worker is worker
+        status = await eng.status("vpn")
+        await eng.shutdown()
+        return {"dry": dry, "done": done, "status": status}
+
+    r = asyncio.run(go())
+    assert r["dry"]["actions"] == r["done"]["actions"] == []
+    assert f'"endpoint": "127.0.0.1:{port}"' in json.dumps(r["status"])
+    assert '"role": "listen"' in json.dumps(r["status"])
+    assert r["done"]["changed"]["tunnels"] == ["vpn"]
+    assert eng.config.tunnels["vpn"].peers is not None
+    assert list(eng.config.tunnels["vpn"].peers) == ["alice"]
+
+
+def test_an_interface_that_failed_is_retried_by_the_next_reload_not_called_unchanged(
+        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 16.1: someone held the device at start (EBUSY); reloads retry it (best effort:
+    still busy -> still failed, the reload goes on) and its tunnel starts once it is up."""
+    from tund.errors import TunError
+
+    ip, dev = fakes
+    busy = {"zqb0"}
+    real_open = dev.open_device
+
+    def open_device(name: str, mode: Any, **kw: Any) -> tuntap.OpenedDevice:
+        if name in busy:
+            raise TunError(f"TUNSETIFF {name}: Device or resource busy")
+        return real_open(name, mode, **kw)
+
+    monkeypatch.setattr(tuntap, "open_device", open_device)
+    text = (_iface("zqk0", addrs=["10.91.1.1/24"]) + _tunnel("keep", "zqk0")
+            + _iface("zqb0", addrs=["10.91.6.1/24"]) + _tunnel("held", "zqb0"))
+    path = tmp_path / "tunnels.toml"
+    eng = Engine(path, ip=ip, fork_server=False)
+
+    async def go() -> tuple[dict[str, Any], ...]:
+        await _start(eng, text, path)
+        assert "busy" in eng.device_errors["zqb0"]
+        keep = eng.runners["keep"]
+        still = await eng.reload()
+        assert "busy" in eng.device_errors["zqb0"]
+        busy.clear()  # the other user let go
+        dry = await eng.reload(dry_run=True)
+        done = await eng.reload()
+        assert eng.runners["keep"] is keep  # the other tunnel is never touched
+        status = await eng.status()
+        again = await eng.reload()
+        await eng.shutdown()
+        return still, dry, done, status, again
+
+    still, dry, done, status, again = asyncio.run(go())
+    why = "failed: TUNSETIFF zqb0: Device or resource busy"
+    assert still["actions"][0] == f"could not retry interface zqb0 ({why}): TUNSETIFF zqb0: " \
+                                  "Device or resource busy"
+    assert dry["actions"] == [f"retry interface zqb0 ({why})",
+                              "stop worker of tunnel held (interface zqb0 is retried)",
+                              "start worker of tunnel held"]
+    assert done["actions"] == dry["actions"]
+    assert done["changed"] == {"interfaces": ["zqb0"], "tunnels": ["held"]}
+    assert "zqb0" not in done["unchanged"]["interfaces"]
+    assert [a[0] for a in ip.links["zqb0"].addresses] == ["10.91.6.1/24"]
+    assert status["interfaces"]["zqb0"]["error"] is None
+    assert [w.spec.tunnel for w in FakeWorker.all].count("held") == 1  # started once, now
+    assert again["actions"] == [] and again["unchanged"]["interfaces"] == ["zqb0", "zqk0"]

@@ -38,6 +38,7 @@ from tund.config.checks import IssueFactory, register_check
 from tund.config.files import config_files, default_config_path, load, unsafe_ownership
 from tund.config.locate import key_lines
 from tund.config.model import (
+    ANY_PORT,
     DEFAULT_CONFIG,
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_PORT,
@@ -46,6 +47,7 @@ from tund.config.model import (
     DaemonConfig,
     InterfaceConfig,
     KeyPath,
+    PeerConfig,
     TunnelConfig,
     check_ifname,
     parse_endpoint,
@@ -54,6 +56,7 @@ from tund.config.parse import parse_text
 from tund.config.render import render_path
 
 __all__ = [
+    "ANY_PORT",
     "DEFAULT_CONFIG",
     "DEFAULT_CONTROL_SOCKET",
     "DEFAULT_PORT",
@@ -63,6 +66,7 @@ __all__ = [
     "InterfaceConfig",
     "IssueFactory",
     "KeyPath",
+    "PeerConfig",
     "TunnelConfig",
     "check_ifname",
     "config_files",

@@ -8,12 +8,14 @@ on first use (imported late: config without encryption needs no crypto library).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tund.config.conflicts import address_issues, listener_issues
 from tund.config.locate import Locator
 from tund.config.model import TUNNEL_NAME_RE, KeyPath, check_ifname
-from tund.config.render import got, quote
+from tund.config.render import got, quote, render_path
 from tund.errors import ConfigIssue
 
 
@@ -58,6 +60,8 @@ def cross_issues(raw: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
         if not isinstance(body, Mapping):
             continue
         issues.extend(_tunnel_issues(name, body, ifaces, used, loc))
+    issues.extend(listener_issues(daemon, tunnels, loc))
+    issues.extend(address_issues(ifaces, loc))
     _register_builtin_checks()
     for hook in _EXTRA_CHECKS:
         try:
@@ -71,6 +75,14 @@ def cross_issues(raw: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
 def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any],
                    used: dict[str, str], loc: Locator) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
+    if set(body) == {"peers"}:
+        peers = body["peers"]
+        first = next(iter(peers), None) if isinstance(peers, Mapping) else None
+        where = ("tunnels", name) if first is None else ("tunnels", name, "peers", str(first))
+        return [loc.issue(where, f"peers of tunnel {quote(name)}, but no file defines the "
+                                 f"tunnel itself ([{render_path(('tunnels', name))}] with "
+                                 "interface and private_key_file); define it, or remove "
+                                 "these peers")]
     iface = body.get("interface")
     if isinstance(iface, str):
         if iface not in ifaces:
@@ -84,8 +96,13 @@ def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any]
                                     f"per interface) (got {got(iface)})"))
         else:
             used[iface] = name
+    peers = body.get("peers")
+    if peers is not None:
+        issues.extend(_peers_issues(name, body, loc))
     has_listen, has_remote = "listen" in body, "remote" in body
-    if has_listen and has_remote:
+    if peers is not None:
+        pass  # listen is optional, remote refused (_peers_issues)
+    elif has_listen and has_remote:
         issues.append(loc.issue(("tunnels", name, "remote"),
                                 "set either listen or remote, not both "
                                 f"(got listen = {got(body['listen'])}, "
@@ -96,6 +113,8 @@ def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any]
                                 'remote = "HOST:PORT" (connect to it); got neither'))
     if body.get("encryption", "wireguard") == "wireguard":
         for key in ("private_key_file", "peer_public_key"):
+            if key == "peer_public_key" and peers is not None:
+                continue
             if key not in body:
                 issues.append(loc.issue(("tunnels", name, key),
                                         'required with encryption = "wireguard" (the '
@@ -111,6 +130,105 @@ def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any]
         issues.append(loc.issue(("tunnels", name, "reconnect_min"),
                                 f"must not exceed reconnect_max = {got(rmax)} "
                                 f"(got {got(rmin)})"))
+    return issues
+
+
+# single-peer keys a tunnel with a peers table must not have, and where they go instead
+_SINGLE_PEER_KEYS = {
+    "peer_public_key": "each peer's public_key",
+    "remote": "each peer's endpoint",
+    "preshared_key_file": "each peer's preshared_key_file",
+    "keepalive": "each peer's keepalive",
+}
+
+
+def _peers_issues(name: str, body: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
+    """A tunnel with ``peers``: WireGuard over UDP, none of the single-peer keys, valid peer
+    names, and allowed_ips that no two enabled peers share (:func:`_overlap_issues`)."""
+    issues: list[ConfigIssue] = []
+    where = ("tunnels", name, "peers")
+    if body.get("encryption", "wireguard") != "wireguard":
+        issues.append(loc.issue(where, 'needs encryption = "wireguard": plaintext has no '
+                                       "identity to tell peers apart (got encryption = "
+                                       f"{got(body.get('encryption'))})"))
+    if body.get("transport", "udp") == "tcp":
+        # Refused rather than made to work: over TCP the listener would have to accept one
+        # connection per peer and learn which peer it is from the handshake; one UDP socket
+        # serves every peer, as WireGuard does. (issue 17)
+        issues.append(loc.issue(("tunnels", name, "transport"),
+                                'a tunnel with peers works over transport = "udp" only '
+                                "(one socket serves every peer, told apart by their keys); "
+                                'use "udp" or one tunnel per peer over tcp (got "tcp")'))
+    for key, instead in _SINGLE_PEER_KEYS.items():
+        if key in body:
+            issues.append(loc.issue(("tunnels", name, key),
+                                    f"not with a peers table (a tunnel has either one peer "
+                                    f"set by {key} or peers); set {instead} instead "
+                                    f"(got {got(body[key])})"))
+    peers = body.get("peers")
+    if not isinstance(peers, Mapping):
+        return issues  # not a table: the model says so
+    for peer in peers:
+        if not TUNNEL_NAME_RE.match(str(peer)):
+            issues.append(loc.issue((*where, str(peer)),
+                                    "peer name must be 1 to 64 of A-Z a-z 0-9 _ . @ - "
+                                    f"(got {got(peer)})"))
+    issues.extend(_overlap_issues(name, peers, loc))
+    return issues
+
+
+_Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _overlap_issues(tunnel: str, peers: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
+    """Prefixes of two enabled peers that overlap (one holds the other, or they are equal),
+    and a default route (0.0.0.0/0, ::/0) on more than one peer. A default route on one
+    peer may overlap the others' prefixes: the longest prefix wins, as in WireGuard.
+    Sorted once and swept with a stack of enclosing prefixes: O(n log n) in prefixes."""
+    issues: list[ConfigIssue] = []
+    found: list[tuple[_Prefix, str, int]] = []
+    defaults: dict[int, list[tuple[str, int]]] = {4: [], 6: []}
+    for peer, pbody in peers.items():
+        if not isinstance(pbody, Mapping) or pbody.get("enabled", True) is False:
+            continue
+        ips = pbody.get("allowed_ips", ())
+        for i, text in enumerate(ips if isinstance(ips, list | tuple) else ()):
+            try:
+                net = ipaddress.ip_network(text, strict=True) if isinstance(text, str) else None
+            except ValueError:
+                net = None  # reported by the model
+            if net is None:
+                continue
+            if net.prefixlen == 0:
+                defaults[net.version].append((str(peer), i))
+            else:
+                found.append((net, str(peer), i))
+    path = ("tunnels", tunnel, "peers")
+    for version, users in defaults.items():
+        if len(users) > 1:
+            zero = "0.0.0.0/0" if version == 4 else "::/0"
+            first = users[0]
+            for peer, i in users[1:]:
+                issues.append(loc.issue((*path, peer, "allowed_ips", i),
+                                        f"{zero} (every address) is already peer "
+                                        f"{quote(first[0])}'s: only one peer may have it "
+                                        f"(got {got(zero)})"))
+    found.sort(key=lambda f: (f[0].version, int(f[0].network_address), f[0].prefixlen))
+    stack: list[tuple[_Prefix, str, int]] = []
+    for net, peer, i in found:
+        while stack and (stack[-1][0].version != net.version
+                         or not net.subnet_of(stack[-1][0])):  # type: ignore[arg-type]
+            stack.pop()
+        other = next((s for s in reversed(stack) if s[1] != peer), None)
+        if other is not None:
+            onet, opeer, oi = other
+            where = loc.source_of((*path, opeer, "allowed_ips", oi))
+            line = where.line_of((*path, opeer, "allowed_ips", oi))
+            issues.append(loc.issue((*path, peer, "allowed_ips", i),
+                                    f"overlaps {onet} of peer {quote(opeer)} ({where.name}:"
+                                    f"{line}): each address may belong to one peer only "
+                                    f"(got {got(str(net))})"))
+        stack.append((net, peer, i))
     return issues
 
 

@@ -3,7 +3,9 @@
 Contract: :func:`key_lines` maps a TOML text's keys to lines; a :class:`Locator` turns
 (key path, message) into a located :class:`~tund.errors.ConfigIssue`; :func:`merge`
 joins the files' data (named entries by name, ``[daemon]`` by key), reporting a name
-defined twice with both places.
+defined twice with both places. A tunnel's peers merge by peer name: a file may hold only
+``[tunnels.T.peers.NAME]`` tables of a tunnel defined in another (a drop-in per peer); a
+peer name defined twice is reported with both places.
 """
 
 from __future__ import annotations
@@ -108,6 +110,9 @@ def merge(sources: Iterable[Source], loc: Locator, issues: list[ConfigIssue]) ->
             if top in merged and isinstance(value, dict) and isinstance(merged[top], dict):
                 # interfaces/tunnels merge by name, daemon (and unknown tables) by key.
                 for name, body in value.items():
+                    if top == "tunnels" and _merge_tunnel(merged[top], name, body, src,
+                                                          loc, issues):
+                        continue
                     if name in merged[top]:
                         first = loc.owner[(top, name)]
                         what = "key" if top == "daemon" else "name"
@@ -116,7 +121,8 @@ def merge(sources: Iterable[Source], loc: Locator, issues: list[ConfigIssue]) ->
                             f"{what} defined twice: first in {first.name}:"
                             f"{first.line_of((top, name))}, again in {src.name}"))
                         continue
-                    merged[top][name] = body
+                    merged[top][name] = (_own_peers(name, body, src, loc) if top == "tunnels"
+                                         else body)
                     loc.owner[(top, name)] = src
             elif top in merged:
                 first = loc.owner[(top,)]
@@ -128,6 +134,54 @@ def merge(sources: Iterable[Source], loc: Locator, issues: list[ConfigIssue]) ->
                 merged[top] = dict(value) if isinstance(value, dict) else value
                 loc.owner[(top,)] = src
                 if isinstance(value, dict):
-                    for key in value:
+                    for key, body in value.items():
                         loc.owner[(top, key)] = src
+                        if top == "tunnels":
+                            merged[top][key] = _own_peers(key, body, src, loc)
     return merged
+
+
+def _own_peers(name: str, body: Any, src: Source, loc: Locator) -> Any:
+    """Record ``src`` as the owner of each peer of tunnel ``name``; a copy of ``body`` whose
+    ``peers`` table is a copy too (so that merging peers into it leaves ``src`` intact)."""
+    if not isinstance(body, dict):
+        return body
+    body = dict(body)
+    if isinstance(body.get("peers"), dict):
+        body["peers"] = dict(body["peers"])
+        for peer in body["peers"]:
+            loc.owner[("tunnels", name, "peers", str(peer))] = src
+    return body
+
+
+def _merge_tunnel(tunnels: dict[str, Any], name: str, body: Any, src: Source, loc: Locator,
+                  issues: list[ConfigIssue]) -> bool:
+    """Merge tunnel ``name`` of ``src`` peer by peer when one of its two definitions holds
+    only ``peers`` (a drop-in per peer). True when handled here (merged, or a peer name
+    defined twice reported); False leaves the tunnel to the name-twice rule."""
+    old = tunnels.get(name)
+    if not (isinstance(old, dict) and isinstance(body, dict)):
+        return False
+    if not (set(old) <= {"peers"} or set(body) <= {"peers"}):
+        return False
+    if not (isinstance(old.get("peers", {}), dict) and isinstance(body.get("peers", {}), dict)):
+        return False
+    old_peers, new_peers = old.get("peers"), body.get("peers", {})
+    merged = {**old, **{k: v for k, v in body.items() if k != "peers"}}
+    if old_peers is not None or "peers" in body:
+        merged["peers"] = dict(old_peers or {})
+    if set(body) - {"peers"}:  # this file holds the tunnel itself, the other only peers
+        loc.owner[("tunnels", name)] = src
+    for peer, pbody in new_peers.items():
+        path = ("tunnels", name, "peers", str(peer))
+        if peer in merged["peers"]:
+            first = loc.owner[path]
+            issues.append(ConfigIssue(
+                src.name, src.line_of(path), render_path(path),
+                f"peer defined twice: first in {first.name}:{first.line_of(path)}, "
+                f"again in {src.name}"))
+            continue
+        merged["peers"][peer] = pbody
+        loc.owner[path] = src
+    tunnels[name] = merged
+    return True

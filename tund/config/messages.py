@@ -2,7 +2,9 @@
 
 Contract: :func:`pydantic_issues` gives one issue per pydantic error, located at the raw
 key path (union tags dropped), saying what was expected and ending ``(got VALUE)``;
-unknown keys name the known ones (and the closest), missing keys their choices.
+unknown keys name the known ones (and the closest), missing keys their choices; keys
+missing from a tunnel that only has peers are left to :mod:`~tund.config.checks`, which
+says that the tunnel is defined nowhere.
 """
 
 from __future__ import annotations
@@ -124,6 +126,16 @@ def _raw_path(pyloc: Sequence[str | int], raw: Mapping[str, Any], *,
     return path
 
 
+def peers_only(raw: Mapping[str, Any], path: Sequence[str | int]) -> bool:
+    """Whether ``path`` is ``("tunnels", NAME)`` and that tunnel's merged table holds only
+    ``peers``: its peers are defined (in drop-ins) but the tunnel itself is not."""
+    tunnels = raw.get("tunnels")
+    if len(path) != 2 or path[0] != "tunnels" or not isinstance(tunnels, Mapping):
+        return False
+    body = tunnels.get(path[1])
+    return isinstance(body, Mapping) and set(body) == {"peers"}
+
+
 def pydantic_issues(err: ValidationError, raw: Mapping[str, Any],
                      loc: Locator) -> list[ConfigIssue]:
     issues = []
@@ -131,6 +143,8 @@ def pydantic_issues(err: ValidationError, raw: Mapping[str, Any],
         # Keep only the loc elements that index into the raw data (drops union tags),
         # plus the offending key itself for unknown and missing keys.
         path = _raw_path(e["loc"], raw, keep_key=e["type"] in ("extra_forbidden", "missing"))
+        if e["type"] == "missing" and len(path) == 3 and peers_only(raw, path[:2]):
+            continue  # checks.cross_issues says the tunnel itself is defined nowhere
         if e["type"] == "extra_forbidden":
             issues.append(loc.issue(tuple(path), _unknown_key_message(path)))
         elif e["type"] == "missing":

@@ -280,8 +280,44 @@ class InterfaceConfig(_Model):
         return None if self.group is None else resolve_id(self.group, "group")
 
 
+class PeerConfig(_Model):
+    """``[tunnels.T.peers.NAME]``: one of several WireGuard peers of a tunnel.
+
+    ``public_key`` (base64 of 32 bytes) is checked with the key files (``tund.keys``);
+    ``allowed_ips`` are networks without host bits; ``endpoint`` is parsed like ``remote``.
+    Checks across peers (one key per peer, no overlapping prefixes) are in
+    :mod:`tund.config.checks` and :func:`tund.keys.check_tunnel_keys`.
+    """
+
+    public_key: str
+    allowed_ips: Annotated[tuple[Route, ...], AfterValidator(_no_duplicates("prefix"))] = ()
+    endpoint: str | None = None
+    preshared_key_file: str | None = None
+    keepalive: Annotated[int, Field(ge=0, le=65535)] = 0
+    enabled: bool = True
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_endpoint(v, allow_hostname=True)
+        return v
+
+    @property
+    def endpoint_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of ``endpoint``, or None for a roaming peer."""
+        return None if self.endpoint is None else parse_endpoint(self.endpoint,
+                                                                 allow_hostname=True)
+
+
+#: Where a tunnel with ``peers`` and no ``listen`` binds: all IPv4 addresses, a port the
+#: kernel picks (its peers with an ``endpoint`` are contacted from it).
+ANY_PORT = ("0.0.0.0", 0)
+
+
 class TunnelConfig(_Model):
-    """``[tunnels.NAME]``: a relay between an interface and one remote peer."""
+    """``[tunnels.NAME]``: a relay between an interface and one remote peer (``listen`` or
+    ``remote`` with ``peer_public_key``), or several (``peers``, WireGuard over UDP)."""
 
     interface: str
     transport: Literal["tcp", "udp"] = "udp"
@@ -298,6 +334,8 @@ class TunnelConfig(_Model):
     offload: bool = True
     reconnect_min: Seconds = 0.2
     reconnect_max: Seconds = 10.0
+    # None: the single-peer form; a table (possibly empty): peers by name (issue 17)
+    peers: dict[str, PeerConfig] | None = None
 
     @field_validator("listen")
     @classmethod
@@ -315,15 +353,31 @@ class TunnelConfig(_Model):
 
     @property
     def role(self) -> Literal["listen", "remote"]:
-        """``"listen"`` when ``listen`` is set (we wait for the peer), else ``"remote"``."""
-        return "listen" if self.listen is not None else "remote"
+        """``"listen"`` when ``listen`` is set (we wait for the peer) or the tunnel has
+        ``peers`` (one bound socket serves them all), else ``"remote"``."""
+        return "listen" if self.listen is not None or self.peers is not None else "remote"
 
     @property
     def endpoint(self) -> tuple[str, int]:
-        """``(host, port)`` of the listen address or the remote peer."""
+        """``(host, port)`` of the listen address or the remote peer; with ``peers`` and no
+        ``listen``: :data:`ANY_PORT` (``("0.0.0.0", 0)``, the kernel picks the port)."""
+        if self.listen is None and self.peers is not None:
+            return ANY_PORT
         text = self.listen if self.listen is not None else self.remote
         assert text is not None
         return parse_endpoint(text, allow_hostname=self.role == "remote")
+
+    @property
+    def endpoint_text(self) -> str:
+        """``listen`` or ``remote`` as written; ``"0.0.0.0:0"`` for a tunnel with ``peers``
+        and no ``listen`` (for status: always a string)."""
+        text = self.listen if self.listen is not None else self.remote
+        return text if text is not None else "{}:{}".format(*ANY_PORT)
+
+    @property
+    def enabled_peers(self) -> dict[str, PeerConfig]:
+        """The peers with ``enabled = true`` (none for the single-peer form)."""
+        return {n: p for n, p in (self.peers or {}).items() if p.enabled}
 
 
 class Config(_Model):

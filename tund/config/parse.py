@@ -35,6 +35,21 @@ def _as_tuples(raw: dict[str, Any]) -> None:
                 for k in ("addresses", "routes"):
                     if isinstance(body.get(k), list):
                         body[k] = tuple(body[k])
+    for _path, peer in _peer_bodies(raw):
+        if isinstance(peer.get("allowed_ips"), list):
+            peer["allowed_ips"] = tuple(peer["allowed_ips"])
+
+
+def _peer_bodies(raw: dict[str, Any]) -> list[tuple[tuple[str, ...], dict[str, Any]]]:
+    """``(key path, body)`` of every ``[tunnels.T.peers.NAME]`` table in the raw data."""
+    out: list[tuple[tuple[str, ...], dict[str, Any]]] = []
+    tunnels = raw.get("tunnels")
+    for tname, tbody in (tunnels.items() if isinstance(tunnels, dict) else ()):
+        peers = tbody.get("peers") if isinstance(tbody, dict) else None
+        for pname, pbody in (peers.items() if isinstance(peers, dict) else ()):
+            if isinstance(pbody, dict):
+                out.append((("tunnels", str(tname), "peers", str(pname)), pbody))
+    return out
 
 
 def _absolute_paths(raw: dict[str, Any], loc: Locator) -> None:
@@ -44,6 +59,7 @@ def _absolute_paths(raw: dict[str, Any], loc: Locator) -> None:
     for top in ("interfaces", "tunnels"):
         if isinstance(table := raw.get(top), dict):
             entries += [((top, str(name)), body) for name, body in table.items()]
+    entries += _peer_bodies(raw)
     for path, body in entries:
         if not isinstance(body, dict):
             continue

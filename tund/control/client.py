@@ -33,6 +33,9 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_CONTROL_SOCKET = "/run/tund/control.sock"
 SOCKET_ENV = "TUND_CONTROL_SOCKET"
 
+#: Seconds between two connects while the daemon's listen backlog is full.
+_BACKLOG_RETRY = 0.005
+
 Reason = Literal["missing", "refused", "permission", "timeout", "closed", "unsafe", "other"]
 
 
@@ -80,11 +83,23 @@ class Connection:
                                     f"{problem}")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
-        try:
-            self._sock.connect(path)
-        except OSError as e:
-            self._sock.close()
-            raise _unreachable(path, e) from None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._sock.connect(path)
+                break
+            except BlockingIOError:
+                # a full listen backlog (a flood of connects): wait for room, up to timeout
+                if time.monotonic() < deadline:
+                    time.sleep(_BACKLOG_RETRY)
+                    continue
+                self._sock.close()
+                raise DaemonUnreachable("timeout", f"tund did not accept a connection on "
+                                        f"{path} within {timeout:g}s (its queue is full)"
+                                        ) from None
+            except OSError as e:
+                self._sock.close()
+                raise _unreachable(path, e) from None
 
     def __enter__(self) -> Connection:
         return self

@@ -10,7 +10,8 @@ caller passes (so key contents can never reach the output).
 * :func:`peer_toml` what the peer of one tunnel needs, ready to paste: the same interface
   and tunnel names, ``listen`` and ``remote`` swapped, addresses mirrored into the same
   subnets, this end's public key as ``peer_public_key``. What cannot be known here is a
-  placeholder that ``tundctl check`` refuses until it is filled in.
+  placeholder that ``tundctl check`` refuses until it is filled in. A tunnel with
+  ``peers`` is refused (ValueError) for now.
 """
 
 from __future__ import annotations
@@ -35,9 +36,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# keys a tunnel with peers must not have (set per peer); their defaults are not shown
+_SINGLE_PEER_KEYS = ("peer_public_key", "remote", "preshared_key_file", "keepalive")
+
+
 def effective_toml(cfg: Config, sources: list[str]) -> str:
-    """The effective configuration as TOML, with a comment naming the files it came from."""
+    """The effective configuration as TOML, with a comment naming the files it came from.
+
+    A tunnel with ``peers`` shows them as ``[tunnels.T.peers.NAME]`` tables (drop-ins
+    merged) and not the single-peer keys, so that the output is itself a valid config."""
     data = _plain(cfg.model_dump(mode="python"))
+    for name, t in cfg.tunnels.items():
+        if t.peers is not None:
+            for key in _SINGLE_PEER_KEYS:
+                data["tunnels"][name].pop(key, None)
     head = ["# tund effective configuration (drop-ins merged, defaults filled in;",
             "# keys without a value are not shown). Read from:"]
     head += [f"#   {s}" for s in sources]
@@ -132,6 +144,9 @@ def peer_toml(cfg: Config, tunnel: str, *, endpoint: str | None = None,
     ``private_key_file``); without it the output has a placeholder and ``key_hint`` says why.
     """
     t = cfg.tunnels[tunnel]
+    if t.peers is not None:
+        raise ValueError(f"tunnel {tunnel!r} has a peers table: the config of one of its "
+                         "peers cannot be made yet (issue 18)")
     iface = cfg.interfaces[t.interface]
     lines = [f"# tund configuration for the other end of tunnel {tunnel!r},",
              "# made by `tundctl peer-config`. Fill in anything marked FILL IN, then run",

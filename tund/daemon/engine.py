@@ -41,7 +41,7 @@ from tund.daemon.keyfiles import KeyMaterial, read_keys
 from tund.daemon.peerstore import PeerStore
 from tund.daemon.status import sysfs_mtu
 from tund.errors import ConfigError, ConfigIssue, ErrorCode, KernelError, ReloadError, TundError
-from tund.netdev import reconcile, tuntap
+from tund.netdev import conflicts, reconcile, tuntap
 from tund.netdev.ip import Ip, IpRunner
 from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, SpawnLauncher
 from tund.supervise.runner import Limits, TunnelRunner
@@ -180,6 +180,8 @@ class Engine:
         """At start: like _open_and_configure, but a failure is recorded, not raised, so
         the other interfaces and tunnels still come up."""
         try:
+            assert self.config is not None
+            conflicts.check(self.ip, name, iface.addresses, self.config.interfaces)
             self._open_and_configure(name, iface)
         except KernelError as e:
             self.device_errors[name] = str(e)
@@ -211,6 +213,11 @@ class Engine:
                 self._bring_up(name, iface)
                 await asyncio.sleep(0)
             return
+        opened, clashes = await asyncio.to_thread(conflicts.screen, self.ip, opened, states,
+                                                  set(cfg.interfaces))
+        for name, why in clashes.items():  # nothing of these applied: they fail alone
+            self.device_errors[name] = why
+            log.error("interface %s: %s", name, why, extra={"TUND_INTERFACE": name})
         results = await asyncio.to_thread(reconcile.apply_many, self.ip, opened, states)
         for name, res in results.items():
             if isinstance(res, KernelError):
@@ -232,7 +239,7 @@ class Engine:
 
     def _describe(self, name: str, t: TunnelConfig) -> dict[str, Any]:
         return {"interface": t.interface, "transport": t.transport, "role": t.role,
-                "endpoint": t.listen if t.listen is not None else t.remote,
+                "endpoint": t.endpoint_text,
                 "encryption": t.encryption, "keepalive": t.keepalive}
 
     def _make_spec(self, name: str) -> WorkerSpec:
@@ -337,7 +344,10 @@ class Engine:
                                                    "daemon.worker_user", str(e))]) from None
             p = plan.diff(self.config, new,
                           {n: k.fingerprint() for n, k in self.keys.items()},
-                          {n: k.fingerprint() for n, k in new_keys.items()})
+                          {n: k.fingerprint() for n, k in new_keys.items()},
+                          {n: k.peer_fingerprints() for n, k in self.keys.items()},
+                          {n: k.peer_fingerprints() for n, k in new_keys.items()},
+                          failed=dict(self.device_errors))
             if dry_run:
                 return {**p.summary(), "actions": reloading.lines(self._steps(p, new, new_keys)),
                         "dry_run": True, "notes": list(p.daemon_notes)}
@@ -378,6 +388,16 @@ class Engine:
                 multi_queue=iface.multi_queue, persist=iface.persist,
                 owner=iface.uid, group=iface.gid, vnet_hdr=_vnet_hdr(iface))
         self.device_errors.pop(name, None)
+
+    def retry_device(self, name: str, iface: InterfaceConfig) -> None:
+        """Open and configure failed interface ``name`` again; on failure it stays failed
+        (its error replaced by the new one) and KernelError is raised."""
+        try:
+            self._open_and_configure(name, iface)
+        except KernelError as e:
+            self.device_errors[name] = str(e)
+            raise
+        log.info("interface %s: up after retry", name, extra={"TUND_INTERFACE": name})
 
     def restore_device(self, name: str, iface: InterfaceConfig) -> None:
         """Open device ``name`` and configure it as ``iface`` (the undo of deleting it)."""

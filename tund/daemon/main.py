@@ -15,6 +15,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from tund.errors import ConfigError, TundError
 log = logging.getLogger("tund.daemon.main")
 
 
+#: Seconds a peer's admin_group membership is remembered for the control socket's slots.
+ADMIN_CACHE_TTL = 5.0
+
+
 class Daemon:
     """The loop-side glue: control socket, signals, systemd notifications."""
 
@@ -43,6 +48,7 @@ class Daemon:
         self.socket_path = socket_path
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._admin_cache: dict[tuple[int, int], tuple[float, bool]] = {}
         self._metrics: Any = None  # tund.daemon.metrics.MetricsServer when [daemon] metrics_listen
 
     def policy(self) -> auth.Policy:
@@ -65,6 +71,20 @@ class Daemon:
             finally:
                 sdnotify.notify("READY=1", self._status_line())
         return await handler(self.engine, args)
+
+    def _is_admin(self, peer: PeerCred) -> bool:
+        """Whether ``peer`` holds admin rights (a member of admin_group), for the control
+        socket's reserved slots; cached per (uid, gid) for ADMIN_CACHE_TTL seconds, since
+        it is asked for every connection (a flood included)."""
+        key, now = (peer.uid, peer.gid), time.monotonic()
+        hit = self._admin_cache.get(key)
+        if hit is not None and now - hit[0] < ADMIN_CACHE_TTL:
+            return hit[1]
+        ok = auth.has_right("admin", peer.uid, peer.gid, self.policy())
+        if len(self._admin_cache) >= 1024:
+            self._admin_cache.clear()
+        self._admin_cache[key] = (now, ok)
+        return ok
 
     def _status_line(self) -> str:
         up, total = self.engine.counts()
@@ -124,7 +144,8 @@ class Daemon:
                                group=d.control_group or d.admin_group,
                                max_request=d.control_max_request,
                                idle_timeout=d.control_timeout,
-                               max_clients=d.control_max_clients)
+                               max_clients=d.control_max_clients,
+                               reserved=self._is_admin)
         try:
             await server.start()
         except (OSError, TundError) as e:

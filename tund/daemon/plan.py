@@ -8,9 +8,15 @@ returns a :class:`Plan`:
   disruptive action: ``reconfigure`` (addresses, routes, MTU, MAC, bridge, txqueuelen:
   applied in place by ``ip``, the worker keeps running), ``retag`` (persist: an ioctl on the
   held device), ``recreate`` (mode, packet_info, multi_queue, owner, group: a new device);
+  ``retry`` for an interface that failed (e.g. EBUSY: someone held the device) and is
+  still configured: opened and configured again, never called ``unchanged``;
 * tunnels: ``add`` / ``remove`` / ``unchanged`` / ``update`` (only settings the running
-  worker takes without a restart changed: ``keepalive``) / ``restart`` (any other tunnel
-  setting or its key material changed, or its interface is recreated).
+  worker takes without a restart changed: ``keepalive``, and the ``peers`` table) /
+  ``restart`` (any other tunnel setting or its key material changed, the tunnel moved
+  between the single-peer form and ``peers``, or its interface is recreated or retried);
+* for a tunnel with ``peers`` in both configs: a :class:`PeerChange` per peer (``add`` /
+  ``remove`` / ``change`` / ``unchanged``), a changed PSK file (per-peer fingerprints)
+  changing only its peer. Adding, removing or changing peers never restarts the tunnel.
 
 An unchanged tunnel is never touched: its worker process keeps running.
 """
@@ -21,10 +27,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tund.config import Config, InterfaceConfig
+from tund.config import Config, InterfaceConfig, PeerConfig, TunnelConfig
 
-InterfaceAction = Literal["add", "remove", "unchanged", "reconfigure", "retag", "recreate"]
+InterfaceAction = Literal["add", "remove", "unchanged", "reconfigure", "retag", "recreate",
+                          "retry"]
 TunnelAction = Literal["add", "remove", "unchanged", "update", "restart"]
+PeerAction = Literal["add", "remove", "change", "unchanged"]
 
 # The kernel allows TUNSETOWNER/TUNSETGROUP only while attached and an adopted device must
 # match its owner: an owner or group change recreates the device, like a mode change.
@@ -44,10 +52,21 @@ class InterfaceChange:
 
 
 @dataclass(frozen=True)
+class PeerChange:
+    """One peer of a tunnel with ``peers``: what a reload does to it in the running worker."""
+
+    name: str
+    action: PeerAction
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class TunnelChange:
     name: str
     action: TunnelAction
     reason: str = ""
+    #: per peer, sorted by name; empty unless the tunnel has ``peers`` before and after
+    peers: tuple[PeerChange, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,7 +83,7 @@ class Plan:
 
     def summary(self) -> dict[str, dict[str, list[str]]]:
         """The added / changed / removed / unchanged lists of the reload reply."""
-        changed_if = ("reconfigure", "retag", "recreate")
+        changed_if = ("reconfigure", "retag", "recreate", "retry")
         return {
             "added": {"interfaces": self.of("interfaces", "add"),
                       "tunnels": self.of("tunnels", "add")},
@@ -75,6 +94,18 @@ class Plan:
             "unchanged": {"interfaces": self.of("interfaces", "unchanged"),
                           "tunnels": self.of("tunnels", "unchanged")},
         }
+
+    def peer_summary(self) -> dict[str, dict[str, list[str]]]:
+        """Per tunnel with peers changes: its ``added`` / ``changed`` / ``removed`` peers
+        (for a reload reply or dry run; not wired in yet)."""
+        out: dict[str, dict[str, list[str]]] = {}
+        for t in self.tunnels:
+            by = {a: [c.name for c in t.peers if c.action == a]
+                  for a in ("add", "change", "remove")}
+            if any(by.values()):
+                out[t.name] = {"added": by["add"], "changed": by["change"],
+                               "removed": by["remove"]}
+        return out
 
     @property
     def is_noop(self) -> bool:
@@ -102,22 +133,84 @@ def _interface_change(name: str, old: InterfaceConfig | None,
     return InterfaceChange(name, "reconfigure", old, new, f"changed: {', '.join(keys)}")
 
 
+def _peer_changes(old: Mapping[str, PeerConfig], new: Mapping[str, PeerConfig],
+                  old_keys: Mapping[str, str], new_keys: Mapping[str, str]
+                  ) -> tuple[PeerChange, ...]:
+    out: list[PeerChange] = []
+    for name in sorted(old.keys() | new.keys()):
+        o, n = old.get(name), new.get(name)
+        if o is None:
+            out.append(PeerChange(name, "add"))
+        elif n is None:
+            out.append(PeerChange(name, "remove"))
+        else:
+            keys = [k for k in PeerConfig.model_fields if getattr(o, k) != getattr(n, k)]
+            if old_keys.get(name) != new_keys.get(name):
+                keys.append("key material")
+            out.append(PeerChange(name, "change", f"changed: {', '.join(keys)}") if keys
+                       else PeerChange(name, "unchanged"))
+    return tuple(out)
+
+
+def _tunnel_change(name: str, o: TunnelConfig, n: TunnelConfig, keys_same: bool,
+                   recreated: bool, retried: bool, old_peer_keys: Mapping[str, str],
+                   new_peer_keys: Mapping[str, str]) -> TunnelChange:
+    """The action for a tunnel in both configs (see the module docstring)."""
+    both = o.peers is not None and n.peers is not None
+    peers = (_peer_changes(o.peers or {}, n.peers or {}, old_peer_keys, new_peer_keys)
+             if both else ())
+    keys = [k for k in type(n).model_fields if getattr(o, k) != getattr(n, k)]
+    if "peers" not in keys and any(p.action != "unchanged" for p in peers):
+        keys.append("peers")  # only a peer's key material changed
+    if keys:
+        live = (set(keys) <= {*LIVE_TUNNEL_KEYS, "peers"} and (both or "peers" not in keys)
+                and not recreated and not retried and keys_same)
+        return TunnelChange(name, "update" if live else "restart",
+                            f"changed: {', '.join(keys)}", peers)
+    if not keys_same:
+        return TunnelChange(name, "restart", "key material changed", peers)
+    if recreated:
+        return TunnelChange(name, "restart", f"interface {n.interface} is recreated", peers)
+    if retried:
+        return TunnelChange(name, "restart", f"interface {n.interface} is retried", peers)
+    return TunnelChange(name, "unchanged", "", peers)
+
+
+def _retry(c: InterfaceChange, failed: Mapping[str, str]) -> InterfaceChange:
+    """A failed interface that stays (changed in place or not) is retried as configured."""
+    if c.name in failed and c.action in ("unchanged", "reconfigure", "retag"):
+        return InterfaceChange(c.name, "retry", c.old, c.new, f"failed: {failed[c.name]}")
+    return c
+
+
 def diff(old: Config | None, new: Config,
          old_keys: Mapping[str, str] | None = None,
-         new_keys: Mapping[str, str] | None = None) -> Plan:
+         new_keys: Mapping[str, str] | None = None,
+         old_peer_keys: Mapping[str, Mapping[str, str]] | None = None,
+         new_peer_keys: Mapping[str, Mapping[str, str]] | None = None,
+         failed: Mapping[str, str] | None = None) -> Plan:
     """Plan the move from ``old`` (None: nothing running) to ``new``.
 
     ``old_keys`` / ``new_keys`` map tunnel name -> an opaque fingerprint of its key material
     (e.g. a hash of private key, peer key and PSK); a differing fingerprint restarts the tunnel.
+    ``old_peer_keys`` / ``new_peer_keys`` map tunnel name -> peer name -> a fingerprint of
+    that peer's key material (its PSK: :meth:`~tund.daemon.keyfiles.KeyMaterial.peer_fingerprints`);
+    a differing one changes only that peer.
+    ``failed`` maps interfaces that failed to their error: they are retried, their tunnels
+    restarted.
     """
+    failed = failed or {}
     old_ifs = old.interfaces if old else {}
     old_tuns = old.tunnels if old else {}
     old_keys = old_keys or {}
     new_keys = new_keys or {}
+    old_peer_keys = old_peer_keys or {}
+    new_peer_keys = new_peer_keys or {}
 
-    ifaces = tuple(_interface_change(n, old_ifs.get(n), new.interfaces.get(n))
+    ifaces = tuple(_retry(_interface_change(n, old_ifs.get(n), new.interfaces.get(n)), failed)
                    for n in sorted(old_ifs.keys() | new.interfaces.keys()))
     recreated = {c.name for c in ifaces if c.action == "recreate"}
+    retried = {c.name for c in ifaces if c.action == "retry"}
 
     tunnels: list[TunnelChange] = []
     for name in sorted(old_tuns.keys() | new.tunnels.keys()):
@@ -126,18 +219,10 @@ def diff(old: Config | None, new: Config,
             tunnels.append(TunnelChange(name, "add"))
         elif n is None:
             tunnels.append(TunnelChange(name, "remove"))
-        elif o != n:
-            keys = [k for k in type(n).model_fields if getattr(o, k) != getattr(n, k)]
-            live = (set(keys) <= set(LIVE_TUNNEL_KEYS) and n.interface not in recreated
-                    and old_keys.get(name) == new_keys.get(name))
-            tunnels.append(TunnelChange(name, "update" if live else "restart",
-                                        f"changed: {', '.join(keys)}"))
-        elif old_keys.get(name) != new_keys.get(name):
-            tunnels.append(TunnelChange(name, "restart", "key material changed"))
-        elif n.interface in recreated:
-            tunnels.append(TunnelChange(name, "restart", f"interface {n.interface} is recreated"))
         else:
-            tunnels.append(TunnelChange(name, "unchanged"))
+            tunnels.append(_tunnel_change(
+                name, o, n, old_keys.get(name) == new_keys.get(name), n.interface in recreated,
+                n.interface in retried, old_peer_keys.get(name, {}), new_peer_keys.get(name, {})))
 
     notes: list[str] = []
     if old is not None and old.daemon.control_socket != new.daemon.control_socket:

@@ -9,7 +9,11 @@ Contract:
 
   1. in place, while every worker runs, interface by interface: reconfigure (``[#] ip ...``,
      then the new MTU told to its tunnel's worker), retag (the persist flag), add (create
-     the device, then its ``[#] ip ...``);
+     the device, then its ``[#] ip ...``), retry (a failed interface: open and configure it
+     in one step, best effort: if it fails again it stays failed, the reload goes on).
+     Before an interface's addresses are added, an unlisted step fails the reload if
+     another interface of the host, one tund does not manage, has one of them
+     (:mod:`tund.netdev.conflicts`);
   2. stop the workers of removed and restarted tunnels;
   3. recreate the devices whose mode, owner, ... changed (delete, create, ``[#] ip ...``);
   4. bind the sockets of added and restarted listening tunnels (a port in use fails here);
@@ -41,7 +45,7 @@ from tund import logs
 from tund.config import Config, InterfaceConfig, TunnelConfig
 from tund.daemon.plan import InterfaceChange, Plan
 from tund.errors import KernelError, ReloadError
-from tund.netdev import reconcile
+from tund.netdev import conflicts, reconcile
 from tund.netdev.ip import Ip, IpRunner
 
 log = logging.getLogger("tund.daemon.reload")
@@ -84,6 +88,8 @@ class Target(Protocol):
 
     def restore_device(self, name: str, iface: InterfaceConfig) -> None: ...
 
+    def retry_device(self, name: str, iface: InterfaceConfig) -> None: ...
+
     def remove_device(self, name: str) -> None: ...
 
     def set_persist(self, name: str, on: bool) -> None: ...
@@ -124,19 +130,39 @@ def _link_state(ip: Ip, name: str) -> reconcile.LinkState:
     return reconcile.LinkState(name=name)
 
 
+def _address_check(t: Target, name: str, ip_steps: Sequence[reconcile.Step], new: Config,
+                   part: str) -> list[Step]:
+    """Before ``ip_steps`` add addresses: a step that fails if another interface of the host
+    (one tund does not manage) has one of them (:mod:`tund.netdev.conflicts`). Not listed:
+    it changes nothing."""
+    adds = [s.argv[2] for s in ip_steps if s.argv[:2] == ("addr", "add")]
+    if not adds:
+        return []
+    managed = {*new.interfaces, *(t.config.interfaces if t.config is not None else ())}
+    return [Step(f"check that no other interface has {', '.join(adds)}",
+                 partial(conflicts.check, t.ip, name, adds, managed), None, part, listed=False,
+                 fields=logs.fields(interface=name))]
+
+
 def _create(t: Target, name: str, iface: InterfaceConfig, part: str,
-            state: reconcile.LinkState) -> list[Step]:
+            state: reconcile.LinkState, new: Config) -> list[Step]:
     create = Step(f"create device {name} (mode {iface.mode})", partial(t.open_device, name, iface),
                   partial(t.remove_device, name), part, fields=logs.fields(interface=name))
-    return [create, *(_ip_step(t.ip, s, part, name)
-                      for s in reconcile.plan_steps(name, iface, state))]
+    ip_steps = reconcile.plan_steps(name, iface, state)
+    return [create, *_address_check(t, name, ip_steps, new, part),
+            *(_ip_step(t.ip, s, part, name) for s in ip_steps)]
 
 
 def _in_place(t: Target, c: InterfaceChange, p: Plan, new: Config) -> list[Step]:
     """Phase 1 for one interface: reconfigure, retag or add (else nothing)."""
     if c.action == "add":
         assert c.new is not None
-        return _create(t, c.name, c.new, f"create {c.name}", _link_state(t.ip, c.name))
+        return _create(t, c.name, c.new, f"create {c.name}", _link_state(t.ip, c.name), new)
+    if c.action == "retry":
+        assert c.new is not None
+        return [Step(f"retry interface {c.name} ({c.reason})",
+                     partial(t.retry_device, c.name, c.new), None, f"retry {c.name}",
+                     best_effort=True)]
     if c.action == "retag":
         assert c.new is not None and c.old is not None
         flag = f"persist={str(c.new.persist).lower()}"
@@ -149,7 +175,8 @@ def _in_place(t: Target, c: InterfaceChange, p: Plan, new: Config) -> list[Step]
     assert c.new is not None and t.config is not None
     part = f"configure {c.name}"
     ip_steps = reconcile.plan_steps(c.name, c.new, reconcile.read_state(t.ip, c.name))
-    out = [_ip_step(t.ip, s, part, c.name) for s in ip_steps]
+    out = [*_address_check(t, c.name, ip_steps, new, part),
+           *(_ip_step(t.ip, s, part, c.name) for s in ip_steps)]
     found = new.tunnel_for(c.name)
     kept = found is not None and found[0] in p.of("tunnels", "unchanged")
     if kept and c.new.mtu is not None and any(s.argv[3:4] == ("mtu",) for s in ip_steps):
@@ -160,13 +187,13 @@ def _in_place(t: Target, c: InterfaceChange, p: Plan, new: Config) -> list[Step]
     return out
 
 
-def _recreate(t: Target, c: InterfaceChange) -> list[Step]:
+def _recreate(t: Target, c: InterfaceChange, new: Config) -> list[Step]:
     assert c.new is not None and c.old is not None
     part = f"recreate {c.name}"
     delete = Step(f"delete device {c.name} to recreate it ({c.reason})",
                   partial(t.remove_device, c.name), partial(t.restore_device, c.name, c.old), part,
                   fields=logs.fields(interface=c.name))
-    return [delete, *_create(t, c.name, c.new, part, reconcile.LinkState(name=c.name))]
+    return [delete, *_create(t, c.name, c.new, part, reconcile.LinkState(name=c.name), new)]
 
 
 def _bind(t: Target, name: str, tc: TunnelConfig) -> Step:
@@ -196,7 +223,7 @@ def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[
             steps.append(Step(f"stop worker of tunnel {tc.name}{why}",
                               partial(t.stop_tunnel, tc.name), partial(t.start_tunnel, tc.name),
                               f"stop tunnel {tc.name}", fields=of_tunnel(tc.name)))
-    steps += [s for c in p.interfaces if c.action == "recreate" for s in _recreate(t, c)]  # 3
+    steps += [s for c in p.interfaces if c.action == "recreate" for s in _recreate(t, c, new)]  # 3
     starting = [tc.name for tc in p.tunnels if tc.action in ("add", "restart")]
     steps += [_bind(t, n, new.tunnels[n]) for n in starting  # 4
               if new.tunnels[n].role == "listen"]
@@ -205,11 +232,17 @@ def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[
                       partial(t.switch, t.config, dict(t.keys), dict(t.key_errors)),
                       listed=False))
     for tc in p.tunnels:
-        if tc.action == "update":
-            k_new, k_old = new.tunnels[tc.name].keepalive, t.config.tunnels[tc.name].keepalive
+        if tc.action != "update":
+            continue
+        # TODO(issue 17, data path): tc.peers lists the peers to add / remove / change in
+        # the running worker (PeerChange); the steps that send them come with the
+        # multi-peer worker. Until then a peers-only update changes no running worker.
+        k_new, k_old = new.tunnels[tc.name].keepalive, t.config.tunnels[tc.name].keepalive
+        if k_new != k_old:
             steps.append(Step(f"tell worker of tunnel {tc.name}: keepalive {k_new}",
                               partial(t.push_keepalive, tc.name, k_new),
-                              partial(t.push_keepalive, tc.name, k_old), f"update {tc.name}"))
+                              partial(t.push_keepalive, tc.name, k_old),
+                              f"update {tc.name}"))
     steps += [Step(f"start worker of tunnel {n}", partial(t.start_tunnel, n),
                    partial(t.stop_tunnel, n), fields=of_tunnel(n)) for n in starting]
     steps += [Step(f"delete device {c.name}", partial(t.remove_device, c.name),  # 6

@@ -31,7 +31,7 @@ from typing import Any
 
 from tund.config import InterfaceConfig
 from tund.errors import IpCommandError
-from tund.netdev.ip import Ip, IpBatchError, run_batch
+from tund.netdev.ip import Ip, IpBatchError, interface_field, run_batch
 
 log = logging.getLogger("tund.netdev.reconcile")
 
@@ -225,13 +225,15 @@ def rollback(ip: Ip, applied: Sequence[Step]) -> list[Step]:
     failed: list[Step] = []
     for step in reversed(applied):
         if step.undo is None:
-            log.error("cannot undo %r: the previous value is unknown", step.describe)
+            log.error("cannot undo %r: the previous value is unknown", step.describe,
+                      extra=interface_field(step.argv))
             failed.append(step)
             continue
         try:
             ip.run(step.undo)
         except IpCommandError as e:
-            log.error("undo of %r failed: %s", step.describe, e)
+            log.error("undo of %r failed: %s", step.describe, e,
+                      extra=interface_field(step.argv))
             failed.append(step)
     return failed
 
@@ -249,7 +251,7 @@ def apply(ip: Ip, name: str, iface: InterfaceConfig) -> list[Step]:
             ip.run(step.argv)
         except IpCommandError as e:
             log.warning("%s: %r failed (%s); undoing %d applied step(s)", name, step.describe,
-                        e.stderr, len(done))
+                        e.stderr, len(done), extra={"TUND_INTERFACE": name})
             rollback(ip, done)
             raise
         done.append(step)
@@ -283,7 +285,8 @@ def apply_many(ip: Ip, links: Sequence[tuple[str, InterfaceConfig]],
             for i, (name, _, steps) in enumerate(plans):
                 if first < len(steps):  # the failing link
                     log.warning("%s: %r failed (%s); undoing %d applied step(s)", name,
-                                steps[first].describe, e.stderr, first)
+                                steps[first].describe, e.stderr, first,
+                                extra={"TUND_INTERFACE": name})
                     rollback(ip, steps[:first])
                     out[name] = e
                     plans = plans[i + 1:]

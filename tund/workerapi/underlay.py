@@ -16,13 +16,20 @@ BACKLOG = 16  # TCP: connections that may wait for the worker to accept them
 def bind_underlay(transport: str, host: str, port: int) -> socket.socket:
     """A bound UDP socket or a listening TCP socket on ``host:port`` (not inheritable).
 
+    A UDP port another socket holds, or a TCP port another socket listens on, is an error
+    (EADDRINUSE), whatever options that socket set.
+
     Raises OSError whose message names the transport and the address.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     kind = socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM
     s = socket.socket(family, kind)
     try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if kind == socket.SOCK_STREAM:
+            # TCP: rebinding a port with connections in TIME_WAIT. Linux never lets two
+            # live listeners share a port through it. Not for UDP, where it would let a
+            # second socket (another tunnel, another program) take the port's traffic.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((host, port))
         if kind == socket.SOCK_STREAM:
             s.listen(BACKLOG)

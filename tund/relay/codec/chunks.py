@@ -1,35 +1,12 @@
 """TSO super-packets cut into MTU-sized chunks for a lossy datagram path, and put back.
 
-A TCP super-packet read from a vnet-header tun (:mod:`tund.relay.codec.offload`) is up to 64 KB.
-Sent as one UDP datagram it is IP-fragmented, and losing any one of its ~45 fragments
-loses all of it: a 1% loss underlay then loses a third of the super-packets and TCP
-collapses. So over UDP a super-packet travels as *chunks*, each no larger than a plain
-packet of the tunnel (the MTU), each its own datagram (sent together with UDP_SEGMENT),
-and a lost chunk costs only its own bytes.
-
-A chunk is the frame's IP + TCP header, one slice of its payload and an 8-byte trailer::
-
-    [IP header | TCP header | payload[i*C : (i+1)*C] | frame id, i, n, C, gso_size]
-
-The IP header's length field is the chunk's length (a WireGuard receiver strips padding by
-it) and its protocol / next-header is 253 (RFC 3692 experimental) instead of TCP, so no
-stack mistakes a chunk for a TCP segment. The trailer (big-endian): frame id (15 bits; the
-top bit is the frame's GSO_ECN flag), chunk index, chunk count, chunk payload size C and
-the frame's gso_size. ``C = min(gso_size, mtu - header - 8)``, so a chunk is never larger
-than a full-sized packet of the tunnel.
-
-The receiver (:class:`Reassembler`) keeps one frame at a time. When every chunk arrived it
-rebuilds the original frame bit for bit (header fields restored; the IPv4 header checksum
-is then the original one) and writes it as one super-packet. When a chunk is missing (a
-chunk of a newer frame arrives, or :data:`WAIT` passes) each run of consecutive chunks
-becomes a valid frame of its own: IPv4 total length, identification and header checksum,
-IPv6 payload length, TCP sequence number, FIN/PSH only on the run holding the end, CWR
-only on the run holding the start, and the partial (pseudo-header) checksum computed for
-the run's TCP length (the sum over addresses, protocol and length that Linux keeps in
-``th->check`` of a CHECKSUM_PARTIAL packet). TCP then sees an ordinary loss of the
-missing bytes.
-
-Pure functions and a small class: no I/O, no clock (``now`` is passed in).
+A chunk is the frame's IP + TCP header (protocol 253), one slice of its payload and an
+8-byte trailer (frame id, index, count, chunk size, gso_size); no chunk is larger than a
+full-sized packet of the tunnel. :class:`Reassembler` keeps one frame at a time and
+rebuilds it bit for bit when every chunk came; a frame with a missing chunk (a newer
+frame arrived, or :data:`WAIT` passed) is written as one valid frame per run of chunks,
+so TCP sees an ordinary loss. Pure functions and a small class: no I/O, no clock (``now``
+is passed in). Why, and every header field restored: docs/design.md, "Chunks".
 """
 
 from __future__ import annotations

@@ -1,43 +1,14 @@
 """TUN offloads: ``virtio_net_hdr`` framing and the tund-to-tund extension (the ioctl:
 :mod:`tund.relay.device.offload`).
 
-A tun device opened with ``IFF_VNET_HDR`` prefixes every packet, both ways, with a
-10-byte ``struct virtio_net_hdr`` (flags, gso_type, hdr_len, gso_size, csum_start,
-csum_offset; little-endian). Once ``TUNSETOFFLOAD(CSUM|TSO4|TSO6|TSO_ECN)`` is set the
-kernel hands us TCP "super-packets" of up to 64 KB with a partial checksum
-(``NEEDS_CSUM``) and takes them back the same way: one read, one seal, one send and one
-write for up to ~45 MTU-sized packets. Such frames may only go to a peer that writes
-them into a vnet-header device of its own, so offloads are *negotiated in band*:
-
-* Each side sends a :func:`hello` packet (ack = 0) with its first outgoing packet after
-  a path comes up (repeated every ``HELLO_RETRY`` s, ``HELLO_TRIES`` times, until the
-  peer answers). A hello is an IPv4 packet that every other receiver drops: source and
-  destination 0.0.0.0, TTL 0, protocol 253 (RFC 3692 experimental) and a wrong header
-  checksum. simpletun and wireguard-go write it to their tun, where the kernel drops it
-  (wireguard-go already drops it for its disallowed source address).
-* A side that receives a hello knows the peer accepts vnet frames: it turns its
-  device's offloads on (``set_offload(True)``) and sends every packet as its raw vnet
-  frame from then on. A hello with ack = 0 is answered with an ack = 1 hello. A frame
-  that needs nothing from its header (no GSO type, no partial checksum: a ping, a
-  forwarded packet) goes as its bare IP packet, as to a peer without offloads, when the
-  receiver takes it back as one (IPv4/IPv6, not protocol 253, at most ``max_packet``):
-  it saves the header (and the envelope, below) on every small packet.
-* A new path (TCP reconnect, a first UDP peer) forgets the peer's capability: offloads
-  off, hello again. Frames read with a GSO type or a partial checksum while the peer
-  is not known to take them (queued before offloads went off) are dropped as
-  ``"offload_stale"``; TCP resends them.
-
-On the wire a vnet frame and an IP packet are told apart by their first byte: a vnet
-header's flags byte is < 0x10, an IP packet's is 0x4_ or 0x6_. A codec that only carries
-IP packets (WireGuard strips its padding by the IP header's length) gets each frame in an
-*envelope*: a 40-byte IPv6 header (next header 253, addresses ::, payload length = the
-frame's) followed by the frame; the receiver takes the frame out again. Received IP packets are
-written with a zeroed header; received vnet frames as they are (the kernel validates
-the header, as it does for a virtual machine). Only tun mode without packet info uses
-this (the worker decides with ``WorkerSpec.vnet_hdr``).
-
-Limit: a peer replaced, on the same path, by a tund without this extension (or by
-another implementation) is only noticed at the next new path.
+:class:`OffloadCodec` wraps the tunnel's codec: it negotiates vnet frames with the peer in
+band (:func:`hello` packets, ack 0/1; a new path forgets the peer's capability), turns
+the device's offloads on once the peer takes frames, sends frames raw (or as a bare IP
+packet when they need nothing from their header; in an envelope for codecs that carry IP
+packets only), and drops frames it may not send as ``"offload_stale"``. Over UDP
+super-packets travel as chunks (:mod:`tund.relay.codec.chunks`). Only tun mode without
+packet info uses it (``WorkerSpec.vnet_hdr``). Why, and the wire format: docs/design.md,
+"TUN offloads between tund peers".
 """
 
 from __future__ import annotations

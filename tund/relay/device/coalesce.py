@@ -1,29 +1,11 @@
 """Receive coalescing: consecutive TCP segments of one flow become one GSO super-frame.
 
-A peer that sends plain MTU-sized packets (wireguard-go, simpletun, a tund without
-offloads) costs one ``write`` into the tun device, and one trip through the kernel's
-stack, per packet; that is most of a worker's time on a bulk transfer. Written to a
-vnet-header device, a run of segments that the kernel's own GRO would merge can go in as
-one super-frame instead (wireguard-go does the same on its tun).
-
-:func:`coalesce` takes the frames of one receive batch, in order (vnet header + packet,
-as the pump would write them) and returns the frames to write, in the same order. Only
-frames with a zero vnet header that hold an IPv4 (no options, not fragmented) or IPv6
-(no extension header) TCP segment with data are candidates. A segment joins the run
-before it when it continues it exactly: same header bytes except the lengths, IPv4
-identification and checksum, TCP sequence number, checksum and PSH; sequence number
-equal to the end of the run; flags ACK (with PSH only on a run's last segment); payload
-the size of the run's first (a shorter one ends the run). A run is capped at
-``MAX_SEGMENTS`` segments and 64 KB.
-
-A run of two or more becomes one frame: the first segment's header with the run's
-lengths (and a fresh IPv4 header checksum), PSH if the last had it, ``NEEDS_CSUM`` with
-the TCP pseudo-header sum in the checksum field and ``gso_size`` the segment size (as a
-GRO'd packet). The segments' own TCP checksums are not re-verified: the tunnel already
-checked the bytes (WireGuard's AEAD, UDP or TCP checksums underneath), and computing them
-in Python would cost more than the write saved. Everything else passes unchanged.
-
-Pure function: no I/O.
+:func:`coalesce` takes one receive batch of frames (vnet header + packet, in order) and
+returns the frames to write, in the same order: runs of plain TCP segments that exactly
+continue each other (at most ``MAX_SEGMENTS`` and 64 KB) become one ``NEEDS_CSUM`` frame
+with ``gso_size`` set, as the kernel's GRO would make; everything else passes unchanged.
+Pure function: no I/O. Which segments join a run, and why their checksums are not
+re-verified: docs/design.md, "Receive coalescing".
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import logging
 import socket
 import sys
 
-from tund import proctitle
+from tund import logs, proctitle
 from tund.relay.errors import RelayError
 from tund.relay.loop.counters import Counters
 from tund.relay.loop.pump import Pump
@@ -53,12 +53,21 @@ def receive_start(control: socket.socket) -> WorkerSpec:
         raise RelayError(f"bad start message: {e}") from None
 
 
-def setup_logging(tunnel: str, program: str = "tund-relay") -> None:
-    """Log to stderr at info, every line tagged ``PROGRAM[TUNNEL]``."""
-    tag = tunnel.replace("%", "%%")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        f"%(asctime)s {program}[{tag}] %(levelname)s %(name)s: %(message)s"))
+def setup_logging(tunnel: str, program: str = "tund-relay", interface: str | None = None) -> None:
+    """Log at info to stderr, every line tagged ``PROGRAM[TUNNEL]``; with ``interface`` (a
+    worker that has its spec) to journald instead when the daemon's rule picks it
+    (:func:`tund.logs.current_target`), every message carrying ``TUND_TUNNEL`` and
+    ``TUND_INTERFACE``. The fork server passes no interface: it never opens the journal."""
+    handler: logging.Handler | None = None
+    if interface is not None and logs.current_target() == "journal":
+        with contextlib.suppress(ImportError, OSError):
+            handler = logs.object_journal_handler(
+                logs.fields(interface=interface, tunnel=tunnel))
+    if handler is None:
+        tag = tunnel.replace("%", "%%")
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s {program}[{tag}] %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
@@ -93,7 +102,7 @@ def run(control_fd: int, run_as: RunAs | None) -> int:
     except RelayError as e:
         _fatal(control, str(e), None)
         return 2
-    setup_logging(spec.tunnel)
+    setup_logging(spec.tunnel, interface=spec.interface)
     set_process_name(spec.tunnel, spec.interface)
     log.info("starting: %s", json.dumps(spec.redacted(), sort_keys=True))
     pump: Pump | None = None

@@ -124,6 +124,10 @@ class CookieGenerator:
         self._last_mac1 = None
         return True
 
+    @property
+    def has_cookie(self) -> bool:
+        return self._cookie is not None
+
 
 class LoadDetector:
     """Counts handshake messages; under load while more than N came within the window."""

@@ -1,34 +1,12 @@
 """Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s as WireGuard uses it (sans-IO, no clocks).
 
-WireGuard's handshake *is* Noise IKpsk2 with:
-
-* protocol name = CONSTRUCTION ``"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"``,
-* prologue = IDENTIFIER ``"WireGuard v1 zx2c4 Jason@zx2c4.com"``,
-* first payload = the initiator's TAI64N timestamp, second payload empty,
-* a psk of 32 zero bytes when none is configured.
-
-So this module implements the generic pattern (any prologue and payloads), which lets the
-same code be checked against the cacophony test vector, and :mod:`.codec` wraps the
-bodies in WireGuard's message headers.
-
-Modes. ``mode="tun"`` uses WireGuard's identifier exactly (interoperates with
-wireguard-go and the kernel). ``mode="tap"`` carries Ethernet frames, which a WireGuard
-peer would misread as IP, so it uses the prologue :data:`TAP_IDENTIFIER`
-(``"tund-tap v1 WireGuard v1 zx2c4 Jason@zx2c4.com"``): the handshake hash then differs
-from the first token on, the responder cannot open the initiator's encrypted static key,
-and a tun peer and a tap peer can never complete a handshake with each other (the
-message is dropped with cause ``"decrypt"``). Only the prologue changes; all primitives,
-layouts and MAC labels stay WireGuard's.
-
-Token by token (``ss`` = :class:`SymmetricState`)::
-
-    init:  h = HASH(name); ck = h; MixHash(prologue); MixHash(rs)
-    -> e, es, s, ss, payload     (psk mode: "e" also does MixKey(e.pub))
-    <- e, ee, se, psk, payload   ("psk" = MixKeyAndHash(psk), i.e. KDF3)
-    split: (k_initiator_to_responder, k_responder_to_initiator) = KDF2(ck, "")
-
-Errors: :class:`~.primitives.DecryptError` when an encrypted field does not open (wrong
-keys, wrong mode, tampering) or a DH yields zero.
+The generic pattern (any prologue and payloads, checked against the cacophony test
+vector); :mod:`.codec` wraps the bodies in WireGuard's message headers. ``mode="tun"``
+uses WireGuard's identifier as the prologue (interoperates with wireguard-go and the
+kernel); ``mode="tap"`` uses :data:`TAP_IDENTIFIER`, so a tap peer and a tun peer never
+complete a handshake (dropped as ``"decrypt"``). Errors:
+:class:`~.primitives.DecryptError` when an encrypted field does not open or a DH yields
+zero. The tokens and why tap has its own prologue: docs/design.md, "The handshake".
 """
 
 from __future__ import annotations

@@ -1,0 +1,111 @@
+"""An address another interface of the host (one tund does not manage) already has is an
+error for the interface that would get it (issue 15.5, the host's half): at start the
+interface fails alone, nothing of it applied; a reload fails and is undone. Before, the
+kernel took the address twice and routed it twice. The same against the kernel:
+tests/privileged/test_address_conflicts.py."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_netdev_fakeip import FakeLink
+from tests.unit.test_reload_steps import BatchFakeIp, FakeDevices, _iface, _tunnel
+from tests.unit.test_supervisor import FakeWorker
+from tund import config
+from tund.daemon import engine as engine_mod
+from tund.daemon.engine import Engine
+from tund.errors import ReloadError
+from tund.netdev import conflicts, tuntap
+
+ETH = FakeLink("eth0", up=True, addresses=[("192.0.2.10/24", "global", False),
+                                            ("fe80::1/64", "link", False)])
+
+
+@pytest.fixture
+def host(monkeypatch: pytest.MonkeyPatch) -> Iterator[BatchFakeIp]:
+    """A FakeIp host with an underlay eth0 tund does not manage; fake ioctls and workers."""
+    ip = BatchFakeIp(copy.deepcopy(ETH))
+    dev = FakeDevices(ip)
+    monkeypatch.setattr(tuntap, "open_device", dev.open_device)
+    monkeypatch.setattr(tuntap, "delete_device", dev.delete_device)
+    monkeypatch.setattr(tuntap, "set_persist", dev.set_persist)
+    monkeypatch.setattr(tuntap, "close", lambda fd: None)
+    monkeypatch.setattr(engine_mod, "worker_class", lambda run_as, launcher: FakeWorker)
+    FakeWorker.all = []
+    yield ip
+
+
+@pytest.mark.parametrize(("want", "found"), [
+    (["10.0.0.1/24", "192.0.2.10/24"], ("192.0.2.10/24", "eth0", "192.0.2.10/24")),
+    (["192.0.2.10/32"], ("192.0.2.10/32", "eth0", "192.0.2.10/24")),  # prefix aside
+    (["192.0.2.11/24"], None),                  # same subnet, another address: allowed
+    (["fe80::1/64"], None),                     # link scope: every link has its own
+])
+def test_foreign(host: BatchFakeIp, want: list[str],
+                 found: tuple[str, str, str] | None) -> None:
+    assert conflicts.foreign(want, conflicts.host_addresses(host), {"tcf0"}) == found
+
+
+def test_a_managed_interface_is_no_conflict(host: BatchFakeIp) -> None:
+    """An address moving between tund's own interfaces is the config check's business."""
+    assert conflicts.foreign(["192.0.2.10/24"], conflicts.host_addresses(host),
+                             {"eth0"}) is None
+
+
+def test_at_start_the_interface_fails_alone_with_nothing_applied(
+        tmp_path: Path, host: BatchFakeIp) -> None:
+    path = tmp_path / "tunnels.toml"
+    path.write_text(_iface("tcfa", addrs=["10.93.1.1/24", "192.0.2.10/24"])
+                    + _tunnel("a", "tcfa")
+                    + _iface("tcfb", addrs=["10.93.2.1/24"]) + _tunnel("b", "tcfb"))
+    eng = Engine(path, ip=host, fork_server=False)
+
+    async def go() -> None:
+        await eng.start(config.load(path))
+        try:
+            assert eng.device_errors == {"tcfa": conflicts.conflict_message(
+                "tcfa", "192.0.2.10/24", "eth0", "192.0.2.10/24")}
+            assert host.links["tcfa"].addresses == [] and not host.links["tcfa"].up
+            assert [a for a, _, _ in host.links["tcfb"].addresses] == ["10.93.2.1/24"]
+            assert eng.runners["b"].worker is not None
+            assert "192.0.2.10/24" in eng.device_errors["tcfa"]
+        finally:
+            await eng.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_reload_that_would_take_a_host_address_fails_and_is_undone(
+        tmp_path: Path, host: BatchFakeIp) -> None:
+    path = tmp_path / "tunnels.toml"
+    old = _iface("tcfa", addrs=["10.93.1.1/24"]) + _tunnel("a", "tcfa")
+    path.write_text(old)
+    eng = Engine(path, ip=host, fork_server=False)
+
+    async def go() -> None:
+        await eng.start(config.load(path))
+        try:
+            links = copy.deepcopy(host.links)
+            path.write_text(_iface("tcfa", addrs=["10.93.1.1/24", "10.93.1.2/24"],
+                                   extra="mtu = 1300")
+                            + _tunnel("a", "tcfa")
+                            + _iface("tcfn", addrs=["192.0.2.10/32"]))
+            dry = await eng.reload(dry_run=True)  # the check changes nothing: not listed
+            assert not any("check" in a for a in dry["actions"]), dry
+            with pytest.raises(ReloadError) as ei:
+                await eng.reload()
+            msg = str(ei.value)
+            assert ("reload failed at step 'create tcfn' (check that no other interface has "
+                    "192.0.2.10/32): address 192.0.2.10/32 for tcfn is already on interface "
+                    "eth0 (192.0.2.10/24), which tund does not manage") in msg, msg
+            assert "the 4 step(s) before it were undone" in msg, msg
+            assert host.links == links  # tcfa's mtu and address back, tcfn gone
+        finally:
+            await eng.shutdown()
+
+    asyncio.run(go())
