@@ -275,3 +275,26 @@ def test_peer_counters_survive_a_worker_restart() -> None:
 def test_a_tunnel_without_peers_reports_an_empty_peers_object() -> None:
     r = _runner(Limits())
     assert r.status()["peers"] == {}
+
+
+def test_the_new_states_are_followed_and_a_why_is_cleared_once_up() -> None:
+    """issue 15.1: the worker's handshaking / failing (with why) reach status; once up, a
+    why that explained the old state is no longer last_error (a crash's error stays)."""
+    async def go() -> None:
+        r = _runner(Limits(ping_interval=0.5))
+        r.start()
+        w = FakeWorker.all[0]
+        w.on_message(State("handshaking", "192.0.2.1:1", None, Stats()))
+        assert r.state == TunnelState.HANDSHAKING and r.last_error is None
+        why = "no reply from 192.0.2.1:1 to 3 handshake initiations"
+        w.on_message(State("failing", "192.0.2.1:1", None, Stats(), why))
+        assert (r.state, r.status()["last_error"]) == (TunnelState.FAILING, why)
+        w.on_message(State("up", "192.0.2.1:1", None, Stats()))
+        assert (r.state, r.last_error) == (TunnelState.UP, None)
+        r.last_error = "worker killed by signal 9"  # a crash's error outlives a why
+        w.on_message(State("connecting", None, None, Stats(), "connect to x: ECONNREFUSED"))
+        w.on_message(State("up", "192.0.2.1:1", None, Stats()))
+        assert r.last_error == "worker killed by signal 9"
+        await r.stop()
+
+    asyncio.run(go())

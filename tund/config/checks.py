@@ -74,7 +74,6 @@ def cross_issues(raw: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
 
 def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any],
                    used: dict[str, str], loc: Locator) -> list[ConfigIssue]:
-    issues: list[ConfigIssue] = []
     if set(body) == {"peers"}:
         peers = body["peers"]
         first = next(iter(peers), None) if isinstance(peers, Mapping) else None
@@ -83,25 +82,44 @@ def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any]
                                  f"tunnel itself ([{render_path(('tunnels', name))}] with "
                                  "interface and private_key_file); define it, or remove "
                                  "these peers")]
-    iface = body.get("interface")
-    if isinstance(iface, str):
-        if iface not in ifaces:
-            known = (f"expected one of: {', '.join(sorted(ifaces))}" if ifaces
-                     else "no [interfaces] are defined")
-            issues.append(loc.issue(("tunnels", name, "interface"),
-                                    f"no interface of that name ({known}) (got {got(iface)})"))
-        elif iface in used:
-            issues.append(loc.issue(("tunnels", name, "interface"),
-                                    f"already used by tunnel {quote(used[iface])} (one tunnel "
-                                    f"per interface) (got {got(iface)})"))
-        else:
-            used[iface] = name
-    peers = body.get("peers")
-    if peers is not None:
+    issues = _interface_issues(name, body, ifaces, used, loc)
+    if body.get("peers") is not None:
         issues.extend(_peers_issues(name, body, loc))
+    issues += _endpoint_issues(name, body, loc) + _key_issues(name, body, loc)
+    rmin, rmax = body.get("reconnect_min", 0.2), body.get("reconnect_max", 10.0)
+    if _number(rmin) and _number(rmax) and rmin > rmax:
+        issues.append(loc.issue(("tunnels", name, "reconnect_min"),
+                                f"must not exceed reconnect_max = {got(rmax)} "
+                                f"(got {got(rmin)})"))
+    return issues
+
+
+def _interface_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any],
+                      used: dict[str, str], loc: Locator) -> list[ConfigIssue]:
+    """The tunnel's interface exists and carries no other tunnel (``used`` records it)."""
+    iface = body.get("interface")
+    if not isinstance(iface, str):
+        return []
+    if iface not in ifaces:
+        known = (f"expected one of: {', '.join(sorted(ifaces))}" if ifaces
+                 else "no [interfaces] are defined")
+        return [loc.issue(("tunnels", name, "interface"),
+                          f"no interface of that name ({known}) (got {got(iface)})")]
+    if iface in used:
+        return [loc.issue(("tunnels", name, "interface"),
+                          f"already used by tunnel {quote(used[iface])} (one tunnel "
+                          f"per interface) (got {got(iface)})")]
+    used[iface] = name
+    return []
+
+
+def _endpoint_issues(name: str, body: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
+    """listen xor remote (with peers: listen optional, remote refused by _peers_issues);
+    allowed_sources only on a listener."""
+    issues: list[ConfigIssue] = []
     has_listen, has_remote = "listen" in body, "remote" in body
-    if peers is not None:
-        pass  # listen is optional, remote refused (_peers_issues)
+    if body.get("peers") is not None:
+        pass
     elif has_listen and has_remote:
         issues.append(loc.issue(("tunnels", name, "remote"),
                                 "set either listen or remote, not both "
@@ -116,9 +134,15 @@ def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any]
                                 "only valid on a tunnel that listens (a connecting tunnel "
                                 "talks to its remote only; got allowed_sources = "
                                 f"{got(body['allowed_sources'])})"))
+    return issues
+
+
+def _key_issues(name: str, body: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
+    """The keys WireGuard needs are there; plaintext has none."""
+    issues: list[ConfigIssue] = []
     if body.get("encryption", "wireguard") == "wireguard":
         for key in ("private_key_file", "peer_public_key"):
-            if key == "peer_public_key" and peers is not None:
+            if key == "peer_public_key" and body.get("peers") is not None:
                 continue
             if key not in body:
                 issues.append(loc.issue(("tunnels", name, key),
@@ -130,11 +154,6 @@ def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any]
                 issues.append(loc.issue(("tunnels", name, key),
                                         'only valid with encryption = "wireguard" '
                                         f"(got {got(body[key])})"))
-    rmin, rmax = body.get("reconnect_min", 0.2), body.get("reconnect_max", 10.0)
-    if _number(rmin) and _number(rmax) and rmin > rmax:
-        issues.append(loc.issue(("tunnels", name, "reconnect_min"),
-                                f"must not exceed reconnect_max = {got(rmax)} "
-                                f"(got {got(rmin)})"))
     return issues
 
 

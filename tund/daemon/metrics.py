@@ -294,6 +294,11 @@ class _Cache:
             self._pending.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(self._pending)
 
+    def invalidate(self) -> None:
+        """Something changed (a reload, a tunnel up or down): the next scrape collects
+        afresh instead of serving the snapshot taken before the change."""
+        self._body = None
+
     def cancel(self) -> None:
         """Stop a collection under way (the server is closing)."""
         if self._pending is not None:
@@ -366,6 +371,10 @@ class MetricsServer:
     def collections(self) -> int:
         """How many times the status source was asked (for tests)."""
         return self._cache.collections
+
+    def invalidate(self) -> None:
+        """See :meth:`_Cache.invalidate`."""
+        self._cache.invalidate()
 
     @property
     def connections(self) -> int:

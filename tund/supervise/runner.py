@@ -98,6 +98,8 @@ class TunnelRunner:
         self.worker: WorkerProcess | None = None
         self.restarts = 0
         self.last_error: str | None = None
+        self._why: str | None = None  # last_error came from a worker's why (see _message)
+        self._before_why: str | None = None  # last_error before that why (a crash's)
         self.since = time.time()
         self._base: dict[str, Any] = {k: 0 for k in _COUNTERS}
         self._base["drops"] = {}
@@ -220,12 +222,17 @@ class TunnelRunner:
                 self.last_error = msg.error
                 self._reported_error = True
             if msg.why:  # why the state is short of up (not fatal)
-                self.last_error = msg.why
+                if self._why is None:
+                    self._before_why = self.last_error
+                self.last_error, self._why = msg.why, msg.why
             try:
                 st = TunnelState(msg.state)
             except ValueError:  # not reached: the decoder takes only WORKER_STATES
                 return
             if st == TunnelState.UP:
+                if self._why is not None and self.last_error == self._why:
+                    self.last_error = self._before_why  # the why explained a state now over
+                self._why = None
                 self._move(st, f"peer {msg.peer}")
             elif st in LIVE:
                 self._move(st, msg.why or "")
