@@ -192,6 +192,7 @@ class Engine:
         try:
             assert self.config is not None
             conflicts.check(self.ip, name, iface.addresses, self.config.interfaces)
+            conflicts.check_routes(self.ip, name, iface.routes, self.config.interfaces)
             self._open_and_configure(name, iface)
         except KernelError as e:
             self.device_errors[name] = str(e)
