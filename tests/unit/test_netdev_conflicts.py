@@ -187,9 +187,18 @@ def test_a_reload_whose_peer_would_take_over_a_host_route_fails_and_is_undone(
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("one_by_one", [False, True])
 def test_at_start_an_interface_whose_peer_would_take_over_a_host_route_fails_alone(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_by_one: bool) -> None:
+    """Also when the links cannot be read at once and are configured one by one."""
     from tund import keys
+    from tund.errors import KernelError
+    from tund.netdev import reconcile
+
+    if one_by_one:
+        def unreadable(ip: Any, names: Any) -> Any:
+            raise KernelError("ip -json addr show: fake failure")
+        monkeypatch.setattr(reconcile, "read_states", unreadable)
 
     ip = RoutedHost(copy.deepcopy(ETH))
     dev = FakeDevices(ip)
