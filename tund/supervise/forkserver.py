@@ -232,6 +232,8 @@ class ForkServer:
         self._deaths: list[float] = []  # when it was found dead (monotonic)
         self._pending: dict[int, ForkedChild] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = 0.0  # when the zygote was started (monotonic)
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @property
     def pid(self) -> int | None:
@@ -265,6 +267,7 @@ class ForkServer:
         ours.setblocking(False)
         self._sock = ours
         self._ready = False
+        self._started = time.monotonic()
 
     def close(self) -> None:
         """Stop the zygote (it exits when its socket closes; killed if it lingers).
@@ -283,13 +286,27 @@ class ForkServer:
             child.failed("the fork server was stopped before it replied")
         proc, self.proc = self.proc, None
         self._ready = False
-        if proc is not None:
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: wait here
             try:
-                proc.wait(2.0)
+                proc.wait(CLOSE_GRACE)
             except subprocess.TimeoutExpired:
-                log.info("[#] kill -%d %d (fork server)", signal.SIGKILL, proc.pid)
-                proc.kill()
+                _kill(proc)
                 proc.wait()
+            return
+        task = loop.create_task(_retire(proc))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    def _in_loop(self) -> bool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
 
     def _recv(self, timeout: float, what: str) -> Ready | Forked | ForkError | None:
         """One message; None when none came within ``timeout`` (0: do not wait).
@@ -326,6 +343,9 @@ class ForkServer:
                 return
             except BlockingIOError:
                 left = deadline - time.monotonic()
+                if self._in_loop():  # never wait in the loop: the zygote is stuck
+                    raise ForkServerError(f"fork server pid {self.pid}: its request queue "
+                                          "is full") from None
                 if left <= 0:
                     raise ForkServerError(f"fork server pid {self.pid} took no request for "
                                           f"{self.request_timeout:g}s") from None
@@ -359,9 +379,13 @@ class ForkServer:
 
     def _dispatch(self, msg: Ready | Forked | ForkError) -> None:
         """Hand one reply to the child waiting for it."""
-        child = None if isinstance(msg, Ready) or msg.id is None else self._pending.pop(
-            msg.id, None)
-        if child is None or isinstance(msg, Ready):
+        if isinstance(msg, Ready):
+            if not self._ready:
+                self._ready = True
+                log.info("fork server pid %s ready", self.pid)
+            return
+        child = None if msg.id is None else self._pending.pop(msg.id, None)
+        if child is None:
             log.warning("fork server: reply to no pending request: %r", msg)
         elif isinstance(msg, Forked):
             child.resolved(msg.pid)
@@ -412,6 +436,13 @@ class ForkServer:
                     and time.monotonic() - self._failed_at < self.retry_after):
                 raise ForkServerError("fork server failed recently; not retried yet")
             self.start()
+        if not self._ready and self._in_loop():
+            # the loop reads the ready message like any reply; requests wait in the
+            # socket meanwhile (the zygote reads them once ready)
+            if time.monotonic() - self._started > self.ready_timeout:
+                raise ForkServerError(f"fork server pid {self.pid}: no ready message within "
+                                      f"{self.ready_timeout:g}s")
+            return
         if not self._ready:
             msg = self._recv(self.ready_timeout, "ready message")
             if msg is None:
@@ -450,6 +481,30 @@ class ForkServer:
             return self.fallback.launch(fds, run_as)
         self.forked += 1
         return child
+
+
+CLOSE_GRACE = 2.0  # seconds a closed zygote may take to exit; then SIGKILL
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    log.info("[#] kill -%d %d (fork server)", signal.SIGKILL, proc.pid)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
+async def _retire(proc: subprocess.Popen[bytes]) -> None:
+    """Reap a closed zygote from the loop without blocking it; SIGKILL if it lingers."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CLOSE_GRACE
+    killed = False
+    while proc.poll() is None:
+        if loop.time() >= deadline:
+            if killed:
+                log.warning("fork server pid %d: no exit status after SIGKILL", proc.pid)
+                return
+            _kill(proc)
+            killed, deadline = True, loop.time() + CLOSE_GRACE
+        await asyncio.sleep(0.02)
 
 
 def _fd_array(fds: Sequence[int]) -> bytes:

@@ -6,6 +6,7 @@ imports what the loop needs; reads no packet.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -24,7 +25,7 @@ from tund.relay.loop.pump import Pump
 from tund.relay.transport.base import Transport
 from tund.relay.transport.framing import MAX_FRAME
 from tund.relay.transport.tcp import TcpTransport
-from tund.relay.transport.udp import UdpTransport
+from tund.relay.transport.udp import RESOLVE_EVERY, UdpTransport
 from tund.workerapi.spec import WorkerSpec
 from tund.workerapi.underlay import bind_underlay
 
@@ -37,6 +38,11 @@ def max_packet(spec: WorkerSpec) -> int:
     """The largest device packet: MTU, + 14 (Ethernet header) for tap, + 4 with PI."""
     return min(MAX_FRAME, spec.mtu + (14 if spec.mode == "tap" else 0)
                + (4 if spec.packet_info else 0))
+
+
+#: Test-only timer overrides (``WorkerSpec.timers``) for the transport, not for WireGuard:
+#: ``resolve_every`` (UDP, role remote: seconds between lookups of a host name).
+TRANSPORT_TIMERS = frozenset({"resolve_every"})
 
 
 def make_codec(spec: WorkerSpec) -> Codec:
@@ -53,7 +59,8 @@ def make_codec(spec: WorkerSpec) -> Codec:
         except ImportError as e:
             raise RelayError(f"encryption 'wireguard' is not available: cannot import "
                              f"tund.relay.wireguard.codec.WireGuardCodec ({e})") from e
-        codec: Codec = WireGuardCodec(spec)
+        wg_timers = {k: v for k, v in spec.timers.items() if k not in TRANSPORT_TIMERS}
+        codec: Codec = WireGuardCodec(dataclasses.replace(spec, timers=wg_timers))
         return codec
     raise RelayError(f"unknown encryption {spec.encryption!r} (expected 'none' or 'wireguard')")
 
@@ -83,7 +90,8 @@ def make_transport(spec: WorkerSpec, counters: Counters,
         return TcpTransport(counters, listen_sock=sock, keepalive=spec.keepalive,
                             max_message=(largest or max_packet(spec)) + CODEC_OVERHEAD,
                             **common)
-    return UdpTransport(counters, sock=sock, **common)
+    return UdpTransport(counters, sock=sock, resolve_every=float(
+        spec.timers.get("resolve_every", RESOLVE_EVERY)), **common)
 
 
 def build(spec: WorkerSpec, control: socket.socket) -> Pump:

@@ -9,7 +9,8 @@ dropped as ``"no_peer"``.
 Role ``remote``: a socket of our own, ``connect()``-ed to the resolved endpoint (the
 kernel then filters other senders and reports ICMP errors). A host name is resolved
 again every ``RESOLVE_EVERY`` seconds and the socket re-pointed if the address changed;
-an unresolvable name is retried with backoff.
+an unresolvable name is retried with backoff. Lookups run off the loop
+(:mod:`tund.relay.transport.resolver`): traffic to the old address goes on meanwhile.
 
 Batching: :meth:`UdpTransport.send` queues; :meth:`UdpTransport.flush` (once per loop
 iteration, or when the queue holds ``FLUSH_BYTES``) sends each run of equal-sized
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING
 from tund.relay.codec.base import Address
 from tund.relay.loop.counters import Counters
 from tund.relay.loop.poller import Registry
-from tund.relay.transport.base import Backoff, Link, format_peer, resolve
+from tund.relay.transport.base import Backoff, Link, format_peer
 from tund.relay.transport.gso import (
     GRO_SPACE,
     GSO_BYTES,
@@ -49,6 +50,7 @@ from tund.relay.transport.gso import (
     gro_size,
     segment_option,
 )
+from tund.relay.transport.resolver import Resolver, Result, literal
 
 log = logging.getLogger("tund.relay.transport.udp")
 
@@ -83,7 +85,7 @@ class UdpTransport:
 
     def __init__(self, counters: Counters, *, role: str, host: str, port: int,
                  sock: socket.socket | None = None, reconnect_min: float = 0.2,
-                 reconnect_max: float = 10.0) -> None:
+                 reconnect_max: float = 10.0, resolve_every: float = RESOLVE_EVERY) -> None:
         if role == "listen" and sock is None:
             raise ValueError("udp: role listen needs a bound socket")
         self.c = counters
@@ -105,6 +107,8 @@ class UdpTransport:
         self.gso = True  # False once the kernel refused UDP_SEGMENT on this socket
         self._train_max = 1 << 16  # datagrams this large are sent alone (path MTU; EMSGSIZE)
         self._gro = False
+        self._resolver: Resolver | None = None
+        self.resolve_every = resolve_every
 
     def start(self, sel: Registry, link: Link, now: float) -> None:
         self._sel, self._link = sel, link
@@ -119,6 +123,12 @@ class UdpTransport:
             self._resolve()
 
     def close(self) -> None:
+        if self._resolver is not None:
+            self._resolver.close()
+            self._resolver = None
+        self.close_socket()
+
+    def close_socket(self) -> None:
         self._out.clear()
         if self.sock is not None:
             if self._sel is not None:
@@ -130,21 +140,35 @@ class UdpTransport:
     # ------------------------------------------------------------------ remote role
 
     def _resolve(self) -> None:
-        """(Re)resolve the endpoint; (re)create or re-point the socket when it changed."""
+        """(Re)resolve the endpoint: an IP literal at once, a host name in the resolver's
+        thread (:mod:`tund.relay.transport.resolver`: the loop never waits for DNS)."""
+        assert self._sel is not None
+        found = literal(self.host, self.port, socket.SOCK_DGRAM)
+        if found is not None:
+            self._resolved(found)
+            return
+        if self._resolver is None:
+            self._resolver = Resolver(self.host, self.port, socket.SOCK_DGRAM, self._sel,
+                                      self._resolved)
+        self._deadline = None  # the answer wakes the loop
+        self._resolver.start()
+
+    def _resolved(self, result: Result) -> None:
+        """The answer: (re)create or re-point the socket when the address changed; an
+        error is retried with backoff (the old address stays in use meanwhile)."""
         assert self._sel is not None and self._link is not None
-        try:
-            family, addr = resolve(self.host, self.port, socket.SOCK_DGRAM)
-        except OSError as e:
+        if isinstance(result, OSError):
             delay = self.backoff.next_delay()
-            log.warning("%s; retrying in %.2fs", e.strerror or e, delay)
+            log.warning("%s; retrying in %.2fs", result.strerror or result, delay)
             self._deadline = time.monotonic() + delay
             return
+        family, addr = result
         self.backoff.reset()
-        self._deadline = None if _is_ip(self.host) else time.monotonic() + RESOLVE_EVERY
+        self._deadline = None if _is_ip(self.host) else time.monotonic() + self.resolve_every
         if addr == self.peer:
             return
         if self.sock is not None and self.sock.family != family:
-            self.close()
+            self.close_socket()
         else:
             self.flush()  # what was queued for the old address
         if self.sock is None:
