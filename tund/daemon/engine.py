@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tund import config
-from tund.config import Config, InterfaceConfig, TunnelConfig
+from tund.config import Config, DaemonConfig, InterfaceConfig, TunnelConfig
 from tund.daemon import plan, status
 from tund.daemon import reload as reloading
 from tund.daemon.keyfiles import KeyMaterial, read_keys
@@ -47,7 +47,7 @@ from tund.supervise.runner import Limits, TunnelRunner
 from tund.supervise.worker import WorkerProcess, worker_class
 from tund.workerapi import underlay
 from tund.workerapi.messages import Update
-from tund.workerapi.run_as import resolve_worker_user
+from tund.workerapi.run_as import WorkerIds, group_ids, resolve_worker_user
 from tund.workerapi.spec import WorkerSpec
 
 log = logging.getLogger("tund.daemon.engine")
@@ -93,8 +93,9 @@ class Engine:
         self.reloads = 0
         self.last_reload: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
-        self._worker_user: str | None = None
+        self._worker_user: tuple[object, ...] | None = None
         self._worker_cls: type[WorkerProcess] = WorkerProcess
+        self._ids: WorkerIds | None = None
         self.fork_server: ForkServer | None = ForkServer() if fork_server else None
         self._launcher: Launcher = SpawnLauncher()
 
@@ -105,7 +106,7 @@ class Engine:
         async with self._lock:
             self.config = cfg
             self._start_fork_server()
-            self._set_worker_user(cfg.daemon.worker_user)
+            self._set_worker_user(cfg.daemon)
             self._read_all_keys(cfg)
             self._bind_listeners(cfg)
             await self._bring_up_all(cfg)
@@ -255,11 +256,30 @@ class Engine:
             preshared_key=km.preshared_key, timers=dict(self.timers),
             test_malformed=malformed)
 
-    def _set_worker_user(self, user: str) -> None:
-        """Workers started from now on run as ``user`` (see tund.relay.process.privileges)."""
-        if user != self._worker_user:
-            self._worker_user = user
-            self._worker_cls = worker_class(resolve_worker_user(user), self._launcher)
+    def _set_worker_user(self, d: DaemonConfig) -> None:
+        """Tunnels started from now on get their identities from ``d``: a uid of their own
+        from the worker uid range, else ``worker_user`` (see :class:`WorkerIds`)."""
+        key = (d.worker_user, d.worker_uid_base, d.worker_uid_count, d.control_group,
+               d.admin_group)
+        if key == self._worker_user:
+            return
+        self._worker_user = key
+        fallback = resolve_worker_user(d.worker_user)
+        avoid = group_ids(d.control_group, d.admin_group)
+        held = self._ids.held if self._ids is not None else {}
+        self._ids = WorkerIds(d.worker_uid_base, d.worker_uid_count, fallback, avoid)
+        self._ids.held.update(held)  # live tunnels keep theirs
+        self._worker_cls = worker_class(fallback, self._launcher)
+
+    def _spawn_class(self, name: str) -> tuple[type[WorkerProcess], str | None]:
+        """The worker class of tunnel ``name`` (its identity), or the error saying why
+        there is none."""
+        if self._ids is None:
+            return self._worker_cls, None
+        try:
+            return worker_class(self._ids.for_tunnel(name), self._launcher), None
+        except OSError as e:
+            return self._worker_cls, str(e)
 
     def runner(self, name: str) -> TunnelRunner:
         try:
@@ -377,15 +397,23 @@ class Engine:
         runner = self.runners.pop(name, None)
         if runner is not None:
             await runner.stop()
+        if self._ids is not None:
+            self._ids.release(name)
         self.close_listener(name)
 
     def start_tunnel(self, name: str) -> None:
         """A new runner for tunnel ``name`` of the config in force; its worker starts now."""
         assert self.config is not None
         t = self.config.tunnels[name]
-        runner = TunnelRunner(name, lambda: self._make_spec(name),
-                              Limits.from_config(self.config.daemon), self._describe(name, t),
-                              spawn=self._worker_cls)
+        spawn, error = self._spawn_class(name)
+
+        def make_spec() -> WorkerSpec:
+            if error is not None:
+                raise OSError(error)
+            return self._make_spec(name)
+
+        runner = TunnelRunner(name, make_spec, Limits.from_config(self.config.daemon),
+                              self._describe(name, t), spawn=spawn)
         self.runners[name] = runner
         runner.start()
 
@@ -405,7 +433,7 @@ class Engine:
         self.config = cfg
         self.keys = dict(keys)
         self.key_errors = dict(key_errors)
-        self._set_worker_user(cfg.daemon.worker_user)
+        self._set_worker_user(cfg.daemon)
 
     # ------------------------------------------------------------------ status
 
