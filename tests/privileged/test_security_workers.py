@@ -226,28 +226,29 @@ def test_worker_user_cannot_reach_keys_devices_or_other_workers(
         assert stat.S_IMODE(os.stat(k).st_mode) == 0o600
     status = ts.a.status()
     plain_if = status["tunnels"]["plain"]["interface"]
-    wg_worker = status["tunnels"]["wg"]["pid"]
-    uid, gid = worker_ids(status["tunnels"]["plain"]["pid"])  # exactly the plain worker
-    p = ts.a.ns.run(sys.executable, "-c", PROBE, str(uid), str(gid),
-                    ",".join(keyfiles), plain_if, str(wg_worker), str(ts.a.sock), check=False)
-    if "STOP" in p.stdout:
-        os.kill(wg_worker, signal.SIGCONT)
-    assert p.returncode == 0, p.stderr
-    got = json.loads(p.stdout.strip().splitlines()[-1])
-    for k in keyfiles:
-        assert got[f"read {k}"] == "EACCES", got
-    assert got[f"attach {plain_if}"] in ("EPERM", "EACCES"), got  # open or TUNSETIFF
-    for what in ("worker environ", "worker mem", "worker fd"):
-        assert got[what] == "EACCES", (what, got)
-    assert got["setuid 0"] == "EPERM", got
-    # one tunnel's worker cannot stop or prlimit another's (a uid of its own, 16.4), nor
-    # open the control socket (no group of the socket's)
-    assert got["kill -STOP worker"] == "EPERM", got
-    assert got["prlimit worker"] == "EPERM", got
-    assert got["connect control socket"] in ("EACCES", "EPERM"), got
-    sock = os.stat(ts.a.sock)
-    assert (uid, gid) != (sock.st_uid, sock.st_gid) and sock.st_uid != uid, (uid, gid, sock)
-    assert gid != sock.st_gid
+    # as each tunnel's worker in turn (its exact uid and gid), against the other one
+    for me, other in (("plain", "wg"), ("wg", "plain")):
+        target = status["tunnels"][other]["pid"]
+        uid, gid = worker_ids(status["tunnels"][me]["pid"])
+        p = ts.a.ns.run(sys.executable, "-c", PROBE, str(uid), str(gid), ",".join(keyfiles),
+                        plain_if, str(target), str(ts.a.sock), check=False)
+        if '"kill -STOP worker": "ok"' in p.stdout:
+            os.kill(target, signal.SIGCONT)
+        assert p.returncode == 0, p.stderr
+        got = json.loads(p.stdout.strip().splitlines()[-1])
+        for k in keyfiles:
+            assert got[f"read {k}"] == "EACCES", got
+        assert got[f"attach {plain_if}"] in ("EPERM", "EACCES"), got  # open or TUNSETIFF
+        for what in ("worker environ", "worker mem", "worker fd"):
+            assert got[what] == "EACCES", (what, got)
+        assert got["setuid 0"] == "EPERM", got
+        # one tunnel's worker cannot stop or prlimit another's (a uid of its own, 16.4),
+        # nor open the control socket (no group of the socket's)
+        assert got["kill -STOP worker"] == "EPERM", (me, got)
+        assert got["prlimit worker"] == "EPERM", (me, got)
+        assert got["connect control socket"] in ("EACCES", "EPERM"), (me, got)
+        sock = os.stat(ts.a.sock)
+        assert sock.st_uid != uid and gid != sock.st_gid, (me, uid, gid, sock)
     # and the tunnels still work after all this
     assert ts.b.ns.ping("10.237.1.1") and ts.b.ns.ping("10.237.2.1")
 
