@@ -18,6 +18,8 @@ dispatch           a request line, decoded, then ``Daemon.dispatch``      Protoc
 framing            a TCP byte stream, split where the input says          (none)
 wg_parse           one UDP payload, :func:`messages.parse`                Malformed
 wg_open            UDP payloads into ``WireGuardCodec.open``              (none)
+worker_message     one control datagram, ``workerapi.messages.decode``    MessageError
+                   (every kind); what decodes re-encodes to itself
 =================  =====================================================  ==================
 """
 
@@ -229,6 +231,18 @@ def wg_open(data: bytes) -> None:
     json.dumps(_CODEC.stats())
 
 
+def worker_message(data: bytes) -> None:
+    """A daemon, worker or fork-server message; a decoded one round-trips."""
+    from tund.workerapi import messages as wm
+
+    try:
+        msg = wm.decode(data, wm.ALL)
+    except wm.MessageError as e:
+        assert str(e), data
+        return
+    assert wm.decode(msg.encode(), wm.ALL) == msg, (data, msg)
+
+
 TARGETS: dict[str, Target] = {
     "config_bytes": config_bytes,
     "config_toml": config_toml,
@@ -238,4 +252,5 @@ TARGETS: dict[str, Target] = {
     "framing": framing,
     "wg_parse": wg_parse,
     "wg_open": wg_open,
+    "worker_message": worker_message,
 }
