@@ -26,6 +26,7 @@ serialized. The status reply is assembled by :mod:`tund.daemon.status`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -68,6 +69,10 @@ def bind_underlay(t: TunnelConfig) -> socket.socket:
     return underlay.bind_underlay(t.transport, host, port)
 
 
+#: Seconds a status request at start-up waits for the tunnels to be started.
+STARTUP_STATUS_WAIT = 5.0
+
+
 class Engine:
     """Devices, listeners and tunnel runners for one configuration at a time."""
 
@@ -96,6 +101,8 @@ class Engine:
         self._worker_user: tuple[object, ...] | None = None
         self._worker_cls: type[WorkerProcess] = WorkerProcess
         self._ids: WorkerIds | None = None
+        self.started_tunnels = asyncio.Event()  # start() began starting tunnels
+        self._starting = False
         self.fork_server: ForkServer | None = ForkServer() if fork_server else None
         self._launcher: Launcher = SpawnLauncher()
 
@@ -103,18 +110,29 @@ class Engine:
 
     async def start(self, cfg: Config) -> None:
         """Bring up every interface and start every tunnel of ``cfg``."""
-        async with self._lock:
-            self.config = cfg
-            self._start_fork_server()
-            self._set_worker_user(cfg.daemon)
-            self._read_all_keys(cfg)
-            self._bind_listeners(cfg)
-            await self._bring_up_all(cfg)
-            # yield to the loop between tunnels: with many, status requests and the
-            # workers already started are served while the rest comes up
-            for name in cfg.tunnels:
-                self.start_tunnel(name)
-                await asyncio.sleep(0)
+        self._starting = True
+        try:
+            async with self._lock:
+                await self._start(cfg)
+        finally:
+            self._starting = False
+            self.started_tunnels.set()
+
+    async def _start(self, cfg: Config) -> None:
+        self.config = cfg
+        self._start_fork_server()
+        self._set_worker_user(cfg.daemon)
+        self._read_all_keys(cfg)
+        self._bind_listeners(cfg)
+        await self._bring_up_all(cfg)
+        if self.fork_server is not None:  # its imports overlapped the devices' set-up
+            await self.fork_server.wait_ready()
+        # yield to the loop between tunnels: with many, status requests and the
+        # workers already started are served while the rest comes up
+        for name in cfg.tunnels:
+            self.start_tunnel(name)
+            self.started_tunnels.set()
+            await asyncio.sleep(0)
 
     def _bind_listeners(self, cfg: Config) -> None:
         """Bind every listening tunnel's socket before starting any worker, so that what
@@ -438,6 +456,10 @@ class Engine:
     # ------------------------------------------------------------------ status
 
     async def status(self, tunnel: str | None = None) -> dict[str, Any]:
+        if self._starting:  # not before the first tunnel (the fork server's imports come
+            # first); the loop turns meanwhile
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.started_tunnels.wait(), STARTUP_STATUS_WAIT)
         runners = [self.runner(tunnel)] if tunnel else list(self.runners.values())
         await asyncio.gather(*(r.refresh() for r in runners))
         ifaces = ({} if tunnel is not None

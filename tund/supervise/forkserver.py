@@ -301,6 +301,19 @@ class ForkServer:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait, without blocking the loop, up to ``timeout`` (default ``ready_timeout``)
+        for the zygote's ready message; whether it came. The daemon's start-up uses it,
+        so its first workers are forked at once."""
+        if self._sock is None:
+            return False
+        self._watch()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.ready_timeout if timeout is None else timeout)
+        while not self._ready and self._sock is not None and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        return self._ready
+
     def _in_loop(self) -> bool:
         try:
             asyncio.get_running_loop()
