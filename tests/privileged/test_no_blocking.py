@@ -89,6 +89,7 @@ def test_a_resolver_that_never_answers_does_not_stop_a_live_tunnel(tmp_path: Pat
         ns.run("ip", "link", "set", dev, "up")
     etc.mkdir(parents=True)
     hosts = etc / "hosts"
+    sites: list[Site] = []
     try:
         (etc / "resolv.conf").write_text("nameserver 127.0.0.53\n"
                                          "options timeout:30 attempts:5\n")
@@ -96,6 +97,7 @@ def test_a_resolver_that_never_answers_does_not_stop_a_live_tunnel(tmp_path: Pat
         queries = tmp_path / "queries"
         nb.spawn(sys.executable, "-c", BLACKHOLE, str(queries))
         a, b = Site(na, tmp_path / "a", "a"), Site(nb, tmp_path / "b", "b")
+        sites += [a, b]
         a.write(tunnel_config(unique("tms"), f"{INNER}.1", "listen", f"{UNDER}.1:55602"))
         b.write(tunnel_config(unique("tms"), f"{INNER}.2", "remote",
                               f"{PEER_NAME}:55602"))
@@ -118,11 +120,9 @@ def test_a_resolver_that_never_answers_does_not_stop_a_live_tunnel(tmp_path: Pat
         assert t["state"] == "up" and t["restarts"] == 0, t
         assert "now resolves" not in b.log.read_text()
     finally:
-        shutil.rmtree(etc, ignore_errors=True)
-        for site_ns in (na, nb):
-            for p in site_ns.procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
+        for site in sites:
+            site.stop()
+        shutil.rmtree(etc, ignore_errors=True)  # the blackhole goes with its namespace
 
 
 def _status_time(site: Site) -> float:
