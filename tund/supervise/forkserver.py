@@ -198,6 +198,11 @@ class ForkServerError(OSError):
     """The zygote could not be started or did not fork a worker (the launch falls back)."""
 
 
+class ForkServerBusy(ForkServerError):
+    """The zygote's request queue is full (it is still starting, or stuck); this launch
+    falls back, the zygote is kept (a stuck one is found out by its workers' pings)."""
+
+
 def become_subreaper() -> bool:
     """``PR_SET_CHILD_SUBREAPER`` on this process; False (logged) if the kernel refuses."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -356,9 +361,9 @@ class ForkServer:
                 return
             except BlockingIOError:
                 left = deadline - time.monotonic()
-                if self._in_loop():  # never wait in the loop: the zygote is stuck
-                    raise ForkServerError(f"fork server pid {self.pid}: its request queue "
-                                          "is full") from None
+                if self._in_loop():  # never wait in the loop
+                    raise ForkServerBusy(f"fork server pid {self.pid}: its request queue "
+                                         "is full") from None
                 if left <= 0:
                     raise ForkServerError(f"fork server pid {self.pid} took no request for "
                                           f"{self.request_timeout:g}s") from None
@@ -474,6 +479,8 @@ class ForkServer:
         req = Fork(child.rid, tuple(fds), str(run_as) if run_as is not None else None)
         try:
             self._send(req.encode(), fds)
+        except ForkServerBusy:
+            raise
         except ForkServerError:
             self.close()  # dead or stuck: started afresh at the next launch
             raise
