@@ -488,7 +488,21 @@ class ForkServer:
         self._watch()
         if self._loop is None:  # nobody reads replies for us: wait for this one
             self.read_replies(until=child, timeout=self.request_timeout)
+        else:  # a zygote that never answers (stuck, stopped) is replaced
+            limit = self.request_timeout + (0.0 if self._ready else self.ready_timeout)
+            self._loop.call_later(limit, self._expire, child.rid, limit)
         return child
+
+    def _expire(self, rid: int, limit: float) -> None:
+        """Request ``rid`` is still unanswered after ``limit`` seconds: the zygote is stuck.
+        It is stopped (SIGKILL if it lingers), its pending requests fail (their workers
+        count as exited) and the next launch starts a new one."""
+        if rid not in self._pending or self._sock is None:
+            return
+        log.warning("fork server pid %s answered no request for %.0fs: stuck; stopping it",
+                    self.pid, limit)
+        self._deaths.append(time.monotonic())
+        self.close()
 
     def launch(self, fds: Sequence[int], run_as: RunAs | None) -> Child:
         """Fork the worker (see the module docstring); spawn it if the zygote cannot take
