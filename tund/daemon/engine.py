@@ -26,6 +26,7 @@ serialized. The status reply is assembled by :mod:`tund.daemon.status`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tund import config, logs
-from tund.config import Config, InterfaceConfig, TunnelConfig
+from tund.config import Config, DaemonConfig, InterfaceConfig, TunnelConfig
 from tund.daemon import plan, status
 from tund.daemon import reload as reloading
 from tund.daemon.keyfiles import KeyMaterial, read_keys
@@ -48,7 +49,7 @@ from tund.supervise.runner import Limits, TunnelRunner
 from tund.supervise.worker import WorkerProcess, worker_class
 from tund.workerapi import underlay
 from tund.workerapi.messages import Peers, Update
-from tund.workerapi.run_as import WorkerUserError, resolve_worker_user
+from tund.workerapi.run_as import WorkerIds, WorkerUserError, group_ids, resolve_worker_user
 from tund.workerapi.spec import WorkerSpec
 
 log = logging.getLogger("tund.daemon.engine")
@@ -79,6 +80,10 @@ def bind_underlay(t: TunnelConfig) -> socket.socket:
     return underlay.bind_underlay(t.transport, host, port)
 
 
+#: Seconds a status request at start-up waits for the tunnels to be started.
+STARTUP_STATUS_WAIT = 5.0
+
+
 class Engine:
     """Devices, listeners and tunnel runners for one configuration at a time."""
 
@@ -106,8 +111,11 @@ class Engine:
         self.last_reload: dict[str, Any] | None = None
         self.peers = PeerStore(peers_file)
         self._lock = asyncio.Lock()
-        self._worker_user: str | None = None
+        self._worker_user: tuple[object, ...] | None = None
         self._worker_cls: type[WorkerProcess] = WorkerProcess
+        self._ids: WorkerIds | None = None
+        self.started_tunnels = asyncio.Event()  # start() began starting tunnels
+        self._starting = False
         self.fork_server: ForkServer | None = ForkServer() if fork_server else None
         self._launcher: Launcher = SpawnLauncher()
 
@@ -115,19 +123,30 @@ class Engine:
 
     async def start(self, cfg: Config) -> None:
         """Bring up every interface and start every tunnel of ``cfg``."""
-        async with self._lock:
-            self._set_worker_user(cfg.daemon.worker_user)  # ConfigError: nothing started
-            self.config = cfg
-            self.peers.keep_only(set(cfg.tunnels))
-            self._start_fork_server()
-            self._read_all_keys(cfg)
-            self._bind_listeners(cfg)
-            await self._bring_up_all(cfg)
-            # yield to the loop between tunnels: with many, status requests and the
-            # workers already started are served while the rest comes up
-            for name in cfg.tunnels:
-                self.start_tunnel(name)
-                await asyncio.sleep(0)
+        self._starting = True
+        try:
+            async with self._lock:
+                await self._start(cfg)
+        finally:
+            self._starting = False
+            self.started_tunnels.set()
+
+    async def _start(self, cfg: Config) -> None:
+        self._set_worker_user(cfg.daemon)  # ConfigError: nothing started
+        self.config = cfg
+        self.peers.keep_only(set(cfg.tunnels))
+        self._start_fork_server()
+        self._read_all_keys(cfg)
+        self._bind_listeners(cfg)
+        await self._bring_up_all(cfg)
+        if self.fork_server is not None:  # its imports overlapped the devices' set-up
+            await self.fork_server.wait_ready()
+        # yield to the loop between tunnels: with many, status requests and the
+        # workers already started are served while the rest comes up
+        for name in cfg.tunnels:
+            self.start_tunnel(name)
+            self.started_tunnels.set()
+            await asyncio.sleep(0)
 
     def _bind_listeners(self, cfg: Config) -> None:
         """Bind every listening tunnel's socket before starting any worker, so that what
@@ -290,19 +309,37 @@ class Engine:
             timers=dict(self.timers),
             test_malformed=malformed)
 
-    def _set_worker_user(self, user: str) -> None:
-        """Workers started from now on run as ``user`` (see tund.relay.process.privileges).
+    def _set_worker_user(self, d: DaemonConfig) -> None:
+        """Tunnels started from now on get their identities from ``d``: a uid of their own
+        from the worker uid range, else ``worker_user`` (see :class:`WorkerIds`).
 
-        Raises ConfigError (located at ``daemon.worker_user``) when ``user`` does not exist;
-        nothing is changed then."""
-        if user != self._worker_user:
-            try:
-                cls = worker_class(resolve_worker_user(user), self._launcher)
-            except WorkerUserError as e:
-                raise ConfigError([ConfigIssue(str(self.config_path), 0, "daemon.worker_user",
-                                               str(e))]) from None
-            self._worker_user = user
-            self._worker_cls = cls
+        Raises ConfigError (located at ``daemon.worker_user``) when ``worker_user`` does
+        not exist; nothing is changed then."""
+        key = (d.worker_user, d.worker_uid_base, d.worker_uid_count, d.control_group,
+               d.admin_group)
+        if key == self._worker_user:
+            return
+        try:
+            fallback = resolve_worker_user(d.worker_user)
+        except WorkerUserError as e:
+            raise ConfigError([ConfigIssue(str(self.config_path), 0, "daemon.worker_user",
+                                           str(e))]) from None
+        self._worker_user = key
+        avoid = group_ids(d.control_group, d.admin_group)
+        held = self._ids.held if self._ids is not None else {}
+        self._ids = WorkerIds(d.worker_uid_base, d.worker_uid_count, fallback, avoid)
+        self._ids.held.update(held)  # live tunnels keep theirs
+        self._worker_cls = worker_class(fallback, self._launcher)
+
+    def _spawn_class(self, name: str) -> tuple[type[WorkerProcess], str | None]:
+        """The worker class of tunnel ``name`` (its identity), or the error saying why
+        there is none."""
+        if self._ids is None:
+            return self._worker_cls, None
+        try:
+            return worker_class(self._ids.for_tunnel(name), self._launcher), None
+        except OSError as e:
+            return self._worker_cls, str(e)
 
     def runner(self, name: str) -> TunnelRunner:
         try:
@@ -351,13 +388,12 @@ class Engine:
                     self._note_reload(False, f"tunnel {name}: {e}")
                     raise ConfigError([ConfigIssue(
                         str(self.config_path), 0, f"tunnels.{name}", str(e))]) from None
-            if new.daemon.worker_user != self._worker_user:
-                try:
-                    resolve_worker_user(new.daemon.worker_user)
-                except WorkerUserError as e:
-                    self._note_reload(False, str(e))
-                    raise ConfigError([ConfigIssue(str(self.config_path), 0,
-                                                   "daemon.worker_user", str(e))]) from None
+            try:  # a reload whose worker_user does not exist is refused
+                resolve_worker_user(new.daemon.worker_user)
+            except WorkerUserError as e:
+                self._note_reload(False, str(e))
+                raise ConfigError([ConfigIssue(str(self.config_path), 0,
+                                               "daemon.worker_user", str(e))]) from None
             p = plan.diff(self.config, new,
                           {n: k.fingerprint() for n, k in self.keys.items()},
                           {n: k.fingerprint() for n, k in new_keys.items()},
@@ -457,15 +493,23 @@ class Engine:
         runner = self.runners.pop(name, None)
         if runner is not None:
             await runner.stop()
+        if self._ids is not None:
+            self._ids.release(name)
         self.close_listener(name)
 
     def start_tunnel(self, name: str) -> None:
         """A new runner for tunnel ``name`` of the config in force; its worker starts now."""
         assert self.config is not None
         t = self.config.tunnels[name]
-        runner = TunnelRunner(name, lambda: self._make_spec(name),
-                              Limits.from_config(self.config.daemon), self._describe(name, t),
-                              spawn=self._worker_cls,
+        spawn, error = self._spawn_class(name)
+
+        def make_spec() -> WorkerSpec:
+            if error is not None:
+                raise OSError(error)
+            return self._make_spec(name)
+
+        runner = TunnelRunner(name, make_spec, Limits.from_config(self.config.daemon),
+                              self._describe(name, t), spawn=spawn,
                               on_peer=lambda peer: self.peers.remember(name, peer))
         self.runners[name] = runner
         runner.start()
@@ -487,11 +531,15 @@ class Engine:
         self.peers.keep_only(set(cfg.tunnels))
         self.keys = dict(keys)
         self.key_errors = dict(key_errors)
-        self._set_worker_user(cfg.daemon.worker_user)
+        self._set_worker_user(cfg.daemon)
 
     # ------------------------------------------------------------------ status
 
     async def status(self, tunnel: str | None = None) -> dict[str, Any]:
+        if self._starting:  # not before the first tunnel (the fork server's imports come
+            # first); the loop turns meanwhile
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.started_tunnels.wait(), STARTUP_STATUS_WAIT)
         runners = [self.runner(tunnel)] if tunnel else list(self.runners.values())
         await asyncio.gather(*(r.refresh() for r in runners))
         ifaces = ({} if tunnel is not None
