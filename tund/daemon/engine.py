@@ -34,21 +34,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tund import config, logs
-from tund.config import Config, DaemonConfig, InterfaceConfig, TunnelConfig
-from tund.daemon import plan, status
+from tund import config
+from tund.config import Config, DaemonConfig
+from tund.daemon import plan, specs, status
 from tund.daemon import reload as reloading
 from tund.daemon.keyfiles import KeyMaterial, read_keys
 from tund.daemon.peerstore import PeerStore
-from tund.daemon.status import sysfs_mtu
+from tund.daemon.targets import Targets
 from tund.errors import ConfigError, ConfigIssue, ErrorCode, KernelError, ReloadError, TundError
-from tund.netdev import conflicts, reconcile, tuntap
+from tund.netdev import tuntap
 from tund.netdev.ip import Ip, IpRunner
 from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, SpawnLauncher
 from tund.supervise.runner import Limits, TunnelRunner
 from tund.supervise.worker import WorkerProcess, worker_class
-from tund.workerapi import underlay
-from tund.workerapi.messages import Peers, Update
 from tund.workerapi.run_as import WorkerIds, WorkerUserError, group_ids, resolve_worker_user
 from tund.workerapi.spec import WorkerSpec
 
@@ -59,32 +57,11 @@ class NotFound(TundError):
     code = ErrorCode.NOT_FOUND
 
 
-def _vnet_hdr(iface: InterfaceConfig) -> bool:
-    """Tun devices without packet info carry a vnet header (offloads: tund.relay.codec.offload)."""
-    return iface.mode == "tun" and not iface.packet_info
-
-
-def peer_entries(t: TunnelConfig, km: KeyMaterial | None) -> list[dict[str, Any]]:
-    """The enabled peers of ``t`` as the worker takes them (tund.workerapi.spec.check_peer),
-    with each peer's preshared key from ``km``."""
-    psks = km.peer_preshared_keys if km is not None else {}
-    return [{"name": name, "public_key": p.public_key, "preshared_key": psks.get(name),
-             "allowed_ips": [str(r) for r in p.allowed_ips], "endpoint": p.endpoint,
-             "keepalive": p.keepalive}
-            for name, p in sorted((t.peers or {}).items()) if p.enabled]
-
-
-def bind_underlay(t: TunnelConfig) -> socket.socket:
-    """Open the listening (TCP) or bound (UDP) socket of a ``listen`` tunnel."""
-    host, port = t.endpoint
-    return underlay.bind_underlay(t.transport, host, port)
-
-
 #: Seconds a status request at start-up waits for the tunnels to be started.
 STARTUP_STATUS_WAIT = 5.0
 
 
-class Engine:
+class Engine(Targets):
     """Devices, listeners and tunnel runners for one configuration at a time."""
 
     def __init__(self, config_path: Path, ip: Ip | None = None,
@@ -158,7 +135,7 @@ class Engine:
         for name, t in cfg.tunnels.items():
             if t.role == "listen" and name not in self.listeners:
                 try:
-                    self.listeners[name] = bind_underlay(t)
+                    self.listeners[name] = specs.bind_underlay(t)
                 except OSError:
                     continue  # reported by _make_spec when the tunnel starts
 
@@ -192,72 +169,6 @@ class Engine:
             if self.fork_server is not None:
                 self.fork_server.close()
 
-    # ------------------------------------------------------------------ interfaces
-
-    def _fields_of_interface(self, name: str) -> dict[str, str]:
-        """Journal fields of a message about device ``name`` (its tunnel's too, if any)."""
-        found = self.config.tunnel_for(name) if self.config is not None else None
-        return logs.fields(interface=name, tunnel=found[0] if found else None)
-
-    def _open_and_configure(self, name: str, iface: InterfaceConfig) -> None:
-        """Open (create or adopt) device ``name`` and apply its ``ip`` config; raises."""
-        self.open_device(name, iface)
-        reconcile.apply(self.ip, name, iface)
-        self.device_errors.pop(name, None)
-
-    def _bring_up(self, name: str, iface: InterfaceConfig) -> None:
-        """At start: like _open_and_configure, but a failure is recorded, not raised, so
-        the other interfaces and tunnels still come up."""
-        try:
-            assert self.config is not None
-            conflicts.check(self.ip, name, iface.addresses, self.config.interfaces)
-            conflicts.check_routes(self.ip, name, iface.routes, self.config.interfaces)
-            self._open_and_configure(name, iface)
-        except KernelError as e:
-            self.device_errors[name] = str(e)
-            log.error("interface %s: %s", name, e, extra={"TUND_INTERFACE": name})
-
-    async def _bring_up_all(self, cfg: Config) -> None:
-        """At start: open every device, then configure all of them in one go.
-
-        A device that fails is recorded in ``device_errors`` (its own changes undone) and
-        the others still come up. The ``ip`` runs happen in a thread, so the event loop
-        keeps serving status requests meanwhile (the reload lock is held).
-        """
-        for warning in config.skipped_default_routes(cfg):
-            log.warning("%s", warning)
-        opened: list[tuple[str, InterfaceConfig]] = []
-        for name, iface in config.effective_interfaces(cfg).items():
-            try:
-                self.open_device(name, iface)
-                opened.append((name, iface))
-            except KernelError as e:
-                self.device_errors[name] = str(e)
-                log.error("interface %s: %s", name, e, extra={"TUND_INTERFACE": name})
-        if not opened:
-            return
-        try:
-            states = await asyncio.to_thread(reconcile.read_states, self.ip,
-                                             [n for n, _ in opened])
-        except KernelError as e:
-            log.warning("cannot read the links at once (%s); configuring them one by one", e)
-            for name, iface in opened:
-                self._bring_up(name, iface)
-                await asyncio.sleep(0)
-            return
-        opened, clashes = await asyncio.to_thread(conflicts.screen, self.ip, opened, states,
-                                                  set(cfg.interfaces))
-        for name, why in clashes.items():  # nothing of these applied: they fail alone
-            self.device_errors[name] = why
-            log.error("interface %s: %s", name, why, extra={"TUND_INTERFACE": name})
-        results = await asyncio.to_thread(reconcile.apply_many, self.ip, opened, states)
-        for name, res in results.items():
-            if isinstance(res, KernelError):
-                self.device_errors[name] = str(res)
-                log.error("interface %s: %s", name, res, extra={"TUND_INTERFACE": name})
-            else:
-                self.device_errors.pop(name, None)
-
     # ------------------------------------------------------------------ tunnels
 
     def _read_all_keys(self, cfg: Config) -> None:
@@ -269,15 +180,9 @@ class Engine:
             except (OSError, ValueError) as e:
                 self.key_errors[name] = str(e)
 
-    def _describe(self, name: str, t: TunnelConfig) -> dict[str, Any]:
-        return {"interface": t.interface, "transport": t.transport, "role": t.role,
-                "endpoint": t.endpoint_text,
-                "encryption": t.encryption, "keepalive": t.keepalive}
-
     def _make_spec(self, name: str) -> WorkerSpec:
         assert self.config is not None
         t = self.config.tunnels[name]
-        iface = self.config.interfaces[t.interface]
         if t.interface in self.device_errors:
             raise KernelError(f"interface {t.interface}: {self.device_errors[t.interface]}")
         dev = self.devices.get(t.interface)
@@ -289,25 +194,12 @@ class Engine:
         sock_fd = None
         if t.role == "listen":
             if name not in self.listeners:
-                self.listeners[name] = bind_underlay(t)
+                self.listeners[name] = specs.bind_underlay(t)
             sock_fd = self.listeners[name].fileno()
-        host, port = t.endpoint
         malformed, self.test_malformed = self.test_malformed > 0, max(0, self.test_malformed - 1)
-        resumable = t.role == "listen" and t.transport == "udp"
-        return WorkerSpec(
-            tunnel=name, interface=t.interface, mode=iface.mode, transport=t.transport,
-            role=t.role, host=host, port=port, device_fd=dev.fd, socket_fd=sock_fd,
-            mtu=iface.mtu or sysfs_mtu(t.interface) or 1500, packet_info=iface.packet_info,
-            vnet_hdr=_vnet_hdr(iface), offload=t.offload,
-            keepalive=t.keepalive, reconnect_min=t.reconnect_min,
-            reconnect_max=t.reconnect_max, allowed_sources=t.allowed_sources,
-            encryption=t.encryption,
-            private_key=km.private_key, peer_public_key=km.peer_public_key,
-            preshared_key=km.preshared_key,
-            known_peer=self.peers.get(name) if resumable and t.peers is None else None,
-            peers=peer_entries(t, km) if t.peers is not None else None,
-            timers=dict(self.timers),
-            test_malformed=malformed)
+        return specs.worker_spec(name, self.config, dev.fd, sock_fd, km,
+                                 known_peer=self.peers.get(name), timers=self.timers,
+                                 test_malformed=malformed)
 
     def _set_worker_user(self, d: DaemonConfig) -> None:
         """Tunnels started from now on get their identities from ``d``: a uid of their own
@@ -432,61 +324,8 @@ class Engine:
         """Run the steps of ``p`` as a transaction (:func:`tund.daemon.reload.run`)."""
         return await reloading.run(self._steps(p, new, new_keys))
 
-    # reload targets (tund.daemon.reload.Target): what the steps of a reload do and undo
-
-    def open_device(self, name: str, iface: InterfaceConfig) -> None:
-        """Create (or adopt) device ``name`` and hold it; its ``ip`` config is other steps."""
-        if name not in self.devices:
-            self.devices[name] = tuntap.open_device(
-                name, iface.mode, packet_info=iface.packet_info,
-                multi_queue=iface.multi_queue, persist=iface.persist,
-                owner=iface.uid, group=iface.gid, vnet_hdr=_vnet_hdr(iface))
-        self.device_errors.pop(name, None)
-
-    def retry_device(self, name: str, iface: InterfaceConfig) -> None:
-        """Open and configure failed interface ``name`` again; on failure it stays failed
-        (its error replaced by the new one) and KernelError is raised."""
-        try:
-            self._open_and_configure(name, iface)
-        except KernelError as e:
-            self.device_errors[name] = str(e)
-            raise
-        log.info("interface %s: up after retry", name, extra={"TUND_INTERFACE": name})
-
-    def restore_device(self, name: str, iface: InterfaceConfig) -> None:
-        """Open device ``name`` and configure it as ``iface`` (the undo of deleting it)."""
-        self._open_and_configure(name, iface)
-
-    def remove_device(self, name: str) -> None:
-        """Delete device ``name`` (if held) and forget it."""
-        dev = self.devices.pop(name, None)
-        self.device_errors.pop(name, None)
-        if dev is not None:
-            tuntap.delete_device(name, dev.fd)
-
-    def set_persist(self, name: str, on: bool) -> None:
-        tuntap.set_persist(self.devices[name].fd, on)
-
-    def push_mtu(self, iface: str, new: Config) -> None:
-        found = new.tunnel_for(iface)
-        if found and found[0] in self.runners:
-            mtu = new.interfaces[iface].mtu or sysfs_mtu(iface) or 1500
-            self.runners[found[0]].send(Update(mtu=mtu))
-
-    def push_peers(self, tunnel: str, cfg: Config, keys: Mapping[str, KeyMaterial]) -> None:
-        """Tell tunnel's running worker its peers as ``cfg`` and ``keys`` say (a reload
-        step, and its undo; the worker keeps running and the others' sessions)."""
-        runner = self.runners.get(tunnel)
-        if runner is not None:
-            entries = peer_entries(cfg.tunnels[tunnel], keys.get(tunnel))
-            runner.send(Peers(tuple(entries)))
-
-    def push_keepalive(self, tunnel: str, seconds: int) -> None:
-        """Tell tunnel's running worker its new keepalive (a reload step; no restart)."""
-        runner = self.runners.get(tunnel)
-        if runner is not None:
-            runner.describe["keepalive"] = seconds
-            runner.send(Update(keepalive=seconds))
+    # reload targets (tund.daemon.reload.Target): what the steps of a reload do and undo;
+    # the device, listener and "tell worker" ones are tund.daemon.targets.Targets'
 
     async def stop_tunnel(self, name: str) -> None:
         """Stop the tunnel's worker, drop its runner, close its listening socket."""
@@ -509,20 +348,10 @@ class Engine:
             return self._make_spec(name)
 
         runner = TunnelRunner(name, make_spec, Limits.from_config(self.config.daemon),
-                              self._describe(name, t), spawn=spawn,
+                              specs.describe(t), spawn=spawn,
                               on_peer=lambda peer: self.peers.remember(name, peer))
         self.runners[name] = runner
         runner.start()
-
-    def bind_listener(self, name: str, t: TunnelConfig) -> None:
-        """Bind tunnel ``name``'s listening socket now; OSError names the address."""
-        self.close_listener(name)
-        self.listeners[name] = bind_underlay(t)
-
-    def close_listener(self, name: str) -> None:
-        s = self.listeners.pop(name, None)
-        if s is not None:
-            s.close()
 
     def switch(self, cfg: Config, keys: Mapping[str, KeyMaterial],
                key_errors: Mapping[str, str]) -> None:
