@@ -29,6 +29,9 @@ Sending appends frames to one outbound buffer flushed once per loop iteration (o
 and the pump stops reading the device (the kernel's device queue then drops), until the
 buffer falls under ``LOW_WATER``. Memory is bounded: a message that would take the buffer
 past ``HARD_LIMIT`` is dropped as ``"queue_full"``.
+
+Size: one class on purpose: connection, pending connections and framing share its
+buffers on the per-packet path.
 """
 
 from __future__ import annotations

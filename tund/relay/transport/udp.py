@@ -35,6 +35,9 @@ one size in one read, with their size in a control message; they are split again
 
 ICMP errors (ECONNREFUSED, EHOSTUNREACH, ...) on send or receive count as ``errors`` and
 are not fatal; a full socket buffer drops the datagram as ``"queue_full"``.
+
+Size: one class on purpose: receive and send (GRO, GSO trains, sticky source addresses)
+are its per-packet paths.
 """
 
 from __future__ import annotations
