@@ -267,3 +267,39 @@ def test_tund_is_one_of_two_peers_of_a_wireguard_go_server(tmp_path: Path) -> No
         for wg in wgs:
             wg.stop()
         c1.stop()
+
+
+def test_a_thousand_peers_come_up_pass_traffic_and_take_one_more(tmp_path: Path) -> None:
+    """1,000 peers on one tunnel: the worker's stats (every peer's counters) exceed 64 KiB,
+    which the control channel once cut (the daemon then killed the worker as malformed,
+    and the tunnel never came up); a reload adding one keeps the worker."""
+    s_ns, c_ns = _ns("s"), _ns("c")
+    veth(s_ns, "10.96.1.1/24", c_ns, "10.96.1.2/24")
+    disable_ipv6(s_ns, c_ns)
+    server = Site(s_ns, tmp_path / "s", "s")
+    ks, kc = KeyPair.new(), KeyPair.new()
+    idle = [KeyPair.new().pub for _ in range(1000)]
+    peers = _peer("c", kc.pub, "10.97.0.2") + "".join(
+        _peer(f"i{i}", pub, f"10.97.{4 + (i >> 8)}.{i & 255}") for i, pub in enumerate(idle[:999]))
+    server.write(_server_config(unique("tpts"), write_key(server.dir / "s.key", ks.priv),
+                                peers).replace('"10.97.0.1/24"', '"10.97.0.1/16"'))
+    c = Site(c_ns, tmp_path / "c", "c")
+    _tund_client(c, kc, ks.pub, "10.97.0.2", f"10.96.1.1:{PORT}")
+    try:
+        server.start()
+        server.wait_state("vpn", "up", within=30)
+        c.start()
+        c_ns.wait_ping("10.97.0.1", within=20)
+        vpn = server.tunnel("vpn")
+        assert len(vpn["peers"]) == 1000 and vpn["peers"]["c"]["latest_handshake"], vpn["state"]
+        dropins = server.dir / "tunnels.d"
+        dropins.mkdir()
+        (dropins / "60-new.toml").write_text(_peer("new", idle[999], "10.97.9.9"))
+        actions = json.loads(server.reload().stdout)["actions"]
+        assert actions == ["tell worker of tunnel vpn: peers +new"], actions
+        after = server.tunnel("vpn")
+        assert after["pid"] == vpn["pid"] and len(after["peers"]) == 1001
+        assert c_ns.ping("10.97.0.1", count=3, timeout=2)
+    finally:
+        c.stop()
+        server.stop()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from tund import logs
 from tund.supervise.forkserver import Child, Launcher, SpawnLauncher
+from tund.workerapi.channel import recv_message, widen
 from tund.workerapi.messages import FROM_WORKER, Message, MessageError, Pong, Start, State, Stop
 from tund.workerapi.messages import decode as decode_message
 from tund.workerapi.run_as import RunAs
@@ -73,6 +74,8 @@ class WorkerProcess:
     def spawn(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the process and send it its spec. Raises OSError if it cannot start."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for end in (ours, theirs):  # messages grow with the peers (tund.workerapi.channel)
+            widen(end)
         fds = [theirs.fileno(), self.spec.device_fd]
         if self.spec.socket_fd is not None:
             fds.append(self.spec.socket_fd)
@@ -107,7 +110,7 @@ class WorkerProcess:
         assert self._sock is not None
         while True:
             try:
-                data = self._sock.recv(1 << 16)
+                data = recv_message(self._sock)
             except BlockingIOError:
                 return
             except OSError:
