@@ -16,7 +16,9 @@ N = 1 and N = 1,000:
   (``--reps`` runs of ``--seconds`` s, the median);
 * ``--rounds`` times (default 2), alternating N = 1 and N = 1,000 (medians; the largest
   reload time; pings lost summed);
-* ``cpu_s_per_run``: CPU seconds the server's daemon and its worker used per iperf3 run;
+* ``cpu_s_per_run``: CPU seconds the server's daemon and its worker used per iperf3 run,
+  and ``worker_cpu_s_per_gb`` (the worker's CPU per GB carried: what the idle peers cost
+  per byte, steadier than throughput on a shared machine);
 * with N = 1,000 only, ``reload_ms``: a drop-in adding peer 1,001 is written and
   ``reload`` asked over the control socket, wall time until the reply (the worker kept:
   PID unchanged), while the real peer pings the server every 10 ms: ``ping_lost``.
@@ -231,6 +233,8 @@ def run(n: int, a: argparse.Namespace, base: Path, keys: list[tuple[str, str]],
         res["mbps"] = statistics.median(res["mbps_runs"])
         res["cpu_s_per_run"] = {"daemon": round((cpu_s(daemon) - cpu0[0]) / a.reps, 3),
                                 "worker": round((cpu_s(worker) - cpu0[1]) / a.reps, 3)}
+        gb = sum(res["mbps_runs"]) * a.seconds / 8 / 1000
+        res["worker_cpu_s_per_gb"] = round(res["cpu_s_per_run"]["worker"] * a.reps / gb, 3)
         res["worker_pss_kib"] = pss_kib(worker)
         if n > 1:
             res.update(reload_one(server, n, keys, worker))
@@ -273,7 +277,7 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     the largest reload time, the pings lost summed."""
     out = dict(runs[0])
     out["mbps"] = statistics.median(m for r in runs for m in r["mbps_runs"])
-    for key in ("start_s", "worker_pss_kib"):
+    for key in ("start_s", "worker_pss_kib", "worker_cpu_s_per_gb"):
         out[key] = statistics.median(r[key] for r in runs)
     if "reload_ms" in out:
         out["reload_ms"] = max(r["reload_ms"] for r in runs)
@@ -312,6 +316,7 @@ def main() -> int:
     results: dict[str, Any] = {"one": one, "many": many, "rounds": rounds}
     per_peer = (many["worker_pss_kib"] - one["worker_pss_kib"]) / (a.n - 1)
     ratio = many["mbps"] / one["mbps"]
+    cpu_ratio = many["worker_cpu_s_per_gb"] / one["worker_cpu_s_per_gb"]
     rows = [
         (f"start to tunnel up, {a.n} peers (s)", f"{many['start_s']:.2f}", "<= 2",
          many["start_s"] <= 2),
@@ -321,6 +326,9 @@ def main() -> int:
         ("worker memory per peer (KiB)", f"{per_peer:.1f}", "<= 20", per_peer <= 20),
         (f"throughput {a.n - 1} idle + 1 / 1 peer", f"{ratio:.2f} ({many['mbps']:.0f} / "
          f"{one['mbps']:.0f} Mbit/s)", ">= 0.95", ratio >= 0.95),
+        (f"worker CPU per GB through the real peer, {a.n} / 1 peer",
+         f"{cpu_ratio:.2f} ({many['worker_cpu_s_per_gb']:.2f} / "
+         f"{one['worker_cpu_s_per_gb']:.2f} s/GB)", "-", None),
         (f"reload adding 1 peer to {a.n} (ms)", f"{many['reload_ms']:.0f}", "<= 100",
          many["reload_ms"] <= 100 and many["reload_ok"] and many["worker_kept"]),
         ("pings lost during that reload", f"{many['ping_lost']} / {many['pings']}", "0",
@@ -331,6 +339,7 @@ def main() -> int:
         print(f"| {name} | {got} | {goal} | {'-' if met is None else 'yes' if met else 'NO'} |")
     results["per_peer_kib"] = round(per_peer, 1)
     results["throughput_ratio"] = round(ratio, 3)
+    results["worker_cpu_per_gb_ratio"] = round(cpu_ratio, 3)
     print(json.dumps(results), flush=True)
     if a.out:
         Path(a.out).write_text(json.dumps(results) + "\n")
