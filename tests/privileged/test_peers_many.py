@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -302,4 +303,82 @@ def test_a_thousand_peers_come_up_pass_traffic_and_take_one_more(tmp_path: Path)
         assert c_ns.ping("10.97.0.1", count=3, timeout=2)
     finally:
         c.stop()
+        server.stop()
+
+
+def _pinger(ns: Netns, addr: str, count: int, interval: float = 0.02) -> subprocess.Popen[str]:
+    return subprocess.Popen(ns.argv("ping", "-n", "-q", "-i", str(interval), "-W", "1",
+                                    "-c", str(count), addr),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _lost(p: subprocess.Popen[str], within: float) -> tuple[int, str]:
+    """Pings a finished pinger lost, and its summary."""
+    out, _ = p.communicate(timeout=within)
+    line = next((x for x in out.splitlines() if "received" in x), "")
+    if not line:
+        return -1, out
+    sent, got = (int(x.split()[0]) for x in line.split(",")[:2])
+    return sent - got, line
+
+
+def test_reload_adds_removes_and_changes_peers_while_the_others_ping(tmp_path: Path) -> None:
+    """A reload adds d, removes c and gives b a second prefix while a (tund) and b
+    (wireguard-go) ping every 20 ms: neither loses a ping, their sessions stay, the
+    worker stays, c can no longer send, b's new prefix passes."""
+    s_ns = _ns("s")
+    a_ns, b_ns, c_ns = _ns("a"), _ns("b"), _ns("c")
+    for i, ns in enumerate((a_ns, b_ns, c_ns), start=1):
+        veth(s_ns, f"10.96.{i}.1/24", ns, f"10.96.{i}.2/24")
+    disable_ipv6(s_ns, a_ns, b_ns, c_ns)
+    server = Site(s_ns, tmp_path / "s", "s")
+    ks, ka, kb, kc, kd = (KeyPair.new() for _ in range(5))
+    s_key = write_key(server.dir / "s.key", ks.priv)
+    ifname = unique("tpts")
+
+    def config(peers: str) -> str:
+        return _server_config(ifname, s_key, peers).replace('"10.97.0.1/24"', '"10.97.0.1/16"')
+
+    base = _peer("a", ka.pub, "10.97.0.2") + _peer("c", kc.pub, "10.97.0.4")
+    server.write(config(base + _peer("b", kb.pub, "10.97.0.3")))
+    a = Site(a_ns, tmp_path / "a", "a")
+    _tund_client(a, ka, ks.pub, "10.97.0.2", f"10.96.1.1:{PORT}")
+    wgs: list[WireGuardGo] = []
+    try:
+        server.start()
+        a.start()
+        for i, ns, key, ip in ((2, b_ns, kb, "10.97.0.3"), (3, c_ns, kc, "10.97.0.4")):
+            wg = _wggo(ns, tmp_path / f"w{i}", key)
+            wgs.append(wg)
+            wg.set_peer(ks.pub, "10.97.0.0/16", f"10.96.{i}.1:{PORT}", keepalive=5)
+            wg.up(f"{ip}/16")
+        for ns in (a_ns, b_ns, c_ns):
+            ns.wait_ping("10.97.0.1", within=20)
+        before = _peers(server)
+        worker = server.tunnel("vpn")["pid"]
+        pingers = [_pinger(ns, "10.97.0.1", 150) for ns in (a_ns, b_ns)]  # 3 s each
+        time.sleep(1.0)
+        server.write(config(_peer("a", ka.pub, "10.97.0.2")
+                            + '[tunnels.vpn.peers.b]\npublic_key = "' + kb.pub + '"\n'
+                            'allowed_ips = ["10.97.0.3/32", "10.97.1.3/32"]\n\n'
+                            + _peer("d", kd.pub, "10.97.0.5")))
+        actions = json.loads(server.reload().stdout)["actions"]
+        lost = [_lost(p, 30) for p in pingers]
+        assert actions == ["tell worker of tunnel vpn: peers ~b -c +d"], actions
+        assert [n for n, _ in lost] == [0, 0], lost
+        after = _peers(server)
+        assert server.tunnel("vpn")["pid"] == worker, "a peers change must not restart"
+        assert set(after) == {"a", "b", "d"}, after
+        for n in ("a", "b"):
+            assert after[n]["latest_handshake"] == before[n]["latest_handshake"], n
+        assert not c_ns.ping("10.97.0.1", count=2, timeout=1), "removed peer c still passes"
+        b_ns.run("ip", "addr", "add", "10.97.1.3/16", "dev", wgs[0].ifname)
+        assert b_ns.run("ping", "-n", "-q", "-c2", "-W2", "-I", "10.97.1.3", "10.97.0.1",
+                        check=False).returncode == 0, "b's new prefix must pass"
+        assert "not_allowed" not in _peers(server)["b"]["drops"], _peers(server)["b"]
+        print(f"\n[peers-many] reload {actions}: pings a {lost[0][1]}; b {lost[1][1]}")
+    finally:
+        for wg in wgs:
+            wg.stop()
+        a.stop()
         server.stop()
