@@ -164,3 +164,51 @@ def test_qr_decodes_to_exactly_the_config(tmp_path: Path,
                        capture_output=True, timeout=30)
     assert p.returncode == 0, p.stderr
     assert p.stdout.decode().rstrip("\n") == text.rstrip("\n")
+
+
+def test_peer_config_wg_quick_is_the_enrolled_config_without_the_secrets(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main = _setup(tmp_path)
+    assert _add(main, "alice", "--psk") == 0
+    enrolled = capsys.readouterr().out
+    rc = ctl.main(["peer-config", "vpn", "alice", "--config", str(main), "--format", "wg-quick"])
+    got = capsys.readouterr()
+    assert rc == 0, got.err
+    assert "PrivateKey = (the client's own)" in got.out
+    assert "note: PrivateKey is left as (the client's own)" in got.err
+    psk = tmp_path / "tunnels.d" / "vpn-peer-alice.psk"
+    expect = [("PrivateKey = (the client's own)" if ln.startswith("PrivateKey") else
+               f"PresharedKey = (the preshared key in {psk})"
+               if ln.startswith("PresharedKey") else ln) for ln in enrolled.splitlines()]
+    assert got.out.splitlines() == expect
+    # a peer named with a path; the tund format for a peer says to use wg-quick
+    assert ctl.main(["peer-config", "vpn", "alice", str(main)]) == 1
+    assert "add --format wg-quick" in capsys.readouterr().err
+    assert ctl.main(["peer-config", "vpn", "bob", str(main), "--format", "wg-quick"]) == 1
+    assert "has no peer 'bob'" in capsys.readouterr().err
+
+
+def test_peer_config_wg_quick_of_a_single_peer_tunnel(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "a.key"
+    key.write_text(SERVER_KEY + "\n")
+    key.chmod(0o600)
+    other = keys.public_key(keys.generate_private_key())
+    main = tmp_path / "tunnels.toml"
+    main.write_text('[interfaces.ten1]\nmode = "tun"\naddresses = ["10.70.0.1/24"]\n\n'
+                    '[tunnels.t]\ninterface = "ten1"\nlisten = "0.0.0.0:51821"\n'
+                    f'private_key_file = "{key}"\npeer_public_key = "{other}"\nkeepalive = 15\n')
+    assert ctl.main(["peer-config", "t", str(main), "--format", "wg-quick",
+                     "--endpoint", "a.example.org"]) == 0
+    got = capsys.readouterr()
+    assert got.out.splitlines() == [
+        "[Interface]", "PrivateKey = (the client's own)", "Address = 10.70.0.2/24", "",
+        "[Peer]", f"PublicKey = {keys.public_key(SERVER_KEY)}",
+        "Endpoint = a.example.org:51821", "AllowedIPs = 10.70.0.0/24",
+        "PersistentKeepalive = 15"]
+    assert f"its public key must be {other}" in got.err
+    assert ctl.main(["peer-config", "t", str(main), "--format", "wg-quick", "--qr",
+                     "--endpoint", "a.example.org"]) == 0
+    from tund.ctl import qr
+
+    assert capsys.readouterr().out == qr.terminal(got.out)
