@@ -84,6 +84,11 @@ TUNNEL_FIELDS: dict[str, str] = {
     "cookie_replies_sent": "int: cookie replies sent (under load)",
     "wg_drops": "object: cause -> int, the live worker's WireGuard causes only (a view "
                 "of drops for diagnosis: each is also counted there)",
+    # a tunnel with a peers table only (of the live worker)
+    "peers": "object: peer name -> {public_key, endpoint, latest_handshake, rx_bytes, "
+             "tx_bytes, rx_packets, tx_packets, drops: this worker's; lifetime: {rx_bytes, "
+             "tx_bytes, rx_packets, tx_packets} over every worker and daemon run, kept in "
+             "the state directory's counters.json}",
     # tun mode without packet_info only (a vnet-header device); of the live worker
     "offload": 'str: "off" (the peer has not agreed to offloads), "frames" (super-packets '
                'go whole), "chunks" (cut into MTU-sized chunks: over UDP at first and while '
@@ -93,4 +98,6 @@ TUNNEL_FIELDS: dict[str, str] = {
 #: Fields that only some tunnels have (encrypted ones; a live worker).
 WIREGUARD_FIELDS = frozenset({"peer_public_key", "latest_handshake", "session",
                               "handshakes_sent", "cookie_replies_sent", "wg_drops"})
-OPTIONAL_TUNNEL_FIELDS = WIREGUARD_FIELDS | {"offload"}
+#: Fields of a tunnel with a peers table only.
+MULTI_PEER_FIELDS = frozenset({"peers"})
+OPTIONAL_TUNNEL_FIELDS = WIREGUARD_FIELDS | {"offload"} | MULTI_PEER_FIELDS

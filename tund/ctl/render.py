@@ -213,7 +213,27 @@ def _tunnel_block(name: str, t: Mapping[str, Any], p: _Painter, now: float) -> l
         add("last error", p.paint(_RED, str(t["last_error"])))
     for warning in t.get("warnings") or ():
         add("warning", p.paint(_YELLOW, str(warning)))
+    peers = t.get("peers")
+    if isinstance(peers, Mapping):
+        for peer, v in sorted(peers.items()):
+            if isinstance(v, Mapping):
+                add(f"peer {peer}", _peer_text(v, now))
     return lines
+
+
+def _peer_text(v: Mapping[str, Any], now: float) -> str:
+    """One peer of a tunnel with peers: endpoint, handshake, this run's traffic and the
+    lifetime's (over worker and daemon restarts)."""
+    parts = [str(v.get("endpoint") or "(no endpoint)")]
+    hs: Any = v.get("latest_handshake")
+    parts.append(f"handshake {ago(hs, now)}" if _num(hs) and hs > 0 else "no handshake")
+    parts.append(f"{human_bytes(v.get('rx_bytes') or 0)} received, "
+                 f"{human_bytes(v.get('tx_bytes') or 0)} sent")
+    life = v.get("lifetime")
+    if isinstance(life, Mapping):
+        parts.append(f"lifetime {human_bytes(life.get('rx_bytes') or 0)} received, "
+                     f"{human_bytes(life.get('tx_bytes') or 0)} sent")
+    return "; ".join(parts)
 
 
 def _interface_line(name: str, i: Mapping[str, Any], p: _Painter) -> str:

@@ -37,6 +37,7 @@ from tund import config, logs
 from tund.config import Config, InterfaceConfig, TunnelConfig
 from tund.daemon import plan, status
 from tund.daemon import reload as reloading
+from tund.daemon.counterstore import CounterStore
 from tund.daemon.keyfiles import KeyMaterial, read_keys
 from tund.daemon.peerstore import PeerStore
 from tund.daemon.status import sysfs_mtu
@@ -84,12 +85,14 @@ class Engine:
 
     def __init__(self, config_path: Path, ip: Ip | None = None,
                  fork_server: bool = True, timers: Mapping[str, float] | None = None,
-                 test_malformed: int = 0, peers_file: Path | None = None) -> None:
+                 test_malformed: int = 0, peers_file: Path | None = None,
+                 counters_file: Path | None = None) -> None:
         """``fork_server`` False: every worker is spawned as a fresh interpreter.
         ``timers``: test-only timer overrides passed to every worker (see WorkerSpec).
         ``test_malformed``: test-only, the first this many workers send a malformed
         message (``tund --test-malformed-state``).
-        ``peers_file``: where the listeners' last peer endpoints outlive the daemon."""
+        ``peers_file``: where the listeners' last peer endpoints outlive the daemon.
+        ``counters_file``: where per-peer lifetime counters outlive it (issue 18.5)."""
         self.config_path = config_path
         self.ip: Ip = ip or IpRunner()
         self.timers = dict(timers or {})
@@ -105,6 +108,7 @@ class Engine:
         self.reloads = 0
         self.last_reload: dict[str, Any] | None = None
         self.peers = PeerStore(peers_file)
+        self.counters = CounterStore(counters_file)
         self._lock = asyncio.Lock()
         self._worker_user: str | None = None
         self._worker_cls: type[WorkerProcess] = WorkerProcess
@@ -119,6 +123,7 @@ class Engine:
             self._set_worker_user(cfg.daemon.worker_user)  # ConfigError: nothing started
             self.config = cfg
             self.peers.keep_only(set(cfg.tunnels))
+            self.counters.keep_only(set(cfg.tunnels))
             self._start_fork_server()
             self._read_all_keys(cfg)
             self._bind_listeners(cfg)
@@ -158,7 +163,10 @@ class Engine:
     async def shutdown(self) -> None:
         """Stop workers; keep persistent devices (with addresses); drop the rest."""
         async with self._lock:
+            # fresh counters first: what a worker counted since its last pong is kept too
+            await asyncio.gather(*(r.refresh() for r in self.runners.values()))
             await asyncio.gather(*(r.stop() for r in self.runners.values()))
+            self.save_counters(force=True)
             self.runners.clear()
             for s in self.listeners.values():
                 s.close()
@@ -461,9 +469,15 @@ class Engine:
         runner = TunnelRunner(name, lambda: self._make_spec(name),
                               Limits.from_config(self.config.daemon), self._describe(name, t),
                               spawn=self._worker_cls,
-                              on_peer=lambda peer: self.peers.remember(name, peer))
+                              on_peer=lambda peer: self.peers.remember(name, peer),
+                              peer_base=self.counters.base(name),
+                              on_counters=self.save_counters)
         self.runners[name] = runner
         runner.start()
+
+    def save_counters(self, force: bool = False) -> None:
+        """Write every tunnel's per-peer lifetime counters (throttled unless ``force``)."""
+        self.counters.save({n: r.lifetime() for n, r in self.runners.items()}, force)
 
     def bind_listener(self, name: str, t: TunnelConfig) -> None:
         """Bind tunnel ``name``'s listening socket now; OSError names the address."""
@@ -480,6 +494,7 @@ class Engine:
         """Put ``cfg`` and its tunnels' key material in force (workers started later)."""
         self.config = cfg
         self.peers.keep_only(set(cfg.tunnels))
+        self.counters.keep_only(set(cfg.tunnels))
         self.keys = dict(keys)
         self.key_errors = dict(key_errors)
         self._set_worker_user(cfg.daemon.worker_user)

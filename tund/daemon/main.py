@@ -22,9 +22,10 @@ from typing import Any
 
 from tund import __version__, config, proctitle, sdnotify
 from tund.config import Config
+from tund.config.model import DEFAULT_CONTROL_SOCKET
 from tund.control import auth
 from tund.control.server import ControlServer, PeerCred
-from tund.daemon import commands
+from tund.daemon import commands, counterstore
 from tund.daemon.engine import Engine
 from tund.errors import ConfigError, TundError
 
@@ -44,7 +45,9 @@ class Daemon:
         ``test_malformed``: test-only (``--test-malformed-state``, see Engine)."""
         self.cfg = cfg
         self.engine = Engine(config_path, timers=timers, test_malformed=test_malformed,
-                             peers_file=Path(socket_path).with_name("peers.json"))
+                             peers_file=Path(socket_path).with_name("peers.json"),
+                             counters_file=counterstore.state_dir(
+                                 socket_path, DEFAULT_CONTROL_SOCKET) / "counters.json")
         self.socket_path = socket_path
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()

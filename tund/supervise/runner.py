@@ -32,6 +32,7 @@ from tund.workerapi.messages import Message, Ping, Pong, State
 from tund.workerapi.spec import WorkerSpec
 
 _COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "errors")
+PEER_COUNTERS = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")
 STABLE_AFTER = 10.0  # seconds a worker must live for its crash streak to reset
 START_GRACE = 15.0  # seconds a new worker may take to start Python and send its first message
 
@@ -62,8 +63,13 @@ class TunnelRunner:
     def __init__(self, name: str, make_spec: SpecFactory, limits: Limits,
                  describe: dict[str, Any], spawn: type[WorkerProcess] = WorkerProcess,
                  on_change: Callable[[], None] | None = None,
-                 on_peer: Callable[[str | None], None] | None = None) -> None:
-        """``on_peer(endpoint)``: called when the worker reports a new peer endpoint."""
+                 on_peer: Callable[[str | None], None] | None = None,
+                 peer_base: dict[str, dict[str, int]] | None = None,
+                 on_counters: Callable[[bool], None] | None = None) -> None:
+        """``on_peer(endpoint)``: called when the worker reports a new peer endpoint.
+        ``peer_base``: per-peer totals of ended workers (earlier runs included), folded into
+        in place when a worker ends; ``on_counters(force)``: the lifetime counters changed
+        (force: a worker ended; else a status, to save now and then)."""
         self.name = name
         self.make_spec = make_spec
         self.limits = limits
@@ -73,6 +79,8 @@ class TunnelRunner:
         self._spawn_cls = spawn
         self._on_change = on_change or (lambda: None)
         self._on_peer = on_peer or (lambda _peer: None)
+        self._peer_base = peer_base if peer_base is not None else {}
+        self._on_counters = on_counters or (lambda _force: None)
         self._peer: str | None = None  # the latest peer a worker reported
         self.state = TunnelState.STOPPED
         self.worker: WorkerProcess | None = None
@@ -319,7 +327,23 @@ class TunnelRunner:
         for k in ("last_rx", "last_tx", "peer"):
             if self._live.get(k) is not None:
                 self._base[k] = self._live[k]
+        live_peers = self._live.get("peers") or {}
+        for peer, counts in live_peers.items():
+            base = self._peer_base.setdefault(peer, {})
+            for f in PEER_COUNTERS:
+                base[f] = base.get(f, 0) + int(counts.get(f, 0) or 0)
         self._live = {}
+        if live_peers:
+            self._on_counters(True)
+
+    def lifetime(self) -> dict[str, dict[str, int]]:
+        """Peer -> totals over every worker (and earlier daemon runs) plus the live one."""
+        out = {peer: dict(c) for peer, c in self._peer_base.items()}
+        for peer, counts in (self._live.get("peers") or {}).items():
+            mine = out.setdefault(peer, {})
+            for f in PEER_COUNTERS:
+                mine[f] = mine.get(f, 0) + int(counts.get(f, 0) or 0)
+        return out
 
     def status(self) -> dict[str, Any]:
         live = self._live
@@ -338,4 +362,9 @@ class TunnelRunner:
         for k, v in live.items():  # session fields of encrypted tunnels etc.
             if k not in out and k not in ("state",):
                 out[k] = v
+        if isinstance(live.get("peers"), dict):  # this run's counters and the lifetime's
+            lifetime = self.lifetime()
+            out["peers"] = {peer: {**v, "lifetime": lifetime.get(peer, {})}
+                            for peer, v in live["peers"].items()}
+            self._on_counters(False)
         return out
