@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import time
@@ -154,4 +156,59 @@ def test_enroll_three_clients_disable_enable_remove(tmp_path: Path) -> None:
     finally:
         for c in clients:
             c.stop()
+        server.stop()
+
+
+def _lifetime(server: Site, peer: str) -> dict[str, int]:
+    return dict(server.tunnel("vpn")["peers"][peer]["lifetime"])
+
+
+@pytest.mark.skipif(shutil.which("wireguard-go") is None or shutil.which("wg-quick") is None,
+                    reason="needs wireguard-go and wireguard-tools")
+def test_lifetime_counters_survive_worker_kill_and_daemon_restart(tmp_path: Path) -> None:
+    """Per-peer lifetime counters (issue 18.5) after a worker's kill -9 and a daemon
+    restart (SIGTERM, start again): never smaller, and this run's own start from zero."""
+    s_ns, c_ns = _ns("S"), _ns("C")
+    veth(s_ns, "10.76.9.1/24", c_ns, "10.76.9.2/24")
+    server = Site(s_ns, tmp_path / "s", "s")
+    key = write_key(server.dir / "s.key", KeyPair.new().priv)
+    ifname = unique("tens")
+    server.write(f'[interfaces.{ifname}]\nmode = "tun"\naddresses = ["{SERVER_IP}/24"]\n'
+                 f'mtu = 1420\n\n[tunnels.vpn]\ninterface = "{ifname}"\n'
+                 f'listen = "0.0.0.0:{PORT}"\nprivate_key_file = "{key}"\n'
+                 f'public_endpoint = "10.76.9.1:{PORT}"\n\n[tunnels.vpn.peers]\n')
+    client: Client | None = None
+    try:
+        server.start()
+        conf = server.ctl("peer", "add", "vpn", "c", "--keepalive", "2").stdout
+        client = Client(c_ns, tmp_path / "c", conf)
+        c_ns.wait_ping(SERVER_IP, within=20)
+        assert c_ns.ping(SERVER_IP, count=20, timeout=1, interval=0.02)
+        first = _lifetime(server, "c")
+        assert first["rx_packets"] >= 21, first
+
+        worker = server.tunnel("vpn")["pid"]
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: server.tunnel("vpn")["pid"] not in (None, worker), 20, "a new worker")
+        c_ns.wait_ping(SERVER_IP, within=30)
+        after_kill = _lifetime(server, "c")
+        run = server.tunnel("vpn")["peers"]["c"]
+        assert after_kill["rx_packets"] >= first["rx_packets"] + 1, (first, after_kill)
+        assert run["rx_packets"] < after_kill["rx_packets"], run
+
+        server.stop()
+        saved = json.loads((server.dir / "counters.json").read_text())
+        assert saved["tunnels"]["vpn"]["c"]["rx_packets"] >= after_kill["rx_packets"]
+        server.start()
+        c_ns.wait_ping(SERVER_IP, within=30)
+        after_restart = _lifetime(server, "c")
+        assert after_restart["rx_packets"] > after_kill["rx_packets"], (after_kill,
+                                                                         after_restart)
+        print(f"\n[counters] lifetime rx packets of peer c: {first['rx_packets']} -> "
+              f"{after_kill['rx_packets']} after kill -9 -> {after_restart['rx_packets']} "
+              f"after a daemon restart (this run: "
+              f"{server.tunnel('vpn')['peers']['c']['rx_packets']})")
+    finally:
+        if client is not None:
+            client.stop()
         server.stop()
