@@ -40,6 +40,7 @@ from tund.daemon import reload as reloading
 from tund.daemon.counterstore import CounterStore
 from tund.daemon.keyfiles import KeyMaterial, read_keys
 from tund.daemon.peerstore import PeerStore
+from tund.daemon.reresolve import Reresolver, apply_overrides
 from tund.daemon.status import sysfs_mtu
 from tund.errors import ConfigError, ConfigIssue, ErrorCode, KernelError, ReloadError, TundError
 from tund.netdev import conflicts, reconcile, tuntap
@@ -109,6 +110,7 @@ class Engine:
         self.last_reload: dict[str, Any] | None = None
         self.peers = PeerStore(peers_file)
         self.counters = CounterStore(counters_file)
+        self.reresolver = Reresolver()
         self._lock = asyncio.Lock()
         self._worker_user: str | None = None
         self._worker_cls: type[WorkerProcess] = WorkerProcess
@@ -262,6 +264,7 @@ class Engine:
 
     def _make_spec(self, name: str) -> WorkerSpec:
         assert self.config is not None
+        self.reresolver.forget(name)  # a new worker resolves the endpoint names itself
         t = self.config.tunnels[name]
         iface = self.config.interfaces[t.interface]
         if t.interface in self.device_errors:
@@ -446,7 +449,28 @@ class Engine:
         runner = self.runners.get(tunnel)
         if runner is not None:
             entries = peer_entries(cfg.tunnels[tunnel], keys.get(tunnel))
+            self.reresolver.forget(tunnel)  # the worker resolves the names afresh
             runner.send(Peers(tuple(entries)))
+
+    async def reresolve(self) -> None:
+        """Look up again the endpoint names of peers without a handshake for a while
+        (:mod:`tund.daemon.reresolve`); tell a worker whose peer moved."""
+        cfg = self.config
+        if cfg is None:
+            return
+        for name, runner in list(self.runners.items()):
+            t = cfg.tunnels.get(name)
+            if t is None or t.peers is None or runner.worker is None:
+                continue
+            if not await self.reresolver.check(cfg, name, runner.live_peers(),
+                                               runner.worker_since):
+                continue
+            async with self._lock:  # no reload in between: the same config and runner
+                if self.config is not cfg or self.runners.get(name) is not runner:
+                    continue
+                entries = apply_overrides(peer_entries(t, self.keys.get(name)),
+                                          self.reresolver.overrides.get(name, {}))
+                runner.send(Peers(tuple(entries)))
 
     def push_keepalive(self, tunnel: str, seconds: int) -> None:
         """Tell tunnel's running worker its new keepalive (a reload step; no restart)."""

@@ -122,6 +122,17 @@ class Daemon:
                 last = line
             await asyncio.sleep(1.0)
 
+    async def _reresolve(self) -> None:
+        """Every CHECK_EVERY seconds: peers' endpoint names looked up again when due."""
+        from tund.daemon.reresolve import CHECK_EVERY
+
+        while True:
+            await asyncio.sleep(CHECK_EVERY)
+            try:
+                await self.engine.reresolve()
+            except Exception:  # a bug here must not stop the daemon; it is logged
+                log.exception("re-resolving peer endpoints failed")
+
     async def _start_metrics(self) -> None:
         """Serve /metrics if configured; a failure is logged, the tunnels run on regardless."""
         listen = self.cfg.daemon.metrics_listen
@@ -172,6 +183,7 @@ class Daemon:
             if wd:
                 self._spawn(self._watchdog(wd))
             self._spawn(self._status_updates())
+            self._spawn(self._reresolve())
             await self._stop.wait()
             log.info("stopping")
             sdnotify.notify("STOPPING=1", "STATUS=stopping")

@@ -93,6 +93,7 @@ class TunnelRunner:
         self._crashes: collections.deque[float] = collections.deque()
         self._streak = 0
         self._started_at = 0.0
+        self.worker_since = 0.0  # unix time the live worker was spawned
         self._stopping = False
         self._kill_reason: str | None = None
         self._reported_error = False
@@ -150,6 +151,7 @@ class TunnelRunner:
         self.worker = worker
         self._live = {}
         self._started_at = loop.time()
+        self.worker_since = time.time()
         self._outstanding = {}
         self._heard = False
         # a forked worker's pid comes a moment later (tund.supervise.forkserver): it is
@@ -335,6 +337,11 @@ class TunnelRunner:
         self._live = {}
         if live_peers:
             self._on_counters(True)
+
+    def live_peers(self) -> dict[str, Any]:
+        """The live worker's per-peer report (``{}`` without one or without peers)."""
+        peers = self._live.get("peers")
+        return dict(peers) if isinstance(peers, dict) else {}
 
     def lifetime(self) -> dict[str, dict[str, int]]:
         """Peer -> totals over every worker (and earlier daemon runs) plus the live one."""
