@@ -97,6 +97,10 @@ def test_add_refuses_duplicates_full_prefix_and_no_endpoint(
     assert "no free address left in 10.50.0.0/30" in capsys.readouterr().err
     assert _add(main, "c", "--address", "10.50.0.2") == 1
     assert "already the interface's or a peer's" in capsys.readouterr().err
+    assert _add(main, "e", "--address", "10.60.0.9", "--allowed-ips", "10.0.0.0/33") == 1
+    assert "--allowed-ips: '10.0.0.0/33' is not valid here" in capsys.readouterr().err
+    assert _add(main, "e", "--address", "10.60.0.9", "--dns", "dns.example") == 1
+    assert "--dns: 'dns.example' is not valid here" in capsys.readouterr().err
     main.write_text(main.read_text().replace('public_endpoint = "vpn.example.org:51820"\n', ""))
     assert _add(main, "d", "--address", "10.60.0.9") == 1
     assert "pass --endpoint HOST:PORT" in capsys.readouterr().err

@@ -275,9 +275,10 @@ def peer_add(ctx: Context, argv: list[str]) -> int:
         endpoint = _client_endpoint(t, ns.endpoint, ns.tunnel)
         addresses = _allocate(cfg, t, ns.address)
         iface = cfg.interfaces[t.interface]
-        allowed = ([a.strip() for a in ns.allowed_ips.split(",") if a.strip()]
+        allowed = (_checked(_split(ns.allowed_ips), "--allowed-ips", ipaddress.ip_network)
                    if ns.allowed_ips else
                    [str(ipaddress.ip_interface(a).network) for a in iface.addresses])
+        dns = _checked(_split(ns.dns), "--dns", ipaddress.ip_address)
         private = keys.generate_private_key()
         psk = keys.generate_psk() if ns.psk else None
         psk_file = ddir / f"{ns.tunnel}-peer-{ns.name}.psk" if psk else None
@@ -292,12 +293,23 @@ def peer_add(ctx: Context, argv: list[str]) -> int:
             return rc
     text = wg_quick(ClientConfig(private_key=private, addresses=addresses,
                                  server_public_key=server_pub, endpoint=endpoint,
-                                 allowed_ips=allowed, dns=_split(ns.dns),
+                                 allowed_ips=allowed, dns=dns,
                                  keepalive=ns.keepalive, preshared_key=psk, mtu=iface.mtu,
                                  name=ns.name))
     print(f"tundctl: peer {ns.name} of tunnel {ns.tunnel}: {', '.join(addresses)} "
           f"({dropin})", file=sys.stderr)
     return emit(text, ns.output, ns.qr)
+
+
+def _checked(items: list[str], option: str, parse: Callable[[str], object]) -> list[str]:
+    """``items`` normalised by ``parse`` (ip_network, ip_address); Refused naming the bad one."""
+    out = []
+    for item in items:
+        try:
+            out.append(str(parse(item)))
+        except ValueError:
+            raise Refused(f"{option}: {item!r} is not valid here") from None
+    return out
 
 
 def _split(text: str | None) -> list[str]:
