@@ -13,6 +13,8 @@ APT_PACKAGES=(
   # real kernel objects and peers for privileged tests
   iproute2 iputils-ping iperf3 nftables socat procps util-linux ethtool bridge-utils
   wireguard-go wireguard-tools openvpn
+  # decodes the QR codes of tundctl peer add --qr (tests/unit/test_peer_qr.py)
+  zbar-tools
   # real systemd in a container, Debian packaging
   systemd-container debootstrap zstd dpkg-dev debhelper dh-python fakeroot
   pybuild-plugin-pyproject python3-all python3-setuptools

@@ -27,7 +27,7 @@ FORMAT=3   # bump when the steps below change what a rootfs contains
 # tund's runtime Depends (keep in sync with packaging/debian/control) and what tests use.
 RUN_PKGS=systemd,systemd-sysv,dbus,python3,python3-pydantic,python3-tomli-w
 RUN_PKGS+=,python3-cryptography,python3-cffi-backend,python3-systemd,iproute2,iputils-ping
-RUN_PKGS+=,python3-prometheus-client,python3-setproctitle,procps,adduser,passwd,man-db
+RUN_PKGS+=,python3-prometheus-client,python3-setproctitle,python3-segno,procps,adduser,passwd,man-db
 # debootstrap does not resolve virtual packages: python3-cryptography needs the cffi
 # backend named explicitly.
 # The build image needs only the tool chain (the package's tests do not run at build

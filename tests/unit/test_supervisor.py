@@ -261,6 +261,7 @@ def test_peer_counters_survive_a_worker_restart() -> None:
             "alice": _peer(200, 100, None, None, {"not_allowed": 1, "decrypt": 4}),
             "carol": _peer(100, 100, 200.0, "192.0.2.9:2", {})}))
         st = r.status()["peers"]
+        assert st["alice"].pop("lifetime")["rx_bytes"] == 1200  # (no earlier daemon run)
         assert st["alice"] == {"public_key": "K", "endpoint": "192.0.2.5:1",
                                "latest_handshake": 100.0, "rx_bytes": 1200, "tx_bytes": 600,
                                "rx_packets": 12, "tx_packets": 6,

@@ -355,6 +355,9 @@ class TunnelConfig(_Model):
                                AfterValidator(_no_duplicates("network"))] = ()
     # None: the single-peer form; a table (possibly empty): peers by name (issue 17)
     peers: dict[str, PeerConfig] | None = None
+    # "HOST:PORT" clients reach this listener at (behind NAT, a name); the Endpoint that
+    # `tundctl peer add` / `peer-config --format wg-quick` write when --endpoint is not given
+    public_endpoint: str | None = None
 
     @field_validator("listen")
     @classmethod
@@ -363,7 +366,7 @@ class TunnelConfig(_Model):
             parse_endpoint(v, allow_hostname=False)
         return v
 
-    @field_validator("remote")
+    @field_validator("remote", "public_endpoint")
     @classmethod
     def _remote(cls, v: str | None) -> str | None:
         if v is not None:

@@ -111,6 +111,9 @@ PEER_FIELDS: dict[str, str] = {
     "tx_packets": "int: packets read from the device sent to this peer",
     "drops": "object: cause -> int, this peer's drops (not_allowed: its inner source "
              "address is outside its allowed_ips; decrypt, replay, ...)",
+    "lifetime": "object: {rx_bytes, tx_bytes, rx_packets, tx_packets} over every worker "
+                "and daemon run (kept in the state directory's counters.json; {} before "
+                "the peer's first worker)",
 }
 
 #: Fields that only some tunnels have (encrypted ones; a live worker).

@@ -124,19 +124,24 @@ def _own_public_key(private_key_file: str | None) -> tuple[str | None, str]:
 
 
 def cmd_peer_config(ctx: Context, argv: list[str]) -> int:
-    parser = make_parser("peer-config", "Print the TOML the other end of TUNNEL needs: listen "
-                     "and remote swapped, addresses mirrored, this end's public key (from "
-                     "the running daemon's config unless PATH or --config names one).",
-                     json_flag=False)
+    parser = make_parser("peer-config", "Print the config the other end of TUNNEL needs "
+                     "(--format tund: TOML, listen and remote swapped, addresses mirrored, "
+                     "this end's public key), or the client config of its PEER, or with "
+                     "--format wg-quick the same in wg-quick format (for a tunnel with peers "
+                     "and no PEER: this host's own side). From the running daemon's config "
+                     "unless PATH or --config names one.", json_flag=False)
     parser.add_argument("tunnel", help="tunnel name")
-    parser.add_argument("path", nargs="?", help=_DAEMON_PATH_HELP)
+    parser.add_argument("rest", nargs="*", metavar="PEER | PATH",
+                        help="a peer of the tunnel and/or a config file (one with / or .toml)")
     parser.add_argument("--config", metavar="PATH", help="config file (as PATH)")
     parser.add_argument("--endpoint", metavar="HOST",
                         help="this host's address or name as the peer reaches it (for a "
                              "tunnel that listens on 0.0.0.0 or [::])")
+    parser.add_argument("--format", choices=("tund", "wg-quick"), default="tund",
+                        help="tund TOML (default) or wg-quick")
+    parser.add_argument("--qr", action="store_true", help="as a QR code (wg-quick)")
     ns = parser.parse_args(argv)
-    from tund.ctl import confout
-
+    ns.path, ns.peer = _peer_or_path(parser, ns.rest)
     loaded = _load_config("peer-config", config_path_for(ctx, ns))
     if isinstance(loaded, int):
         return loaded
@@ -146,15 +151,62 @@ def cmd_peer_config(ctx: Context, argv: list[str]) -> int:
         err(f"peer-config: no tunnel named {ns.tunnel!r} (configured: {known})")
         return EXIT_REFUSED
     t = cfg.tunnels[ns.tunnel]
+    if ns.peer is not None and ns.peer not in (t.peers or {}):
+        known = ", ".join(sorted(t.peers or {})) or "none"
+        err(f"peer-config: tunnel {ns.tunnel!r} has no peer {ns.peer!r} (peers: {known})")
+        return EXIT_REFUSED
     pub, why = (_own_public_key(t.private_key_file) if t.encryption == "wireguard"
                 else (None, ""))
     if why:
         err(f"peer-config: {why}; the output has a placeholder for this host's public key")
     try:
-        text = confout.peer_toml(cfg, ns.tunnel, endpoint=ns.endpoint, public_key=pub,
-                                 key_hint=why)
+        text = _peer_config_text(cfg, ns, pub, why)
     except ValueError as e:
         err(f"peer-config: {e}")
         return EXIT_REFUSED
-    sys.stdout.write(text)
+    if ns.qr:
+        from tund.ctl.qr import terminal
+
+        sys.stdout.write(terminal(text))
+    else:
+        sys.stdout.write(text)
     return EXIT_OK
+
+
+def _peer_or_path(parser: Any, rest: list[str]) -> tuple[str | None, str | None]:
+    """Split the words after TUNNEL into (PATH, PEER): a word with ``/`` or ending in
+    ``.toml`` is the config file, another the peer."""
+    path = peer = None
+    for word in rest:
+        if "/" in word or word.endswith(".toml"):
+            if path is not None:
+                parser.error(f"two config files given ({path!r}, {word!r})")
+            path = word
+        else:
+            if peer is not None:
+                parser.error(f"two peers given ({peer!r}, {word!r})")
+            peer = word
+    return path, peer
+
+
+def _peer_config_text(cfg: Any, ns: argparse.Namespace, pub: str | None, why: str) -> str:
+    """The text ``peer-config`` prints (notes for stderr printed here)."""
+    from tund.ctl import confout, wgconf
+
+    t = cfg.tunnels[ns.tunnel]
+    if ns.format == "tund":
+        if ns.peer is not None:
+            raise ValueError(f"the config of peer {ns.peer!r} comes in wg-quick format: "
+                             "add --format wg-quick")
+        return confout.peer_toml(cfg, ns.tunnel, endpoint=ns.endpoint, public_key=pub,
+                                 key_hint=why)
+    if ns.peer is not None:
+        res = wgconf.peer_client(cfg, ns.tunnel, ns.peer, endpoint=ns.endpoint,
+                                 server_public_key=pub)
+    elif t.peers is not None:
+        res = wgconf.own(cfg, ns.tunnel)
+    else:
+        res = wgconf.other_end(cfg, ns.tunnel, endpoint=ns.endpoint, public_key=pub)
+    for note in res.notes:
+        err(f"peer-config: note: {note}")
+    return res.text

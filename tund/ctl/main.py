@@ -30,7 +30,9 @@ from tund.ctl.common import (
 )
 from tund.ctl.config_cmds import cmd_check, cmd_config, cmd_peer_config
 from tund.ctl.daemon_cmds import cmd_dump, cmd_reload, cmd_status, tunnel_action
+from tund.ctl.import_cmd import cmd_import
 from tund.ctl.key_cmds import key_command
+from tund.ctl.peer_cmds import cmd_peer
 
 __all__ = ["COMMANDS", "EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "main",
            "usage"]
@@ -58,6 +60,11 @@ COMMANDS: tuple[Command, ...] = (
             "([PATH | --config PATH]; default: the running daemon's)"),
     Command("peer-config", cmd_peer_config, "Print the other end's config of a tunnel "
             "(TUNNEL [PATH | --config PATH] [--endpoint HOST])"),
+    Command("peer", cmd_peer, "Enroll and manage a tunnel's clients: add TUNNEL NAME "
+            "[--address IP] [--allowed-ips CIDR,...] [--endpoint HOST:PORT] [--dns IP,...] "
+            "[--keepalive S] [--psk] [--qr] [--output FILE]; remove|enable|disable TUNNEL NAME"),
+    Command("import", cmd_import, "Print a wg-quick file as tund TOML "
+            "(FILE.conf [--tunnel NAME] [--interface NAME] [--key-dir DIR])"),
     Command("genkey", key_command("genkey", "generate_private_key",
                                    "Print a new private key (base64)."),
             "Print a new private key"),

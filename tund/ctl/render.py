@@ -238,6 +238,10 @@ def _peer_block(name: str, peer: Mapping[str, Any], p: _Painter, now: float) -> 
                     f"{human_bytes(_count(peer.get('tx_bytes')))} sent")
     add("packets", f"{_count(peer.get('rx_packets'))} received, "
                    f"{_count(peer.get('tx_packets'))} sent")
+    life = peer.get("lifetime")
+    if isinstance(life, Mapping) and life:  # over worker and daemon restarts
+        add("lifetime", f"{human_bytes(_count(life.get('rx_bytes')))} received, "
+                        f"{human_bytes(_count(life.get('tx_bytes')))} sent")
     if _num(peer.get("keepalive")) and peer["keepalive"] > 0:
         add("persistent keepalive", f"every {human_duration(peer['keepalive'])}")
     state = str(peer.get("state") or "unknown")

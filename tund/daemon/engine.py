@@ -38,8 +38,10 @@ from tund import config
 from tund.config import Config, DaemonConfig
 from tund.daemon import plan, specs, status
 from tund.daemon import reload as reloading
+from tund.daemon.counterstore import CounterStore
 from tund.daemon.keyfiles import KeyMaterial, read_keys
 from tund.daemon.peerstore import PeerStore
+from tund.daemon.reresolve import Reresolver, apply_overrides
 from tund.daemon.targets import Targets
 from tund.errors import ConfigError, ConfigIssue, ErrorCode, KernelError, ReloadError, TundError
 from tund.netdev import tuntap
@@ -47,6 +49,7 @@ from tund.netdev.ip import Ip, IpRunner
 from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, SpawnLauncher
 from tund.supervise.runner import Limits, TunnelRunner
 from tund.supervise.worker import WorkerProcess, worker_class
+from tund.workerapi.messages import Peers
 from tund.workerapi.run_as import WorkerIds, WorkerUserError, group_ids, resolve_worker_user
 from tund.workerapi.spec import WorkerSpec
 
@@ -66,12 +69,14 @@ class Engine(Targets):
 
     def __init__(self, config_path: Path, ip: Ip | None = None,
                  fork_server: bool = True, timers: Mapping[str, float] | None = None,
-                 test_malformed: int = 0, peers_file: Path | None = None) -> None:
+                 test_malformed: int = 0, peers_file: Path | None = None,
+                 counters_file: Path | None = None) -> None:
         """``fork_server`` False: every worker is spawned as a fresh interpreter.
         ``timers``: test-only timer overrides passed to every worker (see WorkerSpec).
         ``test_malformed``: test-only, the first this many workers send a malformed
         message (``tund --test-malformed-state``).
-        ``peers_file``: where the listeners' last peer endpoints outlive the daemon."""
+        ``peers_file``: where the listeners' last peer endpoints outlive the daemon.
+        ``counters_file``: where per-peer lifetime counters outlive it (issue 18.5)."""
         self.config_path = config_path
         self.ip: Ip = ip or IpRunner()
         self.timers = dict(timers or {})
@@ -87,6 +92,8 @@ class Engine(Targets):
         self.reloads = 0
         self.last_reload: dict[str, Any] | None = None
         self.peers = PeerStore(peers_file)
+        self.counters = CounterStore(counters_file)
+        self.reresolver = Reresolver()
         self._lock = asyncio.Lock()
         self._worker_user: tuple[object, ...] | None = None
         self._worker_cls: type[WorkerProcess] = WorkerProcess
@@ -112,6 +119,7 @@ class Engine(Targets):
         self._set_worker_user(cfg.daemon)  # ConfigError: nothing started
         self.config = cfg
         self.peers.keep_only(set(cfg.tunnels))
+        self.counters.keep_only(set(cfg.tunnels))
         self._start_fork_server()
         self._read_all_keys(cfg)
         self._bind_listeners(cfg)
@@ -154,7 +162,10 @@ class Engine(Targets):
     async def shutdown(self) -> None:
         """Stop workers; keep persistent devices (with addresses); drop the rest."""
         async with self._lock:
+            # fresh counters first: what a worker counted since its last pong is kept too
+            await asyncio.gather(*(r.refresh() for r in self.runners.values()))
             await asyncio.gather(*(r.stop() for r in self.runners.values()))
+            self.save_counters(force=True)
             self.runners.clear()
             for s in self.listeners.values():
                 s.close()
@@ -182,6 +193,7 @@ class Engine(Targets):
 
     def _make_spec(self, name: str) -> WorkerSpec:
         assert self.config is not None
+        self.reresolver.forget(name)  # a new worker resolves the endpoint names itself
         t = self.config.tunnels[name]
         if t.interface in self.device_errors:
             raise KernelError(f"interface {t.interface}: {self.device_errors[t.interface]}")
@@ -349,15 +361,42 @@ class Engine(Targets):
 
         runner = TunnelRunner(name, make_spec, Limits.from_config(self.config.daemon),
                               specs.describe(t), spawn=spawn,
-                              on_peer=lambda peer: self.peers.remember(name, peer))
+                              on_peer=lambda peer: self.peers.remember(name, peer),
+                              peer_base=self.counters.base(name),
+                              on_counters=self.save_counters)
         self.runners[name] = runner
         runner.start()
+
+    def save_counters(self, force: bool = False) -> None:
+        """Write every tunnel's per-peer lifetime counters (throttled unless ``force``)."""
+        self.counters.save({n: r.lifetime() for n, r in self.runners.items()}, force)
+
+    async def reresolve(self) -> None:
+        """Look up again the endpoint names of peers without a handshake for a while
+        (:mod:`tund.daemon.reresolve`); tell a worker whose peer moved."""
+        cfg = self.config
+        if cfg is None:
+            return
+        for name, runner in list(self.runners.items()):
+            t = cfg.tunnels.get(name)
+            if t is None or t.peers is None or runner.worker is None:
+                continue
+            if not await self.reresolver.check(cfg, name, runner.live_peers(),
+                                               runner.worker_since):
+                continue
+            async with self._lock:  # no reload in between: the same config and runner
+                if self.config is not cfg or self.runners.get(name) is not runner:
+                    continue
+                entries = apply_overrides(specs.peer_entries(t, self.keys.get(name)),
+                                          self.reresolver.overrides.get(name, {}))
+                runner.send(Peers(tuple(entries)))
 
     def switch(self, cfg: Config, keys: Mapping[str, KeyMaterial],
                key_errors: Mapping[str, str]) -> None:
         """Put ``cfg`` and its tunnels' key material in force (workers started later)."""
         self.config = cfg
         self.peers.keep_only(set(cfg.tunnels))
+        self.counters.keep_only(set(cfg.tunnels))
         self.keys = dict(keys)
         self.key_errors = dict(key_errors)
         self._set_worker_user(cfg.daemon)

@@ -22,9 +22,10 @@ from typing import Any
 
 from tund import __version__, config, proctitle, sdnotify
 from tund.config import Config
+from tund.config.model import DEFAULT_CONTROL_SOCKET
 from tund.control import auth
 from tund.control.server import ControlServer, PeerCred
-from tund.daemon import commands
+from tund.daemon import commands, counterstore
 from tund.daemon.engine import Engine
 from tund.errors import ConfigError, TundError
 
@@ -47,7 +48,9 @@ class Daemon:
         ``test_malformed``: test-only (``--test-malformed-state``, see Engine)."""
         self.cfg = cfg
         self.engine = Engine(config_path, timers=timers, test_malformed=test_malformed,
-                             peers_file=Path(socket_path).with_name("peers.json"))
+                             peers_file=Path(socket_path).with_name("peers.json"),
+                             counters_file=counterstore.state_dir(
+                                 socket_path, DEFAULT_CONTROL_SOCKET) / "counters.json")
         self.socket_path = socket_path
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -126,6 +129,17 @@ class Daemon:
                 last = line
             await asyncio.sleep(1.0)
 
+    async def _reresolve(self) -> None:
+        """Every CHECK_EVERY seconds: peers' endpoint names looked up again when due."""
+        from tund.daemon.reresolve import CHECK_EVERY
+
+        while True:
+            await asyncio.sleep(CHECK_EVERY)
+            try:
+                await self.engine.reresolve()
+            except Exception:  # a bug here must not stop the daemon; it is logged
+                log.exception("re-resolving peer endpoints failed")
+
     async def _start_metrics(self) -> None:
         """Serve /metrics if configured; a failure is logged, the tunnels run on regardless."""
         listen = self.cfg.daemon.metrics_listen
@@ -176,6 +190,7 @@ class Daemon:
             if wd:
                 self._spawn(self._watchdog(wd))
             self._spawn(self._status_updates())
+            self._spawn(self._reresolve())
             await self._stop.wait()
             log.info("stopping")
             sdnotify.notify("STOPPING=1", "STATUS=stopping")

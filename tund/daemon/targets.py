@@ -15,6 +15,7 @@ from tund import config, logs
 from tund.config import Config, InterfaceConfig, TunnelConfig
 from tund.daemon import specs
 from tund.daemon.keyfiles import KeyMaterial
+from tund.daemon.reresolve import Reresolver
 from tund.daemon.status import sysfs_mtu
 from tund.errors import KernelError
 from tund.netdev import conflicts, reconcile, tuntap
@@ -34,6 +35,7 @@ class Targets:
     device_errors: dict[str, str]
     listeners: dict[str, socket.socket]
     runners: dict[str, TunnelRunner]
+    reresolver: Reresolver
 
     def _fields_of_interface(self, name: str) -> dict[str, str]:
         """Journal fields of a message about device ``name`` (its tunnel's too, if any)."""
@@ -146,6 +148,7 @@ class Targets:
         runner = self.runners.get(tunnel)
         if runner is not None:
             entries = specs.peer_entries(cfg.tunnels[tunnel], keys.get(tunnel))
+            self.reresolver.forget(tunnel)  # the worker resolves the names afresh
             runner.send(Peers(tuple(entries)))
 
     def push_keepalive(self, tunnel: str, seconds: int) -> None:

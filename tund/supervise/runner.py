@@ -83,8 +83,13 @@ class TunnelRunner:
     def __init__(self, name: str, make_spec: SpecFactory, limits: Limits,
                  describe: dict[str, Any], spawn: type[WorkerProcess] = WorkerProcess,
                  on_change: Callable[[], None] | None = None,
-                 on_peer: Callable[[str | None], None] | None = None) -> None:
-        """``on_peer(endpoint)``: called when the worker reports a new peer endpoint."""
+                 on_peer: Callable[[str | None], None] | None = None,
+                 peer_base: dict[str, dict[str, int]] | None = None,
+                 on_counters: Callable[[bool], None] | None = None) -> None:
+        """``on_peer(endpoint)``: called when the worker reports a new peer endpoint.
+        ``peer_base``: per-peer totals of ended workers (earlier runs included), folded into
+        in place when a worker ends; ``on_counters(force)``: the lifetime counters changed
+        (force: a worker ended; else a status, to save now and then)."""
         self.name = name
         self.make_spec = make_spec
         self.limits = limits
@@ -94,6 +99,8 @@ class TunnelRunner:
         self._spawn_cls = spawn
         self._on_change = on_change or (lambda: None)
         self._on_peer = on_peer or (lambda _peer: None)
+        self._peer_base = peer_base if peer_base is not None else {}
+        self._on_counters = on_counters or (lambda _force: None)
         self._peer: str | None = None  # the latest peer a worker reported
         self.state = TunnelState.STOPPED
         self.worker: WorkerProcess | None = None
@@ -109,6 +116,7 @@ class TunnelRunner:
         self._crashes: collections.deque[float] = collections.deque()
         self._streak = 0
         self._started_at = 0.0
+        self.worker_since = 0.0  # unix time the live worker was spawned
         self._stopping = False
         self._kill_reason: str | None = None
         self._reported_error = False
@@ -166,6 +174,7 @@ class TunnelRunner:
         self.worker = worker
         self._live = {}
         self._started_at = loop.time()
+        self.worker_since = time.time()
         self._outstanding = {}
         self._heard = False
         # a forked worker's pid comes a moment later (tund.supervise.forkserver): it is
@@ -354,7 +363,28 @@ class TunnelRunner:
             if self._live.get(k) is not None:
                 self._base[k] = self._live[k]
         self._base["peers"] = merge_peers(self._base["peers"], self._live.get("peers") or {})
+        live_peers = self._live.get("peers") or {}
+        for peer, counts in live_peers.items():
+            base = self._peer_base.setdefault(peer, {})
+            for f in PEER_COUNTERS:
+                base[f] = base.get(f, 0) + int(counts.get(f, 0) or 0)
         self._live = {}
+        if live_peers:
+            self._on_counters(True)
+
+    def live_peers(self) -> dict[str, Any]:
+        """The live worker's per-peer report (``{}`` without one or without peers)."""
+        peers = self._live.get("peers")
+        return dict(peers) if isinstance(peers, dict) else {}
+
+    def lifetime(self) -> dict[str, dict[str, int]]:
+        """Peer -> totals over every worker (and earlier daemon runs) plus the live one."""
+        out = {peer: dict(c) for peer, c in self._peer_base.items()}
+        for peer, counts in (self._live.get("peers") or {}).items():
+            mine = out.setdefault(peer, {})
+            for f in PEER_COUNTERS:
+                mine[f] = mine.get(f, 0) + int(counts.get(f, 0) or 0)
+        return out
 
     def status(self) -> dict[str, Any]:
         """The tunnel's status fields; ``peers``: peer name -> the worker-side fields of
@@ -377,4 +407,9 @@ class TunnelRunner:
         for k, v in live.items():  # session fields of encrypted tunnels etc.
             if k not in out and k not in ("state",):
                 out[k] = v
+        if out["peers"]:  # this daemon run's counters and the lifetime's (tund.daemon.counterstore)
+            lifetime = self.lifetime()
+            out["peers"] = {peer: {**v, "lifetime": lifetime.get(peer, {})}
+                            for peer, v in out["peers"].items()}
+            self._on_counters(False)
         return out
