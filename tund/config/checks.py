@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tund import dnsbackend
 from tund.config.conflicts import address_issues, listener_issues
 from tund.config.locate import Locator
 from tund.config.model import TUNNEL_NAME_RE, KeyPath, check_ifname
@@ -62,6 +63,7 @@ def cross_issues(raw: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
         issues.extend(_tunnel_issues(name, body, ifaces, used, loc))
     issues.extend(listener_issues(daemon, tunnels, loc))
     issues.extend(address_issues(ifaces, loc))
+    issues.extend(_dns_issues(ifaces, loc))
     _register_builtin_checks()
     for hook in _EXTRA_CHECKS:
         try:
@@ -86,12 +88,26 @@ def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any]
     if body.get("peers") is not None:
         issues.extend(_peers_issues(name, body, loc))
     issues += _endpoint_issues(name, body, loc) + _key_issues(name, body, loc)
+    mark = body.get("fwmark", 0)
+    if _number(mark) and mark and "listen" not in body and body.get("peers") is None:
+        issues.append(loc.issue(("tunnels", name, "fwmark"),
+                                "needs a socket the daemon binds (a tunnel with listen or "
+                                "peers): the worker of a remote tunnel makes its own sockets "
+                                f"and may not mark them (got {got(mark)})"))
     rmin, rmax = body.get("reconnect_min", 0.2), body.get("reconnect_max", 10.0)
     if _number(rmin) and _number(rmax) and rmin > rmax:
         issues.append(loc.issue(("tunnels", name, "reconnect_min"),
                                 f"must not exceed reconnect_max = {got(rmax)} "
                                 f"(got {got(rmin)})"))
     return issues
+
+
+def _dns_issues(ifaces: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
+    """An interface with ``dns`` on a host with neither resolvectl (resolved) nor resolvconf."""
+    wanting = [n for n, b in ifaces.items() if isinstance(b, Mapping) and b.get("dns")]
+    if not wanting or dnsbackend.backend() is not None:
+        return []
+    return [loc.issue(("interfaces", n, "dns"), dnsbackend.missing()) for n in wanting]
 
 
 def _interface_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any],

@@ -41,7 +41,7 @@ from tund.daemon.keyfiles import KeyMaterial, read_keys
 from tund.daemon.peerstore import PeerStore
 from tund.daemon.status import sysfs_mtu
 from tund.errors import ConfigError, ConfigIssue, ErrorCode, KernelError, ReloadError, TundError
-from tund.netdev import conflicts, reconcile, tuntap
+from tund.netdev import conflicts, dns, hooks, reconcile, tuntap
 from tund.netdev.ip import Ip, IpRunner
 from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, SpawnLauncher
 from tund.supervise.runner import Limits, TunnelRunner
@@ -74,9 +74,10 @@ def peer_entries(t: TunnelConfig, km: KeyMaterial | None) -> list[dict[str, Any]
 
 
 def bind_underlay(t: TunnelConfig) -> socket.socket:
-    """Open the listening (TCP) or bound (UDP) socket of a ``listen`` tunnel."""
+    """Open the listening (TCP) or bound (UDP) socket of a ``listen`` tunnel, with the
+    tunnel's ``fwmark`` (SO_MARK needs CAP_NET_ADMIN: the worker could not set it)."""
     host, port = t.endpoint
-    return underlay.bind_underlay(t.transport, host, port)
+    return underlay.bind_underlay(t.transport, host, port, mark=t.fwmark)
 
 
 class Engine:
@@ -98,6 +99,7 @@ class Engine:
         self.devices: dict[str, tuntap.OpenedDevice] = {}
         self.device_errors: dict[str, str] = {}
         self.listeners: dict[str, socket.socket] = {}
+        self.dns_set: set[str] = set()  # interfaces whose dns tund set (reverted at stop)
         self.runners: dict[str, TunnelRunner] = {}
         self.keys: dict[str, KeyMaterial] = {}
         self.key_errors: dict[str, str] = {}
@@ -158,11 +160,21 @@ class Engine:
     async def shutdown(self) -> None:
         """Stop workers; keep persistent devices (with addresses); drop the rest."""
         async with self._lock:
+            up = [(n, self.config.interfaces[n]) for n in self.devices
+                  if self.config is not None and n in self.config.interfaces
+                  and n not in self.device_errors]
+            for name, iface in up:
+                await self._hooks(name, iface, "pre_down")
             await asyncio.gather(*(r.stop() for r in self.runners.values()))
             self.runners.clear()
             for s in self.listeners.values():
                 s.close()
             self.listeners.clear()
+            for name in sorted(self.dns_set):
+                try:
+                    await asyncio.to_thread(self.revert_dns, name)
+                except KernelError as e:
+                    log.error("interface %s: %s", name, e, extra={"TUND_INTERFACE": name})
             for name, dev in list(self.devices.items()):
                 persistent = self.config is not None and self.config.interfaces[name].persist
                 log.info("[#] close %s (%s)", name,
@@ -170,6 +182,8 @@ class Engine:
                          extra=self._fields_of_interface(name))
                 tuntap.close(dev.fd)
             self.devices.clear()
+            for name, iface in up:
+                await self._hooks(name, iface, "post_down")
             if self.fork_server is not None:
                 self.fork_server.close()
 
@@ -206,6 +220,8 @@ class Engine:
         """
         opened: list[tuple[str, InterfaceConfig]] = []
         for name, iface in cfg.interfaces.items():
+            if not await self._hooks(name, iface, "pre_up", fail=True):
+                continue  # its error is recorded; the others come up
             try:
                 self.open_device(name, iface)
                 opened.append((name, iface))
@@ -235,6 +251,30 @@ class Engine:
                 log.error("interface %s: %s", name, res, extra={"TUND_INTERFACE": name})
             else:
                 self.device_errors.pop(name, None)
+                await self._after_up(name, cfg.interfaces[name])
+
+    async def _hooks(self, name: str, iface: InterfaceConfig, phase: str,
+                     fail: bool = False) -> bool:
+        """Run one hook phase of ``name``; False if it failed (logged by tund.netdev.hooks).
+        ``fail``: a failure also fails the interface (pre_up: it does not come up)."""
+        try:
+            await hooks.run_phase(name, phase, getattr(iface, phase), iface.hook_timeout)
+        except hooks.HookError as e:
+            if fail:
+                self.device_errors[name] = str(e)
+            return False
+        return True
+
+    async def _after_up(self, name: str, iface: InterfaceConfig) -> None:
+        """A configured interface: its dns, then its post_up hooks (failures are logged,
+        a dns failure recorded as the interface's error)."""
+        if iface.dns:
+            try:
+                await asyncio.to_thread(self.set_dns, name, iface.dns)
+            except KernelError as e:
+                self.device_errors[name] = str(e)
+                log.error("interface %s: %s", name, e, extra={"TUND_INTERFACE": name})
+        await self._hooks(name, iface, "post_up")
 
     # ------------------------------------------------------------------ tunnels
 
@@ -402,15 +442,34 @@ class Engine:
                 owner=iface.uid, group=iface.gid, vnet_hdr=_vnet_hdr(iface))
         self.device_errors.pop(name, None)
 
-    def retry_device(self, name: str, iface: InterfaceConfig) -> None:
-        """Open and configure failed interface ``name`` again; on failure it stays failed
-        (its error replaced by the new one) and KernelError is raised."""
+    async def retry_device(self, name: str, iface: InterfaceConfig) -> None:
+        """Run pre_up, open and configure failed interface ``name`` again, then its dns and
+        post_up; on failure it stays failed (its error replaced by the new one) and
+        KernelError is raised."""
         try:
+            await hooks.run_phase(name, "pre_up", iface.pre_up, iface.hook_timeout)
             self._open_and_configure(name, iface)
         except KernelError as e:
             self.device_errors[name] = str(e)
             raise
         log.info("interface %s: up after retry", name, extra={"TUND_INTERFACE": name})
+        await self._after_up(name, iface)
+        if name in self.device_errors:
+            raise KernelError(self.device_errors[name])
+
+    def set_dns(self, name: str, entries: tuple[str, ...]) -> None:
+        """Give interface ``name`` these dns entries (none: revert what tund set)."""
+        if not entries:
+            self.revert_dns(name)
+            return
+        dns.set_dns(name, entries)
+        self.dns_set.add(name)
+
+    def revert_dns(self, name: str) -> None:
+        """Revert the dns tund set on ``name`` (nothing if it set none)."""
+        if name in self.dns_set:
+            dns.revert(name)
+            self.dns_set.discard(name)
 
     def restore_device(self, name: str, iface: InterfaceConfig) -> None:
         """Open device ``name`` and configure it as ``iface`` (the undo of deleting it)."""

@@ -8,8 +8,10 @@ Contract:
   possible and leaves the irreversible part for last:
 
   1. in place, while every worker runs, interface by interface: reconfigure (``[#] ip ...``,
-     then the new MTU told to its tunnel's worker), retag (the persist flag), add (create
-     the device, then its ``[#] ip ...``), retry (a failed interface: open and configure it
+     then the new MTU told to its tunnel's worker, then a changed ``dns``), retag (the
+     persist flag), add (its ``pre_up`` hooks, one step per command: a failing one fails
+     the reload; create the device, then its ``[#] ip ...``, its ``dns``, its ``post_up``
+     hooks, best effort), retry (a failed interface: pre_up, open, configure, dns, post_up
      in one step, best effort: if it fails again it stays failed, the reload goes on).
      Before an interface's addresses are added, an unlisted step fails the reload if
      another interface of the host, one tund does not manage, has one of them
@@ -20,7 +22,9 @@ Contract:
   5. commit (switch to the new config and keys; bookkeeping, not listed), tell the
      workers of updated tunnels their new settings (``keepalive``), start the workers of
      added and restarted tunnels;
-  6. delete the devices no longer configured (best effort: a failure is reported, not undone).
+  6. per interface no longer configured, all best effort (a failure is reported, not
+     undone): its ``pre_down`` hooks, revert its ``dns``, delete the device, its
+     ``post_down`` hooks. A recreated interface runs no hooks (its dns is set again).
 
 * :func:`lines` is what ``tundctl reload --dry-run`` shows: the description of each step.
 * :func:`run` runs the steps in order and logs each description just before its step (an
@@ -32,6 +36,7 @@ Contract:
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
@@ -45,7 +50,7 @@ from tund import logs
 from tund.config import Config, InterfaceConfig, TunnelConfig
 from tund.daemon.plan import InterfaceChange, Plan
 from tund.errors import KernelError, ReloadError
-from tund.netdev import conflicts, reconcile
+from tund.netdev import conflicts, hooks, reconcile
 from tund.netdev.ip import Ip, IpRunner
 
 log = logging.getLogger("tund.daemon.reload")
@@ -88,7 +93,11 @@ class Target(Protocol):
 
     def restore_device(self, name: str, iface: InterfaceConfig) -> None: ...
 
-    def retry_device(self, name: str, iface: InterfaceConfig) -> None: ...
+    def retry_device(self, name: str, iface: InterfaceConfig) -> object: ...
+
+    def set_dns(self, name: str, entries: tuple[str, ...]) -> None: ...
+
+    def revert_dns(self, name: str) -> None: ...
 
     def remove_device(self, name: str) -> None: ...
 
@@ -146,13 +155,51 @@ def _address_check(t: Target, name: str, ip_steps: Sequence[reconcile.Step], new
                  fields=logs.fields(interface=name))]
 
 
+def _hook_steps(name: str, iface: InterfaceConfig, phase: str, part: str,
+                best_effort: bool) -> list[Step]:
+    """One step per command of a hook phase (it logs its own line: tund.netdev.hooks)."""
+    return [Step(hooks.describe(name, phase, argv),
+                 partial(hooks.run_one, name, phase, i, argv, iface.hook_timeout), None, part,
+                 self_logged=True, best_effort=best_effort, fields=logs.fields(interface=name))
+            for i, argv in enumerate(getattr(iface, phase))]
+
+
+def _dns_step(t: Target, name: str, new: tuple[str, ...], old: tuple[str, ...],
+              part: str) -> list[Step]:
+    """Set (or, with none, revert) an interface's dns, off the event loop; undone by the
+    old entries."""
+    if new == old:
+        return []
+    what = f"set dns of {name}: {' '.join(new)}" if new else f"revert dns of {name}"
+    return [Step(what, partial(asyncio.to_thread, t.set_dns, name, new),
+                 partial(asyncio.to_thread, t.set_dns, name, old), part,
+                 fields=logs.fields(interface=name))]
+
+
 def _create(t: Target, name: str, iface: InterfaceConfig, part: str,
-            state: reconcile.LinkState, new: Config) -> list[Step]:
+            state: reconcile.LinkState, new: Config, hooked: bool = True) -> list[Step]:
+    """pre_up hooks (a failure fails the reload), create, ``ip``, dns, post_up hooks (best
+    effort). ``hooked`` False (a recreate): no hooks."""
     create = Step(f"create device {name} (mode {iface.mode})", partial(t.open_device, name, iface),
                   partial(t.remove_device, name), part, fields=logs.fields(interface=name))
     ip_steps = reconcile.plan_steps(name, iface, state)
-    return [create, *_address_check(t, name, ip_steps, new, part),
-            *(_ip_step(t.ip, s, part, name) for s in ip_steps)]
+    return [*(_hook_steps(name, iface, "pre_up", part, False) if hooked else []),
+            create, *_address_check(t, name, ip_steps, new, part),
+            *(_ip_step(t.ip, s, part, name) for s in ip_steps),
+            *_dns_step(t, name, iface.dns, (), part),
+            *(_hook_steps(name, iface, "post_up", part, True) if hooked else [])]
+
+
+def _remove(t: Target, name: str, iface: InterfaceConfig) -> list[Step]:
+    """Phase 6 for one interface, all best effort: pre_down, revert dns, delete, post_down."""
+    part = f"remove {name}"
+    revert = ([Step(f"revert dns of {name}", partial(asyncio.to_thread, t.revert_dns, name),
+                    None, part, best_effort=True, fields=logs.fields(interface=name))]
+              if iface.dns else [])
+    return [*_hook_steps(name, iface, "pre_down", part, True), *revert,
+            Step(f"delete device {name}", partial(t.remove_device, name), best_effort=True,
+                 fields=logs.fields(interface=name)),
+            *_hook_steps(name, iface, "post_down", part, True)]
 
 
 def _in_place(t: Target, c: InterfaceChange, p: Plan, new: Config) -> list[Step]:
@@ -179,6 +226,8 @@ def _in_place(t: Target, c: InterfaceChange, p: Plan, new: Config) -> list[Step]
     ip_steps = reconcile.plan_steps(c.name, c.new, reconcile.read_state(t.ip, c.name))
     out = [*_address_check(t, c.name, ip_steps, new, part),
            *(_ip_step(t.ip, s, part, c.name) for s in ip_steps)]
+    assert c.old is not None
+    out += _dns_step(t, c.name, c.new.dns, c.old.dns, part)
     found = new.tunnel_for(c.name)
     kept = found is not None and found[0] in p.of("tunnels", "unchanged")
     if kept and c.new.mtu is not None and any(s.argv[3:4] == ("mtu",) for s in ip_steps):
@@ -195,7 +244,8 @@ def _recreate(t: Target, c: InterfaceChange, new: Config) -> list[Step]:
     delete = Step(f"delete device {c.name} to recreate it ({c.reason})",
                   partial(t.remove_device, c.name), partial(t.restore_device, c.name, c.old), part,
                   fields=logs.fields(interface=c.name))
-    return [delete, *_create(t, c.name, c.new, part, reconcile.LinkState(name=c.name), new)]
+    return [delete, *_create(t, c.name, c.new, part, reconcile.LinkState(name=c.name), new,
+                             hooked=False)]
 
 
 def _bind(t: Target, name: str, tc: TunnelConfig) -> Step:
@@ -252,9 +302,8 @@ def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[
                               f"update {tc.name}"))
     steps += [Step(f"start worker of tunnel {n}", partial(t.start_tunnel, n),
                    partial(t.stop_tunnel, n), fields=of_tunnel(n)) for n in starting]
-    steps += [Step(f"delete device {c.name}", partial(t.remove_device, c.name),  # 6
-                   best_effort=True, fields=logs.fields(interface=c.name))
-              for c in p.interfaces if c.action == "remove"]
+    steps += [s for c in p.interfaces if c.action == "remove" and c.old is not None  # 6
+              for s in _remove(t, c.name, c.old)]
     return steps
 
 
