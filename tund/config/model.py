@@ -274,6 +274,10 @@ class InterfaceConfig(_Model):
     pre_down: Commands = ()
     post_down: Commands = ()
     hook_timeout: Seconds = 30.0  # a hook still running after this long is killed
+    # where the routes of `routes` and of the peers' allowed_ips go: "auto" the main table,
+    # but a default route (0.0.0.0/0, ::/0) the wg-quick way (tund.netdev.policy); "off"
+    # no routes at all; N that table (1 to 4294967295)
+    table: Literal["auto", "off"] | Annotated[int, Field(ge=1, le=2**32 - 1)] = "auto"
     # name servers and search domains for this link (tund.netdev.dns: resolvectl/resolvconf)
     dns: Annotated[tuple[DnsEntry, ...], AfterValidator(_no_duplicates("entry"))] = ()
 

@@ -29,7 +29,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from tund.daemon.keyfiles import KeyMaterial, read_keys
 from tund.daemon.peerstore import PeerStore
 from tund.daemon.status import sysfs_mtu
 from tund.errors import ConfigError, ConfigIssue, ErrorCode, KernelError, ReloadError, TundError
-from tund.netdev import conflicts, dns, hooks, reconcile, tuntap
+from tund.netdev import conflicts, dns, hooks, policy, reconcile, tuntap
 from tund.netdev.ip import Ip, IpRunner
 from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, SpawnLauncher
 from tund.supervise.runner import Limits, TunnelRunner
@@ -73,11 +73,26 @@ def peer_entries(t: TunnelConfig, km: KeyMaterial | None) -> list[dict[str, Any]
             for name, p in sorted((t.peers or {}).items()) if p.enabled]
 
 
-def bind_underlay(t: TunnelConfig) -> socket.socket:
-    """Open the listening (TCP) or bound (UDP) socket of a ``listen`` tunnel, with the
-    tunnel's ``fwmark`` (SO_MARK needs CAP_NET_ADMIN: the worker could not set it)."""
+def bind_underlay(t: TunnelConfig, mark: int = 0) -> socket.socket:
+    """Open the listening (TCP) or bound (UDP) socket of a ``listen`` tunnel, with its
+    mark (:func:`tund.netdev.policy.mark`: SO_MARK needs CAP_NET_ADMIN, which the worker
+    has not)."""
     host, port = t.endpoint
-    return underlay.bind_underlay(t.transport, host, port, mark=t.fwmark)
+    return underlay.bind_underlay(t.transport, host, port, mark=mark)
+
+
+def _run_steps(ip: Ip, name: str, steps: Sequence[reconcile.Step]) -> None:
+    """Run ``steps`` (each logged by ``ip``); on a failure undo those run, re-raise."""
+    done: list[reconcile.Step] = []
+    for step in steps:
+        try:
+            ip.run(step.argv)
+        except KernelError:
+            log.warning("%s: %r failed; undoing %d step(s)", name, step.describe, len(done),
+                        extra={"TUND_INTERFACE": name})
+            reconcile.rollback(ip, done)
+            raise
+        done.append(step)
 
 
 class Engine:
@@ -141,7 +156,7 @@ class Engine:
         for name, t in cfg.tunnels.items():
             if t.role == "listen" and name not in self.listeners:
                 try:
-                    self.listeners[name] = bind_underlay(t)
+                    self.listeners[name] = bind_underlay(t, policy.mark(cfg, name))
                 except OSError:
                     continue  # reported by _make_spec when the tunnel starts
 
@@ -167,6 +182,14 @@ class Engine:
                 await self._hooks(name, iface, "pre_down")
             await asyncio.gather(*(r.stop() for r in self.runners.values()))
             self.runners.clear()
+            if self.config is not None:
+                names = list(self.config.interfaces)
+                for i, name in enumerate(names):
+                    try:
+                        await asyncio.to_thread(self.remove_policy, name, self.config,
+                                                names[i + 1:])
+                    except KernelError as e:
+                        log.error("interface %s: %s", name, e, extra={"TUND_INTERFACE": name})
             for s in self.listeners.values():
                 s.close()
             self.listeners.clear()
@@ -197,7 +220,9 @@ class Engine:
     def _open_and_configure(self, name: str, iface: InterfaceConfig) -> None:
         """Open (create or adopt) device ``name`` and apply its ``ip`` config; raises."""
         self.open_device(name, iface)
-        reconcile.apply(self.ip, name, iface)
+        reconcile.apply(self.ip, name, policy.main_routes(iface))
+        if self.config is not None:
+            self.apply_policy(name, self.config)
         self.device_errors.pop(name, None)
 
     def _bring_up(self, name: str, iface: InterfaceConfig) -> None:
@@ -244,8 +269,16 @@ class Engine:
         for name, why in clashes.items():  # nothing of these applied: they fail alone
             self.device_errors[name] = why
             log.error("interface %s: %s", name, why, extra={"TUND_INTERFACE": name})
-        results = await asyncio.to_thread(reconcile.apply_many, self.ip, opened, states)
-        for name, res in results.items():
+        results = await asyncio.to_thread(reconcile.apply_many, self.ip,
+                                          [(n, policy.main_routes(i)) for n, i in opened],
+                                          states)
+        for name, applied in results.items():
+            res: object = applied
+            if not isinstance(res, KernelError):
+                try:
+                    await asyncio.to_thread(self.apply_policy, name, cfg)
+                except KernelError as e:
+                    res = e
             if isinstance(res, KernelError):
                 self.device_errors[name] = str(res)
                 log.error("interface %s: %s", name, res, extra={"TUND_INTERFACE": name})
@@ -307,7 +340,7 @@ class Engine:
         sock_fd = None
         if t.role == "listen":
             if name not in self.listeners:
-                self.listeners[name] = bind_underlay(t)
+                self.listeners[name] = bind_underlay(t, policy.mark(self.config, name))
             sock_fd = self.listeners[name].fileno()
         host, port = t.endpoint
         malformed, self.test_malformed = self.test_malformed > 0, max(0, self.test_malformed - 1)
@@ -354,6 +387,7 @@ class Engine:
         async with self._lock:
             r = self.runner(name)
             if r.worker is None:
+                await self._tunnel_policy(name, up=True)
                 r.start()
             return {"tunnel": name, "state": str(r.state)}
 
@@ -361,7 +395,25 @@ class Engine:
         async with self._lock:
             r = self.runner(name)
             await r.stop()
+            await self._tunnel_policy(name, up=False)
             return {"tunnel": name, "state": str(r.state)}
+
+    async def _tunnel_policy(self, name: str, up: bool) -> None:
+        """A tunnel taken down takes its interface's policy routing (a full tunnel's rules)
+        with it, so the host's traffic is not sent into a tunnel nobody serves; up puts it
+        back. A failure is logged (the tunnel's state says the rest)."""
+        assert self.config is not None
+        iface = self.config.tunnels[name].interface
+        if iface in self.device_errors or iface not in self.devices:
+            return
+        try:
+            if up:
+                await asyncio.to_thread(self.apply_policy, iface, self.config)
+            else:
+                others = [n for n in self.config.interfaces if n != iface]
+                await asyncio.to_thread(self.remove_policy, iface, self.config, others)
+        except KernelError as e:
+            log.error("interface %s: %s", iface, e, extra={"TUND_INTERFACE": iface})
 
     async def tunnel_restart(self, name: str) -> dict[str, Any]:
         async with self._lock:
@@ -524,10 +576,38 @@ class Engine:
         self.runners[name] = runner
         runner.start()
 
-    def bind_listener(self, name: str, t: TunnelConfig) -> None:
-        """Bind tunnel ``name``'s listening socket now; OSError names the address."""
+    def bind_listener(self, name: str, t: TunnelConfig, mark: int = 0) -> None:
+        """Bind tunnel ``name``'s listening socket now (with SO_MARK ``mark``); OSError
+        names the address."""
         self.close_listener(name)
-        self.listeners[name] = bind_underlay(t)
+        self.listeners[name] = bind_underlay(t, mark)
+
+    def set_mark(self, name: str, mark: int) -> None:
+        """Set SO_MARK on tunnel ``name``'s bound socket (its worker shares it: no restart)."""
+        s = self.listeners.get(name)
+        if s is not None:
+            log.info("[#] set fwmark %d on the socket of tunnel %s", mark, name,
+                     extra=logs.fields(tunnel=name))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+
+    def apply_policy(self, name: str, cfg: Config) -> None:
+        """Add what is missing of interface ``name``'s policy routing in ``cfg``
+        (:mod:`tund.netdev.policy`: adopts what exists); on a failure undo the steps run
+        and raise IpCommandError."""
+        p = policy.of(cfg, name)
+        if p is not None:
+            _run_steps(self.ip, name, policy.add_steps(p, policy.read(self.ip, p)))
+
+    def remove_policy(self, name: str, cfg: Config, keep: Sequence[str] = ()) -> None:
+        """Delete interface ``name``'s policy routing of ``cfg`` (rules, table routes); the
+        suppress rule stays for a family that the policy of an interface in ``keep`` has."""
+        p = policy.of(cfg, name)
+        if p is None:
+            return
+        fams = {f for k in keep if (q := policy.of(cfg, k)) is not None and q.rules
+                for f in q.families}
+        _run_steps(self.ip, name, policy.remove_steps(p, policy.read(self.ip, p),
+                                                      tuple(fams)))
 
     def close_listener(self, name: str) -> None:
         s = self.listeners.pop(name, None)

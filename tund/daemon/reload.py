@@ -50,7 +50,7 @@ from tund import logs
 from tund.config import Config, InterfaceConfig, TunnelConfig
 from tund.daemon.plan import InterfaceChange, Plan
 from tund.errors import KernelError, ReloadError
-from tund.netdev import conflicts, hooks, reconcile
+from tund.netdev import conflicts, hooks, policy, reconcile
 from tund.netdev.ip import Ip, IpRunner
 
 log = logging.getLogger("tund.daemon.reload")
@@ -113,7 +113,9 @@ class Target(Protocol):
 
     def start_tunnel(self, name: str) -> None: ...
 
-    def bind_listener(self, name: str, t: TunnelConfig) -> None: ...
+    def bind_listener(self, name: str, t: TunnelConfig, mark: int = 0) -> None: ...
+
+    def set_mark(self, name: str, mark: int) -> None: ...
 
     def close_listener(self, name: str) -> None: ...
 
@@ -182,7 +184,7 @@ def _create(t: Target, name: str, iface: InterfaceConfig, part: str,
     effort). ``hooked`` False (a recreate): no hooks."""
     create = Step(f"create device {name} (mode {iface.mode})", partial(t.open_device, name, iface),
                   partial(t.remove_device, name), part, fields=logs.fields(interface=name))
-    ip_steps = reconcile.plan_steps(name, iface, state)
+    ip_steps = reconcile.plan_steps(name, policy.main_routes(iface), state)
     return [*(_hook_steps(name, iface, "pre_up", part, False) if hooked else []),
             create, *_address_check(t, name, ip_steps, new, part),
             *(_ip_step(t.ip, s, part, name) for s in ip_steps),
@@ -223,7 +225,8 @@ def _in_place(t: Target, c: InterfaceChange, p: Plan, new: Config) -> list[Step]
         return []
     assert c.new is not None and t.config is not None
     part = f"configure {c.name}"
-    ip_steps = reconcile.plan_steps(c.name, c.new, reconcile.read_state(t.ip, c.name))
+    ip_steps = reconcile.plan_steps(c.name, policy.main_routes(c.new),
+                                    reconcile.read_state(t.ip, c.name))
     out = [*_address_check(t, c.name, ip_steps, new, part),
            *(_ip_step(t.ip, s, part, c.name) for s in ip_steps)]
     assert c.old is not None
@@ -248,12 +251,52 @@ def _recreate(t: Target, c: InterfaceChange, new: Config) -> list[Step]:
                              hooked=False)]
 
 
-def _bind(t: Target, name: str, tc: TunnelConfig) -> Step:
+def _bind(t: Target, name: str, tc: TunnelConfig, new: Config) -> Step:
     host, port = tc.endpoint
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return Step(f"bind {tc.transport} {where} for tunnel {name}",
-                partial(t.bind_listener, name, tc), partial(t.close_listener, name),
+    mark = policy.mark(new, name)
+    return Step(f"bind {tc.transport} {where} for tunnel {name}"
+                + (f" (fwmark {mark})" if mark else ""),
+                partial(t.bind_listener, name, tc, mark), partial(t.close_listener, name),
                 f"bind tunnel {name}", fields=logs.fields(interface=tc.interface, tunnel=name))
+
+
+def _policy_steps(t: Target, p: Plan, old: Config, new: Config) -> list[Step]:
+    """Policy routing (:mod:`tund.netdev.policy`) as ``old`` -> ``new`` changes it: first
+    the marks of running tunnels' sockets (so their traffic skips the new table before
+    any rule sends traffic there), then per interface the old policy's rules and table
+    routes deleted and the new one's added (what exists already is adopted)."""
+    steps: list[Step] = []
+    restarted = set(p.of("tunnels", "add", "restart", "remove"))
+    for name in sorted(old.tunnels.keys() & new.tunnels.keys() - restarted):
+        m_old, m_new = policy.mark(old, name), policy.mark(new, name)
+        if m_old != m_new:
+            steps.append(Step(f"set fwmark {m_new} on the socket of tunnel {name}",
+                              partial(t.set_mark, name, m_new), partial(t.set_mark, name, m_old),
+                              f"update {name}", fields=logs.fields(tunnel=name)))
+    gone = set(p.of("interfaces", "remove"))
+    for name in sorted(old.interfaces.keys() | new.interfaces.keys()):
+        p_old, p_new = policy.of(old, name), policy.of(new, name)
+        part = f"route {name}"
+        if p_old is not None and p_old != p_new:
+            others = [n for n in new.interfaces if n != name]
+            fams = {f for k in others if (q := policy.of(new, k)) is not None and q.rules
+                    for f in q.families}
+            st = policy.read(t.ip, p_old)
+            steps += [_ip_step(t.ip, s, part, name)
+                      for s in policy.remove_steps(p_old, st, tuple(fams))]
+            if p_new is not None:  # what exists of it once the removal ran
+                now = policy.read(t.ip, p_new)
+                same = p_new.table == p_old.table
+                left = policy.State(
+                    now.routes - st.routes if same else now.routes,
+                    now.rule - st.rule if same else now.rule,
+                    now.suppress - (st.suppress - fams))
+                steps += [_ip_step(t.ip, s, part, name) for s in policy.add_steps(p_new, left)]
+        elif p_new is not None and name not in gone:
+            steps += [_ip_step(t.ip, s, part, name)
+                      for s in policy.add_steps(p_new, policy.read(t.ip, p_new))]
+    return steps
 
 
 def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[Step]:
@@ -277,7 +320,8 @@ def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[
                               f"stop tunnel {tc.name}", fields=of_tunnel(tc.name)))
     steps += [s for c in p.interfaces if c.action == "recreate" for s in _recreate(t, c, new)]  # 3
     starting = [tc.name for tc in p.tunnels if tc.action in ("add", "restart")]
-    steps += [_bind(t, n, new.tunnels[n]) for n in starting  # 4
+    steps += _policy_steps(t, p, old, new)  # 3b
+    steps += [_bind(t, n, new.tunnels[n], new) for n in starting  # 4
               if new.tunnels[n].role == "listen"]
     steps.append(Step("switch to the new configuration",  # 5
                       partial(t.switch, new, new_keys, {}),
