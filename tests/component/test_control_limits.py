@@ -273,8 +273,8 @@ def test_a_peer_the_daemon_calls_reserved_is_served_when_the_shared_pool_is_busy
     with server, many(sock, 2) as conns:
         for i, c in enumerate(conns):
             c.sendall(json.dumps({"v": 1, "id": i + 1, "cmd": "sleep",
-                                  "args": {"seconds": 1.5}}).encode() + b"\n")
-        time.sleep(0.3)
+                                  "args": {"seconds": 4.0}}).encode() + b"\n")
+        time.sleep(1.0)  # both requests in progress, also on a loaded machine
         with pytest.raises(ControlError, match="limit 2"):
             client.call(str(sock), "status", timeout=5)
         admins["now"] = True

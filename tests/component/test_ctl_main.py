@@ -28,7 +28,10 @@ STATUS: dict[str, Any] = {
                             "addresses": ["10.0.0.1/24"]}},
     "tunnels": {"wan0": {"interface": "tun0", "transport": "udp", "role": "listen",
                          "endpoint": "127.0.0.1:55555", "state": "up", "pid": 1234,
-                         "rx_bytes": 2048, "tx_bytes": 10, "drops": {}},
+                         "rx_bytes": 2048, "tx_bytes": 10, "drops": {},
+                         "peers": {"alice": {"public_key": "AAAA", "state": "idle",
+                                             "allowed_ips": ["10.0.0.2/32"]},
+                                   "bob": {"public_key": "BBBB", "state": "never"}}},
                 "wan1": {"interface": "tun1", "state": "failed", "last_error": "boom"}},
 }
 
@@ -113,6 +116,25 @@ def test_status_one_tunnel(daemon: tuple[FakeDaemon, Path],
     assert rc == 1 and "no tunnel named 'nope'" in err
 
 
+def test_status_one_peer(daemon: tuple[FakeDaemon, Path],
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    """(issue 17.5) ``tundctl status TUNNEL PEER``: that peer only; --json keeps only it."""
+    rc, out, _ = run(["status", "wan0", "alice"], capsys)
+    assert rc == 0
+    assert out.startswith("peer: alice\n    tunnel: wan0\n    public key: AAAA\n")
+    assert "allowed ips: 10.0.0.2/32" in out and "bob" not in out
+    assert daemon[0].requests == [("status", {"tunnel": "wan0"})]
+    rc, out, _ = run(["status", "wan0", "bob", "--json"], capsys)
+    assert rc == 0 and json.loads(out)["tunnels"] == {
+        "wan0": {**STATUS["tunnels"]["wan0"], "peers": {"bob": {"public_key": "BBBB",
+                                                               "state": "never"}}}}
+    rc, out, err = run(["status", "wan0", "carol"], capsys)
+    assert (rc, out) == (1, "")
+    assert "tunnel wan0 has no peer named 'carol' (peers: alice, bob)" in err
+    rc, out, err = run(["status", "wan1", "alice", "--json"], capsys)
+    assert rc == 1 and "tunnel wan1 has no peer named 'alice' (peers: none)" in err
+
+
 def test_socket_option_beats_environment(daemon: tuple[FakeDaemon, Path], tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture[str]) -> None:
@@ -185,7 +207,7 @@ def test_tunnel_actions(daemon: tuple[FakeDaemon, Path], capsys: pytest.CaptureF
 
 
 @pytest.mark.parametrize("argv", [["frobnicate"], ["--bogus"], ["status", "--bogus"],
-                                  ["up"], ["--socket"], ["status", "a", "b"]])
+                                  ["up"], ["--socket"], ["status", "a", "b", "c"]])
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, err = run(argv, capsys)
     assert rc == 2 and out == ""

@@ -130,7 +130,8 @@ def test_readme_documents_every_status_field() -> None:
     assert len(section) == 2, "README.md has no '### Status as JSON' section"
     body = section[1].split("\n## ", 1)[0]
     for table in (status_schema.TOP_FIELDS, status_schema.DAEMON_FIELDS,
-                  status_schema.INTERFACE_FIELDS, status_schema.TUNNEL_FIELDS):
+                  status_schema.INTERFACE_FIELDS, status_schema.TUNNEL_FIELDS,
+                  status_schema.PEER_FIELDS):
         for key in table:
             assert f"`{key}`" in body, f"README status schema does not document {key!r}"
     for column in render.DUMP_COLUMNS:

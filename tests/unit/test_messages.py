@@ -144,6 +144,44 @@ def test_messages_are_frozen() -> None:
         m.Ping(1).seq = 2  # type: ignore[misc]
 
 
+# --------------------------------------------------------------------------- peers (issue 17.5)
+
+PEER = {"public_key": "k" * 44, "endpoint": "192.0.2.7:51820", "latest_handshake": 1.7e9,
+        "rx_bytes": 100, "tx_bytes": 200, "rx_packets": 1, "tx_packets": 2,
+        "drops": {"not_allowed": 3}}
+
+
+def test_stats_peers_round_trip() -> None:
+    data = _state(peers={"alice": PEER, "bob": {**PEER, "endpoint": None,
+                                                  "latest_handshake": None}})
+    msg = m.decode(data, m.FROM_WORKER)
+    assert isinstance(msg, m.State)
+    assert msg.stats.extra["peers"]["alice"] == PEER
+    assert msg.stats.extra["peers"]["bob"]["endpoint"] is None
+    assert m.decode(msg.encode(), m.FROM_WORKER) == msg
+
+
+@pytest.mark.parametrize(("peers", "error"), [
+    ([], "field stats.peers must be an object of peer name -> counters (got [])"),
+    ({"a": 1}, "field stats.peers.a must be an object (got 1)"),
+    ({"": PEER}, "must be named by 1..64 characters"),
+    ({"a" * 65: PEER}, "must be named by 1..64 characters"),
+    ({"a": {**PEER, "rx_bytes": -1}}, "field stats.peers.a.rx_bytes must be an integer >= 0"),
+    ({"a": {**PEER, "tx_packets": True}}, "field stats.peers.a.tx_packets must be an integer"),
+    ({"a": {**PEER, "public_key": None}}, "field stats.peers.a.public_key must be a string"),
+    ({"a": {**PEER, "endpoint": 5}}, "field stats.peers.a.endpoint must be a string or null"),
+    ({"a": {**PEER, "latest_handshake": "x"}}, "stats.peers.a.latest_handshake must be a time"),
+    ({"a": {**PEER, "drops": {"x": -2}}}, "field stats.peers.a.drops.x must be an integer"),
+    ({"a": {k: v for k, v in PEER.items() if k != "drops"}},
+     "field stats.peers.a.drops is missing"),
+    ({"a": {**PEER, "extra": 1}}, "unknown field stats.peers.a.extra (= 1)"),
+])
+def test_stats_peers_decoder_is_strict(peers: Any, error: str) -> None:
+    with pytest.raises(m.MessageError) as e:
+        m.decode(_state(peers=peers), m.FROM_WORKER)
+    assert error in str(e.value)
+
+
 def test_worker_states_are_the_live_states_and_why_round_trips() -> None:
     """issue 15.1: every state tund.states.link_state gives passes the decoder, and a
     State message carries why the state is short of up (left out when None)."""

@@ -10,6 +10,7 @@ import asyncio
 import copy
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,3 +110,118 @@ def test_a_reload_that_would_take_a_host_address_fails_and_is_undone(
             await eng.shutdown()
 
     asyncio.run(go())
+
+
+# --------------------------------------------------------------------------- routes (17.3)
+
+LAN_ROUTES = {4: [{"dst": "192.0.2.0/24", "dev": "eth0", "protocol": "kernel"},
+                  {"dst": "default", "dev": "eth0", "gateway": "192.0.2.1"},
+                  {"dst": "198.51.100.0/24", "dev": "tcfa", "protocol": "static"}],
+              6: [{"dst": "fe80::/64", "dev": "eth0"}]}
+
+
+class RoutedHost(BatchFakeIp):
+    """BatchFakeIp whose main table has eth0's connected route and default route."""
+
+    def json(self, argv: Any) -> Any:
+        args = list(argv)
+        if args[1:] == ["route", "show", "table", "main"]:
+            self.reads.append(args)
+            return LAN_ROUTES[int(args[0][1])]
+        return super().json(argv)
+
+
+@pytest.mark.parametrize(("want", "found"), [
+    (["10.50.0.0/16", "192.0.2.0/24"], ("192.0.2.0/24", "eth0")),  # the LAN: refused
+    (["0.0.0.0/0"], ("0.0.0.0/0", "eth0")),                         # the default too
+    (["192.0.2.0/25"], None),                   # a more specific prefix: a route of its own
+    (["198.51.100.0/24"], None),                # on a link tund manages
+    (["fe80::/64"], ("fe80::/64", "eth0")),
+])
+def test_foreign_route(want: list[str], found: tuple[str, str] | None) -> None:
+    routes = conflicts.host_routes(RoutedHost())
+    assert conflicts.foreign_route(want, routes, {"tcfz", "tcfa"}) == found
+
+
+def test_a_reload_whose_peer_would_take_over_a_host_route_fails_and_is_undone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 17.3: a peer's allowed_ips equal to the LAN's prefix on eth0: ``ip route
+    replace`` would move the LAN to the tunnel; the reload refuses it, nothing changed."""
+    from tund import keys
+
+    ip = RoutedHost(copy.deepcopy(ETH))
+    dev = FakeDevices(ip)
+    monkeypatch.setattr(tuntap, "open_device", dev.open_device)
+    monkeypatch.setattr(tuntap, "delete_device", dev.delete_device)
+    monkeypatch.setattr(tuntap, "set_persist", dev.set_persist)
+    monkeypatch.setattr(tuntap, "close", lambda fd: None)
+    monkeypatch.setattr(engine_mod, "worker_class", lambda run_as, launcher: FakeWorker)
+    FakeWorker.all = []
+    key = tmp_path / "vpn.key"
+    key.write_text(keys.generate_private_key())
+    key.chmod(0o600)
+    path = tmp_path / "tunnels.toml"
+    base = (_iface("tcfz", addrs=["10.93.9.1/24"])
+            + '[tunnels.vpn]\ninterface = "tcfz"\nlisten = "127.0.0.1:1"\n'
+            'private_key_file = "vpn.key"\n[tunnels.vpn.peers]\n')
+    path.write_text(base)
+    eng = Engine(path, ip=ip, fork_server=False)
+
+    async def go() -> None:
+        await eng.start(config.load(path))
+        try:
+            links = copy.deepcopy(ip.links)
+            path.write_text(base + "[tunnels.vpn.peers.site]\n"
+                            f'public_key = "{keys.public_key(keys.generate_private_key())}"\n'
+                            'allowed_ips = ["10.60.0.0/16", "192.0.2.0/24"]\n')
+            with pytest.raises(ReloadError) as ei:
+                await eng.reload()
+            msg = str(ei.value)
+            assert ("route 192.0.2.0/24 for tcfz would take over the route of 192.0.2.0/24 "
+                    "through interface eth0, which tund does not manage") in msg, msg
+            assert ip.links == links  # no route added
+            assert not any(a[:2] == ["route", "replace"] for a in ip.ran)
+        finally:
+            await eng.shutdown()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("one_by_one", [False, True])
+def test_at_start_an_interface_whose_peer_would_take_over_a_host_route_fails_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_by_one: bool) -> None:
+    """Also when the links cannot be read at once and are configured one by one."""
+    from tund import keys
+    from tund.errors import KernelError
+    from tund.netdev import reconcile
+
+    if one_by_one:
+        def unreadable(ip: Any, names: Any) -> Any:
+            raise KernelError("ip -json addr show: fake failure")
+        monkeypatch.setattr(reconcile, "read_states", unreadable)
+
+    ip = RoutedHost(copy.deepcopy(ETH))
+    dev = FakeDevices(ip)
+    monkeypatch.setattr(tuntap, "open_device", dev.open_device)
+    monkeypatch.setattr(tuntap, "close", lambda fd: None)
+    monkeypatch.setattr(engine_mod, "worker_class", lambda run_as, launcher: FakeWorker)
+    FakeWorker.all = []
+    key = tmp_path / "vpn.key"
+    key.write_text(keys.generate_private_key())
+    key.chmod(0o600)
+    path = tmp_path / "tunnels.toml"
+    path.write_text(_iface("tcfz", addrs=["10.93.9.1/24"]) + _iface("tcfo", addrs=["10.93.8.1/24"])
+                    + '[tunnels.vpn]\ninterface = "tcfz"\nlisten = "127.0.0.1:1"\n'
+                    'private_key_file = "vpn.key"\n[tunnels.vpn.peers.site]\n'
+                    f'public_key = "{keys.public_key(keys.generate_private_key())}"\n'
+                    'allowed_ips = ["192.0.2.0/24"]\n')
+    eng = Engine(path, ip=ip, fork_server=False)
+
+    async def go() -> None:
+        await eng.start(config.load(path))
+        await eng.shutdown()
+
+    asyncio.run(go())
+    assert "would take over the route of 192.0.2.0/24" in eng.device_errors["tcfz"]
+    assert "tcfo" not in eng.device_errors
+    assert ip.links["tcfz"].addresses == [] and ip.links["tcfo"].addresses  # alone

@@ -29,10 +29,38 @@ from tund.netdev import tuntap
 
 
 class BatchFakeIp(FakeIp):
-    """FakeIp that also answers the whole-table reads of a daemon start (read_states)."""
+    """FakeIp that also answers the whole-table reads of a daemon start (read_states), and
+    the policy rules and table routes of tund.netdev.policy (``-4 rule ...``)."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.policy: dict[tuple[str, ...], dict[str, Any]] = {}  # argv without the verb
+
+    def run(self, argv: Sequence[str]) -> str:
+        args = list(argv)
+        if args[0] not in ("-4", "-6"):
+            return super().run(argv)
+        self.ran.append(args)
+        key = (*args[:2], *args[3:])
+        if args[2] == "add":
+            assert key not in self.policy, f"duplicate {args}"
+            if args[1] == "route":
+                self.policy[key] = {"dst": "default" if args[3].endswith("/0") else args[3],
+                                    "dev": args[5], "protocol": "static"}
+            elif "suppress_prefixlength" in args:
+                self.policy[key] = {"table": "main", "suppress_prefixlen": 0}
+            else:
+                self.policy[key] = {"not": None, "fwmark": hex(int(args[5])), "table": args[7]}
+        else:
+            del self.policy[key]
+        return ""
 
     def json(self, argv: Sequence[str]) -> Any:
         args = list(argv)
+        if args[0] in ("-4", "-6") and (args[1] == "rule" or "table" in args):
+            self.reads.append(args)
+            return [v for k, v in self.policy.items() if k[:2] == tuple(args[:2])
+                    and (args[1] == "rule" or k[-3] == args[4])]
         if "dev" in args:
             return super().json(argv)
         self.reads.append(args)
@@ -353,6 +381,69 @@ def test_adding_a_peer_in_a_drop_in_keeps_the_worker_and_tells_it(
     assert r["done"]["changed"]["tunnels"] == ["vpn"]
     assert eng.config.tunnels["vpn"].peers is not None
     assert list(eng.config.tunnels["vpn"].peers) == ["alice"]
+
+
+def test_a_peer_added_and_removed_by_reload_adds_and_removes_its_routes(
+        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
+    """issue 17.3: a peer's allowed_ips outside the interface's addresses become routes
+    through it, shown by the dry run, logged and run by the reload, deleted when the peer
+    goes; a /0 gets none and a note. The worker keeps running."""
+    from tund import keys
+
+    ip, _dev = fakes
+    path = tmp_path / "tunnels.toml"
+    key = tmp_path / "vpn.key"
+    key.write_text(keys.generate_private_key())
+    key.chmod(0o600)
+    port = _free_port()
+    main = (_iface("zqv0", addrs=["10.91.8.1/24"])
+            + f'[tunnels.vpn]\ninterface = "zqv0"\nlisten = "127.0.0.1:{port}"\n'
+            'private_key_file = "vpn.key"\n[tunnels.vpn.peers]\n')
+    eng = Engine(path, ip=ip, fork_server=False)
+    drop_in = tmp_path / "tunnels.d" / "50-alice.toml"
+
+    async def go() -> dict[str, Any]:
+        await _start(eng, main, path)
+        worker = eng.runners["vpn"].worker
+        drop_in.parent.mkdir()
+        drop_in.write_text(
+            "[tunnels.vpn.peers.alice]\n"
+            f'public_key = "{keys.public_key(keys.generate_private_key())}"\n'
+            'allowed_ips = ["10.91.8.2/32", "10.93.0.0/24", "fd93::/64", "0.0.0.0/0"]\n')
+        dry = await eng.reload(dry_run=True)
+        assert ip.links["zqv0"].routes == {}
+        added = await eng.reload()
+        routes_then = dict(ip.links["zqv0"].routes)
+        drop_in.unlink()
+        removed = await eng.reload()
+        assert eng.runners["vpn"].worker is worker
+        await eng.shutdown()
+        return {"dry": dry, "added": added, "removed": removed, "routes": routes_then}
+
+    r = asyncio.run(go())
+    want = ["[#] ip route replace 10.93.0.0/24 dev zqv0 proto static",
+            "[#] ip route replace fd93::/64 dev zqv0 proto static",
+            # 0.0.0.0/0: a full tunnel (issue 19): the mark first, then table and rules
+            "set fwmark 51820 on the socket of tunnel vpn",
+            "[#] ip -4 route add 0.0.0.0/0 dev zqv0 table 51820 proto static",
+            "[#] ip -4 rule add table main suppress_prefixlength 0",
+            "[#] ip -4 rule add not fwmark 51820 table 51820",
+            "tell worker of tunnel vpn: peers +alice"]
+    assert r["dry"]["actions"] == r["added"]["actions"] == want
+    assert set(r["routes"]) == {"10.93.0.0/24", "fd93::/64"}  # no 0.0.0.0/0, no /32
+    assert r["added"]["changed"] == {"interfaces": ["zqv0"], "tunnels": ["vpn"]}
+    assert any("allowed_ips 0.0.0.0/0 routes everything through zqv0 by policy routing" in n
+               for n in r["dry"]["notes"])
+    assert r["removed"]["actions"] == [
+        "[#] ip route del 10.93.0.0/24 dev zqv0 proto static",
+        "[#] ip route del fd93::/64 dev zqv0 proto static",
+        "[#] ip -4 rule del not fwmark 51820 table 51820",
+        "[#] ip -4 rule del table main suppress_prefixlength 0",
+        "[#] ip -4 route del 0.0.0.0/0 dev zqv0 table 51820 proto static",
+        "set fwmark 0 on the socket of tunnel vpn",
+        "tell worker of tunnel vpn: peers -alice"]
+    assert ip.policy == {}
+    assert ip.links["zqv0"].routes == {}
 
 
 def test_an_interface_that_failed_is_retried_by_the_next_reload_not_called_unchanged(

@@ -221,3 +221,80 @@ def test_a_malformed_message_kills_the_worker_and_leaves_the_state_alone() -> No
         await r.stop()
 
     asyncio.run(go())
+
+
+def _peer_state(peers: dict[str, Any]) -> State:
+    """A state message as the wire brings it (decoded by the strict reader)."""
+    from tund.workerapi.messages import FROM_WORKER, decode
+
+    data = json.dumps({"op": "state", "state": "up", "peer": None, "error": None,
+                       "stats": {**Stats().as_dict(), "peers": peers}}).encode()
+    msg = decode(data, FROM_WORKER)
+    assert isinstance(msg, State)
+    return msg
+
+
+def _peer(rx: int, tx: int, handshake: float | None, endpoint: str | None,
+          drops: dict[str, int]) -> dict[str, Any]:
+    return {"public_key": "K", "endpoint": endpoint, "latest_handshake": handshake,
+            "rx_bytes": rx, "tx_bytes": tx, "rx_packets": rx // 100, "tx_packets": tx // 100,
+            "drops": drops}
+
+
+def test_peer_counters_survive_a_worker_restart() -> None:
+    """(issue 17.5) Each peer's counters and drops are folded like the tunnel's; its
+    latest endpoint/handshake is the live worker's unless that one has none yet."""
+    async def go() -> None:
+        r = _runner(Limits(backoff_min=0.02, backoff_max=0.02, ping_interval=5))
+        r.start()
+        FakeWorker.all[0].on_message(_peer_state({
+            "alice": _peer(1000, 500, 100.0, "192.0.2.5:1", {"not_allowed": 2}),
+            "bob": _peer(300, 0, None, None, {})}))
+        st = r.status()["peers"]
+        assert st["alice"]["rx_bytes"] == 1000 and st["alice"]["drops"] == {"not_allowed": 2}
+        assert st["bob"]["latest_handshake"] is None
+        FakeWorker.all[0].on_exit(1)  # crash: folded
+        assert r.status()["peers"]["alice"]["rx_bytes"] == 1000
+        await asyncio.sleep(0.1)
+        assert len(FakeWorker.all) == 2
+        FakeWorker.all[1].on_message(_peer_state({
+            "alice": _peer(200, 100, None, None, {"not_allowed": 1, "decrypt": 4}),
+            "carol": _peer(100, 100, 200.0, "192.0.2.9:2", {})}))
+        st = r.status()["peers"]
+        assert st["alice"] == {"public_key": "K", "endpoint": "192.0.2.5:1",
+                               "latest_handshake": 100.0, "rx_bytes": 1200, "tx_bytes": 600,
+                               "rx_packets": 12, "tx_packets": 6,
+                               "drops": {"not_allowed": 3, "decrypt": 4}}
+        assert st["bob"]["rx_bytes"] == 300 and st["carol"]["latest_handshake"] == 200.0
+        assert r.status()["rx_bytes"] == 0  # the tunnel's own counters: the worker's sums
+        await r.stop()
+
+    asyncio.run(go())
+
+
+def test_a_tunnel_without_peers_reports_an_empty_peers_object() -> None:
+    r = _runner(Limits())
+    assert r.status()["peers"] == {}
+
+
+def test_the_new_states_are_followed_and_a_why_is_cleared_once_up() -> None:
+    """issue 15.1: the worker's handshaking / failing (with why) reach status; once up, a
+    why that explained the old state is no longer last_error (a crash's error stays)."""
+    async def go() -> None:
+        r = _runner(Limits(ping_interval=0.5))
+        r.start()
+        w = FakeWorker.all[0]
+        w.on_message(State("handshaking", "192.0.2.1:1", None, Stats()))
+        assert r.state == TunnelState.HANDSHAKING and r.last_error is None
+        why = "no reply from 192.0.2.1:1 to 3 handshake initiations"
+        w.on_message(State("failing", "192.0.2.1:1", None, Stats(), why))
+        assert (r.state, r.status()["last_error"]) == (TunnelState.FAILING, why)
+        w.on_message(State("up", "192.0.2.1:1", None, Stats()))
+        assert (r.state, r.last_error) == (TunnelState.UP, None)
+        r.last_error = "worker killed by signal 9"  # a crash's error outlives a why
+        w.on_message(State("connecting", None, None, Stats(), "connect to x: ECONNREFUSED"))
+        w.on_message(State("up", "192.0.2.1:1", None, Stats()))
+        assert r.last_error == "worker killed by signal 9"
+        await r.stop()
+
+    asyncio.run(go())

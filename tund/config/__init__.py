@@ -29,7 +29,8 @@ The package, one concern a module: :mod:`~tund.config.model` (pydantic models),
 (key paths -> file and line; merging files), :mod:`~tund.config.messages` (pydantic errors
 -> located messages), :mod:`~tund.config.checks` (cross-entry checks, the registry),
 :mod:`~tund.config.parse` (TOML text -> validated Config), :mod:`~tund.config.files`
-(files, drop-ins, file safety).
+(files, drop-ins, file safety), :mod:`~tund.config.routes` (the routes of peers'
+``allowed_ips``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ from tund.config.model import (
 )
 from tund.config.parse import parse_text
 from tund.config.render import render_path
+from tund.config.routes import (
+    PeerRoutes,
+    effective_interface,
+    effective_interfaces,
+    peer_routes,
+    skipped_default_routes,
+)
 
 __all__ = [
     "ANY_PORT",
@@ -67,15 +75,20 @@ __all__ = [
     "IssueFactory",
     "KeyPath",
     "PeerConfig",
+    "PeerRoutes",
     "TunnelConfig",
     "check_ifname",
     "config_files",
     "default_config_path",
+    "effective_interface",
+    "effective_interfaces",
     "key_lines",
     "load",
     "parse_endpoint",
     "parse_text",
+    "peer_routes",
     "register_check",
     "render_path",
+    "skipped_default_routes",
     "unsafe_ownership",
 ]

@@ -76,6 +76,10 @@ TUNNEL_FIELDS: dict[str, str] = {
     "last_rx": "float or null: unix time of the latest packet from the peer",
     "last_tx": "float or null: unix time of the latest packet to the peer",
     "peer": 'str or null: the peer\'s current underlay address "HOST:PORT"',
+    # every tunnel; empty for the single-peer form (issue 17)
+    "peers": "object: peer name -> PEER_FIELDS, every configured peer of a tunnel with "
+             "a peers table (disabled ones too); the tunnel's counters and drops sum its "
+             "peers' and add what belongs to none (no_route, unknown_peer, ...)",
     # encryption = "wireguard" only (absent otherwise); of the live worker
     "peer_public_key": "str: the peer's public key (base64)",
     "latest_handshake": "float or null: unix time of the latest completed handshake",
@@ -88,6 +92,25 @@ TUNNEL_FIELDS: dict[str, str] = {
     "offload": 'str: "off" (the peer has not agreed to offloads), "frames" (super-packets '
                'go whole), "chunks" (cut into MTU-sized chunks: over UDP at first and while '
                "the peer sees many arrive incomplete; always without encryption)",
+}
+
+PEER_FIELDS: dict[str, str] = {
+    "public_key": "str: the peer's public key (base64), as configured",
+    "endpoint": 'str or null: the peer\'s current underlay address "HOST:PORT" (where its '
+                "authenticated packets come from; before any: the configured endpoint; "
+                "null for a roaming peer not heard from)",
+    "allowed_ips": "list of str: configured prefixes: what the peer may send from, and "
+                   "what is sent to it",
+    "keepalive": "int: configured seconds between keepalives (0 = off)",
+    "enabled": "bool: configured; a disabled peer gets no packets and no routes",
+    "latest_handshake": "float or null: unix time of the peer's latest completed handshake",
+    "state": 'str: "active" (a handshake within 180 s), "idle" (an older one) or "never"',
+    "rx_bytes": "int: bytes from this peer written to the device",
+    "tx_bytes": "int: bytes read from the device sent to this peer",
+    "rx_packets": "int: packets from this peer written to the device",
+    "tx_packets": "int: packets read from the device sent to this peer",
+    "drops": "object: cause -> int, this peer's drops (not_allowed: its inner source "
+             "address is outside its allowed_ips; decrypt, replay, ...)",
 }
 
 #: Fields that only some tunnels have (encrypted ones; a live worker).

@@ -7,6 +7,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from tund.ctl import render
 from tund.ctl.common import (
@@ -28,13 +29,29 @@ def _status_once(ctx: Context, ns: argparse.Namespace) -> tuple[int, str]:
     result = ask(ctx, ns, "status", {"tunnel": ns.tunnel} if ns.tunnel else None)
     if isinstance(result, int):
         return result, ""
-    if ns.json:
-        return EXIT_OK, render.render_json(result)
+    peer = getattr(ns, "peer", None)
     try:
-        return EXIT_OK, render.render_status(result, colour=colour(), tunnel=ns.tunnel)
+        if ns.json:
+            return EXIT_OK, render.render_json(
+                result if peer is None else _only_peer(result, ns.tunnel, peer))
+        return EXIT_OK, render.render_status(result, colour=colour(), tunnel=ns.tunnel,
+                                             peer=peer)
+    except render.NoSuchPeer as e:
+        err(f"status: {e}")
+        return EXIT_REFUSED, ""
     except KeyError:
         err(f"status: no tunnel named {ns.tunnel!r}")
         return EXIT_REFUSED, ""
+
+
+def _only_peer(result: dict[str, Any], tunnel: str, peer: str) -> dict[str, Any]:
+    """The reply with only ``peer`` left in ``tunnel``'s ``peers`` (NoSuchPeer, KeyError)."""
+    t = dict(result.get("tunnels", {})[tunnel])
+    peers = t.get("peers") or {}
+    if peer not in peers:
+        raise render.NoSuchPeer(tunnel, peer, sorted(peers))
+    t["peers"] = {peer: peers[peer]}
+    return {**result, "tunnels": {tunnel: t}}
 
 
 def _watch(ctx: Context, ns: argparse.Namespace) -> int:
@@ -60,6 +77,7 @@ def _watch(ctx: Context, ns: argparse.Namespace) -> int:
 def cmd_status(ctx: Context, argv: list[str]) -> int:
     parser = make_parser("status", "Show the daemon, its tunnels and interfaces.")
     parser.add_argument("tunnel", nargs="?", help="show only this tunnel")
+    parser.add_argument("peer", nargs="?", help="show only this peer of the tunnel")
     parser.add_argument("--watch", action="store_true",
                         help="refresh in place until Ctrl-C")
     parser.add_argument("--interval", type=positive_seconds, default=2.0, metavar="S",
@@ -78,7 +96,8 @@ def cmd_status(ctx: Context, argv: list[str]) -> int:
 
 def cmd_dump(ctx: Context, argv: list[str]) -> int:
     parser = make_parser("dump", "One tab-separated line per tunnel, for scripts: "
-                     + " ".join(render.DUMP_COLUMNS) + ". Empty fields are (none), "
+                     + " ".join(render.DUMP_COLUMNS) + "; after it one per peer: "
+                     + " ".join(render.PEER_DUMP_COLUMNS) + ". Empty fields are (none), "
                      "numbers and times 0, no encryption off.", json_flag=False)
     parser.add_argument("tunnel", nargs="?", help="only this tunnel")
     ns = parser.parse_args(argv)

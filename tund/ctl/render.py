@@ -6,10 +6,12 @@ a missing key drops its line, it never raises.
 
 * :func:`render_json`   the result as the daemon sent it, for scripts;
 * :func:`render_status` one block per tunnel (``tunnel: NAME`` then indented
-  ``key: value`` lines), then one short line per interface;
+  ``key: value`` lines, then a ``peer: NAME`` block per peer, like ``wg show``), then one
+  short line per interface; with ``peer``, that one peer's block;
 * :func:`render_reload` the added / changed / removed / unchanged names and actions;
 * :func:`render_action` the answer to ``up`` / ``down`` / ``restart``;
-* :func:`render_dump`   one tab-separated line per tunnel (:data:`DUMP_COLUMNS`), stable.
+* :func:`render_dump`   one tab-separated line per tunnel (:data:`DUMP_COLUMNS`), each
+  followed by one per peer (:data:`PEER_DUMP_COLUMNS`), stable.
 
 Colour only when asked (``colour=True``); :func:`use_colour` decides from the stream
 and the environment (``TUND_COLOR=always|never`` wins, then ``NO_COLOR``, then isatty).
@@ -213,7 +215,60 @@ def _tunnel_block(name: str, t: Mapping[str, Any], p: _Painter, now: float) -> l
         add("last error", p.paint(_RED, str(t["last_error"])))
     for warning in t.get("warnings") or ():
         add("warning", p.paint(_YELLOW, str(warning)))
+    return lines + _peer_blocks(t, p, now)
+
+
+def _peer_block(name: str, peer: Mapping[str, Any], p: _Painter, now: float) -> list[str]:
+    """``  peer: NAME`` and its fields indented under it (like ``wg show``'s peer)."""
+    lines = [f"  {p.header('peer', name)}"]
+
+    def add(key: str, value: Any) -> None:
+        if value is not None and value != "":
+            lines.append("  " + p.field(key, str(value)))
+
+    add("public key", peer.get("public_key"))
+    add("endpoint", peer.get("endpoint") or "(none)")
+    ips = peer.get("allowed_ips")
+    if isinstance(ips, list):
+        add("allowed ips", ", ".join(str(x) for x in ips) or "(none)")
+    handshake = peer.get("latest_handshake")
+    add("latest handshake", ago(float(handshake), now)
+        if isinstance(handshake, int | float) and handshake > 0 else "(none yet)")
+    add("transfer", f"{human_bytes(_count(peer.get('rx_bytes')))} received, "
+                    f"{human_bytes(_count(peer.get('tx_bytes')))} sent")
+    add("packets", f"{_count(peer.get('rx_packets'))} received, "
+                   f"{_count(peer.get('tx_packets'))} sent")
+    if _num(peer.get("keepalive")) and peer["keepalive"] > 0:
+        add("persistent keepalive", f"every {human_duration(peer['keepalive'])}")
+    state = str(peer.get("state") or "unknown")
+    colour = {"active": _GREEN, "idle": _YELLOW, "never": _DIM}.get(state, "")
+    add("state", p.paint(colour, state) + ("" if peer.get("enabled", True) else " (disabled)"))
+    add("drops", _drops_text(peer.get("drops")))
     return lines
+
+
+def _count(value: Any) -> int:
+    return int(value) if _num(value) else 0
+
+
+def _peer_blocks(t: Mapping[str, Any], p: _Painter, now: float) -> list[str]:
+    peers = _mapping(t.get("peers"))
+    out: list[str] = []
+    for name in sorted(peers):
+        out += ["", *_peer_block(name, _mapping(peers[name]), p, now)]
+    return out
+
+
+class NoSuchPeer(KeyError):
+    """``status TUNNEL PEER`` of a peer the tunnel does not have; str() says which it has."""
+
+    def __init__(self, tunnel: str, peer: str, known: list[str]) -> None:
+        super().__init__(peer)
+        self.text = (f"tunnel {tunnel} has no peer named {peer!r} "
+                     f"(peers: {', '.join(known) or 'none'})")
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def _interface_line(name: str, i: Mapping[str, Any], p: _Painter) -> str:
@@ -242,15 +297,26 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 
 def render_status(result: Mapping[str, Any], *, colour: bool = False, now: float | None = None,
-                  tunnel: str | None = None) -> str:
+                  tunnel: str | None = None, peer: str | None = None) -> str:
     """Human status: daemon, tunnel blocks, interface lines (see the module docstring).
 
     With ``tunnel``, only that tunnel and its interface; raises KeyError if the result
-    has no tunnel of that name.
+    has no tunnel of that name. With ``peer`` too, only that peer of it (``peer: NAME``
+    and ``tunnel: NAME`` then its fields); :class:`NoSuchPeer` if the tunnel has none so
+    named.
     """
     p = _Painter(colour)
     now = time.time() if now is None else now
     tunnels = {k: _mapping(v) for k, v in _mapping(result.get("tunnels")).items()}
+    if tunnel is not None and peer is not None:
+        if tunnel not in tunnels:
+            raise KeyError(tunnel)
+        peers = _mapping(tunnels[tunnel].get("peers"))
+        if peer not in peers:
+            raise NoSuchPeer(tunnel, peer, sorted(peers))
+        block = _peer_block(peer, _mapping(peers[peer]), p, now)
+        return "\n".join([block[0].strip(), f"    {p.paint(_BOLD, 'tunnel:')} {tunnel}",
+                          *block[1:]])
     interfaces = {k: _mapping(v) for k, v in _mapping(result.get("interfaces")).items()}
     blocks: list[list[str]] = []
     if tunnel is not None:
@@ -303,6 +369,10 @@ def render_reload(result: Mapping[str, Any], *, colour: bool = False) -> str:
     if isinstance(actions, list) and actions:
         lines.append(p.paint(_BOLD, "actions:"))
         lines.extend(f"  {a}" for a in actions)
+    notes = result.get("notes")
+    if isinstance(notes, list) and notes:
+        lines.append(p.paint(_BOLD, "notes:"))
+        lines.extend(f"  {p.paint(_YELLOW, str(n))}" for n in notes)
     return "\n".join(lines)
 
 
@@ -328,6 +398,13 @@ DUMP_COLUMNS: tuple[str, ...] = (
     "tunnel", "interface", "state", "transport", "role", "endpoint", "peer", "encryption",
     "latest_handshake", "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "drops", "errors",
     "restarts", "pid", "since", "last_error")
+
+
+#: The columns of a peer's line in :func:`render_dump` (it follows its tunnel's line; tell
+#: the two apart by the number of fields). Only ever appended to within a schema version.
+PEER_DUMP_COLUMNS: tuple[str, ...] = (
+    "tunnel", "peer", "state", "public_key", "endpoint", "allowed_ips", "latest_handshake",
+    "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "drops", "keepalive", "enabled")
 
 
 def _field(value: Any, empty: str = "(none)") -> str:
@@ -358,13 +435,35 @@ def dump_row(name: str, t: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def peer_dump_row(tunnel: str, name: str, peer: Mapping[str, Any]) -> list[str]:
+    """The :data:`PEER_DUMP_COLUMNS` fields of one peer: ``allowed_ips`` joined by commas,
+    ``enabled`` ``yes``/``no``, sentinels as :func:`dump_row`."""
+    drops = _mapping(peer.get("drops"))
+    ips = peer.get("allowed_ips")
+    return [
+        _field(tunnel), _field(name), _field(peer.get("state"), "unknown"),
+        _field(peer.get("public_key")), _field(peer.get("endpoint")),
+        _field(",".join(str(x) for x in ips) if isinstance(ips, list) else None),
+        _int(peer.get("latest_handshake")), _int(peer.get("rx_bytes")),
+        _int(peer.get("tx_bytes")), _int(peer.get("rx_packets")), _int(peer.get("tx_packets")),
+        str(sum(int(n) for n in drops.values() if _num(n))), _int(peer.get("keepalive")),
+        "no" if peer.get("enabled") is False else "yes",
+    ]
+
+
 def render_dump(result: Mapping[str, Any], *, tunnel: str | None = None) -> str:
     """One line per tunnel (name order), fields separated by tabs, no header: see
-    :data:`DUMP_COLUMNS` and :func:`dump_row`. Raises KeyError for an unknown ``tunnel``."""
+    :data:`DUMP_COLUMNS` and :func:`dump_row`; after each, one line per peer (name order,
+    :func:`peer_dump_row`). Raises KeyError for an unknown ``tunnel``."""
     tunnels = {k: _mapping(v) for k, v in _mapping(result.get("tunnels")).items()}
     if tunnel is not None:
         tunnels = {tunnel: tunnels[tunnel]}
-    return "\n".join("\t".join(dump_row(n, tunnels[n])) for n in sorted(tunnels))
+    lines: list[str] = []
+    for n in sorted(tunnels):
+        lines.append("\t".join(dump_row(n, tunnels[n])))
+        peers = _mapping(tunnels[n].get("peers"))
+        lines += ["\t".join(peer_dump_row(n, pn, _mapping(peers[pn]))) for pn in sorted(peers)]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- watch

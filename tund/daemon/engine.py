@@ -231,6 +231,7 @@ class Engine:
         try:
             assert self.config is not None
             conflicts.check(self.ip, name, iface.addresses, self.config.interfaces)
+            conflicts.check_routes(self.ip, name, iface.routes, self.config.interfaces)
             self._open_and_configure(name, iface)
         except KernelError as e:
             self.device_errors[name] = str(e)
@@ -243,8 +244,11 @@ class Engine:
         the others still come up. The ``ip`` runs happen in a thread, so the event loop
         keeps serving status requests meanwhile (the reload lock is held).
         """
+        for warning in config.skipped_default_routes(cfg):
+            log.info("%s", warning)
         opened: list[tuple[str, InterfaceConfig]] = []
-        for name, iface in cfg.interfaces.items():
+        for name, effective in config.effective_interfaces(cfg).items():
+            iface = policy.main_routes(effective)  # what reconcile sees (tund.netdev.policy)
             if not await self._hooks(name, iface, "pre_up", fail=True):
                 continue  # its error is recorded; the others come up
             try:
@@ -269,9 +273,7 @@ class Engine:
         for name, why in clashes.items():  # nothing of these applied: they fail alone
             self.device_errors[name] = why
             log.error("interface %s: %s", name, why, extra={"TUND_INTERFACE": name})
-        results = await asyncio.to_thread(reconcile.apply_many, self.ip,
-                                          [(n, policy.main_routes(i)) for n, i in opened],
-                                          states)
+        results = await asyncio.to_thread(reconcile.apply_many, self.ip, opened, states)
         for name, applied in results.items():
             res: object = applied
             if not isinstance(res, KernelError):
@@ -461,6 +463,8 @@ class Engine:
             except ReloadError as e:
                 self._note_reload(False, str(e))
                 raise
+            for warning in config.skipped_default_routes(new):
+                log.info("%s", warning)
             self._note_reload(True, "applied" if actions else "nothing to do")
             return {**p.summary(), "actions": actions, "dry_run": False,
                     "notes": list(p.daemon_notes)}
@@ -630,9 +634,16 @@ class Engine:
         await asyncio.gather(*(r.refresh() for r in runners))
         ifaces = ({} if tunnel is not None
                   else status.interfaces(self.config, self.devices, self.device_errors))
+        now = time.time()
+        tunnels = {}
+        for r in runners:
+            st = r.status()
+            cfg = self.config.tunnels.get(r.name) if self.config is not None else None
+            st["peers"] = status.tunnel_peers(cfg, st.get("peers") or {}, now)
+            tunnels[r.name] = st
         return status.reply(config_path=self.config_path, started=self.started,
                             reloads=self.reloads, last_reload=self.last_reload, ifaces=ifaces,
-                            tunnels={r.name: r.status() for r in runners})
+                            tunnels=tunnels)
 
     def counts(self) -> tuple[int, int]:
         """(tunnels up, tunnels configured), for the systemd STATUS= line."""

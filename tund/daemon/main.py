@@ -30,6 +30,9 @@ from tund.errors import ConfigError, TundError
 
 log = logging.getLogger("tund.daemon.main")
 
+#: commands after which /metrics must not serve the snapshot taken before them
+CHANGING = frozenset({"reload", "up", "down", "restart"})
+
 
 #: Seconds a peer's admin_group membership is remembered for the control socket's slots.
 ADMIN_CACHE_TTL = 5.0
@@ -64,13 +67,17 @@ class Daemon:
         TundError. A reload that changes things is announced to systemd (RELOADING=1).
         """
         handler = commands.authorized(cmd, peer, self.policy)
-        if cmd == "reload" and not args.get("dry_run"):
-            sdnotify.notify("RELOADING=1", "STATUS=reloading")
-            try:
-                return await handler(self.engine, args)
-            finally:
-                sdnotify.notify("READY=1", self._status_line())
-        return await handler(self.engine, args)
+        try:
+            if cmd == "reload" and not args.get("dry_run"):
+                sdnotify.notify("RELOADING=1", "STATUS=reloading")
+                try:
+                    return await handler(self.engine, args)
+                finally:
+                    sdnotify.notify("READY=1", self._status_line())
+            return await handler(self.engine, args)
+        finally:
+            if cmd in CHANGING and self._metrics is not None:
+                self._metrics.invalidate()  # a scrape after it shows the change
 
     def _is_admin(self, peer: PeerCred) -> bool:
         """Whether ``peer`` holds admin rights (a member of admin_group), for the control

@@ -30,6 +30,11 @@ device, ``tx`` is device -> peer):
 ``tund_tunnel_state_since_timestamp_seconds``  gauge    unix time of the last state change
 ``tund_tunnel_latest_handshake_timestamp_seconds``  gauge  (wireguard, after a handshake)
 ``tund_tunnel_last_{rx,tx}_timestamp_seconds`` gauge    latest packet per direction
+``tund_peer_{rx,tx}_packets_total{tunnel,peer}``  counter  per peer of a tunnel with peers
+``tund_peer_{rx,tx}_bytes_total{tunnel,peer}``    counter  per peer
+``tund_peer_drops_total{tunnel,peer,cause}``      counter  per peer, by cause
+``tund_peer_latest_handshake_timestamp_seconds{tunnel,peer}``  gauge  (after a handshake)
+``tund_peer_active{tunnel,peer}``              gauge    1 for a handshake within 180 s
 ``tund_interface_exists{interface}``           gauge    1 when the kernel has the device
 ``tund_interface_mtu_bytes{interface}``        gauge    the link MTU
 ``tund_info{version}``                         gauge    always 1
@@ -158,6 +163,40 @@ def _tunnel_families(tunnels: Mapping[str, Mapping[str, Any]]) -> Iterator[Metri
         yield stamp
 
 
+def _peer_families(tunnels: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
+    """Per-peer series (labels ``tunnel``, ``peer``) of the tunnels with ``peers``."""
+    peers = [(tname, str(pname), _mapping(p)) for tname, t in tunnels.items()
+             for pname, p in sorted(_mapping(t.get("peers")).items())]
+    for key, doc in (("rx_packets", "Packets from the peer written to the device."),
+                     ("rx_bytes", "Bytes from the peer written to the device."),
+                     ("tx_packets", "Packets read from the device and sent to the peer."),
+                     ("tx_bytes", "Bytes read from the device and sent to the peer.")):
+        fam = CounterMetricFamily(f"tund_peer_{key}", doc, labels=["tunnel", "peer"])
+        for tname, pname, p in peers:
+            if _num(p.get(key)):
+                fam.add_metric([tname, pname], p[key])
+        yield fam
+    drops = CounterMetricFamily("tund_peer_drops", "The peer's packets dropped, by cause.",
+                                labels=["tunnel", "peer", "cause"])
+    for tname, pname, p in peers:
+        for cause, n in sorted(_mapping(p.get("drops")).items()):
+            if _num(n):
+                drops.add_metric([tname, pname, str(cause)], n)
+    yield drops
+    stamp = GaugeMetricFamily("tund_peer_latest_handshake_timestamp_seconds",
+                              "Unix time of the peer's latest completed handshake.",
+                              labels=["tunnel", "peer"])
+    active = GaugeMetricFamily("tund_peer_active", "1 when the peer's latest handshake is "
+                               "at most 180 s old, else 0.", labels=["tunnel", "peer"])
+    for tname, pname, p in peers:
+        value = _float(p.get("latest_handshake"))
+        if value is not None and value > 0:
+            stamp.add_metric([tname, pname], value)
+        active.add_metric([tname, pname], 1 if p.get("state") == "active" else 0)
+    yield stamp
+    yield active
+
+
 def _interface_families(interfaces: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
     exists = GaugeMetricFamily("tund_interface_exists", "1 when the kernel has the device.",
                                labels=["interface"])
@@ -198,6 +237,7 @@ def families(status: Mapping[str, Any]) -> list[Metric]:
     out: list[Metric] = []
     out += _daemon_families(_mapping(status.get("daemon")))
     out += _tunnel_families(tunnels)
+    out += _peer_families(tunnels)
     out += _interface_families(interfaces)
     return out
 
@@ -253,6 +293,11 @@ class _Cache:
             # retrieved even when every scrape waiting for it was cut off by its timeout
             self._pending.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(self._pending)
+
+    def invalidate(self) -> None:
+        """Something changed (a reload, a tunnel up or down): the next scrape collects
+        afresh instead of serving the snapshot taken before the change."""
+        self._body = None
 
     def cancel(self) -> None:
         """Stop a collection under way (the server is closing)."""
@@ -326,6 +371,10 @@ class MetricsServer:
     def collections(self) -> int:
         """How many times the status source was asked (for tests)."""
         return self._cache.collections
+
+    def invalidate(self) -> None:
+        """See :meth:`_Cache.invalidate`."""
+        self._cache.invalidate()
 
     @property
     def connections(self) -> int:

@@ -4,7 +4,9 @@ Contract: :func:`diff` touches nothing; it compares frozen models (and a fingerp
 tunnel's key material, so a rewritten key file with an unchanged path still counts) and
 returns a :class:`Plan`:
 
-* interfaces: ``add`` / ``remove`` / ``unchanged``, and for changed ones the least
+* interfaces (as :func:`tund.config.effective_interface` makes them: ``routes`` include the
+  routes of the peers' ``allowed_ips``, so adding, removing or changing a peer reconfigures
+  its interface's routes): ``add`` / ``remove`` / ``unchanged``, and for changed ones the least
   disruptive action: ``reconfigure`` (addresses, routes, MTU, MAC, bridge, txqueuelen:
   applied in place by ``ip``, the worker keeps running), ``retag`` (persist: an ioctl on the
   held device), ``recreate`` (mode, packet_info, multi_queue, owner, group: a new device);
@@ -27,7 +29,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tund.config import Config, InterfaceConfig, PeerConfig, TunnelConfig
+from tund.config import (
+    Config,
+    InterfaceConfig,
+    PeerConfig,
+    TunnelConfig,
+    effective_interfaces,
+    skipped_default_routes,
+)
 
 InterfaceAction = Literal["add", "remove", "unchanged", "reconfigure", "retag", "recreate",
                           "retry"]
@@ -200,15 +209,16 @@ def diff(old: Config | None, new: Config,
     restarted.
     """
     failed = failed or {}
-    old_ifs = old.interfaces if old else {}
+    old_ifs = effective_interfaces(old) if old else {}
+    new_ifs = effective_interfaces(new)
     old_tuns = old.tunnels if old else {}
     old_keys = old_keys or {}
     new_keys = new_keys or {}
     old_peer_keys = old_peer_keys or {}
     new_peer_keys = new_peer_keys or {}
 
-    ifaces = tuple(_retry(_interface_change(n, old_ifs.get(n), new.interfaces.get(n)), failed)
-                   for n in sorted(old_ifs.keys() | new.interfaces.keys()))
+    ifaces = tuple(_retry(_interface_change(n, old_ifs.get(n), new_ifs.get(n)), failed)
+                   for n in sorted(old_ifs.keys() | new_ifs.keys()))
     recreated = {c.name for c in ifaces if c.action == "recreate"}
     retried = {c.name for c in ifaces if c.action == "retry"}
 
@@ -224,7 +234,7 @@ def diff(old: Config | None, new: Config,
                 name, o, n, old_keys.get(name) == new_keys.get(name), n.interface in recreated,
                 n.interface in retried, old_peer_keys.get(name, {}), new_peer_keys.get(name, {})))
 
-    notes: list[str] = []
+    notes: list[str] = skipped_default_routes(new)
     if old is not None and old.daemon.control_socket != new.daemon.control_socket:
         notes.append("daemon.control_socket changed: takes effect at the next daemon restart")
     if old is not None and old.daemon.metrics_listen != new.daemon.metrics_listen:

@@ -149,12 +149,18 @@ def _address_check(t: Target, name: str, ip_steps: Sequence[reconcile.Step], new
     (one tund does not manage) has one of them (:mod:`tund.netdev.conflicts`). Not listed:
     it changes nothing."""
     adds = [s.argv[2] for s in ip_steps if s.argv[:2] == ("addr", "add")]
-    if not adds:
-        return []
+    routes = [s.argv[2] for s in ip_steps if s.argv[:2] == ("route", "replace")]
     managed = {*new.interfaces, *(t.config.interfaces if t.config is not None else ())}
-    return [Step(f"check that no other interface has {', '.join(adds)}",
-                 partial(conflicts.check, t.ip, name, adds, managed), None, part, listed=False,
-                 fields=logs.fields(interface=name))]
+    out = []
+    if adds:
+        out.append(Step(f"check that no other interface has {', '.join(adds)}",
+                        partial(conflicts.check, t.ip, name, adds, managed), None, part,
+                        listed=False, fields=logs.fields(interface=name)))
+    if routes:
+        out.append(Step(f"check that no other interface routes {', '.join(routes)}",
+                        partial(conflicts.check_routes, t.ip, name, routes, managed), None,
+                        part, listed=False, fields=logs.fields(interface=name)))
+    return out
 
 
 def _hook_steps(name: str, iface: InterfaceConfig, phase: str, part: str,
@@ -263,17 +269,20 @@ def _bind(t: Target, name: str, tc: TunnelConfig, new: Config) -> Step:
 
 def _policy_steps(t: Target, p: Plan, old: Config, new: Config) -> list[Step]:
     """Policy routing (:mod:`tund.netdev.policy`) as ``old`` -> ``new`` changes it: first
-    the marks of running tunnels' sockets (so their traffic skips the new table before
+    the new marks of running tunnels' sockets (so their traffic skips the new table before
     any rule sends traffic there), then per interface the old policy's rules and table
-    routes deleted and the new one's added (what exists already is adopted)."""
+    routes deleted and the new one's added (what exists already is adopted), last the
+    marks dropped."""
     steps: list[Step] = []
+    unmark: list[Step] = []  # a mark dropped goes last, once no rule needs it
     restarted = set(p.of("tunnels", "add", "restart", "remove"))
     for name in sorted(old.tunnels.keys() & new.tunnels.keys() - restarted):
         m_old, m_new = policy.mark(old, name), policy.mark(new, name)
         if m_old != m_new:
-            steps.append(Step(f"set fwmark {m_new} on the socket of tunnel {name}",
-                              partial(t.set_mark, name, m_new), partial(t.set_mark, name, m_old),
-                              f"update {name}", fields=logs.fields(tunnel=name)))
+            (steps if m_new else unmark).append(Step(
+                f"set fwmark {m_new} on the socket of tunnel {name}",
+                partial(t.set_mark, name, m_new), partial(t.set_mark, name, m_old),
+                f"update {name}", fields=logs.fields(tunnel=name)))
     gone = set(p.of("interfaces", "remove"))
     for name in sorted(old.interfaces.keys() | new.interfaces.keys()):
         p_old, p_new = policy.of(old, name), policy.of(new, name)
@@ -296,7 +305,7 @@ def _policy_steps(t: Target, p: Plan, old: Config, new: Config) -> list[Step]:
         elif p_new is not None and name not in gone:
             steps += [_ip_step(t.ip, s, part, name)
                       for s in policy.add_steps(p_new, policy.read(t.ip, p_new))]
-    return steps
+    return steps + unmark
 
 
 def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[Step]:

@@ -17,8 +17,14 @@ Contract:
   failing step fails its own link only (rolled back as in :func:`apply`); the links
   after it are still configured.
 
+The routes wanted are the interface's ``routes``; the daemon passes the interface as
+:func:`tund.config.effective_interface` makes it, so those include the routes of its peers'
+``allowed_ips`` (issue 17.3).
+
 Known limits: ``ip route replace`` takes over a same-prefix route of the main table with the
-same metric (e.g. the kernel's connected route of an address); rolling back deletes it.
+same metric (e.g. the kernel's connected route of an address); rolling back deletes it. The
+daemon refuses that for a route of another link it does not manage before any step runs
+(:func:`tund.netdev.conflicts.check_routes`); on the interface itself it stays.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Contract: a :class:`TunnelRunner` owns at most one live :class:`WorkerProcess`. 
 * on a crash schedules a restart after a capped exponential backoff (``BACKOFF``); more than
   ``crash_limit`` crashes within ``crash_window`` seconds -> ``FAILED`` with the last error,
   not restarted until :meth:`start` is called again (reload or ``tundctl restart``);
-* keeps counters across incarnations (the totals of dead workers plus the live one's).
+* keeps counters across incarnations (the totals of dead workers plus the live one's),
+  the tunnel's and, for a tunnel with ``peers``, each peer's (:func:`merge_peers`).
 
 Time comes from the event loop clock; nothing here touches the kernel.
 """
@@ -20,7 +21,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +29,29 @@ from tund.config import DaemonConfig
 from tund.logs import tunnel_logger
 from tund.states import LIVE, TunnelState, can_move
 from tund.supervise.worker import FromWorker, Malformed, WorkerProcess
-from tund.workerapi.messages import Message, Ping, Pong, State
+from tund.workerapi.messages import PEER_COUNTERS, Message, Ping, Pong, State
 from tund.workerapi.spec import WorkerSpec
 
 _COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "errors")
+_PEER_LATEST = ("public_key", "endpoint", "latest_handshake")
+
+
+def merge_peers(base: Mapping[str, Mapping[str, Any]],
+                live: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per peer: the counters and drops of ``base`` (dead workers) plus ``live``'s, and
+    its latest ``public_key`` / ``endpoint`` / ``latest_handshake`` (live's unless null)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in base.keys() | live.keys():
+        b, v = base.get(name, {}), live.get(name, {})
+        peer: dict[str, Any] = {k: int(b.get(k, 0)) + int(v.get(k, 0)) for k in PEER_COUNTERS}
+        drops = dict(b.get("drops") or {})
+        for cause, n in (v.get("drops") or {}).items():
+            drops[cause] = drops.get(cause, 0) + int(n)
+        peer["drops"] = drops
+        for k in _PEER_LATEST:
+            peer[k] = v.get(k) if v.get(k) is not None else b.get(k)
+        out[name] = peer
+    return out
 STABLE_AFTER = 10.0  # seconds a worker must live for its crash streak to reset
 START_GRACE = 15.0  # seconds a new worker may take to start Python and send its first message
 
@@ -78,9 +98,12 @@ class TunnelRunner:
         self.worker: WorkerProcess | None = None
         self.restarts = 0
         self.last_error: str | None = None
+        self._why: str | None = None  # last_error came from a worker's why (see _message)
+        self._before_why: str | None = None  # last_error before that why (a crash's)
         self.since = time.time()
         self._base: dict[str, Any] = {k: 0 for k in _COUNTERS}
         self._base["drops"] = {}
+        self._base["peers"] = {}
         self._live: dict[str, Any] = {}
         self._crashes: collections.deque[float] = collections.deque()
         self._streak = 0
@@ -199,12 +222,17 @@ class TunnelRunner:
                 self.last_error = msg.error
                 self._reported_error = True
             if msg.why:  # why the state is short of up (not fatal)
-                self.last_error = msg.why
+                if self._why is None:
+                    self._before_why = self.last_error
+                self.last_error, self._why = msg.why, msg.why
             try:
                 st = TunnelState(msg.state)
             except ValueError:  # not reached: the decoder takes only WORKER_STATES
                 return
             if st == TunnelState.UP:
+                if self._why is not None and self.last_error == self._why:
+                    self.last_error = self._before_why  # the why explained a state now over
+                self._why = None
                 self._move(st, f"peer {msg.peer}")
             elif st in LIVE:
                 self._move(st, msg.why or "")
@@ -319,9 +347,13 @@ class TunnelRunner:
         for k in ("last_rx", "last_tx", "peer"):
             if self._live.get(k) is not None:
                 self._base[k] = self._live[k]
+        self._base["peers"] = merge_peers(self._base["peers"], self._live.get("peers") or {})
         self._live = {}
 
     def status(self) -> dict[str, Any]:
+        """The tunnel's status fields; ``peers``: peer name -> the worker-side fields of
+        :func:`merge_peers` (``{}`` if no worker reported peers; the daemon adds the
+        configured ones, :func:`tund.daemon.status.tunnel_peers`)."""
         live = self._live
         out: dict[str, Any] = dict(self.describe)
         out.update(state=str(self.state), pid=self.worker.pid if self.worker else None,
@@ -334,6 +366,7 @@ class TunnelRunner:
         out["drops"] = drops
         for k in ("last_rx", "last_tx", "peer"):
             out[k] = live.get(k) if live.get(k) is not None else self._base.get(k)
+        out["peers"] = merge_peers(self._base["peers"], live.get("peers") or {})
         out["warnings"] = list(live.get("warnings") or [])
         for k, v in live.items():  # session fields of encrypted tunnels etc.
             if k not in out and k not in ("state",):

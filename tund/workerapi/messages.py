@@ -28,6 +28,10 @@ from typing import Any, ClassVar, TypeVar, cast
 from tund.workerapi.spec import WorkerSpec, check_peer
 
 MAX_KEEPALIVE = 65535  # seconds, as the config allows
+#: The largest control message either end reads (one ``SOCK_SEQPACKET`` datagram): a
+#: worker's stats with ``peers`` take ~250 bytes a peer, so this holds ~4,000 peers.
+#: The daemon sizes both ends' send buffers for it (:mod:`tund.supervise.worker`).
+MAX_MESSAGE = 1 << 20
 #: The states a live worker reports (tund.states.LIVE; a unit test keeps them equal).
 WORKER_STATES = ("connecting", "handshaking", "unverified", "failing", "up")
 MAX_MTU = 65535
@@ -116,23 +120,29 @@ class _Fields:
 
 # ---------------------------------------------------------------------- stats
 
+#: The counters of one peer in ``Stats.extra["peers"]`` (a tunnel with ``peers``).
+PEER_COUNTERS = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")
+MAX_PEER_NAME = 64
 
-def _peer_stats(f: _Fields, name: str) -> dict[str, dict[str, Any]]:
-    """A codec with many peers: peer name -> its counters (``peers`` of :class:`Stats`)."""
+
+def _peers(f: _Fields, name: str) -> dict[str, dict[str, Any]]:
+    """``peers``: peer name -> {public_key: str, endpoint: str|null, latest_handshake:
+    time|null, rx_bytes, tx_bytes, rx_packets, tx_packets: int >= 0, drops: {cause: n}},
+    every field present, no other."""
     v = f.get(name)
     if not isinstance(v, dict):
         raise f._bad(name, "an object of peer name -> counters", v)
     out: dict[str, dict[str, Any]] = {}
-    for peer, obj in v.items():
-        if not isinstance(obj, dict):
-            raise f._bad(f"{name}.{peer}", "an object", obj)
-        p = _Fields(f.what, obj, f"{f.prefix}{name}.{peer}.")
-        out[str(peer)] = {"public_key": p.text("public_key"),
-                          "endpoint": p.opt_text("endpoint"),
-                          "latest_handshake": p.opt_float("latest_handshake"),
-                          **{k: p.num(k) for k in ("rx_bytes", "tx_bytes", "rx_packets",
-                                                   "tx_packets")},
-                          "drops": p.counts("drops")}
+    for peer, data in v.items():
+        if not peer or len(peer) > MAX_PEER_NAME:
+            raise f._bad(f"{name}.{_show(peer)}", f"named by 1..{MAX_PEER_NAME} characters",
+                         peer)
+        if not isinstance(data, dict):
+            raise f._bad(f"{name}.{peer}", "an object", data)
+        p = _Fields(f.what, data, f"{f.prefix}{name}.{peer}.")
+        out[peer] = {"public_key": p.text("public_key"), "endpoint": p.opt_text("endpoint"),
+                     "latest_handshake": p.opt_float("latest_handshake"),
+                     **{k: p.num(k) for k in PEER_COUNTERS}, "drops": p.counts("drops")}
         p.done()
     return out
 
@@ -148,7 +158,7 @@ _EXTRA: dict[str, Callable[[_Fields, str], object]] = {
     "wg_drops": _Fields.counts,
     "offload": lambda f, n: f.text(n, ("off", "frames", "chunks")),
     "warnings": _Fields.texts,
-    "peers": _peer_stats,
+    "peers": _peers,
 }
 
 
