@@ -88,12 +88,23 @@ class RuleIp:
 P4 = policy.Policy("wgc", 51820, (4,), ("0.0.0.0/0",))
 
 
-def test_steps_on_a_clean_host_add_route_then_suppress_then_mark_rule() -> None:
+def test_steps_on_a_clean_host_add_route_then_mark_rule_then_suppress_in_front() -> None:
     st = policy.read(RuleIp([{"priority": 0, "table": "local"}], None), P4)
     assert [" ".join(s.argv) for s in policy.add_steps(P4, st)] == [
         "-4 route add 0.0.0.0/0 dev wgc table 51820 proto static",
-        "-4 rule add table main suppress_prefixlength 0",
         "-4 rule add not fwmark 51820 table 51820",
+        "-4 rule add table main suppress_prefixlength 0",
+    ]
+
+
+def test_a_suppress_rule_without_the_mark_rule_is_moved_in_front_of_it() -> None:
+    left = RuleIp([{"priority": 32765, "table": "main", "suppress_prefixlen": 0}], None)
+    st = policy.read(left, P4)
+    assert [" ".join(s.argv) for s in policy.add_steps(P4, st)] == [
+        "-4 route add 0.0.0.0/0 dev wgc table 51820 proto static",
+        "-4 rule del table main suppress_prefixlength 0",
+        "-4 rule add not fwmark 51820 table 51820",
+        "-4 rule add table main suppress_prefixlength 0",
     ]
 
 

@@ -426,8 +426,8 @@ def test_a_peer_added_and_removed_by_reload_adds_and_removes_its_routes(
             # 0.0.0.0/0: a full tunnel (issue 19): the mark first, then table and rules
             "set fwmark 51820 on the socket of tunnel vpn",
             "[#] ip -4 route add 0.0.0.0/0 dev zqv0 table 51820 proto static",
-            "[#] ip -4 rule add table main suppress_prefixlength 0",
             "[#] ip -4 rule add not fwmark 51820 table 51820",
+            "[#] ip -4 rule add table main suppress_prefixlength 0",
             "tell worker of tunnel vpn: peers +alice"]
     assert r["dry"]["actions"] == r["added"]["actions"] == want
     assert set(r["routes"]) == {"10.93.0.0/24", "fd93::/64"}  # no 0.0.0.0/0, no /32

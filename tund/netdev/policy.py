@@ -172,7 +172,7 @@ def _suppress(verb: str, fam: int) -> tuple[str, ...]:
 
 def add_steps(p: Policy, st: State) -> list[Step]:
     """The missing objects of ``p``: routes first (so a rule never points at an empty
-    table), then the suppress rule, then the mark rule (from then on traffic moves); the
+    table), then the mark rule, then the suppress rule (evaluated before it); the
     table's routes on the interface that ``p`` does not list are deleted. ``ip route
     add`` never replaces a route someone else made."""
     steps = [Step(_route("add", p, r), _route("del", p, r), f"add route {r} table {p.table}")
@@ -180,12 +180,21 @@ def add_steps(p: Policy, st: State) -> list[Step]:
     steps += [Step(_route("del", p, r), _route("add", p, r), f"del route {r} table {p.table}")
               for r in sorted(st.routes) if r not in p.routes]
     for fam in p.families if p.rules else ():
-        if fam not in st.suppress:
-            steps.append(Step(_suppress("add", fam), _suppress("del", fam),
-                              f"add rule -{fam} table main suppress_prefixlength 0"))
+        # a rule added without a priority goes before the others: the mark rule first,
+        # then the suppress rule, which so comes before it (as wg-quick does). A suppress
+        # rule found without the mark rule is re-added after it, to stay in front.
         if fam not in st.rule:
+            if fam in st.suppress:
+                steps.append(Step(_suppress("del", fam), _suppress("add", fam),
+                                  f"del rule -{fam} table main suppress_prefixlength 0 "
+                                  "(to add it back in front)"))
             steps.append(Step(_rule("add", p, fam), _rule("del", p, fam),
                               f"add rule -{fam} not fwmark {p.table} table {p.table}"))
+            steps.append(Step(_suppress("add", fam), _suppress("del", fam),
+                              f"add rule -{fam} table main suppress_prefixlength 0"))
+        elif fam not in st.suppress:
+            steps.append(Step(_suppress("add", fam), _suppress("del", fam),
+                              f"add rule -{fam} table main suppress_prefixlength 0"))
     return steps
 
 
