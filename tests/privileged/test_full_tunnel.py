@@ -88,8 +88,8 @@ def tx_packets(ns: Netns, dev: str) -> int:
 
 def test_everything_through_the_tunnel_without_a_loop(tmp_path: Path) -> None:
     client, server, far = make_ns(), make_ns(), make_ns()
-    c_up, s_up = link(client, "10.79.51.2/24", server, "10.79.51.1/24")
-    _, f_dev = link(server, "10.79.52.1/24", far, "10.79.52.2/24")
+    c_up, _ = link(client, "10.79.51.2/24", server, "10.79.51.1/24")
+    link(server, "10.79.52.1/24", far, "10.79.52.2/24")
     client.run("ip", "route", "add", "default", "via", "10.79.51.1")
     far.run("ip", "route", "add", "default", "via", "10.79.52.1")
     server.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
