@@ -305,3 +305,37 @@ def test_start_message_spec_is_to_dict() -> None:
                       timers={"rekey_timeout": 1.0})
     assert json.dumps(spec_dict(spec)) == json.dumps(spec.to_dict())
     assert WorkerSpec.from_dict(json.loads(json.dumps(spec_dict(spec)))) == spec
+
+
+def test_in_the_loop_a_silent_fork_server_never_blocks_a_launch(tmp_path: Path,
+                                                                dummy: list[int]) -> None:
+    """Issue 15.9: no wait for the ready message nor for room in the request queue while
+    the event loop runs; a full queue spawns that worker and keeps the zygote."""
+    import sys
+
+    script = tmp_path / "silent.py"
+    script.write_text("import sys, time\ntime.sleep(30)\n")
+    fs = ForkServer(argv=[sys.executable, str(script), "--control-fd"], ready_timeout=30)
+
+    async def go() -> list[float]:
+        times, children = [], []
+        fs.start()
+        for _ in range(2000):  # until the zygote's queue is full
+            t0 = time.monotonic()
+            children.append(fs.launch(dummy, None))
+            times.append(time.monotonic() - t0)
+            if fs.spawned:
+                break
+        assert fs.spawned >= 1 and fs.forked >= 1, (fs.spawned, fs.forked)
+        assert fs.pid is not None  # kept: busy is not dead
+        for child in children:
+            if not isinstance(child, ForkedChild):
+                child.wait(10)
+        return times
+
+    try:
+        times = asyncio.run(go())
+        assert max(times) < 0.5, times  # a spawn takes a few ms; a wait took seconds
+    finally:
+        fs.close()
+        ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)

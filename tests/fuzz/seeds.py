@@ -53,4 +53,8 @@ def seeds(target: str) -> list[bytes]:
                 messages.pack_response(2, 1, bytes(48)),
                 messages.pack_cookie_reply(1, bytes(24), bytes(32)),
                 messages.transport_header(1, 0) + bytes(32)]
+    if target == "worker_message":
+        from tests.unit.test_messages import EVERY
+
+        return [m.encode() for m in EVERY]
     raise KeyError(target)

@@ -20,6 +20,8 @@ wg_parse           one UDP payload, :func:`messages.parse`                Malfor
 wg_open            UDP payloads into ``WireGuardCodec.open``              (none)
 wg_peers           UDP payloads into ``PeerCore.open`` (3 peers, one      (none)
                    established), device packets into ``PeerCore.seal``
+worker_message     one control datagram, ``workerapi.messages.decode``    MessageError
+                   (every kind); what decodes re-encodes to itself
 =================  =====================================================  ==================
 """
 
@@ -288,6 +290,18 @@ def wg_peers(data: bytes) -> None:
     json.dumps(_PEER_CORE.stats())
 
 
+def worker_message(data: bytes) -> None:
+    """A daemon, worker or fork-server message; a decoded one round-trips."""
+    from tund.workerapi import messages as wm
+
+    try:
+        msg = wm.decode(data, wm.ALL)
+    except wm.MessageError as e:
+        assert str(e), data
+        return
+    assert wm.decode(msg.encode(), wm.ALL) == msg, (data, msg)
+
+
 TARGETS: dict[str, Target] = {
     "config_bytes": config_bytes,
     "config_toml": config_toml,
@@ -298,4 +312,5 @@ TARGETS: dict[str, Target] = {
     "wg_parse": wg_parse,
     "wg_open": wg_open,
     "wg_peers": wg_peers,
+    "worker_message": worker_message,
 }

@@ -143,3 +143,18 @@ def test_nan_and_infinity_are_not_json() -> None:
             assert e.code == "bad-request" and const.decode().lstrip("-") in str(e)
         else:
             raise AssertionError(f"{const!r} accepted")
+
+
+_OPS = ["start", "ping", "pong", "state", "update", "stop", "ready", "fork", "forked", "error"]
+_FIELDS = ["op", "seq", "stats", "state", "peer", "error", "mtu", "spec", "pid", "id", "fds",
+           "run_as", "rx_packets", "drops"]
+
+
+@FAST
+@given(st.one_of(st.sampled_from(_OPS), JSON),
+       st.dictionaries(st.sampled_from(_FIELDS), JSON, max_size=6))
+def test_worker_messages_decode_strictly(op: Any, fields: dict[str, Any]) -> None:
+    """Any JSON object with an op (issue 14.2, 16.4): a MessageError or a message that
+    round-trips, never another exception."""
+    targets.worker_message(json.dumps({**fields, "op": op}).encode())
+    targets.worker_message(json.dumps(fields).encode())

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -24,15 +24,11 @@ import pytest
 
 from tests.sites import Site, TwoSites, new_ifname, two_sites
 from tund.keys import generate_private_key, generate_psk, public_key
+from tund.workerapi.run_as import DEFAULT_UID_BASE, DEFAULT_UID_COUNT
 
 pytestmark = pytest.mark.usefixtures("privileged")
 
 WG_PORT, TCP_PORT = 51237, 51238
-
-
-def worker_user() -> pwd.struct_passwd:
-    """Who workers run as: "tund" (made by the session fixture in tests/conftest.py)."""
-    return pwd.getpwnam("tund")
 
 
 @pytest.fixture
@@ -121,17 +117,28 @@ def proc_status(pid: int) -> dict[str, str]:
     return out
 
 
+def worker_ids(pid: int) -> tuple[int, int]:
+    """The worker's (uid, gid), from /proc."""
+    st = proc_status(pid)
+    return int(st["Uid"].split()[0]), int(st["Gid"].split()[0])
+
+
 def test_every_worker_runs_unprivileged(sites: tuple[TwoSites, dict[str, str]]) -> None:
     ts, _ = sites
-    user = worker_user()
     for site in (ts.a, ts.b):
         daemon_pid = site.status()["daemon"]["pid"]
         assert proc_status(daemon_pid)["Uid"].split()[0] == "0"  # the daemon itself is root
+        uids = set()
         for tunnel, pid in worker_pids(site).items():
             st = proc_status(pid)
             where = f"{site.label}/{tunnel} (pid {pid})"
-            assert st["Uid"].split() == [str(user.pw_uid)] * 4, where
-            assert st["Gid"].split() == [str(user.pw_gid)] * 4, where
+            # a uid of its own (issue 16.4): from the worker uid range, no passwd entry,
+            # gid the same number, no supplementary groups
+            uid = int(st["Uid"].split()[0])
+            assert DEFAULT_UID_BASE <= uid < DEFAULT_UID_BASE + DEFAULT_UID_COUNT, where
+            uids.add(uid)
+            assert st["Uid"].split() == [str(uid)] * 4, where
+            assert st["Gid"].split() == [str(uid)] * 4, where
             assert st["Groups"] == "", where
             for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
                 assert int(st[field], 16) == 0, f"{where}: {field} {st[field]}"
@@ -141,6 +148,7 @@ def test_every_worker_runs_unprivileged(sites: tuple[TwoSites, dict[str, str]]) 
             assert core.split()[4:6] == ["0", "0"], f"{where}: {core}"
             # not dumpable: /proc/PID files belong to root, not to the worker user
             assert os.stat(f"/proc/{pid}/mem").st_uid == 0, where
+        assert len(uids) == len(worker_pids(site)), uids  # one uid per tunnel
 
 
 def tun_fds(pid: int) -> dict[int, str]:
@@ -170,7 +178,7 @@ def test_each_worker_holds_only_its_own_device_and_sockets(
 
 
 PROBE = r"""
-import errno, fcntl, json, os, struct, sys
+import errno, fcntl, json, os, resource, signal, socket, struct, sys
 from tund.relay.process.privileges import drop_privileges
 from tund.workerapi.run_as import RunAs
 uid, gid = int(sys.argv[1]), int(sys.argv[2])
@@ -196,6 +204,15 @@ attempt("worker environ", lambda: open(f"/proc/{worker}/environ", "rb").read())
 attempt("worker mem", lambda: open(f"/proc/{worker}/mem", "rb").read(1))
 attempt("worker fd", lambda: os.listdir(f"/proc/{worker}/fd"))
 attempt("setuid 0", lambda: os.setuid(0))
+attempt("kill -STOP worker", lambda: os.kill(worker, signal.SIGSTOP))
+attempt("prlimit worker", lambda: resource.prlimit(worker, resource.RLIMIT_NOFILE, (64, 64)))
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(sys.argv[6])
+    finally:
+        s.close()
+attempt("connect control socket", connect)
 print(json.dumps(out))
 """
 
@@ -203,24 +220,35 @@ print(json.dumps(out))
 def test_worker_user_cannot_reach_keys_devices_or_other_workers(
         sites: tuple[TwoSites, dict[str, str]], keydir: Path) -> None:
     ts, _ = sites
-    user = worker_user()
     keyfiles = sorted(str(p) for p in keydir.iterdir())
     assert len(keyfiles) == 4
     for k in keyfiles:
         assert stat.S_IMODE(os.stat(k).st_mode) == 0o600
     status = ts.a.status()
     plain_if = status["tunnels"]["plain"]["interface"]
-    wg_worker = status["tunnels"]["wg"]["pid"]
-    p = ts.a.ns.run(sys.executable, "-c", PROBE, str(user.pw_uid), str(user.pw_gid),
-                    ",".join(keyfiles), plain_if, str(wg_worker), check=False)
-    assert p.returncode == 0, p.stderr
-    got = json.loads(p.stdout.strip().splitlines()[-1])
-    for k in keyfiles:
-        assert got[f"read {k}"] == "EACCES", got
-    assert got[f"attach {plain_if}"] in ("EPERM", "EACCES"), got  # open or TUNSETIFF
-    for what in ("worker environ", "worker mem", "worker fd"):
-        assert got[what] == "EACCES", (what, got)
-    assert got["setuid 0"] == "EPERM", got
+    # as each tunnel's worker in turn (its exact uid and gid), against the other one
+    for me, other in (("plain", "wg"), ("wg", "plain")):
+        target = status["tunnels"][other]["pid"]
+        uid, gid = worker_ids(status["tunnels"][me]["pid"])
+        p = ts.a.ns.run(sys.executable, "-c", PROBE, str(uid), str(gid), ",".join(keyfiles),
+                        plain_if, str(target), str(ts.a.sock), check=False)
+        if '"kill -STOP worker": "ok"' in p.stdout:
+            os.kill(target, signal.SIGCONT)
+        assert p.returncode == 0, p.stderr
+        got = json.loads(p.stdout.strip().splitlines()[-1])
+        for k in keyfiles:
+            assert got[f"read {k}"] == "EACCES", got
+        assert got[f"attach {plain_if}"] in ("EPERM", "EACCES"), got  # open or TUNSETIFF
+        for what in ("worker environ", "worker mem", "worker fd"):
+            assert got[what] == "EACCES", (what, got)
+        assert got["setuid 0"] == "EPERM", got
+        # one tunnel's worker cannot stop or prlimit another's (a uid of its own, 16.4),
+        # nor open the control socket (no group of the socket's)
+        assert got["kill -STOP worker"] == "EPERM", (me, got)
+        assert got["prlimit worker"] == "EPERM", (me, got)
+        assert got["connect control socket"] in ("EACCES", "EPERM"), (me, got)
+        sock = os.stat(ts.a.sock)
+        assert sock.st_uid != uid and gid != sock.st_gid, (me, uid, gid, sock)
     # and the tunnels still work after all this
     assert ts.b.ns.ping("10.237.1.1") and ts.b.ns.ping("10.237.2.1")
 

@@ -14,6 +14,7 @@ from tund import config, keys
 from tund.config import Config, parse_text
 from tund.control import status_schema
 from tund.ctl import confout, render
+from tund.daemon import specs
 from tund.daemon.engine import Engine
 from tund.errors import ConfigError
 from tund.supervise.runner import Limits, TunnelRunner
@@ -88,7 +89,7 @@ def test_engine_status_has_schema_and_only_documented_fields(tmp_path: Path) -> 
                                'interface = "tun0"\nlisten = "127.0.0.1:1"\nencryption = "none"\n')
     t = engine.config.tunnels["t"]
     engine.runners["t"] = TunnelRunner("t", lambda: None, Limits(),  # type: ignore[arg-type,return-value]
-                                       engine._describe("t", t))
+                                       specs.describe(t))
     result = asyncio.run(engine.status())
     assert result["schema"] == status_schema.SCHEMA_VERSION == 1
     assert set(result) == set(status_schema.TOP_FIELDS)

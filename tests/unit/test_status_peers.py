@@ -13,7 +13,7 @@ from tund import keys
 from tund.config import Config, parse_text
 from tund.control import status_schema
 from tund.ctl import render
-from tund.daemon import metrics
+from tund.daemon import metrics, specs
 from tund.daemon.engine import Engine
 from tund.daemon.status import ACTIVE_WITHIN, peer_state, tunnel_peers
 from tund.supervise.runner import Limits, TunnelRunner
@@ -88,7 +88,7 @@ def test_engine_status_of_a_peers_tunnel_has_documented_peer_fields(tmp_path: Pa
     engine.config = cfg
     t = engine.config.tunnels["vpn"]
     engine.runners["vpn"] = TunnelRunner("vpn", lambda: None, Limits(),  # type: ignore[arg-type,return-value]
-                                         engine._describe("vpn", t))
+                                         specs.describe(t))
     result = asyncio.run(engine.status())
     peers = result["tunnels"]["vpn"]["peers"]
     assert set(peers) == {"alice", "bob"}

@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
 )
 
@@ -217,6 +218,11 @@ class DaemonConfig(_Model):
     # stops the daemon from starting (no fallback to the shared "nobody"; "nobody" set
     # here is allowed, with a warning). "root" keeps workers privileged (not advised).
     worker_user: str = "tund"
+    # each tunnel's workers run as a uid (and gid) of their own from [worker_uid_base,
+    # worker_uid_base + worker_uid_count), numbers no user or group database names; count 0:
+    # every worker runs as worker_user (as does a root worker_user, or a non-root daemon).
+    worker_uid_base: Annotated[int, Field(ge=1, le=2**32 - 2)] = 2_100_000_000
+    worker_uid_count: Annotated[int, Field(ge=0, le=1 << 24)] = 65536
 
     @field_validator("worker_user")
     @classmethod
@@ -225,6 +231,15 @@ class DaemonConfig(_Model):
             raise ValueError("must be a user name or a numeric uid")
         if v.isascii() and v.isdigit():
             resolve_id(int(v), "user")
+        return v
+
+    @field_validator("worker_uid_count")
+    @classmethod
+    def _uid_range(cls, v: int, info: ValidationInfo) -> int:
+        base = info.data.get("worker_uid_base")
+        if isinstance(base, int) and base + v > 2**32 - 1:
+            raise ValueError(f"worker_uid_base + worker_uid_count must be at most "
+                             f"{2**32 - 1} (got {base} + {v})")
         return v
 
     @field_validator("metrics_listen")

@@ -1,18 +1,15 @@
 """How the daemon starts worker processes: spawned, or forked by a fork server (zygote).
 
-Contract: a :class:`Launcher` takes the worker's fds (control end first, then the device,
-then the underlay socket if any) and a :class:`~tund.relay.process.privileges.RunAs`, starts one
-``python -m tund.relay`` worker that finds each fd under the same number, and returns a
-:class:`Child`: the PID, ``poll()``/``wait(timeout)`` with ``subprocess`` semantics (exit
-code, or ``-SIGNAL``; ``wait`` raises :class:`subprocess.TimeoutExpired`), and
-``send_signal``. In both cases the worker is a child of the daemon, so the daemon reaps it
-and may signal its PID without a reuse race.
+The :class:`Launcher` and :class:`Child` contracts, :class:`SpawnLauncher` and
+:class:`ForkedChild` live in :mod:`tund.supervise.launch` (re-exported here).
 
 * :class:`SpawnLauncher`: ``subprocess.Popen`` of a fresh interpreter per worker (each
   pays Python's start and the imports, and keeps private copies of them).
 * :class:`ForkServer`: one zygote (:mod:`tund.relay.process.zygote`) started once, with the relay
   modules imported, forks each worker (milliseconds, pages shared). It is started early
-  (:meth:`ForkServer.start` does not wait), waited for at the first launch, restarted at
+  (:meth:`ForkServer.start` does not wait; in the event loop its ready message is read
+  like any reply, requests queue meanwhile; without a loop the first launch waits for
+  it; a request unanswered for ``request_timeout`` means it is stuck), restarted at
   the next launch if it died, and when it cannot start or take a request, that launch
   falls back to spawning (logged); after a failed start (or :data:`DEATH_LIMIT` deaths
   within :data:`DEATH_WINDOW` seconds) it is not tried again for
@@ -43,8 +40,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import Protocol
 
+from tund.supervise.launch import (
+    FORK_FAILED,
+    Child,
+    ForkedChild,
+    Launcher,
+    SpawnLauncher,
+    child_env,
+    worker_argv,
+)
 from tund.workerapi.messages import (
     FROM_ZYGOTE,
     Fork,
@@ -56,146 +61,23 @@ from tund.workerapi.messages import (
 )
 from tund.workerapi.run_as import RunAs
 
+__all__ = ["FORK_FAILED", "Child", "ForkServer", "ForkServerBusy", "ForkServerError",
+           "ForkedChild", "Launcher", "SpawnLauncher", "worker_argv"]
+
 log = logging.getLogger("tund.supervise")
 
 _PR_SET_CHILD_SUBREAPER = 36
-#: Exit status of a worker the zygote refused or lost (it never ran).
-FORK_FAILED = 255
 #: A zygote found dead this often within this many seconds counts as a failed start.
 DEATH_LIMIT, DEATH_WINDOW = 3, 60.0
 
 
-class Child(Protocol):
-    """A started worker process (``subprocess.Popen`` has this shape)."""
-
-    @property
-    def pid(self) -> int | None: ...
-
-    def poll(self) -> int | None: ...
-
-    def wait(self, timeout: float | None = None) -> int: ...
-
-    def send_signal(self, sig: int) -> None: ...
-
-
-class Launcher(Protocol):
-    """Starts workers; see the module docstring for the contract."""
-
-    def launch(self, fds: Sequence[int], run_as: RunAs | None) -> Child: ...
-
-
-def worker_argv(control_fd: int, run_as: RunAs | None) -> list[str]:
-    """The command line of a spawned worker."""
-    return [sys.executable, "-m", "tund.relay", "--control-fd", str(control_fd),
-            *(["--run-as", str(run_as)] if run_as is not None else [])]
-
-
-def _child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-class SpawnLauncher:
-    """One fresh ``python -m tund.relay`` per worker (``subprocess.Popen``)."""
-
-    def launch(self, fds: Sequence[int], run_as: RunAs | None) -> Child:
-        """Spawn the worker with ``fds`` inherited; OSError if it cannot start."""
-        return subprocess.Popen(worker_argv(fds[0], run_as), pass_fds=list(fds),
-                                stdin=subprocess.DEVNULL, close_fds=True, env=_child_env())
-
-
-class ForkedChild:
-    """A worker forked by the zygote and re-parented to us: we are its parent and reaper.
-
-    ``pid`` is None until the zygote's reply is read (see the module docstring).
-    """
-
-    def __init__(self, server: ForkServer, rid: int) -> None:
-        self.server = server
-        self.rid = rid
-        self.pid: int | None = None
-        self.returncode: int | None = None
-        self.error: str | None = None
-        self._signals: list[int] = []
-
-    @property
-    def pending(self) -> bool:
-        """The reply has not been read yet."""
-        return self.pid is None and self.returncode is None
-
-    def resolved(self, pid: int) -> None:
-        """The zygote reports the PID: deliver the signals sent meanwhile."""
-        self.pid = pid
-        for sig in self._signals:
-            self.send_signal(sig)
-        self._signals.clear()
-
-    def failed(self, error: str) -> None:
-        """The worker was never started (refused, or the zygote went away)."""
-        log.warning("fork server: worker request %d failed: %s", self.rid, error)
-        self.error = error
-        self.returncode = FORK_FAILED
-
-    def poll(self) -> int | None:
-        """The exit code (``-SIGNAL`` if killed) once it exited, else None."""
-        if self.returncode is not None or self.pid is None:
-            return self.returncode
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            # cannot happen once re-parented; the worker replies only after that
-            log.warning("worker pid %d is not a child of the daemon: exit status unknown",
-                        self.pid)
-            self.returncode = FORK_FAILED
-            return self.returncode
-        if pid == self.pid:
-            self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait for the exit; subprocess.TimeoutExpired after ``timeout`` seconds.
-
-        A child still waiting for its PID reads the zygote's replies for at most
-        ``timeout`` (or the server's ``request_timeout``), then counts as failed.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if self.pending:
-            limit = self.server.request_timeout if timeout is None else timeout
-            self.server.read_replies(until=self, timeout=limit)
-            if self.pending:
-                if timeout is not None:
-                    raise subprocess.TimeoutExpired(f"worker request {self.rid}", timeout)
-                self.failed(f"no reply within {limit:g}s")
-        if self.pid is None:
-            return self.returncode if self.returncode is not None else FORK_FAILED
-        try:
-            pidfd = os.pidfd_open(self.pid)
-        except OSError:
-            pidfd = -1  # already reaped, or no pidfd support: poll
-        try:
-            while (code := self.poll()) is None:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise subprocess.TimeoutExpired(f"worker pid {self.pid}", timeout or 0.0)
-                if pidfd >= 0:
-                    select.select([pidfd], [], [], 1.0 if left is None else left)
-                else:
-                    time.sleep(0.05 if left is None else min(left, 0.05))
-            return code
-        finally:
-            if pidfd >= 0:
-                os.close(pidfd)
-
-    def send_signal(self, sig: int) -> None:
-        """Signal the worker by PID (later, if its PID is not known yet); not once reaped."""
-        if self.pending:
-            self._signals.append(sig)
-        elif self.poll() is None:
-            assert self.pid is not None
-            os.kill(self.pid, sig)
-
-
 class ForkServerError(OSError):
     """The zygote could not be started or did not fork a worker (the launch falls back)."""
+
+
+class ForkServerBusy(ForkServerError):
+    """The zygote's request queue is full (it is still starting, or stuck); this launch
+    falls back, the zygote is kept (a stuck one is found out by its workers' pings)."""
 
 
 def become_subreaper() -> bool:
@@ -232,6 +114,8 @@ class ForkServer:
         self._deaths: list[float] = []  # when it was found dead (monotonic)
         self._pending: dict[int, ForkedChild] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = 0.0  # when the zygote was started (monotonic)
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @property
     def pid(self) -> int | None:
@@ -255,7 +139,7 @@ class ForkServer:
         try:
             self.proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()],
                                          stdin=subprocess.DEVNULL, close_fds=True,
-                                         env=_child_env())
+                                         env=child_env())
         except OSError as e:
             ours.close()
             raise ForkServerError(f"cannot start the fork server {argv[0]}: {e}") from e
@@ -265,6 +149,7 @@ class ForkServer:
         ours.setblocking(False)
         self._sock = ours
         self._ready = False
+        self._started = time.monotonic()
 
     def close(self) -> None:
         """Stop the zygote (it exits when its socket closes; killed if it lingers).
@@ -283,13 +168,40 @@ class ForkServer:
             child.failed("the fork server was stopped before it replied")
         proc, self.proc = self.proc, None
         self._ready = False
-        if proc is not None:
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: wait here
             try:
-                proc.wait(2.0)
+                proc.wait(CLOSE_GRACE)
             except subprocess.TimeoutExpired:
-                log.info("[#] kill -%d %d (fork server)", signal.SIGKILL, proc.pid)
-                proc.kill()
+                _kill(proc)
                 proc.wait()
+            return
+        task = loop.create_task(_retire(proc))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait, without blocking the loop, up to ``timeout`` (default ``ready_timeout``)
+        for the zygote's ready message; whether it came. The daemon's start-up uses it,
+        so its first workers are forked at once."""
+        if self._sock is None:
+            return False
+        self._watch()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.ready_timeout if timeout is None else timeout)
+        while not self._ready and self._sock is not None and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        return self._ready
+
+    def _in_loop(self) -> bool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
 
     def _recv(self, timeout: float, what: str) -> Ready | Forked | ForkError | None:
         """One message; None when none came within ``timeout`` (0: do not wait).
@@ -326,6 +238,9 @@ class ForkServer:
                 return
             except BlockingIOError:
                 left = deadline - time.monotonic()
+                if self._in_loop():  # never wait in the loop
+                    raise ForkServerBusy(f"fork server pid {self.pid}: its request queue "
+                                         "is full") from None
                 if left <= 0:
                     raise ForkServerError(f"fork server pid {self.pid} took no request for "
                                           f"{self.request_timeout:g}s") from None
@@ -359,9 +274,13 @@ class ForkServer:
 
     def _dispatch(self, msg: Ready | Forked | ForkError) -> None:
         """Hand one reply to the child waiting for it."""
-        child = None if isinstance(msg, Ready) or msg.id is None else self._pending.pop(
-            msg.id, None)
-        if child is None or isinstance(msg, Ready):
+        if isinstance(msg, Ready):
+            if not self._ready:
+                self._ready = True
+                log.info("fork server pid %s ready", self.pid)
+            return
+        child = None if msg.id is None else self._pending.pop(msg.id, None)
+        if child is None:
             log.warning("fork server: reply to no pending request: %r", msg)
         elif isinstance(msg, Forked):
             child.resolved(msg.pid)
@@ -412,6 +331,13 @@ class ForkServer:
                     and time.monotonic() - self._failed_at < self.retry_after):
                 raise ForkServerError("fork server failed recently; not retried yet")
             self.start()
+        if not self._ready and self._in_loop():
+            # the loop reads the ready message like any reply; requests wait in the
+            # socket meanwhile (the zygote reads them once ready)
+            if time.monotonic() - self._started > self.ready_timeout:
+                raise ForkServerError(f"fork server pid {self.pid}: no ready message within "
+                                      f"{self.ready_timeout:g}s")
+            return
         if not self._ready:
             msg = self._recv(self.ready_timeout, "ready message")
             if msg is None:
@@ -430,6 +356,8 @@ class ForkServer:
         req = Fork(child.rid, tuple(fds), str(run_as) if run_as is not None else None)
         try:
             self._send(req.encode(), fds)
+        except ForkServerBusy:
+            raise
         except ForkServerError:
             self.close()  # dead or stuck: started afresh at the next launch
             raise
@@ -437,7 +365,21 @@ class ForkServer:
         self._watch()
         if self._loop is None:  # nobody reads replies for us: wait for this one
             self.read_replies(until=child, timeout=self.request_timeout)
+        else:  # a zygote that never answers (stuck, stopped) is replaced
+            limit = self.request_timeout + (0.0 if self._ready else self.ready_timeout)
+            self._loop.call_later(limit, self._expire, child.rid, limit)
         return child
+
+    def _expire(self, rid: int, limit: float) -> None:
+        """Request ``rid`` is still unanswered after ``limit`` seconds: the zygote is stuck.
+        It is stopped (SIGKILL if it lingers), its pending requests fail (their workers
+        count as exited) and the next launch starts a new one."""
+        if rid not in self._pending or self._sock is None:
+            return
+        log.warning("fork server pid %s answered no request for %.0fs: stuck; stopping it",
+                    self.pid, limit)
+        self._deaths.append(time.monotonic())
+        self.close()
 
     def launch(self, fds: Sequence[int], run_as: RunAs | None) -> Child:
         """Fork the worker (see the module docstring); spawn it if the zygote cannot take
@@ -450,6 +392,30 @@ class ForkServer:
             return self.fallback.launch(fds, run_as)
         self.forked += 1
         return child
+
+
+CLOSE_GRACE = 2.0  # seconds a closed zygote may take to exit; then SIGKILL
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    log.info("[#] kill -%d %d (fork server)", signal.SIGKILL, proc.pid)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
+async def _retire(proc: subprocess.Popen[bytes]) -> None:
+    """Reap a closed zygote from the loop without blocking it; SIGKILL if it lingers."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CLOSE_GRACE
+    killed = False
+    while proc.poll() is None:
+        if loop.time() >= deadline:
+            if killed:
+                log.warning("fork server pid %d: no exit status after SIGKILL", proc.pid)
+                return
+            _kill(proc)
+            killed, deadline = True, loop.time() + CLOSE_GRACE
+        await asyncio.sleep(0.02)
 
 
 def _fd_array(fds: Sequence[int]) -> bytes:

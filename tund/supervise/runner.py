@@ -53,6 +53,7 @@ def merge_peers(base: Mapping[str, Mapping[str, Any]],
         out[name] = peer
     return out
 STABLE_AFTER = 10.0  # seconds a worker must live for its crash streak to reset
+REFRESH_TIMEOUT = 0.05  # seconds status waits for fresh counters (a healthy loop: < 1 ms)
 START_GRACE = 15.0  # seconds a new worker may take to start Python and send its first message
 
 
@@ -320,10 +321,15 @@ class TunnelRunner:
             if w.send(Ping(self._seq)):
                 self._outstanding[self._seq] = now
 
-    async def refresh(self, timeout: float = 0.5) -> None:
-        """Ask the live worker for fresh counters (for an exact status)."""
+    async def refresh(self, timeout: float = REFRESH_TIMEOUT) -> None:
+        """Ask the live worker for fresh counters (for an exact status), waiting at most
+        ``timeout``; a worker already behind on its pings (stopped, wedged), or not heard
+        from yet, is not waited for: its last counters stand."""
         w = self.worker
-        if w is None:
+        if w is None or not self._heard:  # not started yet: it has no counters
+            return
+        now = asyncio.get_running_loop().time()
+        if any(now - sent > timeout for sent in self._outstanding.values()):
             return
         self._seq += 1
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -8,7 +8,8 @@ device fd and (role listen) the underlay socket under the same numbers as in the
 and no other fd, then sends the start message carrying the spec (secrets travel only
 there). Either way the worker is the daemon's child. Incoming control messages
 are handed to ``on_message``; the control socket closing (the worker died) calls ``on_exit``
-once. Nothing here blocks the daemon's event loop for longer than a non-blocking send.
+once, with the exit status collected by a task (the loop never waits for a process).
+Nothing here blocks the daemon's event loop for longer than a non-blocking send.
 
 Privileges: the worker drops them itself before its first packet
 (:mod:`tund.relay.process.privileges`); :attr:`WorkerProcess.RUN_AS` (set per configuration
@@ -44,6 +45,9 @@ from tund.workerapi.spec import WorkerSpec
 
 log = logging.getLogger("tund.supervise")
 
+REAP_GRACE = 2.0  # seconds a worker may linger after closing its socket; then SIGKILL
+REAP_POLL = 0.02  # how often the reaper looks (it never blocks the loop)
+
 
 @dataclass(frozen=True)
 class Malformed:
@@ -75,6 +79,7 @@ class WorkerProcess:
         self._exited = False
         self._refused = False  # it sent a malformed message: read nothing more
         self._buf = bytearray(MAX_MESSAGE + 1)  # one more: a longer datagram is seen as such
+        self._reaper: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -149,14 +154,41 @@ class WorkerProcess:
                 asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
-        if not self._exited:
-            self._exited = True
-            self._on_exit(self._reap(timeout=2.0))
+        if self._exited:
+            return
+        self._exited = True
+        code = self.proc.poll() if self.proc is not None else None
+        if self.proc is None or code is not None:
+            self._on_exit(code)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (tools, tests): wait here
+            self._on_exit(self._reap_now(REAP_GRACE))
+            return
+        self._reaper = loop.create_task(self._reap(REAP_GRACE))
 
-    def _reap(self, timeout: float) -> int | None:
-        """Collect the exit status; kill the process if it lingers after closing its socket."""
-        if self.proc is None:
-            return None
+    async def _reap(self, grace: float) -> None:
+        """Collect the exit status without blocking the loop; kill the process if it
+        lingers ``grace`` seconds after closing its socket."""
+        assert self.proc is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        killed = False
+        while (code := self.proc.poll()) is None:
+            if loop.time() >= deadline:
+                if killed:  # not even SIGKILL ended it (a fork request never answered)
+                    log.warning("worker of tunnel %s (pid %s): no exit status %.0fs after "
+                                "SIGKILL; counted as exited", self.spec.tunnel, self.pid,
+                                grace)
+                    break
+                self.kill()
+                killed, deadline = True, loop.time() + grace
+            await asyncio.sleep(REAP_POLL)
+        self._on_exit(code)
+
+    def _reap_now(self, timeout: float) -> int | None:
+        assert self.proc is not None
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -175,6 +207,7 @@ class WorkerProcess:
     async def stop(self, grace: float = 2.0) -> None:
         """Ask the worker to stop; TERM then KILL if it does not exit in time."""
         if self.proc is None or self._exited:
+            await self._reaped()
             return
         self.send(Stop())
         for sig in (None, signal.SIGTERM, signal.SIGKILL):
@@ -186,6 +219,12 @@ class WorkerProcess:
             if self.proc.poll() is not None:
                 break
         self._closed()
+        await self._reaped()
+
+    async def _reaped(self) -> None:
+        """Return once ``on_exit`` was called (the reaper task, if one runs, is done)."""
+        if self._reaper is not None:
+            await asyncio.shield(self._reaper)
 
 
 _SO_SNDBUFFORCE = 32  # Linux; beyond net.core.wmem_max, for CAP_NET_ADMIN (the daemon)

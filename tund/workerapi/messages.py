@@ -15,6 +15,9 @@ zygote -> daemon    :class:`Ready` (once), :class:`Forked` (sent by the new work
 
 A worker's counters travel as :class:`Stats` (cumulative for the life of the process).
 Imports nothing of tund's but :mod:`tund.workerapi.spec`.
+
+Size: one module by design (issue 14.2): every message both sides exchange, each with
+its strict decoder, in the one place both sides import.
 """
 
 from __future__ import annotations

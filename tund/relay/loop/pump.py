@@ -49,6 +49,9 @@ works but will hurt (an MTU larger than the underlay path carries, see
 :mod:`tund.relay.loop.health`).
 
 No per-packet logging; per-packet work is a length check, the codec call and a syscall.
+
+Size: one class on purpose: the loop's per-packet paths read its attributes and locals
+directly; split into helpers, every packet would pay the extra calls.
 """
 
 from __future__ import annotations

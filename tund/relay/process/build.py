@@ -6,6 +6,7 @@ imports what the loop needs; reads no packet.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import socket
@@ -23,7 +24,7 @@ from tund.relay.loop.pump import Pump
 from tund.relay.transport.base import Transport, parse_peer
 from tund.relay.transport.framing import MAX_FRAME
 from tund.relay.transport.tcp import TcpTransport
-from tund.relay.transport.udp import UdpTransport
+from tund.relay.transport.udp import RESOLVE_EVERY, UdpTransport
 from tund.workerapi.spec import WorkerSpec
 from tund.workerapi.underlay import bind_underlay
 
@@ -36,6 +37,11 @@ def max_packet(spec: WorkerSpec) -> int:
     """The largest device packet: MTU, + 14 (Ethernet header) for tap, + 4 with PI."""
     return min(MAX_FRAME, spec.mtu + (14 if spec.mode == "tap" else 0)
                + (4 if spec.packet_info else 0))
+
+
+#: Test-only timer overrides (``WorkerSpec.timers``) for the transport, not for WireGuard:
+#: ``resolve_every`` (UDP, role remote: seconds between lookups of a host name).
+TRANSPORT_TIMERS = frozenset({"resolve_every"})
 
 
 def make_codec(spec: WorkerSpec) -> Codec:
@@ -54,7 +60,8 @@ def make_codec(spec: WorkerSpec) -> Codec:
         if spec.private_key is None:
             raise RelayError(f"tunnel {spec.tunnel!r}: peers need private_key in the spec")
         core = PeerCore(spec.private_key, mtu=spec.mtu, packet_info=spec.packet_info,
-                        mode=spec.mode, timers=spec.timers)
+                        mode=spec.mode, timers={k: v for k, v in spec.timers.items()
+                                                if k not in TRANSPORT_TIMERS})
         return PeersCodec(core, spec.peers)
     if spec.encryption == "wireguard":
         try:
@@ -62,7 +69,8 @@ def make_codec(spec: WorkerSpec) -> Codec:
         except ImportError as e:
             raise RelayError(f"encryption 'wireguard' is not available: cannot import "
                              f"tund.relay.wireguard.codec.WireGuardCodec ({e})") from e
-        codec: Codec = WireGuardCodec(spec)
+        wg_timers = {k: v for k, v in spec.timers.items() if k not in TRANSPORT_TIMERS}
+        codec: Codec = WireGuardCodec(dataclasses.replace(spec, timers=wg_timers))
         return codec
     raise RelayError(f"unknown encryption {spec.encryption!r} (expected 'none' or 'wireguard')")
 
@@ -95,6 +103,7 @@ def make_transport(spec: WorkerSpec, counters: Counters,
                             authenticates=spec.encryption == "wireguard", **common)
     known = parse_peer(spec.known_peer) if spec.known_peer and spec.role == "listen" else None
     return UdpTransport(counters, sock=sock, known_peer=known, multi=spec.peers is not None,
+                        resolve_every=float(spec.timers.get("resolve_every", RESOLVE_EVERY)),
                         **common)
 
 

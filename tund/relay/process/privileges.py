@@ -17,7 +17,9 @@ single packet. In this order:
    other process of the same user (another tunnel's worker) may ptrace it or read its
    memory or fds through /proc;
 6. :func:`verify` reads ``/proc/self/status`` back and raises :class:`PrivilegeError`
-   unless every field is as intended and ``setuid(0)`` fails.
+   unless every field is as intended and ``setuid(0)`` fails;
+7. a seccomp filter (:mod:`tund.relay.process.seccomp`): no exec, ptrace, mounts,
+   namespaces, ..., and no ioctl that re-owns or re-points the worker's TUN device.
 
 Every step is logged before it is made. Any failure raises :class:`PrivilegeError`; the
 worker then refuses to run (it never falls back to running privileged).
@@ -33,6 +35,7 @@ import resource
 from pathlib import Path
 
 from tund.relay.errors import RelayError
+from tund.relay.process import seccomp
 from tund.workerapi.run_as import RunAs
 
 log = logging.getLogger("tund.relay.process.privileges")
@@ -159,10 +162,14 @@ def drop_privileges(run_as: RunAs | None) -> None:
     log.info("[#] prctl PR_SET_DUMPABLE 0")
     _prctl(libc, _PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")
     verify(run_as if switching else None)
+    try:
+        seccomp.install()  # last: verify's setuid(0) probe is the kernel's answer
+    except OSError as e:
+        raise PrivilegeError(f"cannot install the seccomp filter: {e.strerror or e}") from None
     status = read_status()
-    log.info("privileges dropped: uid %s gid %s, CapEff %s, NoNewPrivs %s",
+    log.info("privileges dropped: uid %s gid %s, CapEff %s, NoNewPrivs %s, Seccomp %s",
              status.get("Uid"), status.get("Gid"), status.get("CapEff"),
-             status.get("NoNewPrivs"))
+             status.get("NoNewPrivs"), status.get("Seccomp"))
 
 
 def read_status(pid: int | str = "self") -> dict[str, str]:

@@ -20,8 +20,8 @@ With no current connection the new one is used at once. Otherwise it waits as *p
 
 Every take-over is logged. Plaintext is for trusted networks (see README).
 
-Role ``remote``: connect to ``host:port`` (resolved at each attempt), retrying with a
-capped exponential backoff between ``reconnect_min`` and ``reconnect_max`` (jittered);
+Role ``remote``: connect to ``host:port`` (resolved at each attempt, off the loop), retrying
+with a capped exponential backoff between ``reconnect_min`` and ``reconnect_max`` (jittered);
 the backoff restarts from the minimum once a connection came up.
 
 Sending appends frames to one outbound buffer flushed once per loop iteration (one
@@ -29,6 +29,9 @@ Sending appends frames to one outbound buffer flushed once per loop iteration (o
 and the pump stops reading the device (the kernel's device queue then drops), until the
 buffer falls under ``LOW_WATER``. Memory is bounded: a message that would take the buffer
 past ``HARD_LIMIT`` is dropped as ``"queue_full"``.
+
+Size: one class on purpose: connection, pending connections and framing share its
+buffers on the per-packet path.
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ from typing import TYPE_CHECKING, Any
 from tund.relay.codec.base import Address
 from tund.relay.loop.counters import Counters
 from tund.relay.loop.poller import Registry
-from tund.relay.transport.base import Backoff, Link, SourceFilter, format_peer, resolve
+from tund.relay.transport.base import Backoff, Link, SourceFilter, format_peer
 from tund.relay.transport.framing import MAX_FRAME, FrameDecoder
+from tund.relay.transport.resolver import Resolver, Result, literal
 
 log = logging.getLogger("tund.relay.transport.tcp")
 
@@ -116,6 +120,7 @@ class TcpTransport:
         self._rview = memoryview(self._rbuf)
         self._sel: Registry | None = None
         self._link: Link | None = None
+        self._resolver: Resolver | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -130,6 +135,9 @@ class TcpTransport:
             self._connect()
 
     def close(self) -> None:
+        if self._resolver is not None:
+            self._resolver.close()
+            self._resolver = None
         for p in list(self.pending):
             self._close_pending(p)
         self._drop_conn(notify=False)
@@ -142,9 +150,25 @@ class TcpTransport:
     # ------------------------------------------------------------------ remote role
 
     def _connect(self) -> None:
+        """Connect to the endpoint: an IP literal at once, a host name once the resolver's
+        thread answers (:mod:`tund.relay.transport.resolver`: the loop never waits)."""
+        assert self._sel is not None
+        found = literal(self.host, self.port, socket.SOCK_STREAM)
+        if found is not None:
+            self._connect_to(found)
+            return
+        if self._resolver is None:
+            self._resolver = Resolver(self.host, self.port, socket.SOCK_STREAM, self._sel,
+                                      self._connect_to)
+        self._deadline = None  # the answer wakes the loop
+        self._resolver.start()
+
+    def _connect_to(self, result: Result) -> None:
         assert self._sel is not None
         try:
-            family, addr = resolve(self.host, self.port, socket.SOCK_STREAM)
+            if isinstance(result, OSError):
+                raise result
+            family, addr = result
             s = socket.socket(family, socket.SOCK_STREAM)
         except OSError as e:
             self._retry_later(f"{e.strerror or e}")

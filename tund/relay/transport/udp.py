@@ -19,7 +19,8 @@ another of our addresses moves it. A socket bound to one address uses none of th
 Role ``remote``: a socket of our own, ``connect()``-ed to the resolved endpoint (the
 kernel then filters other senders and reports ICMP errors). A host name is resolved
 again every ``RESOLVE_EVERY`` seconds and the socket re-pointed if the address changed;
-an unresolvable name is retried with backoff.
+an unresolvable name is retried with backoff. Lookups run off the loop
+(:mod:`tund.relay.transport.resolver`): traffic to the old address goes on meanwhile.
 
 Batching: :meth:`UdpTransport.send` queues; :meth:`UdpTransport.flush` (once per loop
 iteration, or when the queue holds ``FLUSH_BYTES``) sends each run of equal-sized
@@ -34,6 +35,9 @@ one size in one read, with their size in a control message; they are split again
 
 ICMP errors (ECONNREFUSED, EHOSTUNREACH, ...) on send or receive count as ``errors`` and
 are not fatal; a full socket buffer drops the datagram as ``"queue_full"``.
+
+Size: one class on purpose: receive and send (GRO, GSO trains, sticky source addresses)
+are its per-packet paths.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from tund.relay.codec.base import Address
 from tund.relay.loop.counters import Counters
 from tund.relay.loop.poller import Registry
 from tund.relay.transport import pktinfo
-from tund.relay.transport.base import Backoff, Link, SourceFilter, format_peer, resolve
+from tund.relay.transport.base import Backoff, Link, SourceFilter, format_peer
 from tund.relay.transport.gso import (
     GRO_SPACE,
     GSO_BYTES,
@@ -61,6 +65,7 @@ from tund.relay.transport.gso import (
     gro_size,
     segment_option,
 )
+from tund.relay.transport.resolver import Resolver, Result, literal
 
 log = logging.getLogger("tund.relay.transport.udp")
 
@@ -99,7 +104,8 @@ class UdpTransport:
     def __init__(self, counters: Counters, *, role: str, host: str, port: int,
                  sock: socket.socket | None = None, reconnect_min: float = 0.2,
                  reconnect_max: float = 10.0, known_peer: Address | None = None,
-                 multi: bool = False, allowed_sources: Sequence[str] = ()) -> None:
+                 multi: bool = False, allowed_sources: Sequence[str] = (),
+                 resolve_every: float = RESOLVE_EVERY) -> None:
         """``known_peer`` (role listen): the previous worker's peer, contacted at start."""
         if role == "listen" and sock is None:
             raise ValueError("udp: role listen needs a bound socket")
@@ -136,6 +142,8 @@ class UdpTransport:
         self._src: pktinfo.Option | None = None  # that address, as a sendmsg option
         self._srcs: dict[Address, pktinfo.Option | None] = {}  # sender -> local address
         self._anc_space = GRO_SPACE
+        self._resolver: Resolver | None = None
+        self.resolve_every = resolve_every
 
     def start(self, sel: Registry, link: Link, now: float) -> None:
         self._sel, self._link = sel, link
@@ -160,6 +168,12 @@ class UdpTransport:
             self._resolve()
 
     def close(self) -> None:
+        if self._resolver is not None:
+            self._resolver.close()
+            self._resolver = None
+        self.close_socket()
+
+    def close_socket(self) -> None:
         self._out.clear()
         if self.sock is not None:
             if self._sel is not None:
@@ -171,23 +185,37 @@ class UdpTransport:
     # ------------------------------------------------------------------ remote role
 
     def _resolve(self) -> None:
-        """(Re)resolve the endpoint; (re)create or re-point the socket when it changed."""
+        """(Re)resolve the endpoint: an IP literal at once, a host name in the resolver's
+        thread (:mod:`tund.relay.transport.resolver`: the loop never waits for DNS)."""
+        assert self._sel is not None
+        found = literal(self.host, self.port, socket.SOCK_DGRAM)
+        if found is not None:
+            self._resolved(found)
+            return
+        if self._resolver is None:
+            self._resolver = Resolver(self.host, self.port, socket.SOCK_DGRAM, self._sel,
+                                      self._resolved)
+        self._deadline = None  # the answer wakes the loop
+        self._resolver.start()
+
+    def _resolved(self, result: Result) -> None:
+        """The answer: (re)create or re-point the socket when the address changed; an
+        error is retried with backoff (the old address stays in use meanwhile)."""
         assert self._sel is not None and self._link is not None
-        try:
-            family, addr = resolve(self.host, self.port, socket.SOCK_DGRAM)
-        except OSError as e:
+        if isinstance(result, OSError):
             delay = self.backoff.next_delay()
-            self.problem = str(e.strerror or e)
+            self.problem = str(result.strerror or result)
             log.warning("%s; retrying in %.2fs", self.problem, delay)
             self._deadline = time.monotonic() + delay
             return
         self.problem = None
+        family, addr = result
         self.backoff.reset()
-        self._deadline = None if _is_ip(self.host) else time.monotonic() + RESOLVE_EVERY
+        self._deadline = None if _is_ip(self.host) else time.monotonic() + self.resolve_every
         if addr == self.peer:
             return
         if self.sock is not None and self.sock.family != family:
-            self.close()
+            self.close_socket()
         else:
             self.flush()  # what was queued for the old address
         if self.sock is None:

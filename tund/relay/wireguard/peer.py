@@ -16,6 +16,10 @@ Receiver indexes are unique over all peers of a ``Local``: :meth:`Local.new_inde
 draws one not in :attr:`Local.index` and maps it to the peer; a peer's indexes that it
 no longer holds are unmapped at its next draw (so the map holds at most a handful per
 peer), all of them by :meth:`Local.forget`.
+
+Size: one module on purpose: :class:`PeerSession`'s per-packet paths (seal_one,
+_open_transport) read its slots directly and :class:`Local` is what they share; the
+protocol's reasoning is in docs/design.md.
 """
 
 from __future__ import annotations

@@ -49,6 +49,9 @@ Wiring into a worker (what the pump and a UDP transport do with it)::
     timers     next_deadline(); tick(now) -> pairs
     reload     add_peer / remove_peer / update_peer(name, <the full new peer>, now)
     status     stats(): drops (add to the worker's), wg_drops, peers: name -> fields
+
+Size: one class on purpose: the per-packet paths inline the prefix lookup and the
+receiver-index map (see bench/peers_core.py for what each call costs).
 """
 
 from __future__ import annotations
