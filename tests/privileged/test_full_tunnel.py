@@ -2,7 +2,7 @@
 
 Three namespaces: a client, a server it reaches over a veth (the client's default route
 goes through it: the host's own default route), and a far host behind the server. The
-client's one peer has ``allowed_ips = ["0.0.0.0/0"]`` and ``table = "auto"``:
+client's one peer has ``allowed_ips = ["0.0.0.0/0", "::/0"]`` and ``table = "auto"``:
 
 * its traffic to the far host goes through the tunnel (the far host sees the tunnel
   address as the source), the tunnel stays up and the underlay carries no loop (the
@@ -109,7 +109,8 @@ def test_everything_through_the_tunnel_without_a_loop(tmp_path: Path) -> None:
              f'[tunnels.vpn]\ninterface = "{c_if}"\n'
              f'private_key_file = "{cs.dir / "vpn.key"}"\n'
              f'[tunnels.vpn.peers.server]\npublic_key = "{keys.public_key(s_key)}"\n'
-             'endpoint = "10.79.51.1:51820"\nallowed_ips = ["0.0.0.0/0"]\nkeepalive = 1\n')
+             'endpoint = "10.79.51.1:51820"\nallowed_ips = ["0.0.0.0/0", "::/0"]\n'
+             'keepalive = 1\n')
     echo = far.spawn(sys.executable, "-c", _ECHO, log=tmp_path / "echo.log")
     deadline = time.monotonic() + 10  # the veth's link-local address settles (DAD) first
     while time.monotonic() < deadline and (
@@ -130,6 +131,10 @@ def test_everything_through_the_tunnel_without_a_loop(tmp_path: Path) -> None:
         assert "not from all fwmark 0xca6c lookup 51820" in rules, rules
         assert f"dev {c_if} table 51820" in client.run("ip", "route", "get",
                                                        "10.79.52.2").stdout
+        rules6 = client.run("ip", "-6", "rule", "show").stdout
+        assert "32764:\tfrom all lookup main suppress_prefixlength 0" in rules6, rules6
+        assert "32765:\tnot from all fwmark 0xca6c lookup 51820" in rules6, rules6
+        assert f"dev {c_if}" in client.run("ip", "-6", "route", "show", "table", "51820").stdout
         # the tunnel's own packets (marked) still take the underlay
         assert f"dev {c_up}" in client.run("ip", "route", "get", "10.79.51.1", "mark",
                                            "51820").stdout
