@@ -24,7 +24,7 @@ from tests.unit.test_supervisor import FakeWorker
 from tund import config
 from tund.daemon import engine as engine_mod
 from tund.daemon.engine import Engine
-from tund.errors import ReloadError
+from tund.errors import IpCommandError, ReloadError
 from tund.netdev import tuntap
 
 
@@ -41,6 +41,9 @@ class BatchFakeIp(FakeIp):
         if args[0] not in ("-4", "-6"):
             return super().run(argv)
         self.ran.append(args)
+        for pred, stderr in self._failures:
+            if pred(args):
+                raise IpCommandError(["ip", *args], 2, stderr)
         key = (*args[:2], *args[3:])
         if args[2] == "add":
             assert key not in self.policy, f"duplicate {args}"
@@ -497,3 +500,48 @@ def test_an_interface_that_failed_is_retried_by_the_next_reload_not_called_uncha
     assert status["interfaces"]["zqb0"]["error"] is None
     assert [w.spec.tunnel for w in FakeWorker.all].count("held") == 1  # started once, now
     assert again["actions"] == [] and again["unchanged"]["interfaces"] == ["zqb0", "zqk0"]
+
+
+def test_a_failing_rule_undoes_the_full_tunnel_and_the_reload(
+        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
+    """issue 19.5: a policy rule the kernel refuses fails the reload; the table route, the
+    socket mark and the peer's routes before it are undone, the old config stays."""
+    import os
+
+    from tund import keys
+
+    if os.geteuid() != 0:
+        pytest.skip("setting SO_MARK needs CAP_NET_ADMIN")
+
+    ip, _dev = fakes
+    path = tmp_path / "tunnels.toml"
+    key = tmp_path / "vpn.key"
+    key.write_text(keys.generate_private_key())
+    key.chmod(0o600)
+    port = _free_port()
+    main = (_iface("zqw0", addrs=["10.91.9.1/24"])
+            + f'[tunnels.vpn]\ninterface = "zqw0"\nlisten = "127.0.0.1:{port}"\n'
+            'private_key_file = "vpn.key"\n[tunnels.vpn.peers]\n')
+    eng = Engine(path, ip=ip, fork_server=False)
+    ip.fail(lambda a: a[1:4] == ["rule", "add", "not"])
+
+    async def go() -> str:
+        await _start(eng, main, path)
+        old = eng.config
+        (tmp_path / "tunnels.d").mkdir()
+        (tmp_path / "tunnels.d" / "50-exit.toml").write_text(
+            "[tunnels.vpn.peers.exit]\n"
+            f'public_key = "{keys.public_key(keys.generate_private_key())}"\n'
+            'allowed_ips = ["0.0.0.0/0", "10.94.0.0/24"]\n')
+        with pytest.raises(ReloadError) as e:
+            await eng.reload()
+        assert eng.config is old
+        mark = eng.listeners["vpn"].getsockopt(socket.SOL_SOCKET, socket.SO_MARK)
+        await eng.shutdown()
+        assert mark == 0
+        return str(e.value)
+
+    why = asyncio.run(go())
+    assert "not fwmark 51820" in why and "undone" in why
+    assert ip.policy == {}  # the table route was deleted again
+    assert ip.links["zqw0"].routes == {}  # and the peer's main-table route
