@@ -171,3 +171,34 @@ def test_everything_through_the_tunnel_without_a_loop(tmp_path: Path) -> None:
     log = cs.log.read_text()
     assert "[#] ip -4 rule add not fwmark 51820 table 51820" in log
     assert "[#] ip -4 rule del not fwmark 51820 table 51820" in log
+
+
+def test_table_moves_routes_between_main_a_numbered_table_and_none(tmp_path: Path) -> None:
+    """``table`` changed by reload: auto (main) -> 100 -> off -> auto, each step a diff."""
+    ns = make_ns()
+    dev = unique("trot")
+    site = Site(ns, tmp_path / "s", "s")
+
+    def conf(table: str) -> str:
+        return (f'[interfaces.{dev}]\nmode = "tun"\npersist = false\n'
+                f'addresses = ["10.79.70.1/24"]\nroutes = ["10.79.71.0/24"]\ntable = {table}\n')
+
+    def where() -> tuple[bool, bool]:
+        main = ns.run("ip", "-4", "route", "show", "dev", dev).stdout
+        t100 = ns.run("ip", "-4", "route", "show", "table", "100", check=False).stdout
+        return "10.79.71.0/24" in main, "10.79.71.0/24" in t100
+
+    site.write(conf('"auto"'))
+    try:
+        site.start(extra_env=_ENV)
+        deadline = time.monotonic() + 10
+        while where() != (True, False) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert where() == (True, False)
+        for table, want in (("100", (False, True)), ('"off"', (False, False)),
+                            ('"auto"', (True, False))):
+            site.write(conf(table))
+            site.reload()
+            assert where() == want, (table, site.log_tail())
+    finally:
+        site.stop()

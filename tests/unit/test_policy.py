@@ -142,3 +142,9 @@ def test_a_default_route_on_a_remote_tunnel_is_refused() -> None:
                    'interface = "a"\nremote = "192.0.2.7:5"\nencryption = "none"\n')
     assert [i.path for i in e.value.issues] == ["interfaces.a.routes[0]"]
     assert "listen or peers" in e.value.issues[0].message
+
+
+def test_the_kernels_own_tables_are_refused() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_text('[interfaces.a]\nmode = "tun"\ntable = 254\n')
+    assert any(i.path == "interfaces.a.table" and "main" in i.message for i in e.value.issues)

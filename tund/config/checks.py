@@ -125,7 +125,7 @@ def _loop_issues(ifaces: Mapping[str, Any], tunnels: Mapping[str, Any],
         if not isinstance(iname, str) or not isinstance(ifaces.get(iname), Mapping):
             continue
         table = ifaces[iname].get("table", "auto")
-        if table not in ("auto", 254):
+        if table != "auto":
             continue  # off: no routes; another table: the user's rules decide
         raw_peers = body.get("peers")
         peers: Mapping[str, Any] = raw_peers if isinstance(raw_peers, Mapping) else {}

@@ -306,6 +306,14 @@ class InterfaceConfig(_Model):
     def _group(cls, v: Any) -> str | int:
         return _check_principal(v, "group")
 
+    @field_validator("table")
+    @classmethod
+    def _table(cls, v: str | int) -> str | int:
+        if isinstance(v, int) and v in (253, 254, 255):
+            raise ValueError('must not be 253, 254 or 255 (the kernel\'s default, main and '
+                             'local tables; "auto" routes into main)')
+        return v
+
     @field_validator("mac")
     @classmethod
     def _mac(cls, v: str | None) -> str | None:
