@@ -92,6 +92,9 @@ class FakeDevices:
         return tuntap.OpenedDevice(fd=fd, info=info, created=True)
 
     def delete_device(self, name: str, fd: int | None = None) -> bool:
+        policy = getattr(self.ip, "policy", {})
+        for k in [k for k, v in policy.items() if v.get("dev") == name]:
+            del policy[k]  # the kernel drops a deleted link's routes, in every table
         return self.ip.links.pop(name, None) is not None
 
     def set_persist(self, fd: int, on: bool) -> None:
@@ -545,3 +548,45 @@ def test_a_failing_rule_undoes_the_full_tunnel_and_the_reload(
     assert "not fwmark 51820" in why and "undone" in why
     assert ip.policy == {}  # the table route was deleted again
     assert ip.links["zqw0"].routes == {}  # and the peer's main-table route
+
+
+def test_a_recreated_full_tunnel_interface_gets_its_table_route_back(
+        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
+    """issue 19: recreating the device (owner changed) drops its table-51820 route with it;
+    the reload adds it back and keeps the rules (no duplicate, no failed delete)."""
+    import os
+
+    from tund import keys
+
+    if os.geteuid() != 0:
+        pytest.skip("setting SO_MARK needs CAP_NET_ADMIN")
+    ip, _dev = fakes
+    path = tmp_path / "tunnels.toml"
+    key = tmp_path / "vpn.key"
+    key.write_text(keys.generate_private_key())
+    key.chmod(0o600)
+    port = _free_port()
+
+    def conf(extra: str) -> str:
+        return (_iface("zqx0", addrs=["10.91.10.1/24"], extra=extra)
+                + f'[tunnels.vpn]\ninterface = "zqx0"\nlisten = "127.0.0.1:{port}"\n'
+                'private_key_file = "vpn.key"\n[tunnels.vpn.peers.exit]\n'
+                f'public_key = "{keys.public_key(keys.generate_private_key())}"\n'
+                'allowed_ips = ["0.0.0.0/0"]\n')
+
+    eng = Engine(path, ip=ip, fork_server=False)
+
+    async def go() -> dict[str, Any]:
+        await _start(eng, conf(""), path)
+        assert len(ip.policy) == 3
+        path.write_text(conf("owner = 0"))
+        done = await eng.reload()
+        mark = eng.listeners["vpn"].getsockopt(socket.SOL_SOCKET, socket.SO_MARK)
+        assert mark == 51820
+        await eng.shutdown()
+        return done
+
+    done = asyncio.run(go())
+    assert "[#] ip -4 route add 0.0.0.0/0 dev zqx0 table 51820 proto static" in done["actions"]
+    assert not any("rule" in a for a in done["actions"]), done["actions"]
+    assert ip.policy == {}  # and the stop removed it all

@@ -37,6 +37,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import os
@@ -284,6 +285,7 @@ def _policy_steps(t: Target, p: Plan, old: Config, new: Config) -> list[Step]:
                 partial(t.set_mark, name, m_new), partial(t.set_mark, name, m_old),
                 f"update {name}", fields=logs.fields(tunnel=name)))
     gone = set(p.of("interfaces", "remove"))
+    recreated = set(p.of("interfaces", "recreate"))
     for name in sorted(old.interfaces.keys() | new.interfaces.keys()):
         p_old, p_new = policy.of(old, name), policy.of(new, name)
         part = f"route {name}"
@@ -292,10 +294,14 @@ def _policy_steps(t: Target, p: Plan, old: Config, new: Config) -> list[Step]:
             fams = {f for k in others if (q := policy.of(new, k)) is not None and q.rules
                     for f in q.families}
             st = policy.read(t.ip, p_old)
+            if name in recreated:  # its routes went with the old device (phase 3)
+                st = dataclasses.replace(st, routes=frozenset())
             steps += [_ip_step(t.ip, s, part, name)
                       for s in policy.remove_steps(p_old, st, tuple(fams))]
             if p_new is not None:  # what exists of it once the removal ran
                 now = policy.read(t.ip, p_new)
+                if name in recreated:
+                    now = dataclasses.replace(now, routes=frozenset())
                 same = p_new.table == p_old.table
                 left = policy.State(
                     now.routes - st.routes if same else now.routes,
@@ -303,8 +309,10 @@ def _policy_steps(t: Target, p: Plan, old: Config, new: Config) -> list[Step]:
                     now.suppress - (st.suppress - fams))
                 steps += [_ip_step(t.ip, s, part, name) for s in policy.add_steps(p_new, left)]
         elif p_new is not None and name not in gone:
-            steps += [_ip_step(t.ip, s, part, name)
-                      for s in policy.add_steps(p_new, policy.read(t.ip, p_new))]
+            now = policy.read(t.ip, p_new)
+            if name in recreated:  # its routes go with the old device
+                now = dataclasses.replace(now, routes=frozenset())
+            steps += [_ip_step(t.ip, s, part, name) for s in policy.add_steps(p_new, now)]
     return steps + unmark
 
 
