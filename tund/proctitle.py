@@ -19,6 +19,8 @@ import contextlib
 import ctypes
 import hashlib
 
+from tund import libc
+
 COMM_MAX = 15  # bytes of /proc/PID/comm (TASK_COMM_LEN - 1)
 WORKER_COMM_PREFIX = "relay:"
 FORK_SERVER_TITLE = "tund: fork server"
@@ -61,7 +63,7 @@ def worker_comm(tunnel: str) -> str:
 def set_comm(name: str) -> None:
     """``prctl(PR_SET_NAME, name)`` (cut to 15 bytes); best effort."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, name.encode()[:COMM_MAX], 0, 0, 0)
+        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:COMM_MAX]), what="PR_SET_NAME")
 
 
 def set_title(title: str, comm: str | None = None) -> bool:

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from tund.supervise.worker import FromWorker, Malformed, WorkerProcess
-from tund.workerapi.messages import MAX_MESSAGE, State, Stats
+from tund.workerapi.channel import MAX_MESSAGE
+from tund.workerapi.messages import State, Stats
 from tund.workerapi.run_as import RunAs
 from tund.workerapi.spec import WorkerSpec
 
@@ -90,4 +91,4 @@ def test_a_datagram_beyond_the_limit_is_refused_by_name() -> None:
     payload = json.dumps({"op": "state", "pad": "x" * MAX_MESSAGE}).encode()
     (msg,) = _receive(payload)
     assert isinstance(msg, Malformed)
-    assert f"longer than {MAX_MESSAGE} bytes" in msg.error
+    assert f"of {MAX_MESSAGE} bytes or more" in msg.error

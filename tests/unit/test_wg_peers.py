@@ -730,3 +730,21 @@ def test_allowed_ips_follow_the_last_writer(ops: list[tuple[str, int, list[str]]
             net, length = parse_prefix(prefix)
             got = core._routes.lookup_exact(net, length)
             assert (got.name if got is not None else None) == owner.get(prefix)
+
+
+def test_a_tund_peers_offload_hello_is_not_counted_as_not_allowed() -> None:
+    """A tund client negotiates offloads in band (hellos from 0.0.0.0 to 0.0.0.0): the
+    server drops them as ``offload_hello``, so ``not_allowed`` counts only packets from
+    addresses outside the peer's allowed_ips (issue 17.1; failed before: not_allowed 3)."""
+    from tund.relay.codec.offload import hello, mode_advice
+    net = Net(1)
+    (a,) = net.clients
+    connect(net, a)
+    before = len(net.served)
+    for packet in (hello(False), hello(True), mode_advice(True)):
+        net.send_up(a, packet, 2.0)
+    net.send_up(a, ip("172.16.0.1", "10.8.0.1"), 2.0)
+    assert len(net.served) == before
+    assert [r.drop for _, r in net.results[-4:] if isinstance(r, Delivered)] == \
+        ["offload_hello"] * 3 + ["not_allowed"]
+    assert net.server.peer_status("c0")["drops"] == {"offload_hello": 3, "not_allowed": 1}

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import os
 import select
 import signal
 import socket
@@ -41,6 +39,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from tund import libc
 from tund.supervise.launch import (
     FORK_FAILED,
     Child,
@@ -82,11 +81,10 @@ class ForkServerBusy(ForkServerError):
 
 def become_subreaper() -> bool:
     """``PR_SET_CHILD_SUBREAPER`` on this process; False (logged) if the kernel refuses."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), ctypes.c_ulong(0),
-                  ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
-        log.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: %s",
-                    os.strerror(ctypes.get_errno()))
+    try:
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, what="PR_SET_CHILD_SUBREAPER")
+    except OSError as e:
+        log.warning("%s", e.strerror)
         return False
     return True
 

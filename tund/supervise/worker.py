@@ -29,16 +29,8 @@ from dataclasses import dataclass
 
 from tund import logs
 from tund.supervise.forkserver import Child, Launcher, SpawnLauncher
-from tund.workerapi.messages import (
-    FROM_WORKER,
-    MAX_MESSAGE,
-    Message,
-    MessageError,
-    Pong,
-    Start,
-    State,
-    Stop,
-)
+from tund.workerapi.channel import MAX_MESSAGE, recv_message, widen
+from tund.workerapi.messages import FROM_WORKER, Message, MessageError, Pong, Start, State, Stop
 from tund.workerapi.messages import decode as decode_message
 from tund.workerapi.run_as import RunAs
 from tund.workerapi.spec import WorkerSpec
@@ -78,7 +70,6 @@ class WorkerProcess:
         self.proc: Child | None = None
         self._exited = False
         self._refused = False  # it sent a malformed message: read nothing more
-        self._buf = bytearray(MAX_MESSAGE + 1)  # one more: a longer datagram is seen as such
         self._reaper: asyncio.Task[None] | None = None
 
     @property
@@ -88,8 +79,8 @@ class WorkerProcess:
     def spawn(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the process and send it its spec. Raises OSError if it cannot start."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        for end in (ours, theirs):
-            room_for_messages(end)
+        for end in (ours, theirs):  # messages grow with the peers (tund.workerapi.channel)
+            widen(end)
         fds = [theirs.fileno(), self.spec.device_fd]
         if self.spec.socket_fd is not None:
             fds.append(self.spec.socket_fd)
@@ -124,20 +115,19 @@ class WorkerProcess:
         assert self._sock is not None
         while True:
             try:
-                n = self._sock.recv_into(self._buf)
+                data = recv_message(self._sock)
             except BlockingIOError:
                 return
             except OSError:
-                n = 0
-            if not n:
+                data = b""
+            if not data:
                 self._closed()
                 return
             if self._refused:
                 continue
-            data = bytes(memoryview(self._buf)[:n])
             try:
-                if n > MAX_MESSAGE:
-                    raise MessageError(f"control message longer than {MAX_MESSAGE} bytes")
+                if len(data) >= MAX_MESSAGE:
+                    raise MessageError(f"control message of {MAX_MESSAGE} bytes or more")
                 msg: FromWorker = decode_message(data, FROM_WORKER)
             except MessageError as e:
                 log.warning("worker %s (pid %s) sent malformed control data (%d bytes): %s",
@@ -228,18 +218,6 @@ class WorkerProcess:
 
 
 _SO_SNDBUFFORCE = 32  # Linux; beyond net.core.wmem_max, for CAP_NET_ADMIN (the daemon)
-
-
-def room_for_messages(sock: socket.socket) -> None:
-    """Let ``sock`` send datagrams of :data:`MAX_MESSAGE` bytes (a ``SOCK_SEQPACKET``
-    datagram must fit its send buffer; the default, ~208 KiB, holds the stats of some
-    800 peers). Without the privilege to force it, as large as ``wmem_max`` allows."""
-    want = 2 * MAX_MESSAGE
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, want)
-    except OSError:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, want)
 
 
 def spec_dict(spec: WorkerSpec) -> dict[str, object]:

@@ -31,10 +31,6 @@ from typing import Any, ClassVar, TypeVar, cast
 from tund.workerapi.spec import WorkerSpec, check_peer
 
 MAX_KEEPALIVE = 65535  # seconds, as the config allows
-#: The largest control message either end reads (one ``SOCK_SEQPACKET`` datagram): a
-#: worker's stats with ``peers`` take ~250 bytes a peer, so this holds ~4,000 peers.
-#: The daemon sizes both ends' send buffers for it (:mod:`tund.supervise.worker`).
-MAX_MESSAGE = 1 << 20
 #: The states a live worker reports (tund.states.LIVE; a unit test keeps them equal).
 WORKER_STATES = ("connecting", "handshaking", "unverified", "failing", "up")
 MAX_MTU = 65535

@@ -61,6 +61,12 @@ def _control_kind(packet: bytes) -> int | None:
     return packet[-1]
 
 
+def is_control(packet: bytes) -> bool:
+    """True if ``packet`` (an IP packet, no framing) is one of this extension's control
+    packets (a hello or a mode advice)."""
+    return _control_kind(packet) is not None
+
+
 def hello(ack: bool) -> bytes:
     """The negotiation packet (see the module docstring); ``ack`` answers one."""
     return _control(1 if ack else 0)

@@ -71,6 +71,7 @@ from tund.relay.loop.health import mtu_warning
 from tund.relay.loop.poller import Poller
 from tund.relay.transport.base import Transport, format_peer
 from tund.states import Link, TunnelState, link_state
+from tund.workerapi.channel import recv_message
 from tund.workerapi.messages import (
     TO_WORKER,
     Message,
@@ -466,7 +467,7 @@ class Pump:
 
     def _on_control(self, mask: int) -> None:
         try:
-            raw = self.control.recv(65536)
+            raw = recv_message(self.control)
         except (BlockingIOError, InterruptedError, TimeoutError):
             return
         except OSError as e:

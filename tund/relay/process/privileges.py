@@ -34,6 +34,7 @@ import os
 import resource
 from pathlib import Path
 
+from tund import libc
 from tund.relay.errors import RelayError
 from tund.relay.process import seccomp
 from tund.workerapi.run_as import RunAs
@@ -60,19 +61,8 @@ class PrivilegeError(RelayError):
 # --------------------------------------------------------------------------- worker side
 
 
-_LIBC: ctypes.CDLL | None = None
 _LAST_CAP: int | None = None
-
-
-def _libc() -> ctypes.CDLL:
-    """libc, loaded once per process image (a forked worker inherits it, resolved)."""
-    global _LIBC
-    if _LIBC is None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-        libc.prctl.restype = ctypes.c_int
-        _LIBC = libc
-    return _LIBC
+_libc = libc.libc
 
 
 def prepare() -> None:
@@ -84,12 +74,11 @@ def prepare() -> None:
     _last_cap()
 
 
-def _prctl(libc: ctypes.CDLL, option: int, arg: int = 0, what: str = "") -> int:
-    rc = int(libc.prctl(option, arg, 0, 0, 0))
-    if rc < 0:
-        err = ctypes.get_errno()
-        raise PrivilegeError(f"prctl({what or option}) failed: {os.strerror(err)}")
-    return rc
+def _prctl(lib: ctypes.CDLL, option: int, arg: int = 0, what: str = "") -> int:
+    try:
+        return libc.prctl(option, arg, what=what)
+    except OSError as e:
+        raise PrivilegeError(str(e.strerror)) from None
 
 
 class _CapHeader(ctypes.Structure):

@@ -18,6 +18,8 @@ import logging
 import platform
 import struct
 
+from tund import libc
+
 log = logging.getLogger("tund.relay.process.seccomp")
 _MACHINE = platform.machine()  # read at import, before the privilege drop
 
@@ -94,8 +96,6 @@ def install() -> bool:
     prog = _Prog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
     log.info("[#] seccomp: deny %d system calls and %d TUN ioctls (EPERM)", len(DENIED),
              len(DENIED_IOCTLS))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_SECCOMP) failed: {errno.errorcode.get(err, err)}")
+    libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog),
+               what="PR_SET_SECCOMP")
     return True

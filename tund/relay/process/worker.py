@@ -25,6 +25,7 @@ from tund.relay.loop.counters import Counters
 from tund.relay.loop.pump import Pump
 from tund.relay.process.build import build
 from tund.relay.process.privileges import drop_privileges
+from tund.workerapi.channel import recv_message
 from tund.workerapi.messages import MessageError, Start, State, Stats, decode
 from tund.workerapi.run_as import RunAs
 from tund.workerapi.spec import WorkerSpec
@@ -42,7 +43,7 @@ MALFORMED_STATE = (b'{"op":"state","state":"up","peer":null,"error":null,"stats"
 def receive_start(control: socket.socket) -> WorkerSpec:
     control.settimeout(START_TIMEOUT)
     try:
-        raw = control.recv(1 << 20)
+        raw = recv_message(control)
     except TimeoutError:
         raise RelayError(f"no start message within {START_TIMEOUT:.0f}s") from None
     if not raw:

@@ -1,44 +1,14 @@
 """The fork server ("zygote"): one pre-imported Python that forks relay workers on request.
 
-Usage (by the daemon, see :mod:`tund.supervise.forkserver`)::
-
-    python -m tund.relay --fork-server --control-fd N
-
-Starting a worker as a fresh ``python -m tund.relay`` costs the interpreter start and the
-imports (cryptography, the WireGuard code, ...) every time, and each worker then holds
-its own private copy of all of it. The zygote pays that once: it imports everything a
-worker needs (:data:`PRELOAD`), freezes the garbage collector's view of it
-(``gc.freeze()``: the collector never writes to those objects' pages, so forked workers
-keep sharing them), and then forks one worker per request.
-
-Protocol, on the ``SOCK_SEQPACKET`` socket ``N`` (:mod:`tund.workerapi.messages`): the
-zygote says :class:`Ready` once; each :class:`Fork` request (the worker's fds attached,
-``SCM_RIGHTS``, in the order of its ``fds``: the numbers the worker must find them under)
-gets one reply, not necessarily in request order: :class:`Forked` (sent by the worker
-itself) or :class:`ForkError`.
-
-Requests are not waited for: the daemon may send many before reading any reply.
-
-Each worker is forked twice (zygote -> short-lived middle process -> worker): the middle
-process exits at once, so the worker is re-parented to the nearest subreaper, which is the
-daemon (it sets ``PR_SET_CHILD_SUBREAPER`` before starting the zygote). The daemon is then
-the worker's parent, exactly as with a spawned worker: it reaps it, gets its exit status,
-and may signal its PID without a reuse race. The worker sends its ``forked`` reply only
-once it has been re-parented, so it already is the daemon's child when its PID arrives.
-The zygote ignores ``SIGCHLD`` (the kernel reaps the middle processes); the middle and the
-worker restore the default.
-
-In the worker, right after the fork: the thread is named ``tund-relay``; once re-parented
-it replies; the received fds are moved to the requested numbers; every other fd above 2
-is closed (the zygote's socket too: the worker holds no reference to other workers or to
-the zygote); then it runs :func:`tund.relay.process.worker.run` on its control fd, which drops
-privileges before its first packet as always, and ``os._exit``\\ s with its code. The
-zygote's ``/proc/PID/cmdline`` reads ``tund: fork server``, a worker's ``tund: worker TUNNEL
-(IFACE)`` once its start message came (:mod:`tund.proctitle`); the thread name (``comm``)
-is ``tund-zygote`` for the zygote, ``tund-relay`` / ``relay:<tunnel>`` for workers.
-
-The zygote exits 0 when the daemon's end of the socket closes (the daemon stopped or died);
-it never runs a worker itself and never touches a packet.
+Run as ``python -m tund.relay --fork-server --control-fd N`` (by
+:mod:`tund.supervise.forkserver`). It imports what a worker needs once (:data:`PRELOAD`),
+runs ``gc.freeze()`` on it (forked workers keep sharing those pages), says :class:`Ready`
+once, and answers each :class:`Fork` request (fds attached, ``SCM_RIGHTS``) with
+:class:`Forked` (sent by the worker itself, once re-parented to the daemon) or
+:class:`ForkError`, in any order (:mod:`tund.workerapi.messages`). Each worker is forked
+twice, so the daemon (a subreaper) is its parent, as with a spawned worker. The zygote
+exits 0 when the daemon's end closes; it never runs a worker itself nor touches a packet.
+Why and how, step by step: docs/design.md, "The fork server".
 """
 
 from __future__ import annotations
@@ -83,7 +53,7 @@ WARM_ROUNDS = 10  # start-up paths run this often (Python 3.11 specializes after
 PRELOAD = (
     "tund.relay.process.worker", "tund.relay.loop.pump", "tund.relay.transport.udp",
     "tund.relay.transport.tcp", "tund.relay.codec.offload", "tund.relay.process.privileges",
-    "tund.relay.wireguard.codec",
+    "tund.relay.wireguard.codec", "tund.relay.wireguard.multi", "tund.relay.transport.resolver",
     "encodings.idna", "selectors", "ctypes",
 )
 MAX_FDS = 3  # control, device, socket

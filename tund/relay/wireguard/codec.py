@@ -1,59 +1,15 @@
 """WireGuardCodec: the relay's :class:`~tund.relay.codec.base.Codec` speaking WireGuard.
 
-One codec = one peer. Sans-IO: ``now`` is ``time.monotonic()``-like and passed in; the
-wall clock (TAI64N timestamps, ``latest_handshake``) comes from the ``wall`` callable.
-
-Outbound (``seal``)::
-
-    device packet -> staged queue (bounded) -> current keypair usable?
-        yes: pad (tun) -> encrypt with next counter -> transport message(s)
-        no : handshake initiation (rate-limited to one per REKEY_TIMEOUT)
-
-Inbound (``open``) by message type::
-
-    initiation : size, type -> mac1 -> [under load: mac2 valid? yes: the source's
-                 handshake bucket; no: a cookie reply within the source's cookie bucket;
-                 beyond a bucket: dropped] -> decrypt static/timestamp
-                 -> peer's key? -> timestamp newer? -> not a flood? -> response; next keypair
-    response   : mac1 -> [load: mac2] -> our pending initiation? -> decrypt -> current
-                 keypair; send staged packets (or a keepalive, confirming the keys)
-    cookie     : for our pending handshake? -> decrypt against our last mac1 -> store
-    transport  : known receiver index -> not expired -> decrypt -> replay window
-                 -> rotate next->current -> packet (an empty one is a keepalive)
-
-Drop causes (``Opened.drop``; every one is also counted in ``stats()["wg_drops"]``):
-
-``malformed``        not a well-formed WireGuard message (length, type, reserved bytes)
-``bad_mac``          handshake message whose mac1 is not for our public key
-``decrypt``          an encrypted field did not open (wrong key, other mode, tampering)
-``unknown_peer``     an initiation that opened but came from another static key
-``stale_timestamp``  an initiation whose TAI64N is not newer than the last accepted one
-``flood``            an initiation within ``handshake_initiation_rate`` of the previous
-``handshake_ratelimited`` under load, a handshake message beyond its source address's
-                     token bucket (cookie replies and mac2-valid handshakes each
-                     ``handshake_rate``/s, burst ``handshake_burst``; see :mod:`.ratelimit`);
-                     one of handshake size without mac2 while the source's cookie bucket
-                     is empty is dropped so before it is parsed or its mac1 computed
-``unknown_receiver`` response/cookie/transport for an index we do not hold
-``bad_cookie``       a cookie reply that does not open against our last mac1
-``expired``          transport on a keypair older than REJECT_AFTER_TIME
-``replay``           transport counter already seen or behind the window
-``invalid_packet``   tun mode: decrypted data that is not an IPv4/IPv6 packet
-
-The codec's own drops, never returned as ``Opened.drop`` (the reply must reach the
-pump, or no message was being opened): ``cookie`` (handshake answered with a cookie reply
-instead of processed), ``no_session`` (a packet waiting for a session pushed out of the
-bounded staging queue), ``handshake_timeout`` (staged packets flushed after
-REKEY_ATTEMPT_TIME of retries). ``stats()["drops"]`` holds exactly these (the pump adds
-them to its own ``drops``); ``stats()["wg_drops"]`` holds every WireGuard cause above.
-
-Timers follow wireguard-go's ``timers.go``: retransmit handshake, send keepalive
-(KEEPALIVE_TIMEOUT after data received and nothing sent), new handshake (no reply to
-sent data within KEEPALIVE + REKEY_TIMEOUT), zero key material (3 x REJECT_AFTER_TIME),
-persistent keepalive (``spec.keepalive`` seconds).
-
-Tap mode uses a different Noise prologue (see :mod:`.noise`) and does not pad (an
-Ethernet frame has no length field to strip padding by).
+One codec = one peer (many peers: :mod:`.peers`). Sans-IO: ``now`` is
+``time.monotonic()``-like and passed in; the wall clock (TAI64N timestamps,
+``latest_handshake``) comes from the ``wall`` callable. Outbound, a device packet waits
+(bounded) for a usable keypair, then is padded (tun) and encrypted; without one, a
+handshake starts. Inbound, each message type is checked cheapest first (size, type, mac1,
+under load mac2 and the source's token buckets) before any Diffie-Hellman. Every drop is
+counted by cause in ``stats()["wg_drops"]``; the codec's own (``cookie``, ``no_session``,
+``handshake_timeout``) also in ``stats()["drops"]``. Timers follow wireguard-go's
+``timers.go``. The flows step by step and every drop cause: docs/design.md, "The
+WireGuard codec".
 """
 
 from __future__ import annotations

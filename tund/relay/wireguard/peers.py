@@ -14,12 +14,13 @@ Receive (``open``): transport data, responses and cookie replies -> the peer by 
 index; an initiation -> the peer by the static key it carries, after it opens with our
 key. An authenticated message moves its peer's endpoint to its source (roaming), as
 wireguard-go does before the source check. A decrypted packet whose inner source
-address does not route back to the same peer is dropped ``not_allowed``.
+address does not route back to the same peer is dropped ``not_allowed`` (a tund
+peer's offload hello, from 0.0.0.0, ``offload_hello``: this worker takes no offloads).
 
-Drop causes: those of :mod:`.codec`, plus ``no_route``, ``no_endpoint`` and
-``not_allowed``. Returned as ``Delivered.drop`` (the pump counts them): every cause of
-a received message. Counted only in ``stats()["drops"]`` (the core's own, never
-returned): ``no_route``, ``no_endpoint``, ``cookie``, ``no_session``,
+Drop causes: those of :mod:`.codec`, plus ``no_route``, ``no_endpoint``,
+``not_allowed`` and ``offload_hello``. Returned as ``Delivered.drop`` (the pump counts
+them): every cause of a received message. Counted only in ``stats()["drops"]`` (the
+core's own, never returned): ``no_route``, ``no_endpoint``, ``cookie``, ``no_session``,
 ``handshake_timeout``. A drop with a known peer is counted in that peer's ``drops``
 too; the others (``malformed``, ``bad_mac``, ``unknown_receiver``, ``unknown_peer``,
 ``decrypt`` of an initiation, ``handshake_ratelimited``, ``cookie``, ``no_route``) in
@@ -68,6 +69,7 @@ from typing import Any
 
 from tund.keyformat import decode_key, encode_key
 from tund.relay.codec.base import Address, Opened
+from tund.relay.codec.offload import is_control
 from tund.relay.wireguard import messages as msgs
 from tund.relay.wireguard import noise
 from tund.relay.wireguard.peer import (
@@ -371,8 +373,9 @@ class PeerCore:
                     else:
                         owner = None
                     if owner is not peer:
-                        peer._drops["not_allowed"] += 1
-                        return Delivered([], [], "not_allowed", peer.name)
+                        cause = self._not_allowed(got)
+                        peer._drops[cause] += 1
+                        return Delivered([], [], cause, peer.name)
                     peer.rx_packets += 1
                     peer.rx_bytes += len(got) - off
                     due = peer.due
@@ -438,10 +441,17 @@ class PeerCore:
                 peer.rx_packets += 1
                 peer.rx_bytes += len(p) - self._off
             else:
-                peer._drops["not_allowed"] += 1
-                drop = "not_allowed"
+                drop = self._not_allowed(p)
+                peer._drops[drop] += 1
         sends = self._emit(peer, opened.replies, now)
         return Delivered(packets, sends, drop, peer.name)
+
+    def _not_allowed(self, packet: bytes) -> str:
+        """The cause of dropping an authenticated ``packet`` whose source is not its
+        peer's: ``offload_hello`` for a tund peer's offload negotiation (from 0.0.0.0;
+        a worker with many peers takes no offloads, as a kernel drops the hello), else
+        ``not_allowed``."""
+        return "offload_hello" if is_control(packet[self._off:]) else "not_allowed"
 
     def _source_of(self, packet: bytes) -> bytes:
         off = self._off

@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+"""Many peers on one tunnel through the real daemon (issue 17), printed as ratios.
+
+Two throwaway namespaces (server ``tpts<id>``, client ``tptc<id>``) joined by a veth
+(10.208.0.1 <-> 10.208.0.2). The server's tund has one tunnel ``vpn`` with N peers (one
+``[tunnels.vpn.peers.pI]`` each, allowed_ips 10.99.X.Y/32); peer ``p0`` is real: a tund
+client (single-peer form) in the client namespace; the other N - 1 are idle (keys only).
+Run as root with the venv's python (``$VENV/bin/python bench/peers.py``). Measures, for
+N = 1 and N = 1,000:
+
+* ``start_s``: from spawning the server daemon until its status shows the tunnel ``up``
+  with N peers (asked over the control socket from this process every 20 ms);
+* ``worker_pss_kib``: Pss of the tunnel's worker (``/proc/PID/smaps_rollup``) after the
+  real peer's handshake and a transfer; per peer = (Pss(1000) - Pss(1)) / 999;
+* ``mbps``: one iperf3 single-stream TCP transfer client -> server through the tunnel
+  (``--reps`` runs of ``--seconds`` s, the median);
+* ``--rounds`` times (default 2), alternating N = 1 and N = 1,000 (medians; the largest
+  reload time; pings lost summed);
+* ``cpu_s_per_run``: CPU seconds the server's daemon and its worker used per iperf3 run,
+  and ``worker_cpu_s_per_gb`` (the worker's CPU per GB carried: what the idle peers cost
+  per byte, steadier than throughput on a shared machine);
+* with N = 1,000 only, ``reload_ms``: a drop-in adding peer 1,001 is written and
+  ``reload`` asked over the control socket, wall time until the reply (the worker kept:
+  PID unchanged), while the real peer pings the server every 10 ms: ``ping_lost``.
+
+Prints a Markdown table and one JSON object (also written to --out). Removes what it
+created (namespaces, daemons stopped by PID), also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tund.keyformat import encode_key, public_from_private, random_private_key
+
+RID = secrets.token_hex(2)
+NS_S, NS_C = f"tpts{RID}", f"tptc{RID}"
+VETH_S, VETH_C = f"tptvs{RID}", f"tptvc{RID}"
+OUTER_S, OUTER_C = "10.208.0.1", "10.208.0.2"
+PORT = 51820
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout)
+
+
+def in_ns(name: str, *cmd: str) -> list[str]:
+    return ["ip", "netns", "exec", name, *cmd]
+
+
+def testbed_up() -> None:
+    for n in (NS_S, NS_C):
+        sh("ip", "netns", "add", n)
+        sh(*in_ns(n, "ip", "link", "set", "lo", "up"))
+    sh("ip", "link", "add", VETH_S, "netns", NS_S, "type", "veth", "peer", "name", VETH_C,
+       "netns", NS_C)
+    for n, dev, addr in ((NS_S, VETH_S, OUTER_S), (NS_C, VETH_C, OUTER_C)):
+        sh(*in_ns(n, "ip", "addr", "add", f"{addr}/24", "dev", dev))
+        sh(*in_ns(n, "ip", "link", "set", dev, "up"))
+        for scope in ("all", "default"):
+            sh(*in_ns(n, "sysctl", "-q", "-w", f"net.ipv6.conf.{scope}.disable_ipv6=1"))
+
+
+def testbed_down() -> None:
+    listed = sh("ip", "netns", "list").stdout.split()
+    for n in (NS_S, NS_C):
+        if n in listed:
+            for pid in sh("ip", "netns", "pids", n, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            sh("ip", "netns", "del", n, check=False)
+
+
+def inner(i: int) -> str:
+    return f"10.99.{(i + 2) >> 8}.{(i + 2) & 255}"
+
+
+def peer_toml(i: int, pub: str) -> str:
+    return f'[tunnels.vpn.peers.p{i}]\npublic_key = "{pub}"\nallowed_ips = ["{inner(i)}/32"]\n'
+
+
+class Daemon:
+    """One tund daemon in a namespace, its config in ``d``; stopped by PID."""
+
+    def __init__(self, venv: str, ns: str, d: Path, text: str) -> None:
+        self.venv, self.ns, self.d = venv, ns, d
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "tunnels.d").mkdir(exist_ok=True)
+        for old in (d / "tunnels.d").iterdir():  # a previous round's added peer
+            old.unlink()
+        self.config, self.sock = d / "tunnels.toml", d / "control.sock"
+        self.config.write_text(text)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        """Spawn; return the monotonic time it was spawned at."""
+        with contextlib.suppress(FileNotFoundError):
+            self.sock.unlink()
+        log = open(self.d / "tund.log", "ab")  # noqa: SIM115 (the daemon's, for its life)
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            in_ns(self.ns, f"{self.venv}/bin/tund", "--config", str(self.config),
+                  "--control-socket", str(self.sock)),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return t0
+
+    def ask(self, cmd: str, args: dict[str, Any] | None = None,
+            timeout: float = 30) -> dict[str, Any] | None:
+        """One control request from this process (no tundctl start-up in the timing)."""
+        req = json.dumps({"v": 1, "id": 1, "cmd": cmd, "args": args or {}}).encode() + b"\n"
+        buf = b""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(timeout)
+                s.connect(str(self.sock))
+                s.sendall(req)
+                while not buf.endswith(b"\n"):
+                    chunk = s.recv(1 << 20)
+                    if not chunk:
+                        return None
+                    buf += chunk
+            reply: dict[str, Any] = json.loads(buf)
+        except (OSError, ValueError):
+            return None
+        return reply
+
+    def vpn(self) -> dict[str, Any]:
+        r = self.ask("status") or {}
+        return (r.get("result") or {}).get("tunnels", {}).get("vpn", {})  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        self.proc = None
+
+
+def pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no Pss in /proc/{pid}/smaps_rollup")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` used so far."""
+    rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait(pred: Any, within: float, what: str, every: float = 0.02) -> Any:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        got = pred()
+        if got:
+            return got
+        time.sleep(every)
+    raise RuntimeError(f"timed out after {within}s waiting for {what}")
+
+
+def iperf(seconds: int) -> float:
+    """One single-stream TCP run client -> server through the tunnel; Mbit/s received."""
+    srv = subprocess.Popen(in_ns(NS_S, "iperf3", "-s", "-1", "-B", "10.99.0.1"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        out = sh(*in_ns(NS_C, "iperf3", "-c", "10.99.0.1", "-t", str(seconds), "-J"),
+                 timeout=seconds + 30).stdout
+        return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e6
+    finally:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            srv.wait(5)
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+
+
+def run(n: int, a: argparse.Namespace, base: Path, keys: list[tuple[str, str]],
+        server_key: tuple[str, str]) -> dict[str, Any]:
+    """The server with ``n`` peers (p0 real), the tund client; the figures for ``n``."""
+    d = base / f"n{n}"
+    d.mkdir(parents=True, exist_ok=True)
+    skey = d / "s.key"
+    skey.write_text(server_key[0] + "\n")
+    skey.chmod(0o600)
+    ckey = d / "c.key"
+    ckey.write_text(keys[0][0] + "\n")
+    ckey.chmod(0o600)
+    server = Daemon(a.venv, NS_S, d / "s",
+                    f'[daemon]\nping_interval = {a.ping_interval}\n'
+                    f'ping_timeout = {max(5.0, 3 * a.ping_interval)}\n\n'
+                    f'[interfaces.tptsv{RID}]\nmode = "tun"\naddresses = ["10.99.0.1/16"]\n'
+                    f'mtu = 1420\n\n[tunnels.vpn]\ninterface = "tptsv{RID}"\n'
+                    f'transport = "udp"\nlisten = "0.0.0.0:{PORT}"\n'
+                    f'private_key_file = "{skey}"\n\n'
+                    + "\n".join(peer_toml(i, keys[i][1]) for i in range(n)))
+    client = Daemon(a.venv, NS_C, d / "c",
+                    f'[interfaces.tptcv{RID}]\nmode = "tun"\naddresses = ["10.99.0.2/16"]\n'
+                    f'mtu = 1420\n\n[tunnels.t]\ninterface = "tptcv{RID}"\n'
+                    f'transport = "udp"\nremote = "{OUTER_S}:{PORT}"\n'
+                    f'private_key_file = "{ckey}"\npeer_public_key = "{server_key[1]}"\n'
+                    f'keepalive = 5\n')
+    res: dict[str, Any] = {"peers": n}
+    try:
+        t0 = server.start()
+        wait(lambda: (v := server.vpn()).get("state") == "up" and len(v.get("peers", {})) == n,
+             60, f"the tunnel up with {n} peers")
+        res["start_s"] = round(time.monotonic() - t0, 3)
+        client.start()
+        ping = in_ns(NS_C, "ping", "-n", "-q", "-c1", "-W1", "10.99.0.1")
+        wait(lambda: sh(*ping, check=False).returncode == 0, 30, "the real peer's ping", 0.1)
+        worker = server.vpn()["pid"]
+        assert server.proc is not None
+        daemon = server.proc.pid  # ip netns exec execs tund: the same process
+        cpu0 = (cpu_s(daemon), cpu_s(worker))
+        res["mbps_runs"] = [round(iperf(a.seconds), 1) for _ in range(a.reps)]
+        res["mbps"] = statistics.median(res["mbps_runs"])
+        res["cpu_s_per_run"] = {"daemon": round((cpu_s(daemon) - cpu0[0]) / a.reps, 3),
+                                "worker": round((cpu_s(worker) - cpu0[1]) / a.reps, 3)}
+        gb = sum(res["mbps_runs"]) * a.seconds / 8 / 1000
+        res["worker_cpu_s_per_gb"] = round(res["cpu_s_per_run"]["worker"] * a.reps / gb, 3)
+        res["worker_pss_kib"] = pss_kib(worker)
+        if n > 1:
+            res.update(reload_one(server, n, keys, worker))
+    finally:
+        client.stop()
+        server.stop()
+    return res
+
+
+def reload_one(server: Daemon, n: int, keys: list[tuple[str, str]],
+               worker: int) -> dict[str, Any]:
+    """Add peer ``n`` by a drop-in and reload while p0 pings every 10 ms."""
+    count = 300
+    pinger = subprocess.Popen(in_ns(NS_C, "ping", "-n", "-q", "-i", "0.01", "-W", "1",
+                                    "-c", str(count), "10.99.0.1"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1.0)
+        (server.d / "tunnels.d" / "60-new.toml").write_text(peer_toml(n, keys[n][1]))
+        t1 = time.monotonic()
+        reply = server.ask("reload", timeout=30)
+        ms = (time.monotonic() - t1) * 1000
+        out, _ = pinger.communicate(timeout=30)
+    finally:
+        if pinger.poll() is None:
+            pinger.kill()
+            pinger.wait()
+    got = [line for line in out.splitlines() if "received" in line]
+    received = int(got[0].split(",")[1].split()[0]) if got else 0
+    vpn = server.vpn()
+    return {"reload_ms": round(ms, 1), "reload_ok": bool(reply and reply.get("ok")),
+            "reload_actions": (reply or {}).get("result", {}).get("actions"),
+            "worker_kept": vpn.get("pid") == worker,
+            "peers_after": len(vpn.get("peers", {})),
+            "pings": count, "ping_lost": count - received}
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several rounds of one configuration: medians (throughput over every iperf3 run),
+    the largest reload time, the pings lost summed."""
+    out = dict(runs[0])
+    out["mbps"] = statistics.median(m for r in runs for m in r["mbps_runs"])
+    for key in ("start_s", "worker_pss_kib", "worker_cpu_s_per_gb"):
+        out[key] = statistics.median(r[key] for r in runs)
+    if "reload_ms" in out:
+        out["reload_ms"] = max(r["reload_ms"] for r in runs)
+        out["reload_ok"] = all(r["reload_ok"] and r["worker_kept"] for r in runs)
+        out["worker_kept"] = out["reload_ok"]
+        out["pings"] = sum(r["pings"] for r in runs)
+        out["ping_lost"] = sum(r["ping_lost"] for r in runs)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--venv", default=str(Path(sys.executable).parent.parent))
+    ap.add_argument("-n", type=int, default=1000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--ping-interval", type=float, default=1.0,
+                    help="the server daemon's ping_interval (each pong carries every "
+                         "peer's stats)")
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    base = Path(f"/tmp/tpt-bench-peers-{RID}")
+    privs = [random_private_key() for _ in range(a.n + 2)]
+    keys = [(encode_key(p), encode_key(public_from_private(p))) for p in privs]
+    server_key = keys.pop()
+    testbed_up()
+    rounds: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    try:  # alternating, so that the machine's other load falls on both alike
+        for _ in range(a.rounds):
+            rounds.append((run(1, a, base, keys, server_key),
+                           run(a.n, a, base, keys, server_key)))
+    finally:
+        testbed_down()
+    one, many = merge([r[0] for r in rounds]), merge([r[1] for r in rounds])
+    results: dict[str, Any] = {"one": one, "many": many, "rounds": rounds}
+    per_peer = (many["worker_pss_kib"] - one["worker_pss_kib"]) / (a.n - 1)
+    ratio = many["mbps"] / one["mbps"]
+    cpu_ratio = many["worker_cpu_s_per_gb"] / one["worker_cpu_s_per_gb"]
+    rows = [
+        (f"start to tunnel up, {a.n} peers (s)", f"{many['start_s']:.2f}", "<= 2",
+         many["start_s"] <= 2),
+        ("start to tunnel up, 1 peer (s)", f"{one['start_s']:.2f}", "-", None),
+        ("worker PSS, 1 / N peers (MiB)",
+         f"{one['worker_pss_kib'] / 1024:.1f} / {many['worker_pss_kib'] / 1024:.1f}", "-", None),
+        ("worker memory per peer (KiB)", f"{per_peer:.1f}", "<= 20", per_peer <= 20),
+        (f"throughput {a.n - 1} idle + 1 / 1 peer", f"{ratio:.2f} ({many['mbps']:.0f} / "
+         f"{one['mbps']:.0f} Mbit/s)", ">= 0.95", ratio >= 0.95),
+        (f"worker CPU per GB through the real peer, {a.n} / 1 peer",
+         f"{cpu_ratio:.2f} ({many['worker_cpu_s_per_gb']:.2f} / "
+         f"{one['worker_cpu_s_per_gb']:.2f} s/GB)", "-", None),
+        (f"reload adding 1 peer to {a.n} (ms)", f"{many['reload_ms']:.0f}", "<= 100",
+         many["reload_ms"] <= 100 and many["reload_ok"] and many["worker_kept"]),
+        ("pings lost during that reload", f"{many['ping_lost']} / {many['pings']}", "0",
+         many["ping_lost"] == 0),
+    ]
+    print("| figure | measured | goal | met |\n|---|---:|---|---|")
+    for name, got, goal, met in rows:
+        print(f"| {name} | {got} | {goal} | {'-' if met is None else 'yes' if met else 'NO'} |")
+    results["per_peer_kib"] = round(per_peer, 1)
+    results["throughput_ratio"] = round(ratio, 3)
+    results["worker_cpu_per_gb_ratio"] = round(cpu_ratio, 3)
+    print(json.dumps(results), flush=True)
+    if a.out:
+        Path(a.out).write_text(json.dumps(results) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
