@@ -12,9 +12,9 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tund import dnsbackend
 from tund.config.conflicts import address_issues, listener_issues
 from tund.config.locate import Locator
+from tund.config.loops import dns_issues, loop_issues
 from tund.config.model import TUNNEL_NAME_RE, KeyPath, check_ifname
 from tund.config.render import got, quote, render_path
 from tund.errors import ConfigIssue
@@ -63,8 +63,8 @@ def cross_issues(raw: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
         issues.extend(_tunnel_issues(name, body, ifaces, used, loc))
     issues.extend(listener_issues(daemon, tunnels, loc))
     issues.extend(address_issues(ifaces, loc))
-    issues.extend(_dns_issues(ifaces, loc))
-    issues.extend(_loop_issues(ifaces, tunnels, loc))
+    issues.extend(dns_issues(ifaces, loc))
+    issues.extend(loop_issues(ifaces, tunnels, loc))
     _register_builtin_checks()
     for hook in _EXTRA_CHECKS:
         try:
@@ -101,79 +101,6 @@ def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any]
                                 f"must not exceed reconnect_max = {got(rmax)} "
                                 f"(got {got(rmin)})"))
     return issues
-
-
-def _endpoint_ip(text: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The IP of a "HOST:PORT" / "[V6]:PORT" endpoint, None for a host name or junk."""
-    if not isinstance(text, str):
-        return None
-    host = text[1:text.find("]")] if text.startswith("[") else text.rpartition(":")[0]
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-def _loop_issues(ifaces: Mapping[str, Any], tunnels: Mapping[str, Any],
-                 loc: Locator) -> list[ConfigIssue]:
-    """A main-table route through a tunnel's interface that covers the tunnel's own peer
-    (its encrypted packets would enter the tunnel again: a loop). A default route with
-    table = "auto" is safe (policy routing: tund.netdev.policy) and not judged here."""
-    issues: list[ConfigIssue] = []
-    for tname, body in tunnels.items():
-        iname = body.get("interface") if isinstance(body, Mapping) else None
-        if not isinstance(iname, str) or not isinstance(ifaces.get(iname), Mapping):
-            continue
-        table = ifaces[iname].get("table", "auto")
-        if table != "auto":
-            continue  # off: no routes; another table: the user's rules decide
-        raw_peers = body.get("peers")
-        peers: Mapping[str, Any] = raw_peers if isinstance(raw_peers, Mapping) else {}
-        ends: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, KeyPath]] = [
-            (e, ("tunnels", tname, "remote")) for e in [_endpoint_ip(body.get("remote"))]
-            if e is not None]
-        ends += [(e, ("tunnels", tname, "peers", pn, "endpoint")) for pn, pb in peers.items()
-                 if isinstance(pb, Mapping) and (e := _endpoint_ip(pb.get("endpoint")))]
-        routes: list[tuple[Any, KeyPath]] = []
-        rs = ifaces[iname].get("routes", ())
-        routes += [(r, ("interfaces", iname, "routes", i))
-                   for i, r in enumerate(rs if isinstance(rs, list | tuple) else ())]
-        for pn, pb in peers.items():
-            ips = pb.get("allowed_ips", ()) if isinstance(pb, Mapping) else ()
-            if isinstance(pb, Mapping) and pb.get("enabled", True) is not False:
-                routes += [(r, ("tunnels", tname, "peers", pn, "allowed_ips", i))
-                           for i, r in enumerate(ips if isinstance(ips, list | tuple) else ())]
-        for r, where in routes:
-            try:
-                net = ipaddress.ip_network(r, strict=False) if isinstance(r, str) else None
-            except ValueError:
-                continue
-            if net is None:
-                continue
-            if net.prefixlen == 0 and table == "auto":
-                if "listen" not in body and body.get("peers") is None:
-                    issues.append(loc.issue(where, (
-                        "a default route needs the tunnel's socket marked (policy routing), "
-                        "and only a socket the daemon binds can be: give the tunnel listen "
-                        f"or peers (got {got(r)})")))
-                continue
-            for ep, _ep_where in ends:
-                if ep.version == net.version and ep in net:
-                    issues.append(loc.issue(where, (
-                        f"would route the tunnel's own traffic to its peer {ep} "
-                        f"({render_path(_ep_where)}) into interface {quote(iname)}: a loop; "
-                        "route everything with 0.0.0.0/0 or ::/0 and table = \"auto\" "
-                        "(policy routing), or leave the peer's address out "
-                        f"(got {got(r)})")))
-    return issues
-
-
-def _dns_issues(ifaces: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
-    """An interface with ``dns`` on a host with neither resolvectl (resolved) nor resolvconf."""
-    wanting = [n for n, b in ifaces.items() if isinstance(b, Mapping) and b.get("dns")]
-    if not wanting or dnsbackend.backend() is not None:
-        return []
-    return [loc.issue(("interfaces", n, "dns"), dnsbackend.missing()) for n in wanting]
 
 
 def _interface_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any],
