@@ -9,6 +9,8 @@ client's one peer has ``allowed_ips = ["0.0.0.0/0", "::/0"]`` and ``table = "aut
   client's underlay packet count stays small), the main default route is untouched;
 * a daemon killed with SIGKILL leaves the rules; a restarted one adopts them (no
   duplicate rule);
+* ``tundctl down`` removes the rules (the host's own default route takes over), ``up``
+  puts them back;
 * stopping the daemon removes rules and routes: ``ip -json rule`` / ``route`` before the
   first start and after the stop are the same.
 """
@@ -156,6 +158,17 @@ def test_everything_through_the_tunnel_without_a_loop(tmp_path: Path) -> None:
         rules = client.run("ip", "-4", "rule", "show").stdout
         assert rules.count("fwmark 0xca6c") == 1 and rules.count("suppress_prefixlength") == 1, \
             rules
+        got = client.run(sys.executable, "-c", _ASK, "10.79.52.2").stdout.strip()
+        assert got == "10.79.60.2", (got, cs.log_tail())
+
+        # a tunnel taken down takes its rules with it (the host falls back to its own
+        # default route); up puts them back
+        cs.ctl("down", "vpn")
+        assert "fwmark" not in client.run("ip", "-4", "rule", "show").stdout
+        assert "dev " + c_up in client.run("ip", "route", "get", "10.79.52.2").stdout
+        cs.ctl("up", "vpn")
+        cs.wait_state("vpn", "up", within=20)
+        assert "fwmark 0xca6c" in client.run("ip", "-4", "rule", "show").stdout
         got = client.run(sys.executable, "-c", _ASK, "10.79.52.2").stdout.strip()
         assert got == "10.79.60.2", (got, cs.log_tail())
     finally:
