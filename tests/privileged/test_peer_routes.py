@@ -1,6 +1,7 @@
 """Routes from peers' allowed_ips against the real kernel (issue 17.3): a reload that adds
 a peer (a drop-in of its own) adds its routes through the interface, removing it removes
-them, a 0.0.0.0/0 peer never touches the namespace's default route, and a peer repeating
+them, a 0.0.0.0/0 peer never touches the namespace's default route (it makes a full tunnel
+by policy routing, issue 19), and a peer repeating
 another link's prefix fails the reload instead of taking that route over."""
 
 from __future__ import annotations
@@ -63,10 +64,17 @@ def test_reload_adding_and_removing_a_peer_adds_and_removes_its_routes(tmp_path:
             f'public_key = "{keys.public_key(keys.generate_private_key())}"\n'
             'allowed_ips = ["10.96.1.0/24", "fd96::/64", "0.0.0.0/0"]\n')
         dry = json.loads(site.ctl("reload", "--dry-run", "--json").stdout)
+        # alice's 0.0.0.0/0 makes it a full tunnel (issue 19): the main table keeps
+        # its default route, table 51820 and two rules take the host's traffic
         assert dry["actions"] == [f"[#] ip route replace 10.96.1.0/24 dev {dev} proto static",
                                   f"[#] ip route replace fd96::/64 dev {dev} proto static",
+                                  "set fwmark 51820 on the socket of tunnel vpn",
+                                  f"[#] ip -4 route add 0.0.0.0/0 dev {dev} table 51820 "
+                                  "proto static",
+                                  "[#] ip -4 rule add not fwmark 51820 table 51820",
+                                  "[#] ip -4 rule add table main suppress_prefixlength 0",
                                   "tell worker of tunnel vpn: peers +alice"]
-        assert any("0.0.0.0/0 gets no route" in n for n in dry["notes"]), dry["notes"]
+        assert any("0.0.0.0/0 routes everything through" in n for n in dry["notes"]), dry
         assert _routes(ns, dev, "-4") == {"10.95.0.0/16"}  # the dry run changed nothing
         done = json.loads(site.reload().stdout)
         assert done["actions"] == dry["actions"]
@@ -74,7 +82,11 @@ def test_reload_adding_and_removing_a_peer_adds_and_removes_its_routes(tmp_path:
         assert _routes(ns, dev, "-6") == {"fd96::/64"}
         default = ns.run("ip", "-4", "route", "show", "default").stdout
         assert "via 10.94.255.254 dev tpuup0" in default and dev not in default, default
-        assert "gets no route" in site.log.read_text()  # the warning is logged
+        assert "routes everything through" in site.log.read_text()  # the note is logged
+        rules = ns.run("ip", "-4", "rule", "show").stdout
+        # the suppress rule is looked at first (the LAN and the underlay stay in main)
+        assert "32764:\tfrom all lookup main suppress_prefixlength 0" in rules, rules
+        assert "32765:\tnot from all fwmark 0xca6c lookup 51820" in rules, rules
         st = site.status()["tunnels"]["vpn"]["peers"]
         assert set(st) == {"alice", "bob"} and st["alice"]["state"] == "never"
         drop_in.unlink()
@@ -83,7 +95,12 @@ def test_reload_adding_and_removing_a_peer_adds_and_removes_its_routes(tmp_path:
         assert [a.removesuffix(" metric 1024") for a in gone["actions"]] == [
             f"[#] ip route del 10.96.1.0/24 dev {dev} proto static",
             f"[#] ip route del fd96::/64 dev {dev} proto static",
+            "[#] ip -4 rule del not fwmark 51820 table 51820",
+            "[#] ip -4 rule del table main suppress_prefixlength 0",
+            f"[#] ip -4 route del 0.0.0.0/0 dev {dev} table 51820 proto static",
+            "set fwmark 0 on the socket of tunnel vpn",
             "tell worker of tunnel vpn: peers -alice"]
+        assert "fwmark" not in ns.run("ip", "-4", "rule", "show").stdout
         assert _routes(ns, dev, "-4") == {"10.95.0.0/16"}
         assert _routes(ns, dev, "-6") == set()
         assert "via 10.94.255.254" in ns.run("ip", "-4", "route", "show", "default").stdout

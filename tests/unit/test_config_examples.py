@@ -49,6 +49,7 @@ def test_every_setting_uncommented_is_valid_and_covers_the_schema(
     """
     monkeypatch.setattr("tund.config.checks._EXTRA_CHECKS", [])
     monkeypatch.setattr("tund.config.model.resolve_id", lambda value, kind: 1000)
+    monkeypatch.setattr("tund.dnsbackend.backend", lambda: "resolvectl")
     cfg = parse_text(uncommented(EXAMPLE.read_text()), str(EXAMPLE))
 
     def fields_set(models: list[BaseModel]) -> set[str]:
@@ -72,6 +73,7 @@ def test_every_commented_default_is_the_real_default(monkeypatch: pytest.MonkeyP
     """Settings whose comment calls them the default must match the model's default."""
     monkeypatch.setattr("tund.config.checks._EXTRA_CHECKS", [])
     monkeypatch.setattr("tund.config.model.resolve_id", lambda value, kind: 1000)
+    monkeypatch.setattr("tund.dnsbackend.backend", lambda: "resolvectl")
     cfg = parse_text(uncommented(EXAMPLE.read_text()), str(EXAMPLE))
     daemon = cfg.daemon
     for name in ("control_socket", "log_level", "restart_backoff_min", "restart_backoff_max",

@@ -61,8 +61,8 @@ def test_default_prefixes_get_no_route_and_a_warning(key: str) -> None:
     assert r.skipped == (("exit", "0.0.0.0/0"), ("exit", "::/0"))
     warnings = skipped_default_routes(cfg)
     assert len(warnings) == 2
-    assert warnings[0].startswith("tunnel vpn, peer exit: allowed_ips 0.0.0.0/0 gets no "
-                                  "route through wg0: it would replace the host's default")
+    assert warnings[0].startswith("tunnel vpn, peer exit: allowed_ips 0.0.0.0/0 routes "
+                                  "everything through wg0 by policy routing")
     steps = reconcile.plan_steps("wg0", effective_interface(cfg, "wg0"),
                                  reconcile.LinkState("wg0", up=True, addresses=(
                                      "10.8.0.1/24", "fd08::1/64")))

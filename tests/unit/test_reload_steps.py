@@ -24,15 +24,46 @@ from tests.unit.test_supervisor import FakeWorker
 from tund import config
 from tund.daemon import engine as engine_mod
 from tund.daemon.engine import Engine
-from tund.errors import ReloadError
+from tund.errors import IpCommandError, ReloadError
 from tund.netdev import tuntap
 
 
 class BatchFakeIp(FakeIp):
-    """FakeIp that also answers the whole-table reads of a daemon start (read_states)."""
+    """FakeIp that also answers the whole-table reads of a daemon start (read_states), and
+    the policy rules and table routes of tund.netdev.policy (``-4 rule ...``)."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.policy: dict[tuple[str, ...], dict[str, Any]] = {}  # argv without the verb
+
+    def run(self, argv: Sequence[str]) -> str:
+        args = list(argv)
+        if args[0] not in ("-4", "-6"):
+            return super().run(argv)
+        self.ran.append(args)
+        for pred, stderr in self._failures:
+            if pred(args):
+                raise IpCommandError(["ip", *args], 2, stderr)
+        key = (*args[:2], *args[3:])
+        if args[2] == "add":
+            assert key not in self.policy, f"duplicate {args}"
+            if args[1] == "route":
+                self.policy[key] = {"dst": "default" if args[3].endswith("/0") else args[3],
+                                    "dev": args[5], "protocol": "static"}
+            elif "suppress_prefixlength" in args:
+                self.policy[key] = {"table": "main", "suppress_prefixlen": 0}
+            else:
+                self.policy[key] = {"not": None, "fwmark": hex(int(args[5])), "table": args[7]}
+        else:
+            del self.policy[key]
+        return ""
 
     def json(self, argv: Sequence[str]) -> Any:
         args = list(argv)
+        if args[0] in ("-4", "-6") and (args[1] == "rule" or "table" in args):
+            self.reads.append(args)
+            return [v for k, v in self.policy.items() if k[:2] == tuple(args[:2])
+                    and (args[1] == "rule" or k[-3] == args[4])]
         if "dev" in args:
             return super().json(argv)
         self.reads.append(args)
@@ -61,6 +92,9 @@ class FakeDevices:
         return tuntap.OpenedDevice(fd=fd, info=info, created=True)
 
     def delete_device(self, name: str, fd: int | None = None) -> bool:
+        policy = getattr(self.ip, "policy", {})
+        for k in [k for k, v in policy.items() if v.get("dev") == name]:
+            del policy[k]  # the kernel drops a deleted link's routes, in every table
         return self.ip.links.pop(name, None) is not None
 
     def set_persist(self, fd: int, on: bool) -> None:
@@ -395,15 +429,26 @@ def test_a_peer_added_and_removed_by_reload_adds_and_removes_its_routes(
     r = asyncio.run(go())
     want = ["[#] ip route replace 10.93.0.0/24 dev zqv0 proto static",
             "[#] ip route replace fd93::/64 dev zqv0 proto static",
+            # 0.0.0.0/0: a full tunnel (issue 19): the mark first, then table and rules
+            "set fwmark 51820 on the socket of tunnel vpn",
+            "[#] ip -4 route add 0.0.0.0/0 dev zqv0 table 51820 proto static",
+            "[#] ip -4 rule add not fwmark 51820 table 51820",
+            "[#] ip -4 rule add table main suppress_prefixlength 0",
             "tell worker of tunnel vpn: peers +alice"]
     assert r["dry"]["actions"] == r["added"]["actions"] == want
     assert set(r["routes"]) == {"10.93.0.0/24", "fd93::/64"}  # no 0.0.0.0/0, no /32
     assert r["added"]["changed"] == {"interfaces": ["zqv0"], "tunnels": ["vpn"]}
-    assert any("allowed_ips 0.0.0.0/0 gets no route" in n for n in r["dry"]["notes"])
+    assert any("allowed_ips 0.0.0.0/0 routes everything through zqv0 by policy routing" in n
+               for n in r["dry"]["notes"])
     assert r["removed"]["actions"] == [
         "[#] ip route del 10.93.0.0/24 dev zqv0 proto static",
         "[#] ip route del fd93::/64 dev zqv0 proto static",
+        "[#] ip -4 rule del not fwmark 51820 table 51820",
+        "[#] ip -4 rule del table main suppress_prefixlength 0",
+        "[#] ip -4 route del 0.0.0.0/0 dev zqv0 table 51820 proto static",
+        "set fwmark 0 on the socket of tunnel vpn",
         "tell worker of tunnel vpn: peers -alice"]
+    assert ip.policy == {}
     assert ip.links["zqv0"].routes == {}
 
 
@@ -458,3 +503,90 @@ def test_an_interface_that_failed_is_retried_by_the_next_reload_not_called_uncha
     assert status["interfaces"]["zqb0"]["error"] is None
     assert [w.spec.tunnel for w in FakeWorker.all].count("held") == 1  # started once, now
     assert again["actions"] == [] and again["unchanged"]["interfaces"] == ["zqb0", "zqk0"]
+
+
+def test_a_failing_rule_undoes_the_full_tunnel_and_the_reload(
+        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
+    """issue 19.5: a policy rule the kernel refuses fails the reload; the table route, the
+    socket mark and the peer's routes before it are undone, the old config stays."""
+    import os
+
+    from tund import keys
+
+    if os.geteuid() != 0:
+        pytest.skip("setting SO_MARK needs CAP_NET_ADMIN")
+
+    ip, _dev = fakes
+    path = tmp_path / "tunnels.toml"
+    key = tmp_path / "vpn.key"
+    key.write_text(keys.generate_private_key())
+    key.chmod(0o600)
+    port = _free_port()
+    main = (_iface("zqw0", addrs=["10.91.9.1/24"])
+            + f'[tunnels.vpn]\ninterface = "zqw0"\nlisten = "127.0.0.1:{port}"\n'
+            'private_key_file = "vpn.key"\n[tunnels.vpn.peers]\n')
+    eng = Engine(path, ip=ip, fork_server=False)
+    ip.fail(lambda a: a[1:4] == ["rule", "add", "not"])
+
+    async def go() -> str:
+        await _start(eng, main, path)
+        old = eng.config
+        (tmp_path / "tunnels.d").mkdir()
+        (tmp_path / "tunnels.d" / "50-exit.toml").write_text(
+            "[tunnels.vpn.peers.exit]\n"
+            f'public_key = "{keys.public_key(keys.generate_private_key())}"\n'
+            'allowed_ips = ["0.0.0.0/0", "10.94.0.0/24"]\n')
+        with pytest.raises(ReloadError) as e:
+            await eng.reload()
+        assert eng.config is old
+        mark = eng.listeners["vpn"].getsockopt(socket.SOL_SOCKET, socket.SO_MARK)
+        await eng.shutdown()
+        assert mark == 0
+        return str(e.value)
+
+    why = asyncio.run(go())
+    assert "not fwmark 51820" in why and "undone" in why
+    assert ip.policy == {}  # the table route was deleted again
+    assert ip.links["zqw0"].routes == {}  # and the peer's main-table route
+
+
+def test_a_recreated_full_tunnel_interface_gets_its_table_route_back(
+        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
+    """issue 19: recreating the device (owner changed) drops its table-51820 route with it;
+    the reload adds it back and keeps the rules (no duplicate, no failed delete)."""
+    import os
+
+    from tund import keys
+
+    if os.geteuid() != 0:
+        pytest.skip("setting SO_MARK needs CAP_NET_ADMIN")
+    ip, _dev = fakes
+    path = tmp_path / "tunnels.toml"
+    key = tmp_path / "vpn.key"
+    key.write_text(keys.generate_private_key())
+    key.chmod(0o600)
+    port = _free_port()
+
+    def conf(extra: str) -> str:
+        return (_iface("zqx0", addrs=["10.91.10.1/24"], extra=extra)
+                + f'[tunnels.vpn]\ninterface = "zqx0"\nlisten = "127.0.0.1:{port}"\n'
+                'private_key_file = "vpn.key"\n[tunnels.vpn.peers.exit]\n'
+                f'public_key = "{keys.public_key(keys.generate_private_key())}"\n'
+                'allowed_ips = ["0.0.0.0/0"]\n')
+
+    eng = Engine(path, ip=ip, fork_server=False)
+
+    async def go() -> dict[str, Any]:
+        await _start(eng, conf(""), path)
+        assert len(ip.policy) == 3
+        path.write_text(conf("owner = 0"))
+        done = await eng.reload()
+        mark = eng.listeners["vpn"].getsockopt(socket.SOL_SOCKET, socket.SO_MARK)
+        assert mark == 51820
+        await eng.shutdown()
+        return done
+
+    done = asyncio.run(go())
+    assert "[#] ip -4 route add 0.0.0.0/0 dev zqx0 table 51820 proto static" in done["actions"]
+    assert not any("rule" in a for a in done["actions"]), done["actions"]
+    assert ip.policy == {}  # and the stop removed it all

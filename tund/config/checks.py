@@ -14,6 +14,7 @@ from typing import Any
 
 from tund.config.conflicts import address_issues, listener_issues
 from tund.config.locate import Locator
+from tund.config.loops import dns_issues, loop_issues
 from tund.config.model import TUNNEL_NAME_RE, KeyPath, check_ifname
 from tund.config.render import got, quote, render_path
 from tund.errors import ConfigIssue
@@ -62,6 +63,8 @@ def cross_issues(raw: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
         issues.extend(_tunnel_issues(name, body, ifaces, used, loc))
     issues.extend(listener_issues(daemon, tunnels, loc))
     issues.extend(address_issues(ifaces, loc))
+    issues.extend(dns_issues(ifaces, loc))
+    issues.extend(loop_issues(ifaces, tunnels, loc))
     _register_builtin_checks()
     for hook in _EXTRA_CHECKS:
         try:
@@ -86,6 +89,12 @@ def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any]
     if body.get("peers") is not None:
         issues.extend(_peers_issues(name, body, loc))
     issues += _endpoint_issues(name, body, loc) + _key_issues(name, body, loc)
+    mark = body.get("fwmark", 0)
+    if _number(mark) and mark and "listen" not in body and body.get("peers") is None:
+        issues.append(loc.issue(("tunnels", name, "fwmark"),
+                                "needs a socket the daemon binds (a tunnel with listen or "
+                                "peers): the worker of a remote tunnel makes its own sockets "
+                                f"and may not mark them (got {got(mark)})"))
     rmin, rmax = body.get("reconnect_min", 0.2), body.get("reconnect_max", 10.0)
     if _number(rmin) and _number(rmax) and rmin > rmax:
         issues.append(loc.issue(("tunnels", name, "reconnect_min"),

@@ -156,7 +156,36 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
+def _check_command(c: tuple[str, ...]) -> tuple[str, ...]:
+    if not c:
+        raise ValueError("a command must not be empty (expected [\"PROGRAM\", \"ARG\", ...])")
+    if any("\0" in a for a in c):
+        raise ValueError("an argument must not contain a NUL byte")
+    return c
+
+
+def _check_dns(v: str) -> str:
+    """A name server address, or a search domain (``~`` prefix: a routing-only domain)."""
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        pass
+    name = v[1:] if v.startswith("~") else v
+    if name in ("", ".") and v.startswith("~"):
+        return v
+    if not _HOSTNAME_RE.match(name.rstrip(".")):
+        raise ValueError("each entry must be an IP address (a name server) or a domain name "
+                         "(a search domain; ~DOMAIN: a routing-only domain)")
+    return v
+
+
 Mtu = Annotated[int, Field(ge=68, le=65535)]
+#: one hook: argv strings, ``%i`` expanded to the interface name (tund.netdev.hooks)
+Command = Annotated[tuple[str, ...], AfterValidator(_check_command)]
+Commands = tuple[Command, ...]
+#: the hook keys of ``[interfaces.X]``, in the order an interface's life runs them
+HOOK_PHASES = ("pre_up", "post_up", "pre_down", "post_down")
+DnsEntry = Annotated[str, AfterValidator(_check_dns)]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 Address = Annotated[str, AfterValidator(_check_address)]
 Route = Annotated[str, AfterValidator(_check_route)]
@@ -252,6 +281,20 @@ class InterfaceConfig(_Model):
     routes: Annotated[tuple[Route, ...], AfterValidator(_no_duplicates("route"))] = ()
     mac: str | None = None
     bridge: str | None = None
+    # hooks, run by the daemon as root (tund.netdev.hooks): pre_up before the device is
+    # created (a failure keeps the interface down), post_up after it is configured,
+    # pre_down / post_down before and after it is removed (also at daemon stop)
+    pre_up: Commands = ()
+    post_up: Commands = ()
+    pre_down: Commands = ()
+    post_down: Commands = ()
+    hook_timeout: Seconds = 30.0  # a hook still running after this long is killed
+    # where the routes of `routes` and of the peers' allowed_ips go: "auto" the main table,
+    # but a default route (0.0.0.0/0, ::/0) the wg-quick way (tund.netdev.policy); "off"
+    # no routes at all; N that table (1 to 4294967295)
+    table: Literal["auto", "off"] | Annotated[int, Field(ge=1, le=2**32 - 1)] = "auto"
+    # name servers and search domains for this link (tund.netdev.dns: resolvectl/resolvconf)
+    dns: Annotated[tuple[DnsEntry, ...], AfterValidator(_no_duplicates("entry"))] = ()
 
     @field_validator("owner", mode="before")
     @classmethod
@@ -262,6 +305,14 @@ class InterfaceConfig(_Model):
     @classmethod
     def _group(cls, v: Any) -> str | int:
         return _check_principal(v, "group")
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, v: str | int) -> str | int:
+        if isinstance(v, int) and v in (253, 254, 255):
+            raise ValueError('must not be 253, 254 or 255 (the kernel\'s default, main and '
+                             'local tables; "auto" routes into main)')
+        return v
 
     @field_validator("mac")
     @classmethod
@@ -358,6 +409,9 @@ class TunnelConfig(_Model):
     # "HOST:PORT" clients reach this listener at (behind NAT, a name); the Endpoint that
     # `tundctl peer add` / `peer-config --format wg-quick` write when --endpoint is not given
     public_endpoint: str | None = None
+    # SO_MARK of the underlay socket (0: none), set by the daemon, which binds it; so only
+    # for a tunnel with listen or peers (tund.config.checks refuses it on a remote tunnel)
+    fwmark: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
 
     @field_validator("listen")
     @classmethod

@@ -22,7 +22,7 @@ from pydantic import (
 from tund.config.checks import cross_issues
 from tund.config.locate import Locator, Source, key_lines, merge
 from tund.config.messages import pydantic_issues
-from tund.config.model import Config
+from tund.config.model import HOOK_PHASES, Config
 from tund.errors import ConfigError, ConfigIssue
 
 
@@ -32,9 +32,13 @@ def _as_tuples(raw: dict[str, Any]) -> None:
     if isinstance(ifaces, dict):
         for body in ifaces.values():
             if isinstance(body, dict):
-                for k in ("addresses", "routes"):
+                for k in ("addresses", "routes", "dns"):
                     if isinstance(body.get(k), list):
                         body[k] = tuple(body[k])
+                for k in HOOK_PHASES:  # a list of commands, each a list of argv strings
+                    if isinstance(body.get(k), list):
+                        body[k] = tuple(tuple(c) if isinstance(c, list) else c
+                                        for c in body[k])
     tunnels = raw.get("tunnels")
     if isinstance(tunnels, dict):
         for body in tunnels.values():

@@ -3,11 +3,13 @@
 Contract (pure): every ``allowed_ips`` prefix of an enabled peer of the tunnel on an
 interface gets a route through that interface, unless one of the interface's own
 addresses already covers it (its connected route carries it) or ``routes`` lists it.
-``0.0.0.0/0`` and ``::/0`` never get one: a route there would take over the host's
-default route (full-tunnel routing is issue 19); they are returned as skipped, for the
-daemon to warn about. :func:`effective_interface` is the interface as the kernel is
-made to look: its ``routes`` followed by its peers' routes (the diff of
-:mod:`tund.netdev.reconcile` and the reload plan work on that).
+``0.0.0.0/0`` and ``::/0`` never get one in the main table: a route there would take
+over the host's default route; they are returned as skipped (full-tunnel routing with
+``table = "auto"``: :mod:`tund.netdev.policy`), for the daemon to note.
+:func:`effective_interface` is the interface as the kernel is made to look: its
+``routes`` followed by its peers' routes (the diff of :mod:`tund.netdev.reconcile` and
+the reload plan work on that; the daemon passes only its main-table routes:
+:func:`tund.netdev.policy.main_routes`).
 """
 
 from __future__ import annotations
@@ -63,13 +65,19 @@ def effective_interfaces(cfg: Config) -> dict[str, InterfaceConfig]:
 
 
 def skipped_default_routes(cfg: Config) -> list[str]:
-    """One warning per ``/0`` prefix of an enabled peer that gets no route."""
+    """One note per ``/0`` prefix of an enabled peer: it gets no main-table route; with
+    ``table = "auto"`` it routes everything through the interface by policy routing
+    (:mod:`tund.netdev.policy`), with ``table = "off"`` nothing, with a number it is a
+    route of that table like the others (no note)."""
     out = []
     for name, iface in cfg.interfaces.items():
         found = cfg.tunnel_for(name)
+        if isinstance(iface.table, int):
+            continue
         for peer, prefix in peer_routes(iface, found[1] if found else None).skipped:
             assert found is not None
-            out.append(f"tunnel {found[0]}, peer {peer}: allowed_ips {prefix} gets no route "
-                       f"through {name}: it would replace the host's default route "
-                       "(full-tunnel routing is not supported yet: issue 19)")
+            how = ("routes everything through {0} by policy routing (table = \"auto\": its "
+                   "own table and rules; the host's default route stays)" if iface.table ==
+                   "auto" else "gets no route through {0} (table = \"off\")").format(name)
+            out.append(f"tunnel {found[0]}, peer {peer}: allowed_ips {prefix} {how}")
     return out

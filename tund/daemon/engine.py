@@ -44,7 +44,7 @@ from tund.daemon.peerstore import PeerStore
 from tund.daemon.reresolve import Reresolver, apply_overrides
 from tund.daemon.targets import Targets
 from tund.errors import ConfigError, ConfigIssue, ErrorCode, KernelError, ReloadError, TundError
-from tund.netdev import tuntap
+from tund.netdev import policy, tuntap
 from tund.netdev.ip import Ip, IpRunner
 from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, SpawnLauncher
 from tund.supervise.runner import Limits, TunnelRunner
@@ -85,6 +85,7 @@ class Engine(Targets):
         self.devices: dict[str, tuntap.OpenedDevice] = {}
         self.device_errors: dict[str, str] = {}
         self.listeners: dict[str, socket.socket] = {}
+        self.dns_set: set[str] = set()  # interfaces whose dns tund set (reverted at stop)
         self.runners: dict[str, TunnelRunner] = {}
         self.keys: dict[str, KeyMaterial] = {}
         self.key_errors: dict[str, str] = {}
@@ -143,7 +144,7 @@ class Engine(Targets):
         for name, t in cfg.tunnels.items():
             if t.role == "listen" and name not in self.listeners:
                 try:
-                    self.listeners[name] = specs.bind_underlay(t)
+                    self.listeners[name] = specs.bind_underlay(t, policy.mark(cfg, name))
                 except OSError:
                     continue  # reported by _make_spec when the tunnel starts
 
@@ -164,12 +165,19 @@ class Engine(Targets):
         async with self._lock:
             # fresh counters first: what a worker counted since its last pong is kept too
             await asyncio.gather(*(r.refresh() for r in self.runners.values()))
+            up = [(n, self.config.interfaces[n]) for n in self.devices
+                  if self.config is not None and n in self.config.interfaces
+                  and n not in self.device_errors]
+            for name, iface in up:
+                await self._hooks(name, iface, "pre_down")
             await asyncio.gather(*(r.stop() for r in self.runners.values()))
             self.save_counters(force=True)
             self.runners.clear()
+            await self._remove_all_policies()
             for s in self.listeners.values():
                 s.close()
             self.listeners.clear()
+            await self._revert_all_dns()
             for name, dev in list(self.devices.items()):
                 persistent = self.config is not None and self.config.interfaces[name].persist
                 log.info("[#] close %s (%s)", name,
@@ -177,6 +185,8 @@ class Engine(Targets):
                          extra=self._fields_of_interface(name))
                 tuntap.close(dev.fd)
             self.devices.clear()
+            for name, iface in up:
+                await self._hooks(name, iface, "post_down")
             if self.fork_server is not None:
                 self.fork_server.close()
 
@@ -206,7 +216,7 @@ class Engine(Targets):
         sock_fd = None
         if t.role == "listen":
             if name not in self.listeners:
-                self.listeners[name] = specs.bind_underlay(t)
+                self.listeners[name] = specs.bind_underlay(t, policy.mark(self.config, name))
             sock_fd = self.listeners[name].fileno()
         malformed, self.test_malformed = self.test_malformed > 0, max(0, self.test_malformed - 1)
         return specs.worker_spec(name, self.config, dev.fd, sock_fd, km,
@@ -258,6 +268,7 @@ class Engine(Targets):
         async with self._lock:
             r = self.runner(name)
             if r.worker is None:
+                await self._tunnel_policy(name, up=True)
                 r.start()
             return {"tunnel": name, "state": str(r.state)}
 
@@ -265,6 +276,7 @@ class Engine(Targets):
         async with self._lock:
             r = self.runner(name)
             await r.stop()
+            await self._tunnel_policy(name, up=False)
             return {"tunnel": name, "state": str(r.state)}
 
     async def tunnel_restart(self, name: str) -> dict[str, Any]:
@@ -313,7 +325,7 @@ class Engine(Targets):
                 self._note_reload(False, str(e))
                 raise
             for warning in config.skipped_default_routes(new):
-                log.warning("%s", warning)
+                log.info("%s", warning)
             self._note_reload(True, "applied" if actions else "nothing to do")
             return {**p.summary(), "actions": actions, "dry_run": False,
                     "notes": list(p.daemon_notes)}

@@ -8,8 +8,10 @@ Contract:
   possible and leaves the irreversible part for last:
 
   1. in place, while every worker runs, interface by interface: reconfigure (``[#] ip ...``,
-     then the new MTU told to its tunnel's worker), retag (the persist flag), add (create
-     the device, then its ``[#] ip ...``), retry (a failed interface: open and configure it
+     then the new MTU told to its tunnel's worker, then a changed ``dns``), retag (the
+     persist flag), add (its ``pre_up`` hooks, one step per command: a failing one fails
+     the reload; create the device, then its ``[#] ip ...``, its ``dns``, its ``post_up``
+     hooks, best effort), retry (a failed interface: pre_up, open, configure, dns, post_up
      in one step, best effort: if it fails again it stays failed, the reload goes on).
      Before an interface's addresses are added, an unlisted step fails the reload if
      another interface of the host, one tund does not manage, has one of them
@@ -20,7 +22,9 @@ Contract:
   5. commit (switch to the new config and keys; bookkeeping, not listed), tell the
      workers of updated tunnels their new settings (``keepalive``), start the workers of
      added and restarted tunnels;
-  6. delete the devices no longer configured (best effort: a failure is reported, not undone).
+  6. per interface no longer configured, all best effort (a failure is reported, not
+     undone): its ``pre_down`` hooks, revert its ``dns``, delete the device, its
+     ``post_down`` hooks. A recreated interface runs no hooks (its dns is set again).
 
 * :func:`lines` is what ``tundctl reload --dry-run`` shows: the description of each step.
 * :func:`run` runs the steps in order and logs each description just before its step (an
@@ -32,6 +36,8 @@ Contract:
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import inspect
 import logging
 import os
@@ -45,7 +51,7 @@ from tund import logs
 from tund.config import Config, InterfaceConfig, TunnelConfig
 from tund.daemon.plan import InterfaceChange, Plan
 from tund.errors import KernelError, ReloadError
-from tund.netdev import conflicts, reconcile
+from tund.netdev import conflicts, hooks, policy, reconcile
 from tund.netdev.ip import Ip, IpRunner
 
 log = logging.getLogger("tund.daemon.reload")
@@ -88,7 +94,11 @@ class Target(Protocol):
 
     def restore_device(self, name: str, iface: InterfaceConfig) -> None: ...
 
-    def retry_device(self, name: str, iface: InterfaceConfig) -> None: ...
+    def retry_device(self, name: str, iface: InterfaceConfig) -> object: ...
+
+    def set_dns(self, name: str, entries: tuple[str, ...]) -> None: ...
+
+    def revert_dns(self, name: str) -> None: ...
 
     def remove_device(self, name: str) -> None: ...
 
@@ -104,7 +114,9 @@ class Target(Protocol):
 
     def start_tunnel(self, name: str) -> None: ...
 
-    def bind_listener(self, name: str, t: TunnelConfig) -> None: ...
+    def bind_listener(self, name: str, t: TunnelConfig, mark: int = 0) -> None: ...
+
+    def set_mark(self, name: str, mark: int) -> None: ...
 
     def close_listener(self, name: str) -> None: ...
 
@@ -152,13 +164,51 @@ def _address_check(t: Target, name: str, ip_steps: Sequence[reconcile.Step], new
     return out
 
 
+def _hook_steps(name: str, iface: InterfaceConfig, phase: str, part: str,
+                best_effort: bool) -> list[Step]:
+    """One step per command of a hook phase (it logs its own line: tund.netdev.hooks)."""
+    return [Step(hooks.describe(name, phase, argv),
+                 partial(hooks.run_one, name, phase, i, argv, iface.hook_timeout), None, part,
+                 self_logged=True, best_effort=best_effort, fields=logs.fields(interface=name))
+            for i, argv in enumerate(getattr(iface, phase))]
+
+
+def _dns_step(t: Target, name: str, new: tuple[str, ...], old: tuple[str, ...],
+              part: str) -> list[Step]:
+    """Set (or, with none, revert) an interface's dns, off the event loop; undone by the
+    old entries."""
+    if new == old:
+        return []
+    what = f"set dns of {name}: {' '.join(new)}" if new else f"revert dns of {name}"
+    return [Step(what, partial(asyncio.to_thread, t.set_dns, name, new),
+                 partial(asyncio.to_thread, t.set_dns, name, old), part,
+                 fields=logs.fields(interface=name))]
+
+
 def _create(t: Target, name: str, iface: InterfaceConfig, part: str,
-            state: reconcile.LinkState, new: Config) -> list[Step]:
+            state: reconcile.LinkState, new: Config, hooked: bool = True) -> list[Step]:
+    """pre_up hooks (a failure fails the reload), create, ``ip``, dns, post_up hooks (best
+    effort). ``hooked`` False (a recreate): no hooks."""
     create = Step(f"create device {name} (mode {iface.mode})", partial(t.open_device, name, iface),
                   partial(t.remove_device, name), part, fields=logs.fields(interface=name))
-    ip_steps = reconcile.plan_steps(name, iface, state)
-    return [create, *_address_check(t, name, ip_steps, new, part),
-            *(_ip_step(t.ip, s, part, name) for s in ip_steps)]
+    ip_steps = reconcile.plan_steps(name, policy.main_routes(iface), state)
+    return [*(_hook_steps(name, iface, "pre_up", part, False) if hooked else []),
+            create, *_address_check(t, name, ip_steps, new, part),
+            *(_ip_step(t.ip, s, part, name) for s in ip_steps),
+            *_dns_step(t, name, iface.dns, (), part),
+            *(_hook_steps(name, iface, "post_up", part, True) if hooked else [])]
+
+
+def _remove(t: Target, name: str, iface: InterfaceConfig) -> list[Step]:
+    """Phase 6 for one interface, all best effort: pre_down, revert dns, delete, post_down."""
+    part = f"remove {name}"
+    revert = ([Step(f"revert dns of {name}", partial(asyncio.to_thread, t.revert_dns, name),
+                    None, part, best_effort=True, fields=logs.fields(interface=name))]
+              if iface.dns else [])
+    return [*_hook_steps(name, iface, "pre_down", part, True), *revert,
+            Step(f"delete device {name}", partial(t.remove_device, name), best_effort=True,
+                 fields=logs.fields(interface=name)),
+            *_hook_steps(name, iface, "post_down", part, True)]
 
 
 def _in_place(t: Target, c: InterfaceChange, p: Plan, new: Config) -> list[Step]:
@@ -182,9 +232,12 @@ def _in_place(t: Target, c: InterfaceChange, p: Plan, new: Config) -> list[Step]
         return []
     assert c.new is not None and t.config is not None
     part = f"configure {c.name}"
-    ip_steps = reconcile.plan_steps(c.name, c.new, reconcile.read_state(t.ip, c.name))
+    ip_steps = reconcile.plan_steps(c.name, policy.main_routes(c.new),
+                                    reconcile.read_state(t.ip, c.name))
     out = [*_address_check(t, c.name, ip_steps, new, part),
            *(_ip_step(t.ip, s, part, c.name) for s in ip_steps)]
+    assert c.old is not None
+    out += _dns_step(t, c.name, c.new.dns, c.old.dns, part)
     found = new.tunnel_for(c.name)
     kept = found is not None and found[0] in p.of("tunnels", "unchanged")
     if kept and c.new.mtu is not None and any(s.argv[3:4] == ("mtu",) for s in ip_steps):
@@ -201,15 +254,66 @@ def _recreate(t: Target, c: InterfaceChange, new: Config) -> list[Step]:
     delete = Step(f"delete device {c.name} to recreate it ({c.reason})",
                   partial(t.remove_device, c.name), partial(t.restore_device, c.name, c.old), part,
                   fields=logs.fields(interface=c.name))
-    return [delete, *_create(t, c.name, c.new, part, reconcile.LinkState(name=c.name), new)]
+    return [delete, *_create(t, c.name, c.new, part, reconcile.LinkState(name=c.name), new,
+                             hooked=False)]
 
 
-def _bind(t: Target, name: str, tc: TunnelConfig) -> Step:
+def _bind(t: Target, name: str, tc: TunnelConfig, new: Config) -> Step:
     host, port = tc.endpoint
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return Step(f"bind {tc.transport} {where} for tunnel {name}",
-                partial(t.bind_listener, name, tc), partial(t.close_listener, name),
+    mark = policy.mark(new, name)
+    return Step(f"bind {tc.transport} {where} for tunnel {name}"
+                + (f" (fwmark {mark})" if mark else ""),
+                partial(t.bind_listener, name, tc, mark), partial(t.close_listener, name),
                 f"bind tunnel {name}", fields=logs.fields(interface=tc.interface, tunnel=name))
+
+
+def _policy_steps(t: Target, p: Plan, old: Config, new: Config) -> list[Step]:
+    """Policy routing (:mod:`tund.netdev.policy`) as ``old`` -> ``new`` changes it: first
+    the new marks of running tunnels' sockets (so their traffic skips the new table before
+    any rule sends traffic there), then per interface the old policy's rules and table
+    routes deleted and the new one's added (what exists already is adopted), last the
+    marks dropped."""
+    steps: list[Step] = []
+    unmark: list[Step] = []  # a mark dropped goes last, once no rule needs it
+    restarted = set(p.of("tunnels", "add", "restart", "remove"))
+    for name in sorted(old.tunnels.keys() & new.tunnels.keys() - restarted):
+        m_old, m_new = policy.mark(old, name), policy.mark(new, name)
+        if m_old != m_new:
+            (steps if m_new else unmark).append(Step(
+                f"set fwmark {m_new} on the socket of tunnel {name}",
+                partial(t.set_mark, name, m_new), partial(t.set_mark, name, m_old),
+                f"update {name}", fields=logs.fields(tunnel=name)))
+    gone = set(p.of("interfaces", "remove"))
+    recreated = set(p.of("interfaces", "recreate"))
+    for name in sorted(old.interfaces.keys() | new.interfaces.keys()):
+        p_old, p_new = policy.of(old, name), policy.of(new, name)
+        part = f"route {name}"
+        if p_old is not None and p_old != p_new:
+            others = [n for n in new.interfaces if n != name]
+            fams = {f for k in others if (q := policy.of(new, k)) is not None and q.rules
+                    for f in q.families}
+            st = policy.read(t.ip, p_old)
+            if name in recreated:  # its routes went with the old device (phase 3)
+                st = dataclasses.replace(st, routes=frozenset())
+            steps += [_ip_step(t.ip, s, part, name)
+                      for s in policy.remove_steps(p_old, st, tuple(fams))]
+            if p_new is not None:  # what exists of it once the removal ran
+                now = policy.read(t.ip, p_new)
+                if name in recreated:
+                    now = dataclasses.replace(now, routes=frozenset())
+                same = p_new.table == p_old.table
+                left = policy.State(
+                    now.routes - st.routes if same else now.routes,
+                    now.rule - st.rule if same else now.rule,
+                    now.suppress - (st.suppress - fams))
+                steps += [_ip_step(t.ip, s, part, name) for s in policy.add_steps(p_new, left)]
+        elif p_new is not None and name not in gone:
+            now = policy.read(t.ip, p_new)
+            if name in recreated:  # its routes go with the old device
+                now = dataclasses.replace(now, routes=frozenset())
+            steps += [_ip_step(t.ip, s, part, name) for s in policy.add_steps(p_new, now)]
+    return steps + unmark
 
 
 def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[Step]:
@@ -233,7 +337,8 @@ def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[
                               f"stop tunnel {tc.name}", fields=of_tunnel(tc.name)))
     steps += [s for c in p.interfaces if c.action == "recreate" for s in _recreate(t, c, new)]  # 3
     starting = [tc.name for tc in p.tunnels if tc.action in ("add", "restart")]
-    steps += [_bind(t, n, new.tunnels[n]) for n in starting  # 4
+    steps += _policy_steps(t, p, old, new)  # 3b
+    steps += [_bind(t, n, new.tunnels[n], new) for n in starting  # 4
               if new.tunnels[n].role == "listen"]
     steps.append(Step("switch to the new configuration",  # 5
                       partial(t.switch, new, new_keys, {}),
@@ -258,9 +363,8 @@ def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[
                               f"update {tc.name}"))
     steps += [Step(f"start worker of tunnel {n}", partial(t.start_tunnel, n),
                    partial(t.stop_tunnel, n), fields=of_tunnel(n)) for n in starting]
-    steps += [Step(f"delete device {c.name}", partial(t.remove_device, c.name),  # 6
-                   best_effort=True, fields=logs.fields(interface=c.name))
-              for c in p.interfaces if c.action == "remove"]
+    steps += [s for c in p.interfaces if c.action == "remove" and c.old is not None  # 6
+              for s in _remove(t, c.name, c.old)]
     return steps
 
 

@@ -31,10 +31,12 @@ def peer_entries(t: TunnelConfig, km: KeyMaterial | None) -> list[dict[str, Any]
             for name, p in sorted((t.peers or {}).items()) if p.enabled]
 
 
-def bind_underlay(t: TunnelConfig) -> socket.socket:
-    """Open the listening (TCP) or bound (UDP) socket of a ``listen`` tunnel."""
+def bind_underlay(t: TunnelConfig, mark: int = 0) -> socket.socket:
+    """Open the listening (TCP) or bound (UDP) socket of a ``listen`` tunnel, with its
+    mark (:func:`tund.netdev.policy.mark`: SO_MARK needs CAP_NET_ADMIN, which the worker
+    has not)."""
     host, port = t.endpoint
-    return underlay.bind_underlay(t.transport, host, port)
+    return underlay.bind_underlay(t.transport, host, port, mark=mark)
 
 
 def describe(t: TunnelConfig) -> dict[str, Any]:

@@ -16,9 +16,10 @@ from tund.config import Config, InterfaceConfig, TunnelConfig
 from tund.daemon import specs
 from tund.daemon.keyfiles import KeyMaterial
 from tund.daemon.reresolve import Reresolver
+from tund.daemon.lifecycle import Lifecycle
 from tund.daemon.status import sysfs_mtu
 from tund.errors import KernelError
-from tund.netdev import conflicts, reconcile, tuntap
+from tund.netdev import conflicts, hooks, policy, reconcile, tuntap
 from tund.netdev.ip import Ip
 from tund.supervise.runner import TunnelRunner
 from tund.workerapi.messages import Peers, Update
@@ -26,7 +27,7 @@ from tund.workerapi.messages import Peers, Update
 log = logging.getLogger("tund.daemon.engine")
 
 
-class Targets:
+class Targets(Lifecycle):
     """Device, listener and worker-update steps of a reload (and their undo)."""
 
     ip: Ip
@@ -45,7 +46,9 @@ class Targets:
     def _open_and_configure(self, name: str, iface: InterfaceConfig) -> None:
         """Open (create or adopt) device ``name`` and apply its ``ip`` config; raises."""
         self.open_device(name, iface)
-        reconcile.apply(self.ip, name, iface)
+        reconcile.apply(self.ip, name, policy.main_routes(iface))
+        if self.config is not None:
+            self.apply_policy(name, self.config)
         self.device_errors.pop(name, None)
 
     def _bring_up(self, name: str, iface: InterfaceConfig) -> None:
@@ -68,9 +71,12 @@ class Targets:
         keeps serving status requests meanwhile (the reload lock is held).
         """
         for warning in config.skipped_default_routes(cfg):
-            log.warning("%s", warning)
+            log.info("%s", warning)
         opened: list[tuple[str, InterfaceConfig]] = []
-        for name, iface in config.effective_interfaces(cfg).items():
+        for name, effective in config.effective_interfaces(cfg).items():
+            iface = policy.main_routes(effective)  # what reconcile sees (tund.netdev.policy)
+            if not await self._hooks(name, iface, "pre_up", fail=True):
+                continue  # its error is recorded; the others come up
             try:
                 self.open_device(name, iface)
                 opened.append((name, iface))
@@ -94,12 +100,19 @@ class Targets:
             self.device_errors[name] = why
             log.error("interface %s: %s", name, why, extra={"TUND_INTERFACE": name})
         results = await asyncio.to_thread(reconcile.apply_many, self.ip, opened, states)
-        for name, res in results.items():
+        for name, applied in results.items():
+            res: object = applied
+            if not isinstance(res, KernelError):
+                try:
+                    await asyncio.to_thread(self.apply_policy, name, cfg)
+                except KernelError as e:
+                    res = e
             if isinstance(res, KernelError):
                 self.device_errors[name] = str(res)
                 log.error("interface %s: %s", name, res, extra={"TUND_INTERFACE": name})
             else:
                 self.device_errors.pop(name, None)
+                await self._after_up(name, cfg.interfaces[name])
 
     # ------------------------------------------------------------------ reload steps
 
@@ -112,15 +125,20 @@ class Targets:
                 owner=iface.uid, group=iface.gid, vnet_hdr=specs.vnet_hdr(iface))
         self.device_errors.pop(name, None)
 
-    def retry_device(self, name: str, iface: InterfaceConfig) -> None:
-        """Open and configure failed interface ``name`` again; on failure it stays failed
-        (its error replaced by the new one) and KernelError is raised."""
+    async def retry_device(self, name: str, iface: InterfaceConfig) -> None:
+        """Run pre_up, open and configure failed interface ``name`` again, then its dns and
+        post_up; on failure it stays failed (its error replaced by the new one) and
+        KernelError is raised."""
         try:
+            await hooks.run_phase(name, "pre_up", iface.pre_up, iface.hook_timeout)
             self._open_and_configure(name, iface)
         except KernelError as e:
             self.device_errors[name] = str(e)
             raise
         log.info("interface %s: up after retry", name, extra={"TUND_INTERFACE": name})
+        await self._after_up(name, iface)
+        if name in self.device_errors:
+            raise KernelError(self.device_errors[name])
 
     def restore_device(self, name: str, iface: InterfaceConfig) -> None:
         """Open device ``name`` and configure it as ``iface`` (the undo of deleting it)."""
@@ -158,10 +176,11 @@ class Targets:
             runner.describe["keepalive"] = seconds
             runner.send(Update(keepalive=seconds))
 
-    def bind_listener(self, name: str, t: TunnelConfig) -> None:
-        """Bind tunnel ``name``'s listening socket now; OSError names the address."""
+    def bind_listener(self, name: str, t: TunnelConfig, mark: int = 0) -> None:
+        """Bind tunnel ``name``'s listening socket now (with SO_MARK ``mark``); OSError
+        names the address."""
         self.close_listener(name)
-        self.listeners[name] = specs.bind_underlay(t)
+        self.listeners[name] = specs.bind_underlay(t, mark)
 
     def close_listener(self, name: str) -> None:
         s = self.listeners.pop(name, None)
