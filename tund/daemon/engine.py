@@ -41,7 +41,7 @@ from tund.daemon import reload as reloading
 from tund.daemon.counterstore import CounterStore
 from tund.daemon.keyfiles import KeyMaterial, read_keys
 from tund.daemon.peerstore import PeerStore
-from tund.daemon.reresolve import Reresolver, apply_overrides
+from tund.daemon.reresolve import TEST_TIMERS, Reresolver, apply_overrides
 from tund.daemon.targets import Targets
 from tund.errors import ConfigError, ConfigIssue, ErrorCode, KernelError, ReloadError, TundError
 from tund.netdev import policy, tuntap
@@ -79,7 +79,8 @@ class Engine(Targets):
         ``counters_file``: where per-peer lifetime counters outlive it (issue 18.5)."""
         self.config_path = config_path
         self.ip: Ip = ip or IpRunner()
-        self.timers = dict(timers or {})
+        given = dict(timers or {})
+        self.timers = {k: v for k, v in given.items() if k not in TEST_TIMERS}  # workers'
         self.test_malformed = test_malformed
         self.config: Config | None = None
         self.devices: dict[str, tuntap.OpenedDevice] = {}
@@ -94,7 +95,9 @@ class Engine(Targets):
         self.last_reload: dict[str, Any] | None = None
         self.peers = PeerStore(peers_file)
         self.counters = CounterStore(counters_file)
-        self.reresolver = Reresolver()
+        self.reresolver = Reresolver(
+            stale_after=given.get("reresolve_stale", TEST_TIMERS["reresolve_stale"]),
+            every=given.get("reresolve_every", TEST_TIMERS["reresolve_every"]))
         self._lock = asyncio.Lock()
         self._worker_user: tuple[object, ...] | None = None
         self._worker_cls: type[WorkerProcess] = WorkerProcess

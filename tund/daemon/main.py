@@ -130,11 +130,10 @@ class Daemon:
             await asyncio.sleep(1.0)
 
     async def _reresolve(self) -> None:
-        """Every CHECK_EVERY seconds: peers' endpoint names looked up again when due."""
-        from tund.daemon.reresolve import CHECK_EVERY
-
+        """Every ``reresolver.every`` seconds: peers' endpoint names looked up again when
+        due (:mod:`tund.daemon.reresolve`)."""
         while True:
-            await asyncio.sleep(CHECK_EVERY)
+            await asyncio.sleep(self.engine.reresolver.every)
             try:
                 await self.engine.reresolve()
             except Exception:  # a bug here must not stop the daemon; it is logged

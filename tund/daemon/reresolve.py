@@ -28,6 +28,9 @@ log = logging.getLogger("tund.daemon.reresolve")
 
 STALE_AFTER = 120.0
 CHECK_EVERY = 15.0
+#: test-only overrides of the two (``tund --test-timers``), the daemon's own: never
+#: passed to workers
+TEST_TIMERS = {"reresolve_stale": STALE_AFTER, "reresolve_every": CHECK_EVERY}
 
 Lookup = Callable[[str, int], Awaitable[str | None]]  # host, port -> "ADDR:PORT" or None
 
@@ -60,9 +63,12 @@ async def lookup(host: str, port: int) -> str | None:
 class Reresolver:
     """Remembers when each peer was last looked up and what it resolved to."""
 
-    def __init__(self, look: Lookup = lookup, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, look: Lookup = lookup, clock: Callable[[], float] = time.time,
+                 stale_after: float = STALE_AFTER, every: float = CHECK_EVERY) -> None:
         self._lookup = look
         self._clock = clock
+        self.stale_after = stale_after
+        self.every = every
         self._tried: dict[tuple[str, str], float] = {}
         self.overrides: dict[str, dict[str, str]] = {}  # tunnel -> peer -> "ADDR:PORT"
 
@@ -83,9 +89,9 @@ class Reresolver:
             seen = live.get(name) if isinstance(live.get(name), Mapping) else None
             hs = seen.get("latest_handshake") if seen else None
             since = hs if isinstance(hs, int | float) and hs > 0 else worker_since
-            if now - since < STALE_AFTER:
+            if now - since < self.stale_after:
                 continue
-            if now - self._tried.get((tunnel, name), 0.0) < STALE_AFTER:
+            if now - self._tried.get((tunnel, name), 0.0) < self.stale_after:
                 continue
             self._tried[(tunnel, name)] = now
             out.append((name, *hp))
@@ -103,7 +109,7 @@ class Reresolver:
             if found is None or found == current:
                 continue
             log.info("tunnel %s: peer %s: no handshake for %.0fs; %s:%d now resolves to %s "
-                     "(was %s)", tunnel, name, STALE_AFTER, host, port, found, current)
+                     "(was %s)", tunnel, name, self.stale_after, host, port, found, current)
             self.overrides.setdefault(tunnel, {})[name] = found
             changed = True
         return changed

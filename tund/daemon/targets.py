@@ -15,8 +15,8 @@ from tund import config, logs
 from tund.config import Config, InterfaceConfig, TunnelConfig
 from tund.daemon import specs
 from tund.daemon.keyfiles import KeyMaterial
-from tund.daemon.reresolve import Reresolver
 from tund.daemon.lifecycle import Lifecycle
+from tund.daemon.reresolve import Reresolver
 from tund.daemon.status import sysfs_mtu
 from tund.errors import KernelError
 from tund.netdev import conflicts, hooks, policy, reconcile, tuntap
