@@ -1,7 +1,7 @@
 """Full-tunnel routing without a loop (issue 19, "what must work" 1, 2, 5).
 
-Three namespaces: a client, a server it reaches over a veth (the client's default route
-goes through it: the host's own default route), and a far host behind the server. The
+Four namespaces: a client, a router (the client's default gateway: the host's own default
+route), a server beyond it, and a far host behind the server. The
 client's one peer has ``allowed_ips = ["0.0.0.0/0", "::/0"]`` and ``table = "auto"``:
 
 * its traffic to the far host goes through the tunnel (the far host sees the tunnel
@@ -89,12 +89,17 @@ def tx_packets(ns: Netns, dev: str) -> int:
 
 
 def test_everything_through_the_tunnel_without_a_loop(tmp_path: Path) -> None:
-    client, server, far = make_ns(), make_ns(), make_ns()
-    c_up, _ = link(client, "10.79.51.2/24", server, "10.79.51.1/24")
+    client, router, server, far = make_ns(), make_ns(), make_ns(), make_ns()
+    # the server is beyond the client's default gateway, as on the internet: only the
+    # main table's default route reaches it
+    c_up, _ = link(client, "10.79.51.2/24", router, "10.79.51.1/24")
+    link(router, "10.79.53.1/24", server, "10.79.53.2/24")
     link(server, "10.79.52.1/24", far, "10.79.52.2/24")
     client.run("ip", "route", "add", "default", "via", "10.79.51.1")
+    server.run("ip", "route", "add", "10.79.51.0/24", "via", "10.79.53.1")
     far.run("ip", "route", "add", "default", "via", "10.79.52.1")
-    server.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    for ns in (router, server):
+        ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
     c_key, s_key = keys.generate_private_key(), keys.generate_private_key()
     c_if, s_if = unique("trot"), unique("trot")
     cs, ss = Site(client, tmp_path / "c", "client"), Site(server, tmp_path / "s", "server")
@@ -102,7 +107,7 @@ def test_everything_through_the_tunnel_without_a_loop(tmp_path: Path) -> None:
         (site.dir / "vpn.key").write_text(key + "\n")
         (site.dir / "vpn.key").chmod(0o600)
     ss.write(f'[interfaces.{s_if}]\nmode = "tun"\naddresses = ["10.79.60.1/24"]\n'
-             f'[tunnels.vpn]\ninterface = "{s_if}"\nlisten = "10.79.51.1:51820"\n'
+             f'[tunnels.vpn]\ninterface = "{s_if}"\nlisten = "10.79.53.2:51820"\n'
              f'private_key_file = "{ss.dir / "vpn.key"}"\n'
              f'[tunnels.vpn.peers.client]\npublic_key = "{keys.public_key(c_key)}"\n'
              'allowed_ips = ["10.79.60.2/32"]\n')
@@ -111,7 +116,7 @@ def test_everything_through_the_tunnel_without_a_loop(tmp_path: Path) -> None:
              f'[tunnels.vpn]\ninterface = "{c_if}"\n'
              f'private_key_file = "{cs.dir / "vpn.key"}"\n'
              f'[tunnels.vpn.peers.server]\npublic_key = "{keys.public_key(s_key)}"\n'
-             'endpoint = "10.79.51.1:51820"\nallowed_ips = ["0.0.0.0/0", "::/0"]\n'
+             'endpoint = "10.79.53.2:51820"\nallowed_ips = ["0.0.0.0/0", "::/0"]\n'
              'keepalive = 1\n')
     echo = far.spawn(sys.executable, "-c", _ECHO, log=tmp_path / "echo.log")
     deadline = time.monotonic() + 10  # the veth's link-local address settles (DAD) first
@@ -138,8 +143,10 @@ def test_everything_through_the_tunnel_without_a_loop(tmp_path: Path) -> None:
         assert "32765:\tnot from all fwmark 0xca6c lookup 51820" in rules6, rules6
         assert f"dev {c_if}" in client.run("ip", "-6", "route", "show", "table", "51820").stdout
         # the tunnel's own packets (marked) still take the underlay
-        assert f"dev {c_up}" in client.run("ip", "route", "get", "10.79.51.1", "mark",
-                                           "51820").stdout
+        assert f"via 10.79.51.1 dev {c_up}" in client.run(
+            "ip", "route", "get", "10.79.53.2", "mark", "51820").stdout
+        # while the host's own (unmarked) packets to the server go through the tunnel
+        assert f"dev {c_if}" in client.run("ip", "route", "get", "10.79.53.2").stdout
         assert "via 10.79.51.1" in client.run("ip", "-4", "route", "show", "default").stdout
         t0, n0 = time.monotonic(), tx_packets(client, c_up)
         got = client.run(sys.executable, "-c", _ASK, "10.79.52.2").stdout.strip()

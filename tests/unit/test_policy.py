@@ -148,3 +148,15 @@ def test_the_kernels_own_tables_are_refused() -> None:
     with pytest.raises(ConfigError) as e:
         parse_text('[interfaces.a]\nmode = "tun"\ntable = 254\n')
     assert any(i.path == "interfaces.a.table" and "main" in i.message for i in e.value.issues)
+
+
+def test_two_full_tunnels_on_one_table_are_refused() -> None:
+    two = "".join(
+        f'[interfaces.w{i}]\nmode = "tun"\nroutes = ["0.0.0.0/0"]\n[tunnels.t{i}]\n'
+        f'interface = "w{i}"\nlisten = "127.0.0.1:{5000 + i}"\nencryption = "none"\n'
+        "fwmark = 0\n" for i in (1, 2))
+    with pytest.raises(ConfigError) as e:
+        parse_text(two)
+    assert [i.path for i in e.value.issues] == ["tunnels.t2"]
+    assert "same table and mark 51820" in e.value.issues[0].message
+    parse_text(two.replace("fwmark = 0", "fwmark = 7", 1))  # another mark: fine

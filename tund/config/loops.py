@@ -6,7 +6,8 @@ checked before use; issues, never exceptions):
   peer's ``endpoint`` given as an IP address) would carry the tunnel's encrypted packets
   into the tunnel again: refused, located at the route. A default route with
   ``table = "auto"`` is handled by policy routing (:mod:`tund.netdev.policy`), which
-  needs a socket the daemon binds: refused on a ``remote`` tunnel.
+  needs a socket the daemon binds: refused on a ``remote`` tunnel; two full tunnels
+  with the same table (= mark) are refused.
 * :func:`dns_issues`: ``dns`` on a host with neither resolvectl (systemd-resolved
   running) nor resolvconf.
 """
@@ -24,6 +25,8 @@ from tund.config.render import got, quote, render_path
 from tund.errors import ConfigIssue
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: a full tunnel's table and mark when its tunnel sets no fwmark (tund.netdev.policy)
+AUTO_MARK = 51820
 
 
 def _endpoint_ip(text: Any) -> Address | None:
@@ -98,13 +101,25 @@ def loop_issues(ifaces: Mapping[str, Any], tunnels: Mapping[str, Any],
                 loc: Locator) -> list[ConfigIssue]:
     """Routes that would loop the tunnel's own traffic (see the module docstring)."""
     issues: list[ConfigIssue] = []
+    full: dict[int, str] = {}  # table (= mark) of a full tunnel -> its tunnel
     for tname, body in tunnels.items():
         iname = body.get("interface") if isinstance(body, Mapping) else None
         iface = ifaces.get(iname) if isinstance(iname, str) else None
         # off: no routes; a numbered table: the user's rules decide
-        if isinstance(iname, str) and isinstance(iface, Mapping) and \
-                iface.get("table", "auto") == "auto":
-            issues += _tunnel_loops(tname, body, iname, iface, loc)
+        if not (isinstance(iname, str) and isinstance(iface, Mapping)
+                and iface.get("table", "auto") == "auto"):
+            continue
+        issues += _tunnel_loops(tname, body, iname, iface, loc)
+        raw_peers = body.get("peers")
+        peers: Mapping[str, Any] = raw_peers if isinstance(raw_peers, Mapping) else {}
+        if any(net.prefixlen == 0 for _, net, _ in _routes(tname, iname, iface, peers)):
+            mark = body.get("fwmark", 0)
+            table = mark if isinstance(mark, int) and mark > 0 else AUTO_MARK
+            if table in full:
+                issues.append(loc.issue(("tunnels", tname), (
+                    f"routes everything like tunnel {quote(full[table])}, through the same "
+                    f"table and mark {table}; give one of them another fwmark")))
+            full.setdefault(table, tname)
     return issues
 
 

@@ -29,13 +29,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tund.config import Config, InterfaceConfig, TunnelConfig
+from tund.config import Config, InterfaceConfig, TunnelConfig, loops
 from tund.errors import IpCommandError
 from tund.netdev.ip import Ip
 from tund.netdev.reconcile import Step
 
 #: the mark and table of a full tunnel whose tunnel sets no fwmark (as wg-quick picks)
-AUTO_MARK = 51820
+AUTO_MARK = loops.AUTO_MARK
 DEFAULTS = {4: "0.0.0.0/0", 6: "::/0"}
 
 
