@@ -158,8 +158,9 @@ class UdpTransport:
             sel.register(self.sock, selectors.EVENT_READ, self._on_readable)
             log.info("listening on %s%s", format_peer(self.sock.getsockname()),
                      " (replies from the address each peer sent to)" if self.sticky else "")
-            if self.multi:
+            if self.multi:  # up at once; peers with an endpoint and a keepalive initiate
                 self.state = "up"
+                link.on_state(True)
             if self._known_peer is not None:
                 log.info("the previous worker's peer was %s: contacting it now",
                          format_peer(self._known_peer))
