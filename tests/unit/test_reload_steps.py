@@ -590,3 +590,47 @@ def test_a_recreated_full_tunnel_interface_gets_its_table_route_back(
     assert "[#] ip -4 route add 0.0.0.0/0 dev zqx0 table 51820 proto static" in done["actions"]
     assert not any("rule" in a for a in done["actions"]), done["actions"]
     assert ip.policy == {}  # and the stop removed it all
+
+
+def test_a_reload_with_overlapping_peers_is_refused_and_the_running_peers_stay(
+        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
+    """issue 17: the located peer errors of `tundctl check` refuse a reload as well (and a
+    start, which loads the same way); the running worker and its peers are kept."""
+    from tund import keys
+    from tund.errors import ConfigError
+
+    ip, _dev = fakes
+    path = tmp_path / "tunnels.toml"
+    key = tmp_path / "vpn.key"
+    key.write_text(keys.generate_private_key())
+    key.chmod(0o600)
+    pub = [keys.public_key(keys.generate_private_key()) for _ in range(2)]
+    port = _free_port()
+    main = (_iface("zqo0", addrs=["10.91.9.1/24"])
+            + f'[tunnels.vpn]\ninterface = "zqo0"\nlisten = "127.0.0.1:{port}"\n'
+            'private_key_file = "vpn.key"\n'
+            f'[tunnels.vpn.peers.alice]\npublic_key = "{pub[0]}"\n'
+            'allowed_ips = ["10.91.9.2/32"]\n')
+    eng = Engine(path, ip=ip, fork_server=False)
+
+    async def go() -> tuple[str, bool]:
+        await _start(eng, main, path)
+        runner, worker = eng.runners["vpn"], eng.runners["vpn"].worker
+        (tmp_path / "tunnels.d").mkdir()
+        (tmp_path / "tunnels.d" / "50-bob.toml").write_text(
+            f'[tunnels.vpn.peers.bob]\npublic_key = "{pub[1]}"\n'
+            'allowed_ips = ["10.91.9.0/30"]\n')  # overlaps alice's /32
+        try:
+            await eng.reload()
+            message = ""
+        except ConfigError as e:
+            message = str(e)
+        kept = eng.runners["vpn"] is runner and runner.worker is worker
+        await eng.shutdown()
+        return message, kept
+
+    message, kept = asyncio.run(go())
+    assert "50-bob.toml" in message and "alice" in message, message
+    assert kept
+    assert eng.config is not None and eng.config.tunnels["vpn"].peers is not None
+    assert list(eng.config.tunnels["vpn"].peers) == ["alice"]
