@@ -14,15 +14,14 @@ corrupt file is a warning and an empty store, never a failed start.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from tund.daemon import statefile
 
 log = logging.getLogger("tund.daemon.counterstore")
 
@@ -46,25 +45,10 @@ def _totals(obj: Any) -> Totals:
 
 def load(path: Path) -> dict[str, Totals]:
     """The well-formed entries of ``path``; {} (with a warning) when missing or corrupt."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        log.warning("peer counters: no %s yet; lifetime counters start from zero", path)
+    data = statefile.read_json(path, "peer counters", MAX_FILE,
+                               missing="lifetime counters start from zero")
+    if data is None:
         return {}
-    except OSError as e:
-        log.warning("peer counters: cannot open %s: %s; starting from zero", path, e)
-        return {}
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-            log.warning("peer counters: %s is not a regular file owned by uid %d; ignored",
-                        path, os.geteuid())
-            return {}
-        raw = f.read(MAX_FILE + 1)
-    try:
-        data = json.loads(raw) if len(raw) <= MAX_FILE else None
-    except ValueError:
-        data = None
     if not isinstance(data, dict) or not isinstance(data.get("tunnels"), dict):
         log.warning("peer counters: %s is corrupt (not the JSON tund writes); starting "
                     "from zero", path)
@@ -99,18 +83,12 @@ class CounterStore:
         self._saved_at = now
         data = {t: dict(v) for t, v in self._data.items()}
         data.update(lifetimes)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": 1, "tunnels": data}, f, sort_keys=True)
-            os.replace(tmp, self.path)
         except OSError as e:
-            log.warning("peer counters: cannot write %s: %s", self.path, e)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            log.warning("peer counters: cannot create %s: %s", self.path.parent, e)
+            return
+        statefile.write_json(self.path, {"version": 1, "tunnels": data}, "peer counters")
 
 
 def state_dir(socket_path: str, default_socket: str) -> Path:

@@ -14,13 +14,11 @@ replaces it atomically (mode 0600). Errors are logged, never raised.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import json
 import logging
-import os
-import stat
 from pathlib import Path
+
+from tund.daemon import statefile
 
 log = logging.getLogger("tund.daemon.peerstore")
 
@@ -46,24 +44,9 @@ def valid_endpoint(text: object) -> bool:
 
 def load(path: Path) -> dict[str, str]:
     """The entries of ``path`` that are well-formed; {} when absent, foreign or corrupt."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
+    data = statefile.read_json(path, "peer endpoints", MAX_FILE)
+    if data is None:
         return {}
-    except OSError as e:
-        log.warning("peer endpoints: cannot open %s: %s; starting without them", path, e)
-        return {}
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-            log.warning("peer endpoints: %s is not a regular file owned by uid %d; ignored",
-                        path, os.geteuid())
-            return {}
-        raw = f.read(MAX_FILE + 1)
-    try:
-        data = json.loads(raw) if len(raw) <= MAX_FILE else None
-    except ValueError:
-        data = None
     if not isinstance(data, dict):
         log.warning("peer endpoints: %s is not a JSON object of endpoints; ignored", path)
         return {}
@@ -103,14 +86,4 @@ class PeerStore:
     def save(self) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._peers, f, sort_keys=True)
-            os.replace(tmp, self.path)
-        except OSError as e:
-            log.warning("peer endpoints: cannot write %s: %s", self.path, e)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        statefile.write_json(self.path, self._peers, "peer endpoints")
