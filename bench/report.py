@@ -14,8 +14,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-PEERS = ("pyrelay-tcp", "openvpn-udp-aead", "wireguard-go")
-TUND = ("tund-udp-wg", "tund-tcp-plain", "tund-udp-plain", "tund-wggo")
+PEERS = ("pyrelay-tcp", "openvpn-udp-aead", "wireguard-go", "wireguard-go-trixie")
+TUND = ("tund-udp-wg", "tund-tcp-plain", "tund-udp-plain", "tund-wggo", "tund-wggo-trixie")
+# The strongest userspace WireGuard (Debian 13's, with offloads): issue 20's yardstick
+WGGO_BEST = "wireguard-go-trixie"
 # Not a peer: the least a Python data path with tund's AEAD does (bench/tools/pyfloor.py)
 FLOOR = "pyfloor-udp-aead"
 
@@ -90,6 +92,13 @@ def main() -> None:
          mb(by, "pyrelay-tcp")), 1.5, ">=")
     goal("tund-wggo / wireguard-go throughput", ratio(mb(by, "tund-wggo"),
          mb(by, "wireguard-go")), 0.9, ">=")
+    goal(f"tund-udp-wg / {WGGO_BEST} throughput", ratio(mb(by, "tund-udp-wg"),
+         mb(by, WGGO_BEST)), 1.5, ">=")
+    goal(f"tund-wggo-trixie / {WGGO_BEST} throughput", ratio(mb(by, "tund-wggo-trixie"),
+         mb(by, WGGO_BEST)), 0.9, ">=")
+    floor_idle = med(by, FLOOR, "idle_ping", "rtt_median_ms")
+    goal(f"tund-udp-wg idle RTT median / {FLOOR} idle RTT median",
+         ratio(med(by, "tund-udp-wg", "idle_ping", "rtt_median_ms"), floor_idle), 1.2, "<=")
     for k, get in rtts.items():
         for t in TUND:
             if get(t) is not None:
@@ -97,6 +106,8 @@ def main() -> None:
     if loss:
         goal("1% loss: tund-udp-wg / openvpn-udp-aead throughput",
              ratio(mb(loss, "tund-udp-wg"), mb(loss, "openvpn-udp-aead")), 1, ">=")
+        goal(f"1% loss: tund-udp-wg / {WGGO_BEST} throughput",
+             ratio(mb(loss, "tund-udp-wg"), mb(loss, WGGO_BEST)), 1, ">=")
     if a.scale and Path(a.scale).exists():
         s = json.loads(Path(a.scale).read_text())
         n = s.get("tunnels")

@@ -19,8 +19,8 @@ set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 REV=""; REPS=3; SECS=10; LOSS=1; SCALE=1; ONLY_SCALE=0; TUNNELS=256
-IMPLS="direct pyrelay-tcp openvpn-udp-aead wireguard-go pyfloor-udp-aead tund-udp-wg tund-tcp-plain tund-wggo"
-LOSS_IMPLS="openvpn-udp-aead tund-udp-wg"
+IMPLS="direct pyrelay-tcp openvpn-udp-aead wireguard-go wireguard-go-trixie pyfloor-udp-aead tund-udp-wg tund-tcp-plain tund-wggo tund-wggo-trixie"
+LOSS_IMPLS="openvpn-udp-aead wireguard-go-trixie tund-udp-wg"
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) REPS="$2"; shift 2 ;;
@@ -53,6 +53,11 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
 export TUND_VENV="${TUND_VENV:-$(bash "$REPO/tests/setup.sh")}" || exit 3
+# tund's workers run as the system user the Debian package creates: make it as it does
+if ! getent passwd tund > /dev/null; then
+  getent group tund > /dev/null && g=(--gid tund) || g=()
+  useradd --system --no-create-home --shell /usr/sbin/nologin "${g[@]}" tund || exit 3
+fi
 
 DESC="working tree $(git -C "$REPO" rev-parse --short HEAD) + $(git -C "$REPO" status --porcelain -- tund | wc -l) modified files under tund/"
 if [ -n "$REV" ]; then

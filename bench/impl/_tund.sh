@@ -6,6 +6,8 @@
 #   udp-plain  tund <-> tund, UDP, no encryption
 #   tcp-plain  tund <-> tund, TCP (simpletun framing), no encryption
 #   wggo       wireguard-go in namespace A <-> tund in namespace B (interop)
+#   wggo-trixie  the same with Debian 13's wireguard-go v0.0.20230223 (TUN offloads,
+#              UDP GSO/GRO), fetched by the anchors' tools/get_wireguard_go_trixie.sh
 # Offload negotiation (the tunnel's `offload` key) is on unless TUND_BENCH_OFFLOAD=false.
 # The daemon and tundctl run as `python -m tund` / `python -m tund.ctl.main`, not the venv's
 # console scripts, so that `bench/run.sh --rev REV` runs REV's entry points (they moved).
@@ -19,6 +21,11 @@ V="${TUND_VENV:?set TUND_VENV to a venv with tund installed}"
 PORT=55557
 WG_PORT=51820
 WG_IF=pfwgA   # wireguard-go's UAPI socket path is global: a name of our own
+WGGO=wireguard-go
+if [ "$MODE" = wggo-trixie ]; then
+  WGGO="$BUILD_DIR/wireguard-go-trixie/usr/bin/wireguard-go"
+  [ -x "$WGGO" ] || bash "$ANCHORS/tools/get_wireguard_go_trixie.sh" >&2
+fi
 
 conf() {  # side inner endpoint-line keyfile peerpub
   local transport=udp enc=wireguard keys="" mtu=""
@@ -55,8 +62,8 @@ up() {
     "$V/bin/python" -m tund.ctl.main pubkey < "$SD/$s.key" > "$SD/$s.pub"
   done
   : > "$SD/pids"
-  if [ "$MODE" = wggo ]; then
-    spawn "$NS_A" "$SD/pids" "$SD/A.log" env LOG_LEVEL=error wireguard-go -f "$WG_IF"
+  if [ "${MODE%-trixie}" = wggo ]; then
+    spawn "$NS_A" "$SD/pids" "$SD/A.log" env LOG_LEVEL=error "$WGGO" -f "$WG_IF"
     for _ in $(seq 1 50); do [ -S "/var/run/wireguard/$WG_IF.sock" ] && break; sleep 0.1; done
     nsA wg set "$WG_IF" private-key "$SD/A.key" listen-port "$WG_PORT" \
         peer "$(cat "$SD/B.pub")" allowed-ips "$INNER_B/32"
@@ -86,7 +93,7 @@ case "${1:-}" in
   down) down ;;
   version)
     v="$("$V/bin/python" -m tund --version 2>&1 | head -1)"
-    [ "$MODE" = wggo ] && v="$v <-> $(wireguard-go --version | head -1)"
+    [ "${MODE%-trixie}" = wggo ] && v="$v <-> $("$WGGO" --version | head -1)"
     echo "$v (${TUND_BENCH_DESC:-working tree})" ;;
   *) echo "usage: $0 up|down|version" >&2; exit 2 ;;
 esac

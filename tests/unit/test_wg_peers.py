@@ -748,3 +748,29 @@ def test_a_tund_peers_offload_hello_is_not_counted_as_not_allowed() -> None:
     assert [r.drop for _, r in net.results[-4:] if isinstance(r, Delivered)] == \
         ["offload_hello"] * 3 + ["not_allowed"]
     assert net.server.peer_status("c0")["drops"] == {"offload_hello": 3, "not_allowed": 1}
+
+
+def test_the_codecs_fast_path_sends_to_the_peer_itself() -> None:
+    """PeersCodec.seal_one (the pump's per-packet path) sends a steady-state packet to its
+    peer's endpoint at once and returns b"", under an OffloadCodec too; a packet it cannot
+    send that way is None with nothing sent (it used to decline every packet, so each one
+    was routed twice, on the batch path)."""
+    from tund.relay.codec.offload import VNET_HDR_LEN, OffloadCodec
+    from tund.relay.wireguard.multi import PeersCodec
+    net = Net(1)
+    (a,) = net.clients
+    connect(net, a)
+    sent: list[tuple[Address, bytes]] = []
+    codec = PeersCodec(net.server, [])
+    codec.attach(lambda m, addr: sent.append((addr, m)) is None)
+    packet = ip("10.8.0.1", a.inner, b"fast")
+    assert codec.seal_one(packet, 2.0) == b""
+    assert [addr for addr, _ in sent] == [a.address]
+    assert a.core.open_one(sent[0][1], SERVER, 2.0) == packet
+    assert codec.seal_one(ip("10.8.0.1", "10.9.9.9"), 2.0) is None and len(sent) == 1
+    wrapped = OffloadCodec(codec, lambda on: True, max_packet=1500, drops={},
+                           negotiate=False, enveloped=True, chunked=True)
+    frame = bytes(VNET_HDR_LEN) + ip("10.8.0.1", a.inner, b"again")
+    assert wrapped.seal(frame, 2.0) == [] and len(sent) == 2
+    assert a.core.open_one(sent[1][1], SERVER, 2.0) == frame[VNET_HDR_LEN:]
+    assert net.server.peer_status("c0")["tx_packets"] == 2

@@ -17,7 +17,9 @@ Contract (:class:`Codec`):
     The per-packet fast path of ``seal`` for the steady state (a session is up, nothing
     is queued, no timer or negotiation wants to add a message): the one message
     ``seal`` would return, with the same effects; else None, with no effect at all (the
-    pump then calls ``seal``).
+    pump then calls ``seal``). ``b""`` (never a wire message): the codec sent it itself,
+    as a codec with many peers does (each to its own peer's endpoint); the pump counts
+    the packet as sent.
 
 ``open(message, source, now) -> Opened``
     A message received from the peer (one UDP datagram or one TCP frame). ``source`` is

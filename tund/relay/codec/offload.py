@@ -221,7 +221,7 @@ class OffloadCodec:
     def seal(self, frame: bytes, now: float) -> list[bytes]:
         message = self.seal_one(frame, now)
         if message is not None:
-            return [message]
+            return [message] if message else []  # b"": the inner codec sent it
         if self.peer_vnet:
             fid = None
             if self.chunked and frame[1] != GSO_NONE:

@@ -3,7 +3,8 @@
 Outbound (device -> peer)::
 
     device fd --read_one--> size check --codec.seal_one--> transport.send_now
-              (not a stream: the latency path; None from seal_one -> as below)
+              (not a stream: the latency path; None from seal_one -> as below;
+               b"": the codec sent it, to one of its many peers)
     device fd --read_batch(64)--> size check --codec.seal--> transport.send
         (drops: "oversize")   (a stream: ready in the turn before too, busy)
                                                               (drops: "no_peer",
@@ -260,7 +261,7 @@ class Pump:
             if message is None:
                 self._send_packets([p])
                 transport.flush()
-            elif transport.send_now(message):
+            elif not message or transport.send_now(message):  # b"": the codec sent it
                 c = self.c
                 c.tx_packets += 1
                 c.tx_bytes += len(p)

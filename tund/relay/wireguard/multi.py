@@ -4,8 +4,8 @@ Contract: :class:`PeersCodec` is a :class:`tund.relay.codec.base.Codec` whose me
 to several peers, so it sends each itself through the transport's ``reply_to(message,
 address)`` (a UDP listener in ``multi`` mode, :meth:`PeersCodec.attach`) and returns no
 messages to the pump: the pump counts a device packet as sent when ``seal`` returns and
-writes what ``open`` gives to the device. ``seal_one`` always declines (the pump then
-calls ``seal``), so every outgoing packet takes one path.
+writes what ``open`` gives to the device. ``seal_one`` sends the steady state's one
+message itself and returns ``b""`` (the pump's fast path); else None and ``seal``.
 
 Peers come from ``WorkerSpec.peers`` (objects checked by
 :func:`~tund.workerapi.spec.check_peer`) and change at runtime with
@@ -123,7 +123,16 @@ class PeersCodec(HoldsNothing):
         return []
 
     def seal_one(self, packet: bytes, now: float) -> bytes | None:
-        return None
+        """The steady state of one peer: its message goes to its endpoint at once, and
+        ``b""`` says so (see :mod:`tund.relay.codec.base`); else None, no effect."""
+        send_to = self._send_to
+        if send_to is None:
+            return None
+        got = self.core.seal_one(packet, now)
+        if got is None:
+            return None
+        send_to(got[1], got[0])
+        return b""
 
     def open(self, message: bytes, source: Address | None, now: float) -> Opened:
         got = self.core.open(message, source, now)

@@ -1,0 +1,2 @@
+#!/usr/bin/env bash
+TUND_MODE=wggo-trixie exec "$(dirname "$0")/_tund.sh" "$@"
