@@ -22,6 +22,7 @@ Callback = Callable[[int], None]
 
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+assert _IN == _READ  # Poller.parts: an EPOLLIN-only event is its own mask
 
 
 class Registry(Protocol):
@@ -69,27 +70,34 @@ class Poller:
     def is_registered(self, fileobj: Any) -> bool:
         return _fd(fileobj) in self._callbacks
 
+    def parts(self) -> tuple[Callable[[float], list[tuple[int, int]]], dict[int, Callback],
+                             Callable[[int, int], int]]:
+        """What :meth:`poll` is made of, for a loop that dispatches itself (the pump, one
+        Python call fewer per wake-up): the epoll's ``poll(timeout)`` giving ``(fd,
+        epoll events)``, the live ``fd -> callback`` map, and ``mask(fd, events)``, the
+        callback's mask for events other than ``EPOLLIN`` (whose mask is ``EPOLLIN``
+        itself, which equals ``selectors.EVENT_READ``)."""
+        return self._ep.poll, self._callbacks, self.mask
+
+    def mask(self, fd: int, ev: int) -> int:
+        """The ``selectors`` mask of epoll events ``ev`` on registered ``fd``."""
+        if ev == _IN:
+            return _READ
+        mask = 0
+        if ev & ~_OUT:
+            mask |= _READ
+        if ev & ~_IN:
+            mask |= _WRITE
+        return mask & self._events[fd]
+
     def poll(self, timeout: float) -> list[tuple[Callback, int]]:
         """Wait up to ``timeout`` seconds (0: do not wait); the callbacks to run."""
         ready = self._ep.poll(timeout)
         if not ready:
             return []
-        callbacks, events = self._callbacks, self._events
-        out = []
-        for fd, ev in ready:
-            cb = callbacks.get(fd)
-            if cb is None:
-                continue
-            if ev == _IN:
-                out.append((cb, _READ))
-            else:
-                mask = 0
-                if ev & ~_OUT:
-                    mask |= _READ
-                if ev & ~_IN:
-                    mask |= _WRITE
-                out.append((cb, mask & events[fd]))
-        return out
+        callbacks = self._callbacks
+        return [(cb, self.mask(fd, ev)) for fd, ev in ready
+                if (cb := callbacks.get(fd)) is not None]
 
     def close(self) -> None:
         self._ep.close()

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import select
 import selectors
 import socket
 import time
@@ -95,6 +96,7 @@ RX_HOLD = 256  # vnet: frames held for coalescing before a write even within one
 CHECK_EVERY = 0.25  # s: the state is judged again at least this often (session age, ...)
 HANDSHAKE_QUEUE = 1024  # handshake messages waiting behind data
 HANDSHAKES_PER_TURN = 64  # handshake messages opened per loop turn
+_EPOLLIN = select.EPOLLIN  # its own selectors mask (see Poller.parts)
 
 
 class Pump:
@@ -123,7 +125,6 @@ class Pump:
         self.vnet = vnet  # device frames carry a vnet header; the codec checks the MTU
         self.sel = Poller()
         self.now = time.monotonic()
-        self.wall = time.time()
         self._running = False
         self._device_watched = False
         self._reported: tuple[str, str | None, str | None] | None = None
@@ -162,7 +163,8 @@ class Pump:
         self.transport.start(self.sel, self, self.now)
         self.report()
         self.transport.flush()  # what a new path said first (hello, handshake)
-        codec, transport, poll, mono = self.codec, self.transport, self.sel.poll, time.monotonic
+        codec, transport, mono = self.codec, self.transport, time.monotonic
+        poll, callbacks, mask_of = self.sel.parts()  # dispatched here: no Poller.poll call
         cd = td = None
         recheck = 0.0
         busy = False
@@ -175,7 +177,7 @@ class Pump:
                     if not ready and not self._handshakes:
                         busy = False
                         continue
-                    self.now = now = mono()
+                    self.now = now  # a poll that does not wait: still now
                 else:
                     cd, td = codec.next_deadline(), transport.next_deadline()
                     wait = MAX_WAIT
@@ -189,12 +191,13 @@ class Pump:
                     # nothing ran while it waited: the deadlines hold until RECHECK after
                     self.now = now = mono()
                     recheck = now + RECHECK
-                self.wall = time.time()
                 self.busy = busy  # this turn follows one that did work (Link.busy)
                 self.turn += 1
                 busy = bool(ready)
-                for callback, mask in ready:
-                    callback(mask)
+                for fd, ev in ready:
+                    callback = callbacks.get(fd)  # None: unregistered by an earlier one
+                    if callback is not None:
+                        callback(ev if ev == _EPOLLIN else mask_of(fd, ev))
                     if not self._running:
                         break
                 if self._handshakes and self._running:
@@ -265,7 +268,7 @@ class Pump:
                 c = self.c
                 c.tx_packets += 1
                 c.tx_bytes += len(p)
-                c.last_tx = self.wall
+                c.last_tx = self.now
         if transport.backlogged:
             self._watch_device(False)  # backpressure: the kernel's device queue drops
 
@@ -296,7 +299,7 @@ class Pump:
             c = self.c
             c.tx_packets += n
             c.tx_bytes += nbytes
-            c.last_tx = self.wall
+            c.last_tx = self.now
 
     def on_drained(self) -> None:
         self._watch_device(True)
@@ -319,7 +322,10 @@ class Pump:
         if source is not None and source != transport.peer:
             self._heard = True
             transport.set_peer(source)
-        self._to_device(opened)
+        if self.vnet and (self.busy or self._rx or may_lead(opened)):  # _to_device, inline
+            self._hold(opened)
+        else:
+            self._write_one(opened)
 
     def _open_handshakes(self) -> None:
         """Open up to HANDSHAKES_PER_TURN queued handshake messages, oldest first."""
@@ -386,7 +392,7 @@ class Pump:
             return
         c.rx_packets += 1
         c.rx_bytes += len(p)
-        c.last_rx = self.wall
+        c.last_rx = self.now
 
     # ------------------------------------------------------------------ state, control
 
