@@ -102,9 +102,8 @@ class FakeDevices:
         self.persist[self.names[fd]] = on
 
 
-@pytest.fixture
-def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[BatchFakeIp, FakeDevices]]:
-    ip = BatchFakeIp()
+def fake_kernel(monkeypatch: pytest.MonkeyPatch, ip: BatchFakeIp) -> FakeDevices:
+    """Devices become FakeLinks of ``ip`` (tuntap's ioctls faked), workers FakeWorkers."""
     dev = FakeDevices(ip)
     monkeypatch.setattr(tuntap, "open_device", dev.open_device)
     monkeypatch.setattr(tuntap, "delete_device", dev.delete_device)
@@ -112,7 +111,13 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[BatchFakeIp, FakeDe
     monkeypatch.setattr(tuntap, "close", lambda fd: None)
     monkeypatch.setattr(engine_mod, "worker_class", lambda run_as, launcher: FakeWorker)
     FakeWorker.all = []
-    yield ip, dev
+    return dev
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[BatchFakeIp, FakeDevices]]:
+    ip = BatchFakeIp()
+    yield ip, fake_kernel(monkeypatch, ip)
 
 
 def _free_port() -> int:
