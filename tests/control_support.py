@@ -11,16 +11,28 @@ a daemon: pass a ``dispatch`` coroutine function, get a live socket::
 
 The thread owns its own event loop; ``__exit__`` closes the server (unlinking the
 socket) and joins the thread, bounded by ``timeout`` seconds.
+
+For tests of the socket's rights against a real daemon, :func:`group_daemon` runs
+``python -m tund`` with a ``control_group`` and an ``admin_group`` and no tunnels.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tund.control import client
 from tund.control.server import ControlServer, Dispatch
 
 
@@ -82,3 +94,42 @@ class ServerThread:
             await self._stop.wait()
         finally:
             await self.server.close()
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    sock: Path
+    log: Path
+
+
+@contextlib.contextmanager
+def group_daemon(control_gid: int, admin_gid: int, prefix: str) -> Iterator[Daemon]:
+    """A real ``python -m tund`` whose control socket ``control_gid`` may read and
+    ``admin_gid`` administer, in a fresh ``/var/tmp/PREFIX*`` directory others may enter
+    (the socket's own mode decides). Yielded once it answers ``status`` (15 s at most);
+    terminated by PID and its directory removed on exit, also on failure."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    d.chmod(0o755)  # others may reach the socket; its own mode decides
+    cfg, sock, log = d / "tunnels.toml", d / "control.sock", d / "tund.log"
+    cfg.write_text(f'[daemon]\ncontrol_group = "{control_gid}"\nadmin_group = "{admin_gid}"\n')
+    cfg.chmod(0o644)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tund", "--config", str(cfg),
+                                 "--control-socket", str(sock)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "daemon did not come up:\n" + log.read_text()
+            try:
+                client.call(str(sock), "status", timeout=2)
+                break
+            except Exception:
+                time.sleep(0.1)
+        yield Daemon(proc, sock, log)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        shutil.rmtree(d, ignore_errors=True)

@@ -115,9 +115,10 @@ def stop(p: subprocess.Popen[bytes], timeout: float = 5) -> None:
             pass
 
 
-def veth(a: Netns, addr_a: str, b: Netns, addr_b: str) -> tuple[str, str]:
-    """Join two namespaces with a veth pair carrying the given addresses; return the names."""
-    na, nb = unique("va"), unique("vb")
+def veth(a: Netns, addr_a: str, b: Netns, addr_b: str, *, prefix: str = "v") -> tuple[str, str]:
+    """Join two namespaces with a veth pair carrying the given addresses; return the names
+    (``prefix`` + ``a`` in ``a``, ``prefix`` + ``b`` in ``b``, each + the run id)."""
+    na, nb = unique(f"{prefix}a"), unique(f"{prefix}b")
     subprocess.run(["ip", "link", "add", na, "netns", a.name, "type", "veth", "peer", "name", nb,
                     "netns", b.name], check=True)
     for ns, dev, addr in ((a, na, addr_a), (b, nb, addr_b)):

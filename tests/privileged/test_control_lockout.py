@@ -15,13 +15,13 @@ import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.control_support import group_daemon
 from tund.control import client
 
 pytestmark = pytest.mark.usefixtures("privileged")
@@ -82,30 +82,8 @@ print(json.dumps({"open": len(conns), "opened": opened}), flush=True)
 
 @pytest.fixture
 def daemon() -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
-    d = Path(tempfile.mkdtemp(prefix="tse-ctl-", dir="/var/tmp"))
-    d.chmod(0o755)
-    cfg, sock, log = d / "tunnels.toml", d / "control.sock", d / "tund.log"
-    cfg.write_text(f'[daemon]\ncontrol_group = "{MEMBER_GID}"\nadmin_group = "{ADMIN_GID}"\n')
-    cfg.chmod(0o644)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tund", "--config", str(cfg),
-                                 "--control-socket", str(sock)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "daemon did not come up:\n" + log.read_text()
-            try:
-                client.call(str(sock), "status", timeout=2)
-                break
-            except Exception:
-                time.sleep(0.1)
-        yield proc, sock, log
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        shutil.rmtree(d, ignore_errors=True)
+    with group_daemon(MEMBER_GID, ADMIN_GID, "tse-ctl-") as d:
+        yield d.proc, d.sock, d.log
 
 
 def timed_ctl(sock: Path, *args: str) -> float:

@@ -65,16 +65,6 @@ def make_ns() -> Netns:
     return ns
 
 
-def link(a: Netns, addr_a: str, b: Netns, addr_b: str) -> tuple[str, str]:
-    na, nb = unique("trov"), unique("trov")
-    subprocess.run(["ip", "link", "add", na, "netns", a.name, "type", "veth", "peer", "name",
-                    nb, "netns", b.name], check=True)
-    for ns, dev, addr in ((a, na, addr_a), (b, nb, addr_b)):
-        ns.run("ip", "addr", "add", addr, "dev", dev)
-        ns.run("ip", "link", "set", dev, "up")
-    return na, nb
-
-
 def snapshot(ns: Netns) -> dict[str, object]:
     out: dict[str, object] = {}
     for fam in ("-4", "-6"):
@@ -92,9 +82,9 @@ def test_everything_through_the_tunnel_without_a_loop(tmp_path: Path) -> None:
     client, router, server, far = make_ns(), make_ns(), make_ns(), make_ns()
     # the server is beyond the client's default gateway, as on the internet: only the
     # main table's default route reaches it
-    c_up, _ = link(client, "10.79.51.2/24", router, "10.79.51.1/24")
-    link(router, "10.79.53.1/24", server, "10.79.53.2/24")
-    link(server, "10.79.52.1/24", far, "10.79.52.2/24")
+    c_up, _ = netns.veth(client, "10.79.51.2/24", router, "10.79.51.1/24", prefix="trov")
+    netns.veth(router, "10.79.53.1/24", server, "10.79.53.2/24", prefix="trov")
+    netns.veth(server, "10.79.52.1/24", far, "10.79.52.2/24", prefix="trov")
     client.run("ip", "route", "add", "default", "via", "10.79.51.1")
     server.run("ip", "route", "add", "10.79.51.0/24", "via", "10.79.53.1")
     far.run("ip", "route", "add", "default", "via", "10.79.52.1")

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.netns import _ALL, Netns, unique
+from tests.netns import _ALL, Netns, unique, veth
 from tests.sites import Site
 from tests.transfer import transfer
 from tests.wg_helpers import KeyPair, WireGuardGo, disable_ipv6, new_psk, wait_for, write_key
@@ -41,17 +41,6 @@ def _ns(tag: str) -> Netns:
     _ALL.append(ns)
     ns.run("ip", "link", "set", "lo", "up")
     return ns
-
-
-def _veth(a: Netns, addr_a: str, b: Netns, addr_b: str) -> tuple[str, str]:
-    """A veth pair ``tptva…`` (in ``a``) / ``tptvb…`` (in ``b``) carrying the addresses."""
-    na, nb = unique("tptva"), unique("tptvb")
-    subprocess.run(["ip", "link", "add", na, "netns", a.name, "type", "veth", "peer", "name",
-                    nb, "netns", b.name], check=True)
-    for ns, dev, addr in ((a, na, addr_a), (b, nb, addr_b)):
-        ns.run("ip", "addr", "add", addr, "dev", dev)
-        ns.run("ip", "link", "set", dev, "up")
-    return na, nb
 
 
 def _server_config(ifname: str, key: Path, peers: str, net: str = "10.97.0") -> str:
@@ -95,7 +84,7 @@ def test_three_clients_reach_the_server_and_each_other_and_100_mib_each(
     s_ns = _ns("s")
     cs = [_ns(f"c{i}") for i in (1, 2, 3)]
     for i, c in enumerate(cs, start=1):
-        _veth(s_ns, f"10.96.{i}.1/24", c, f"10.96.{i}.2/24")
+        veth(s_ns, f"10.96.{i}.1/24", c, f"10.96.{i}.2/24", prefix="tptv")
     disable_ipv6(s_ns, *cs)
     s_ns.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
     for scope in ("all", "default"):  # forwarding back out of the same tun: no redirects
@@ -156,7 +145,7 @@ def test_three_clients_reach_the_server_and_each_other_and_100_mib_each(
 def test_a_source_outside_allowed_ips_never_reaches_the_device_and_is_counted(
         tmp_path: Path) -> None:
     s_ns, c_ns = _ns("s"), _ns("c")
-    _veth(s_ns, "10.96.1.1/24", c_ns, "10.96.1.2/24")
+    veth(s_ns, "10.96.1.1/24", c_ns, "10.96.1.2/24", prefix="tptv")
     disable_ipv6(s_ns, c_ns)
     server = Site(s_ns, tmp_path / "s", "s")
     ks, kc = KeyPair.new(), KeyPair.new()
@@ -192,8 +181,8 @@ def test_a_source_outside_allowed_ips_never_reaches_the_device_and_is_counted(
 
 def test_two_peers_behind_one_address_and_a_peer_that_roams(tmp_path: Path) -> None:
     s_ns, nat_ns, r_ns = _ns("s"), _ns("n"), _ns("r")
-    _veth(s_ns, "10.96.1.1/24", nat_ns, "10.96.1.2/24")
-    _, r_dev = _veth(s_ns, "10.96.2.1/24", r_ns, "10.96.2.2/24")
+    veth(s_ns, "10.96.1.1/24", nat_ns, "10.96.1.2/24", prefix="tptv")
+    _, r_dev = veth(s_ns, "10.96.2.1/24", r_ns, "10.96.2.2/24", prefix="tptv")
     disable_ipv6(s_ns, nat_ns, r_ns)
     server = Site(s_ns, tmp_path / "s", "s")
     ks, ka, kb, kr = (KeyPair.new() for _ in range(4))
@@ -247,8 +236,8 @@ def test_two_peers_behind_one_address_and_a_peer_that_roams(tmp_path: Path) -> N
 
 def test_tund_is_one_of_two_peers_of_a_wireguard_go_server(tmp_path: Path) -> None:
     s_ns, c1_ns, c2_ns = _ns("s"), _ns("c"), _ns("c")
-    _veth(s_ns, "10.96.1.1/24", c1_ns, "10.96.1.2/24")
-    _veth(s_ns, "10.96.2.1/24", c2_ns, "10.96.2.2/24")
+    veth(s_ns, "10.96.1.1/24", c1_ns, "10.96.1.2/24", prefix="tptv")
+    veth(s_ns, "10.96.2.1/24", c2_ns, "10.96.2.2/24", prefix="tptv")
     disable_ipv6(s_ns, c1_ns, c2_ns)
     s_ns.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
     ks, k1, k2 = (KeyPair.new() for _ in range(3))
@@ -286,7 +275,7 @@ def test_a_thousand_peers_come_up_pass_traffic_and_take_one_more(tmp_path: Path)
     which the control channel once cut (the daemon then killed the worker as malformed,
     and the tunnel never came up); a reload adding one keeps the worker."""
     s_ns, c_ns = _ns("s"), _ns("c")
-    _veth(s_ns, "10.96.1.1/24", c_ns, "10.96.1.2/24")
+    veth(s_ns, "10.96.1.1/24", c_ns, "10.96.1.2/24", prefix="tptv")
     disable_ipv6(s_ns, c_ns)
     server = Site(s_ns, tmp_path / "s", "s")
     ks, kc = KeyPair.new(), KeyPair.new()
@@ -340,7 +329,7 @@ def test_reload_adds_removes_and_changes_peers_while_the_others_ping(tmp_path: P
     s_ns = _ns("s")
     a_ns, b_ns, c_ns = _ns("a"), _ns("b"), _ns("c")
     for i, ns in enumerate((a_ns, b_ns, c_ns), start=1):
-        _veth(s_ns, f"10.96.{i}.1/24", ns, f"10.96.{i}.2/24")
+        veth(s_ns, f"10.96.{i}.1/24", ns, f"10.96.{i}.2/24", prefix="tptv")
     disable_ipv6(s_ns, a_ns, b_ns, c_ns)
     server = Site(s_ns, tmp_path / "s", "s")
     ks, ka, kb, kc, kd = (KeyPair.new() for _ in range(5))

@@ -21,14 +21,13 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.control_support import Daemon, group_daemon
 from tund.control import client
 from tund.errors import ControlError
 
@@ -38,39 +37,10 @@ READ_GID, ADMIN_GID = 60237, 60238
 NOBODY = pwd.getpwnam("nobody")
 
 
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[bytes]
-    sock: Path
-    log: Path
-
-
 @pytest.fixture
 def daemon() -> Iterator[Daemon]:
-    d = Path(tempfile.mkdtemp(prefix="sc-ctl-", dir="/var/tmp"))
-    d.chmod(0o755)  # others may reach the socket; its own mode decides
-    cfg, sock, log = d / "tunnels.toml", d / "control.sock", d / "tund.log"
-    cfg.write_text(f'[daemon]\ncontrol_group = "{READ_GID}"\nadmin_group = "{ADMIN_GID}"\n')
-    cfg.chmod(0o644)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tund", "--config", str(cfg),
-                                 "--control-socket", str(sock)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "daemon did not come up:\n" + log.read_text()
-            try:
-                client.call(str(sock), "status", timeout=2)
-                break
-            except Exception:
-                time.sleep(0.1)
-        yield Daemon(proc, sock, log)
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        shutil.rmtree(d, ignore_errors=True)
+    with group_daemon(READ_GID, ADMIN_GID, "sc-ctl-") as d:
+        yield d
 
 
 def call_as(sock: Path, cmd: str, uid: int, gid: int, groups: list[int]) -> dict[str, Any]:

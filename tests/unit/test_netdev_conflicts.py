@@ -15,13 +15,11 @@ from typing import Any
 import pytest
 
 from tests.unit.test_netdev_fakeip import FakeLink
-from tests.unit.test_reload_steps import BatchFakeIp, FakeDevices, _iface, _tunnel
-from tests.unit.test_supervisor import FakeWorker
+from tests.unit.test_reload_steps import BatchFakeIp, _iface, _tunnel, fake_kernel
 from tund import config
-from tund.daemon import engine as engine_mod
 from tund.daemon.engine import Engine
 from tund.errors import ReloadError
-from tund.netdev import conflicts, tuntap
+from tund.netdev import conflicts
 
 ETH = FakeLink("eth0", up=True, addresses=[("192.0.2.10/24", "global", False),
                                             ("fe80::1/64", "link", False)])
@@ -31,13 +29,7 @@ ETH = FakeLink("eth0", up=True, addresses=[("192.0.2.10/24", "global", False),
 def host(monkeypatch: pytest.MonkeyPatch) -> Iterator[BatchFakeIp]:
     """A FakeIp host with an underlay eth0 tund does not manage; fake ioctls and workers."""
     ip = BatchFakeIp(copy.deepcopy(ETH))
-    dev = FakeDevices(ip)
-    monkeypatch.setattr(tuntap, "open_device", dev.open_device)
-    monkeypatch.setattr(tuntap, "delete_device", dev.delete_device)
-    monkeypatch.setattr(tuntap, "set_persist", dev.set_persist)
-    monkeypatch.setattr(tuntap, "close", lambda fd: None)
-    monkeypatch.setattr(engine_mod, "worker_class", lambda run_as, launcher: FakeWorker)
-    FakeWorker.all = []
+    fake_kernel(monkeypatch, ip)
     yield ip
 
 
@@ -150,13 +142,7 @@ def test_a_reload_whose_peer_would_take_over_a_host_route_fails_and_is_undone(
     from tund import keys
 
     ip = RoutedHost(copy.deepcopy(ETH))
-    dev = FakeDevices(ip)
-    monkeypatch.setattr(tuntap, "open_device", dev.open_device)
-    monkeypatch.setattr(tuntap, "delete_device", dev.delete_device)
-    monkeypatch.setattr(tuntap, "set_persist", dev.set_persist)
-    monkeypatch.setattr(tuntap, "close", lambda fd: None)
-    monkeypatch.setattr(engine_mod, "worker_class", lambda run_as, launcher: FakeWorker)
-    FakeWorker.all = []
+    fake_kernel(monkeypatch, ip)
     key = tmp_path / "vpn.key"
     key.write_text(keys.generate_private_key())
     key.chmod(0o600)
@@ -201,11 +187,7 @@ def test_at_start_an_interface_whose_peer_would_take_over_a_host_route_fails_alo
         monkeypatch.setattr(reconcile, "read_states", unreadable)
 
     ip = RoutedHost(copy.deepcopy(ETH))
-    dev = FakeDevices(ip)
-    monkeypatch.setattr(tuntap, "open_device", dev.open_device)
-    monkeypatch.setattr(tuntap, "close", lambda fd: None)
-    monkeypatch.setattr(engine_mod, "worker_class", lambda run_as, launcher: FakeWorker)
-    FakeWorker.all = []
+    fake_kernel(monkeypatch, ip)
     key = tmp_path / "vpn.key"
     key.write_text(keys.generate_private_key())
     key.chmod(0o600)

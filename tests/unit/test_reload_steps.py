@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +102,8 @@ class FakeDevices:
         self.persist[self.names[fd]] = on
 
 
-@pytest.fixture
-def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[BatchFakeIp, FakeDevices]]:
-    ip = BatchFakeIp()
+def fake_kernel(monkeypatch: pytest.MonkeyPatch, ip: BatchFakeIp) -> FakeDevices:
+    """Devices become FakeLinks of ``ip`` (tuntap's ioctls faked), workers FakeWorkers."""
     dev = FakeDevices(ip)
     monkeypatch.setattr(tuntap, "open_device", dev.open_device)
     monkeypatch.setattr(tuntap, "delete_device", dev.delete_device)
@@ -111,7 +111,13 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[BatchFakeIp, FakeDe
     monkeypatch.setattr(tuntap, "close", lambda fd: None)
     monkeypatch.setattr(engine_mod, "worker_class", lambda run_as, launcher: FakeWorker)
     FakeWorker.all = []
-    yield ip, dev
+    return dev
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[BatchFakeIp, FakeDevices]]:
+    ip = BatchFakeIp()
+    yield ip, fake_kernel(monkeypatch, ip)
 
 
 def _free_port() -> int:
@@ -170,6 +176,45 @@ def _expected(port: int) -> list[str]:
         "start worker of tunnel tcp",
         "delete device zqg0",
     ]
+
+
+@dataclass
+class Vpn:
+    """The setup of the peer tests: a tunnel ``vpn`` (its key ``vpn.key`` in the test's
+    directory) listening on a free loopback port, and an Engine over the fakes."""
+
+    ip: BatchFakeIp
+    path: Path
+    port: int
+    eng: Engine
+
+    def config(self, iface: str, net: str, peers: str = "[tunnels.vpn.peers]\n",
+               extra: str = "") -> str:
+        """Interface ``iface`` (``net``.1/24) and tunnel ``vpn`` on it, then ``peers``."""
+        return (_iface(iface, addrs=[f"{net}.1/24"], extra=extra)
+                + f'[tunnels.vpn]\ninterface = "{iface}"\nlisten = "127.0.0.1:{self.port}"\n'
+                'private_key_file = "vpn.key"\n' + peers)
+
+
+@pytest.fixture
+def vpn(tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> Vpn:
+    from tund import keys
+
+    ip, _dev = fakes
+    path = tmp_path / "tunnels.toml"
+    key = tmp_path / "vpn.key"
+    key.write_text(keys.generate_private_key())
+    key.chmod(0o600)
+    return Vpn(ip, path, _free_port(), Engine(path, ip=ip, fork_server=False))
+
+
+def _peer(name: str, *allowed_ips: str, pub: str | None = None) -> str:
+    """A peer of tunnel ``vpn`` (a fresh public key unless ``pub``)."""
+    from tund import keys
+
+    pub = pub or keys.public_key(keys.generate_private_key())
+    quoted = ", ".join(f'"{a}"' for a in allowed_ips)
+    return f'[tunnels.vpn.peers.{name}]\npublic_key = "{pub}"\nallowed_ips = [{quoted}]\n'
 
 
 async def _start(eng: Engine, text: str, path: Path) -> None:
@@ -347,31 +392,18 @@ def test_every_message_about_an_interface_or_tunnel_carries_its_field(
 
 
 def test_adding_a_peer_in_a_drop_in_keeps_the_worker_and_tells_it(
-        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
+        tmp_path: Path, vpn: Vpn) -> None:
     """issue 17: a peers-only change is an "update" with a per-peer diff: no restart, one
     step that tells the running worker its peers, and no keepalive step that changes
     nothing."""
-    from tund import keys
-
-    ip, _dev = fakes
-    path = tmp_path / "tunnels.toml"
-    key = tmp_path / "vpn.key"
-    key.write_text(keys.generate_private_key())
-    key.chmod(0o600)
-    port = _free_port()
-    main = (_iface("zqv0", addrs=["10.91.8.1/24"])
-            + f'[tunnels.vpn]\ninterface = "zqv0"\nlisten = "127.0.0.1:{port}"\n'
-            'private_key_file = "vpn.key"\n[tunnels.vpn.peers]\n')
-    eng = Engine(path, ip=ip, fork_server=False)
+    path, port, eng = vpn.path, vpn.port, vpn.eng
+    main = vpn.config("zqv0", "10.91.8")
 
     async def go() -> dict[str, Any]:
         await _start(eng, main, path)
         runner, worker = eng.runners["vpn"], eng.runners["vpn"].worker
         (tmp_path / "tunnels.d").mkdir()
-        (tmp_path / "tunnels.d" / "50-alice.toml").write_text(
-            "[tunnels.vpn.peers.alice]\n"
-            f'public_key = "{keys.public_key(keys.generate_private_key())}"\n'
-            'allowed_ips = ["10.91.8.2/32"]\n')
+        (tmp_path / "tunnels.d" / "50-alice.toml").write_text(_peer("alice", "10.91.8.2/32"))
         dry = await eng.reload(dry_run=True)
         done = await eng.reload()
         assert eng.runners["vpn"] is runner and runner.worker is worker
@@ -390,32 +422,20 @@ def test_adding_a_peer_in_a_drop_in_keeps_the_worker_and_tells_it(
 
 
 def test_a_peer_added_and_removed_by_reload_adds_and_removes_its_routes(
-        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
+        tmp_path: Path, vpn: Vpn) -> None:
     """issue 17.3: a peer's allowed_ips outside the interface's addresses become routes
     through it, shown by the dry run, logged and run by the reload, deleted when the peer
     goes; a /0 gets none and a note. The worker keeps running."""
-    from tund import keys
-
-    ip, _dev = fakes
-    path = tmp_path / "tunnels.toml"
-    key = tmp_path / "vpn.key"
-    key.write_text(keys.generate_private_key())
-    key.chmod(0o600)
-    port = _free_port()
-    main = (_iface("zqv0", addrs=["10.91.8.1/24"])
-            + f'[tunnels.vpn]\ninterface = "zqv0"\nlisten = "127.0.0.1:{port}"\n'
-            'private_key_file = "vpn.key"\n[tunnels.vpn.peers]\n')
-    eng = Engine(path, ip=ip, fork_server=False)
+    ip, path, eng = vpn.ip, vpn.path, vpn.eng
+    main = vpn.config("zqv0", "10.91.8")
     drop_in = tmp_path / "tunnels.d" / "50-alice.toml"
 
     async def go() -> dict[str, Any]:
         await _start(eng, main, path)
         worker = eng.runners["vpn"].worker
         drop_in.parent.mkdir()
-        drop_in.write_text(
-            "[tunnels.vpn.peers.alice]\n"
-            f'public_key = "{keys.public_key(keys.generate_private_key())}"\n'
-            'allowed_ips = ["10.91.8.2/32", "10.93.0.0/24", "fd93::/64", "0.0.0.0/0"]\n')
+        drop_in.write_text(_peer("alice", "10.91.8.2/32", "10.93.0.0/24", "fd93::/64",
+                                 "0.0.0.0/0"))
         dry = await eng.reload(dry_run=True)
         assert ip.links["zqv0"].routes == {}
         added = await eng.reload()
@@ -506,26 +526,16 @@ def test_an_interface_that_failed_is_retried_by_the_next_reload_not_called_uncha
 
 
 def test_a_failing_rule_undoes_the_full_tunnel_and_the_reload(
-        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
+        tmp_path: Path, vpn: Vpn) -> None:
     """issue 19.5: a policy rule the kernel refuses fails the reload; the table route, the
     socket mark and the peer's routes before it are undone, the old config stays."""
     import os
 
-    from tund import keys
-
     if os.geteuid() != 0:
         pytest.skip("setting SO_MARK needs CAP_NET_ADMIN")
 
-    ip, _dev = fakes
-    path = tmp_path / "tunnels.toml"
-    key = tmp_path / "vpn.key"
-    key.write_text(keys.generate_private_key())
-    key.chmod(0o600)
-    port = _free_port()
-    main = (_iface("zqw0", addrs=["10.91.9.1/24"])
-            + f'[tunnels.vpn]\ninterface = "zqw0"\nlisten = "127.0.0.1:{port}"\n'
-            'private_key_file = "vpn.key"\n[tunnels.vpn.peers]\n')
-    eng = Engine(path, ip=ip, fork_server=False)
+    ip, path, eng = vpn.ip, vpn.path, vpn.eng
+    main = vpn.config("zqw0", "10.91.9")
     ip.fail(lambda a: a[1:4] == ["rule", "add", "not"])
 
     async def go() -> str:
@@ -533,9 +543,7 @@ def test_a_failing_rule_undoes_the_full_tunnel_and_the_reload(
         old = eng.config
         (tmp_path / "tunnels.d").mkdir()
         (tmp_path / "tunnels.d" / "50-exit.toml").write_text(
-            "[tunnels.vpn.peers.exit]\n"
-            f'public_key = "{keys.public_key(keys.generate_private_key())}"\n'
-            'allowed_ips = ["0.0.0.0/0", "10.94.0.0/24"]\n')
+            _peer("exit", "0.0.0.0/0", "10.94.0.0/24"))
         with pytest.raises(ReloadError) as e:
             await eng.reload()
         assert eng.config is old
@@ -551,30 +559,17 @@ def test_a_failing_rule_undoes_the_full_tunnel_and_the_reload(
 
 
 def test_a_recreated_full_tunnel_interface_gets_its_table_route_back(
-        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
+        vpn: Vpn) -> None:
     """issue 19: recreating the device (owner changed) drops its table-51820 route with it;
     the reload adds it back and keeps the rules (no duplicate, no failed delete)."""
     import os
 
-    from tund import keys
-
     if os.geteuid() != 0:
         pytest.skip("setting SO_MARK needs CAP_NET_ADMIN")
-    ip, _dev = fakes
-    path = tmp_path / "tunnels.toml"
-    key = tmp_path / "vpn.key"
-    key.write_text(keys.generate_private_key())
-    key.chmod(0o600)
-    port = _free_port()
+    ip, path, eng = vpn.ip, vpn.path, vpn.eng
 
-    def conf(extra: str) -> str:
-        return (_iface("zqx0", addrs=["10.91.10.1/24"], extra=extra)
-                + f'[tunnels.vpn]\ninterface = "zqx0"\nlisten = "127.0.0.1:{port}"\n'
-                'private_key_file = "vpn.key"\n[tunnels.vpn.peers.exit]\n'
-                f'public_key = "{keys.public_key(keys.generate_private_key())}"\n'
-                'allowed_ips = ["0.0.0.0/0"]\n')
-
-    eng = Engine(path, ip=ip, fork_server=False)
+    def conf(extra: str) -> str:  # a fresh peer key each time, as a changed peer
+        return vpn.config("zqx0", "10.91.10", _peer("exit", "0.0.0.0/0"), extra)
 
     async def go() -> dict[str, Any]:
         await _start(eng, conf(""), path)
@@ -593,33 +588,20 @@ def test_a_recreated_full_tunnel_interface_gets_its_table_route_back(
 
 
 def test_a_reload_with_overlapping_peers_is_refused_and_the_running_peers_stay(
-        tmp_path: Path, fakes: tuple[BatchFakeIp, FakeDevices]) -> None:
+        tmp_path: Path, vpn: Vpn) -> None:
     """issue 17: the located peer errors of `tundctl check` refuse a reload as well (and a
     start, which loads the same way); the running worker and its peers are kept."""
-    from tund import keys
     from tund.errors import ConfigError
 
-    ip, _dev = fakes
-    path = tmp_path / "tunnels.toml"
-    key = tmp_path / "vpn.key"
-    key.write_text(keys.generate_private_key())
-    key.chmod(0o600)
-    pub = [keys.public_key(keys.generate_private_key()) for _ in range(2)]
-    port = _free_port()
-    main = (_iface("zqo0", addrs=["10.91.9.1/24"])
-            + f'[tunnels.vpn]\ninterface = "zqo0"\nlisten = "127.0.0.1:{port}"\n'
-            'private_key_file = "vpn.key"\n'
-            f'[tunnels.vpn.peers.alice]\npublic_key = "{pub[0]}"\n'
-            'allowed_ips = ["10.91.9.2/32"]\n')
-    eng = Engine(path, ip=ip, fork_server=False)
+    path, eng = vpn.path, vpn.eng
+    main = vpn.config("zqo0", "10.91.9", _peer("alice", "10.91.9.2/32"))
 
     async def go() -> tuple[str, bool]:
         await _start(eng, main, path)
         runner, worker = eng.runners["vpn"], eng.runners["vpn"].worker
         (tmp_path / "tunnels.d").mkdir()
         (tmp_path / "tunnels.d" / "50-bob.toml").write_text(
-            f'[tunnels.vpn.peers.bob]\npublic_key = "{pub[1]}"\n'
-            'allowed_ips = ["10.91.9.0/30"]\n')  # overlaps alice's /32
+            _peer("bob", "10.91.9.0/30"))  # overlaps alice's /32
         try:
             await eng.reload()
             message = ""

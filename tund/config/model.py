@@ -4,6 +4,10 @@ Contract: models are ``frozen``, ``strict`` and ``extra="forbid"``; equal config
 equal (reload planning relies on it). A field validator raises ValueError with what was
 expected, never the value (messages add ``(got VALUE)``). User and group names are
 resolved with the local user database (:func:`resolve_id`), nothing else is looked up.
+
+Size: one schema, read as the file nests: the five models and the value checks their
+validators call (locating keys, messages and cross-entry checks are already modules of their
+own).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ before the daemon sees it, and is then reloaded over the control socket; when th
 or the reload fails, the files are put back as they were (no half-added peer is left).
 ``add`` prints the client's wg-quick config (stdout, or ``--output FILE`` mode 0600; a QR
 code on the terminal with ``--qr``); the client's private key is never stored here.
+
+Size: the four commands share one transaction (lock, drop-in, offline check, reload, undo)
+and its helpers; the enrollment text is in enroll and wgconf.
 """
 
 from __future__ import annotations
@@ -248,6 +251,8 @@ def add_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Size: one transaction read top to bottom under the lock (check, allocate, keys, write,
+# reload), then the client's config.
 def peer_add(ctx: Context, argv: list[str]) -> int:
     from tund import keys
     from tund.config.model import TUNNEL_NAME_RE

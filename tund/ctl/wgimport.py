@@ -110,6 +110,8 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+# Size: one pass over the lines with the section state in locals; each branch is one
+# rule, and split up the state would have to travel between the parts.
 def parse(name: str, text: str) -> WgFile:
     """Parse wg-quick ``text`` (file ``name``, for messages); raise WgSyntaxError."""
     out = WgFile()

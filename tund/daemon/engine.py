@@ -21,6 +21,10 @@ the engine through the methods under "reload targets". Reloads (and up/down/rest
 serialized. The status reply is assembled by :mod:`tund.daemon.status`.
 
 ``timers`` (test-only: ``tund --test-timers``) go into every worker's spec unchanged.
+
+Size: one class, the daemon's running state: devices, listeners and runners are changed
+together by the reload steps and read together by status, so their bookkeeping stays in one
+place (the steps are in reload, status in status).
 """
 
 from __future__ import annotations

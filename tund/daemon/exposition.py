@@ -59,6 +59,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+# Size: a list of the tunnel metric families, one short stanza each with its help text.
 def _tunnel_families(tunnels: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
     def counter(name: str, doc: str, key: str) -> CounterMetricFamily:
         fam = CounterMetricFamily(name, doc, labels=["tunnel"])

@@ -32,6 +32,9 @@ Contract:
   the log shows exactly the dry run's lines. When a step fails, the steps that ran are
   undone in reverse order (best effort, each logged) and :class:`~tund.errors.ReloadError`
   names the step and the reason; the previous configuration stays in force.
+
+Size: a reload's whole order in one file (issue 14.1): build() and the step makers it calls,
+read top to bottom in the order they run.
 """
 
 from __future__ import annotations

@@ -264,6 +264,7 @@ def apply(ip: Ip, name: str, iface: InterfaceConfig) -> list[Step]:
     return done
 
 
+# Size: one batch loop: a failure's position decides what is undone and where the next batch starts.
 def apply_many(ip: Ip, links: Sequence[tuple[str, InterfaceConfig]],
                states: dict[str, LinkState]) -> dict[str, list[Step] | IpCommandError]:
     """Bring each link to its config, all steps through as few ``ip -batch`` runs as can be.

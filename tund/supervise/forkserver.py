@@ -24,6 +24,9 @@ or loses by dying, makes its child count as exited with status :data:`FORK_FAILE
 control socket closes too (the fds in flight are dropped), so the supervisor sees an
 ordinary crash and restarts it with backoff. Without a running loop (tests, tools) a
 launch waits for its reply.
+
+Size: one class, the zygote's client: starting it, fork requests, their replies and its
+death share one socket and one table of pending starts.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ Contract: a :class:`TunnelRunner` owns at most one live :class:`WorkerProcess`. 
   the tunnel's and, for a tunnel with ``peers``, each peer's (:func:`merge_peers`).
 
 Time comes from the event loop clock; nothing here touches the kernel.
+
+Size: one class, a tunnel's state machine: its transitions (start, report, crash, backoff,
+restart) share the runner's state and read best together.
 """
 
 from __future__ import annotations

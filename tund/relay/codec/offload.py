@@ -267,7 +267,7 @@ class OffloadCodec:
     def open(self, message: bytes, source: Address | None, now: float) -> Opened:
         return self._opened(self.inner.open(message, source, now), now)
 
-    # Long on purpose: the receive side of every frame kind (chunk, envelope, vnet frame,
+    # Size: long on purpose: the receive side of every frame kind (chunk, envelope, vnet frame,
     # hello, advice) in one pass over the packets, on the per-packet path.
     def _opened(self, op: Opened, now: float) -> Opened:
         """What :meth:`open` makes of the inner codec's result ``op``."""

@@ -146,7 +146,7 @@ class Pump:
 
     # ------------------------------------------------------------------ the loop
 
-    # Long on purpose: the loop keeps its hot names in locals and calls nothing it need not;
+    # Size: long on purpose: the loop keeps its hot names in locals and calls nothing it need not;
     # splitting it would add a call and attribute lookups to every turn.
     def run(self) -> int:
         """Run until ``stop`` or the control socket closes; return the exit code.

@@ -85,7 +85,7 @@ def request_id(msg: bytes) -> int | None:
     return rid if isinstance(rid, int) and not isinstance(rid, bool) else None
 
 
-# Long on purpose: one straight walk through a worker's start-up path, step by step, each
+# Size: long on purpose: one straight walk through a worker's start-up path, step by step, each
 # step best effort; split, the steps would only pass their throwaway objects around.
 def warm_up(rounds: int = WARM_ROUNDS) -> list[str]:
     """Run a worker's start-up path ``rounds`` times on throwaway fds, best effort.

@@ -545,7 +545,7 @@ class PeerSession:
     def _open_transport(self, receiver: int, counter: int, message: bytes,
                         now: float, one: Literal[True]) -> Opened | bytes: ...
 
-    # Long on purpose: the per-packet receive path (decrypt, replay, padding, timers), one
+    # Size: long on purpose: the per-packet receive path (decrypt, replay, padding, timers), one
     # call per packet; every helper it called would cost each packet a Python call.
     def _open_transport(self, receiver: int, counter: int, message: bytes,
                         now: float, one: bool = False) -> Opened | bytes:
