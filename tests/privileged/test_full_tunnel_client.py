@@ -1,0 +1,185 @@
+"""Full tunnel on the road-warrior client: a *connecting* WireGuard tunnel over UDP
+(issue 19, "what must work" 1, 2, 5; before, ``tundctl check`` refused it: the daemon
+did not make a connecting tunnel's socket, so nobody could mark it).
+
+Three namespaces: a client, whose tunnel has ``remote`` = the server's public address
+and ``routes = ["0.0.0.0/0", "::/0"]`` with ``table = "auto"``; a server that listens and
+forwards; a far host behind the server. The server's public address is reached only
+through the client's default gateway (the server's veth end), as on the internet, so an
+unmarked tunnel socket would send its own packets into the tunnel.
+
+* the daemon makes the tunnel's socket, marks it (51820), the worker sends from it;
+* the client's traffic to the far host goes through the tunnel (the far host sees the
+  tunnel address; ping works; the tunnel's byte counters rise), the tunnel stays up and
+  the underlay carries no loop; ``src_valid_mark`` is set (logged) before the rules;
+* a reload changing ``fwmark`` re-marks the live socket and moves the table: the worker
+  keeps running;
+* a daemon killed with SIGKILL leaves the rules (traffic flows meanwhile); a restarted
+  one adopts them, without duplicates;
+* stopping the daemon removes rules and routes (``ip -json rule`` / ``route show table
+  all`` before and after are the same).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import netns
+from tests.netns import Netns, unique
+from tests.privileged.test_full_tunnel import _ASK, _ECHO, snapshot, tx_packets
+from tests.sites import Site
+from tund import keys
+
+pytestmark = pytest.mark.usefixtures("privileged")
+
+_ENV = {"TUND_LOG_TARGET": "stderr"}
+SERVER = "10.79.83.1"  # the server's public address (on its loopback)
+FAR = "10.79.82.2"
+CLIENT_INNER = "10.79.90.2"
+
+
+def make_ns() -> Netns:
+    ns = Netns(unique("pz"))
+    subprocess.run(["ip", "netns", "add", ns.name], check=True)
+    netns._ALL.append(ns)
+    ns.run("ip", "link", "set", "lo", "up")
+    return ns
+
+
+def link(a: Netns, addr_a: str, b: Netns, addr_b: str) -> tuple[str, str]:
+    na, nb = unique("pzv"), unique("pzv")
+    subprocess.run(["ip", "link", "add", na, "netns", a.name, "type", "veth", "peer", "name",
+                    nb, "netns", b.name], check=True)
+    for ns, dev, addr in ((a, na, addr_a), (b, nb, addr_b)):
+        ns.run("ip", "addr", "add", addr, "dev", dev)
+        ns.run("ip", "link", "set", dev, "up")
+    return na, nb
+
+
+def settle(ns: Netns, dev: str) -> None:
+    """Wait for the veth's link-local address to leave DAD (it adds routes)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+            "fe80" not in ns.run("ip", "-6", "addr", "show", "dev", dev).stdout
+            or ns.run("ip", "-6", "addr", "show", "dev", dev, "tentative").stdout):
+        time.sleep(0.1)
+    time.sleep(0.2)
+
+
+def ask(client: Netns) -> str:
+    return client.run(sys.executable, "-c", _ASK, FAR).stdout.strip()
+
+
+def worker_mark(ns: Netns, pid: int) -> str:
+    """The ``fwmark:0x..`` of the UDP sockets worker ``pid`` holds (``ss -e``)."""
+    out = ns.run("ss", "-uanpe", "-H").stdout
+    lines = [line for line in out.splitlines() if f"pid={pid}," in line]
+    assert lines, out
+    return " ".join(w for line in lines for w in line.split() if w.startswith("fwmark:"))
+
+
+def test_a_connecting_udp_client_sends_everything_through_the_tunnel(tmp_path: Path) -> None:
+    client, server, far = make_ns(), make_ns(), make_ns()
+    c_up, _ = link(client, "10.79.81.2/24", server, "10.79.81.1/24")
+    link(server, "10.79.82.1/24", far, f"{FAR}/24")
+    server.run("ip", "addr", "add", f"{SERVER}/32", "dev", "lo")
+    client.run("ip", "route", "add", "default", "via", "10.79.81.1")
+    far.run("ip", "route", "add", "default", "via", "10.79.82.1")
+    server.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    client.run("sysctl", "-qw", "net.ipv4.conf.all.src_valid_mark=0")
+    c_key, s_key = keys.generate_private_key(), keys.generate_private_key()
+    c_if, s_if = unique("pzt"), unique("pzt")
+    cs, ss = Site(client, tmp_path / "c", "client"), Site(server, tmp_path / "s", "server")
+    for site, key in ((cs, c_key), (ss, s_key)):
+        (site.dir / "vpn.key").write_text(key + "\n")
+        (site.dir / "vpn.key").chmod(0o600)
+    ss.write(f'[interfaces.{s_if}]\nmode = "tun"\naddresses = ["10.79.90.1/24"]\n'
+             f'[tunnels.vpn]\ninterface = "{s_if}"\nlisten = "{SERVER}:51820"\n'
+             f'private_key_file = "{ss.dir / "vpn.key"}"\n'
+             f'[tunnels.vpn.peers.client]\npublic_key = "{keys.public_key(c_key)}"\n'
+             f'allowed_ips = ["{CLIENT_INNER}/32"]\n')
+
+    def client_conf(mark: str = "") -> str:
+        return (f'[interfaces.{c_if}]\nmode = "tun"\npersist = false\n'
+                f'addresses = ["{CLIENT_INNER}/24"]\nroutes = ["0.0.0.0/0", "::/0"]\n'
+                f'table = "auto"\n'
+                f'[tunnels.vpn]\ninterface = "{c_if}"\nremote = "{SERVER}:51820"\n'
+                f'private_key_file = "{cs.dir / "vpn.key"}"\n'
+                f'peer_public_key = "{keys.public_key(s_key)}"\nkeepalive = 1\n{mark}')
+
+    cs.write(client_conf())
+    check = cs.ctl("check", str(cs.config), check=False)  # before: refused
+    assert check.returncode == 0, check.stdout + check.stderr
+    echo = far.spawn(sys.executable, "-c", _ECHO, log=tmp_path / "echo.log")
+    settle(client, c_up)
+    before = snapshot(client)
+    try:
+        ss.start(extra_env=_ENV)
+        cs.start(extra_env=_ENV)
+        st = cs.wait_state("vpn", "up", within=20)
+        deadline = time.monotonic() + 10
+        while "ready" not in (tmp_path / "echo.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert worker_mark(client, st["pid"]) == "fwmark:0xca6c"  # the daemon's socket
+        rules = client.run("ip", "-4", "rule", "show").stdout
+        assert "not from all fwmark 0xca6c lookup 51820" in rules, rules
+        assert "from all lookup main suppress_prefixlength 0" in rules, rules
+        assert "not from all fwmark 0xca6c lookup 51820" in client.run(
+            "ip", "-6", "rule", "show").stdout
+        assert client.run("sysctl", "-n", "net.ipv4.conf.all.src_valid_mark").stdout.strip() \
+            == "1"
+        # the host's packets to the server go through the tunnel, the socket's do not
+        assert f"dev {c_if}" in client.run("ip", "route", "get", SERVER).stdout
+        assert f"dev {c_up}" in client.run("ip", "route", "get", SERVER, "mark",
+                                           "51820").stdout
+        counted = cs.tunnel("vpn")
+        t0, n0 = time.monotonic(), tx_packets(client, c_up)
+        assert ask(client) == CLIENT_INNER, cs.log_tail()  # the far host saw the tunnel
+        assert client.ping(FAR, count=3, timeout=2), cs.log_tail()
+        time.sleep(3)
+        sent = tx_packets(client, c_up) - n0
+        print(f"underlay packets sent by the client in {time.monotonic() - t0:.1f}s: {sent}")
+        assert sent < 200, sent  # a loop sends hundreds of thousands
+        now = cs.tunnel("vpn")
+        assert now["state"] == "up" and now["pid"] == st["pid"], now
+        assert now["tx_bytes"] > counted["tx_bytes"] and now["rx_bytes"] > counted["rx_bytes"]
+
+        # a reload changing fwmark re-marks the live socket and moves table and rules
+        cs.write(client_conf("fwmark = 4242\n"))
+        done = cs.reload()
+        assert "set fwmark 4242 on the socket of tunnel vpn" in done.stdout, done.stdout
+        assert worker_mark(client, st["pid"]) == "fwmark:0x1092"
+        rules = client.run("ip", "-4", "rule", "show").stdout
+        assert "fwmark 0x1092 lookup 4242" in rules and "0xca6c" not in rules, rules
+        assert ask(client) == CLIENT_INNER, cs.log_tail()
+        assert cs.tunnel("vpn")["pid"] == st["pid"]  # the worker kept running
+
+        # a daemon killed with SIGKILL leaves its rules, and its worker runs on for a while
+        cs.stop(signal.SIGKILL)
+        assert "fwmark 0x1092" in client.run("ip", "-4", "rule", "show").stdout
+        cs.start(extra_env=_ENV)
+        cs.wait_state("vpn", "up", within=20)
+        for fam in ("-4", "-6"):
+            rules = client.run("ip", fam, "rule", "show").stdout
+            assert rules.count("fwmark 0x1092") == 1, rules  # adopted, not duplicated
+            assert rules.count("suppress_prefixlength") == 1, rules
+        assert ask(client) == CLIENT_INNER, cs.log_tail()
+    finally:
+        cs.stop()
+        ss.stop()
+        echo.kill()
+        echo.wait(10)
+    deadline = time.monotonic() + 5
+    while snapshot(client) != before and time.monotonic() < deadline:
+        time.sleep(0.2)  # a non-persistent device goes when its last holder exits
+    assert snapshot(client) == before, cs.log_tail()
+    log = cs.log.read_text()
+    assert log.index("[#] sysctl -q net.ipv4.conf.all.src_valid_mark=1") < log.index(
+        "[#] ip -4 rule add not fwmark 51820 table 51820")
+    assert "[#] ip -4 rule del not fwmark 4242 table 4242" in log
