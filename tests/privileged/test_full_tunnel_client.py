@@ -12,10 +12,14 @@ unmarked tunnel socket would send its own packets into the tunnel.
 * the client's traffic to the far host goes through the tunnel (the far host sees the
   tunnel address; ping works; the tunnel's byte counters rise), the tunnel stays up and
   the underlay carries no loop; ``src_valid_mark`` is set (logged) before the rules;
+* the client filters reverse paths strictly (``rp_filter = 1``) and its ``post_up`` hooks
+  keep the tunnel's mark in conntrack and put it back on the replies: with
+  ``src_valid_mark`` the replies pass; with it reset to 0 they are dropped (counted as
+  IPReversePathFilter);
 * a reload changing ``fwmark`` re-marks the live socket and moves the table: the worker
   keeps running;
-* a daemon killed with SIGKILL leaves the rules (traffic flows meanwhile); a restarted
-  one adopts them, without duplicates;
+* a daemon killed with SIGKILL leaves the rules; a restarted one adopts them, without
+  duplicates, and sets ``src_valid_mark`` again;
 * stopping the daemon removes rules and routes (``ip -json rule`` / ``route show table
   all`` before and after are the same).
 """
@@ -42,6 +46,21 @@ _ENV = {"TUND_LOG_TARGET": "stderr"}
 SERVER = "10.79.83.1"  # the server's public address (on its loopback)
 FAR = "10.79.82.2"
 CLIENT_INNER = "10.79.90.2"
+
+
+#: the client's hooks: the mark of the tunnel's packets kept in conntrack and put back on
+#: the replies, so that strict rp_filter (with src_valid_mark, which tund sets) checks the
+#: replies' source against the main table, not the tunnel's
+CONNMARK = """post_up = [["nft", "add", "table", "ip", "pz_%i"],
+  ["nft", "add", "chain", "ip", "pz_%i", "pre", "{ type filter hook prerouting priority -150; }"],
+  ["nft", "add", "rule", "ip", "pz_%i", "pre", "meta", "l4proto", "udp", "meta", "mark",
+   "set", "ct", "mark"],
+  ["nft", "add", "chain", "ip", "pz_%i", "post",
+   "{ type filter hook postrouting priority -150; }"],
+  ["nft", "add", "rule", "ip", "pz_%i", "post", "meta", "l4proto", "udp", "meta", "mark",
+   "!=", "0", "ct", "mark", "set", "meta", "mark"]]
+pre_down = [["nft", "delete", "table", "ip", "pz_%i"]]
+"""
 
 
 def make_ns() -> Netns:
@@ -72,6 +91,13 @@ def settle(ns: Netns, dev: str) -> None:
     time.sleep(0.2)
 
 
+def rp_dropped(ns: Netns) -> int:
+    """The namespace's count of packets reverse-path filtering dropped."""
+    names, values = [line.split() for line in ns.run("cat", "/proc/net/netstat").stdout
+                     .splitlines() if line.startswith("TcpExt:")][:2]
+    return int(values[names.index("IPReversePathFilter")])
+
+
 def ask(client: Netns) -> str:
     return client.run(sys.executable, "-c", _ASK, FAR).stdout.strip()
 
@@ -93,6 +119,8 @@ def test_a_connecting_udp_client_sends_everything_through_the_tunnel(tmp_path: P
     far.run("ip", "route", "add", "default", "via", "10.79.82.1")
     server.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
     client.run("sysctl", "-qw", "net.ipv4.conf.all.src_valid_mark=0")
+    for key in ("all", "default", c_up):  # strict reverse-path filtering
+        client.run("sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=1")
     c_key, s_key = keys.generate_private_key(), keys.generate_private_key()
     c_if, s_if = unique("pzt"), unique("pzt")
     cs, ss = Site(client, tmp_path / "c", "client"), Site(server, tmp_path / "s", "server")
@@ -108,7 +136,7 @@ def test_a_connecting_udp_client_sends_everything_through_the_tunnel(tmp_path: P
     def client_conf(mark: str = "") -> str:
         return (f'[interfaces.{c_if}]\nmode = "tun"\npersist = false\n'
                 f'addresses = ["{CLIENT_INNER}/24"]\nroutes = ["0.0.0.0/0", "::/0"]\n'
-                f'table = "auto"\n'
+                f'table = "auto"\n{CONNMARK}'
                 f'[tunnels.vpn]\ninterface = "{c_if}"\nremote = "{SERVER}:51820"\n'
                 f'private_key_file = "{cs.dir / "vpn.key"}"\n'
                 f'peer_public_key = "{keys.public_key(s_key)}"\nkeepalive = 1\n{mark}')
@@ -160,11 +188,22 @@ def test_a_connecting_udp_client_sends_everything_through_the_tunnel(tmp_path: P
         assert ask(client) == CLIENT_INNER, cs.log_tail()
         assert cs.tunnel("vpn")["pid"] == st["pid"]  # the worker kept running
 
-        # a daemon killed with SIGKILL leaves its rules, and its worker runs on for a while
+        # without src_valid_mark, strict rp_filter drops the server's replies
+        # (the flush: a connected socket's cached input route skips the check)
+        client.run("sysctl", "-qw", "net.ipv4.conf.all.src_valid_mark=0")
+        client.run("ip", "route", "flush", "cache")
+        dropped = rp_dropped(client)
+        assert not client.ping(FAR, count=2, timeout=1)
+        assert rp_dropped(client) > dropped  # by reverse-path filtering
+
+        # a daemon killed with SIGKILL leaves its rules; a restarted one adopts them (and
+        # sets src_valid_mark again)
         cs.stop(signal.SIGKILL)
         assert "fwmark 0x1092" in client.run("ip", "-4", "rule", "show").stdout
         cs.start(extra_env=_ENV)
         cs.wait_state("vpn", "up", within=20)
+        assert client.run("sysctl", "-n", "net.ipv4.conf.all.src_valid_mark").stdout.strip() \
+            == "1"
         for fam in ("-4", "-6"):
             rules = client.run("ip", fam, "rule", "show").stdout
             assert rules.count("fwmark 0x1092") == 1, rules  # adopted, not duplicated
