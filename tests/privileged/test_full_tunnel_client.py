@@ -26,6 +26,7 @@ unmarked tunnel socket would send its own packets into the tunnel.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,16 @@ CONNMARK = """post_up = [["nft", "add", "table", "ip", "pz_%i"],
    "!=", "0", "ct", "mark", "set", "meta", "mark"]]
 pre_down = [["nft", "delete", "table", "ip", "pz_%i"]]
 """
+
+
+def full_client(cs: Site, c_if: str, s_pub: str, remote: str, hooks: str = "") -> str:
+    """The client's config: a connecting tunnel whose interface routes everything."""
+    return (f'[interfaces.{c_if}]\nmode = "tun"\npersist = false\n'
+            f'addresses = ["{CLIENT_INNER}/24"]\nroutes = ["0.0.0.0/0", "::/0"]\n'
+            f'table = "auto"\n{hooks}'
+            f'[tunnels.vpn]\ninterface = "{c_if}"\nremote = "{remote}"\n'
+            f'private_key_file = "{cs.dir / "vpn.key"}"\n'
+            f'peer_public_key = "{s_pub}"\nkeepalive = 1\n')
 
 
 def make_ns() -> Netns:
@@ -110,7 +121,8 @@ def worker_mark(ns: Netns, pid: int) -> str:
     return " ".join(w for line in lines for w in line.split() if w.startswith("fwmark:"))
 
 
-def test_a_connecting_udp_client_sends_everything_through_the_tunnel(tmp_path: Path) -> None:
+def three(tmp_path: Path) -> tuple[Netns, Netns, Netns, str]:
+    """Client, server and far host, linked and routed; the client's underlay device."""
     client, server, far = make_ns(), make_ns(), make_ns()
     c_up, _ = link(client, "10.79.81.2/24", server, "10.79.81.1/24")
     link(server, "10.79.82.1/24", far, f"{FAR}/24")
@@ -118,28 +130,35 @@ def test_a_connecting_udp_client_sends_everything_through_the_tunnel(tmp_path: P
     client.run("ip", "route", "add", "default", "via", "10.79.81.1")
     far.run("ip", "route", "add", "default", "via", "10.79.82.1")
     server.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
-    client.run("sysctl", "-qw", "net.ipv4.conf.all.src_valid_mark=0")
-    for key in ("all", "default", c_up):  # strict reverse-path filtering
-        client.run("sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=1")
+    return client, server, far, c_up
+
+
+def sites(tmp_path: Path, client: Netns, server: Netns) -> tuple[Site, Site, str, str]:
+    """The client's and the server's Site (the server's config written), the client's
+    interface name and the server's public key."""
     c_key, s_key = keys.generate_private_key(), keys.generate_private_key()
-    c_if, s_if = unique("pzt"), unique("pzt")
     cs, ss = Site(client, tmp_path / "c", "client"), Site(server, tmp_path / "s", "server")
     for site, key in ((cs, c_key), (ss, s_key)):
         (site.dir / "vpn.key").write_text(key + "\n")
         (site.dir / "vpn.key").chmod(0o600)
+    s_if = unique("pzt")
     ss.write(f'[interfaces.{s_if}]\nmode = "tun"\naddresses = ["10.79.90.1/24"]\n'
              f'[tunnels.vpn]\ninterface = "{s_if}"\nlisten = "{SERVER}:51820"\n'
              f'private_key_file = "{ss.dir / "vpn.key"}"\n'
              f'[tunnels.vpn.peers.client]\npublic_key = "{keys.public_key(c_key)}"\n'
              f'allowed_ips = ["{CLIENT_INNER}/32"]\n')
+    return cs, ss, unique("pzt"), keys.public_key(s_key)
+
+
+def test_a_connecting_udp_client_sends_everything_through_the_tunnel(tmp_path: Path) -> None:
+    client, server, far, c_up = three(tmp_path)
+    client.run("sysctl", "-qw", "net.ipv4.conf.all.src_valid_mark=0")
+    for key in ("all", "default", c_up):  # strict reverse-path filtering
+        client.run("sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=1")
+    cs, ss, c_if, s_pub = sites(tmp_path, client, server)
 
     def client_conf(mark: str = "") -> str:
-        return (f'[interfaces.{c_if}]\nmode = "tun"\npersist = false\n'
-                f'addresses = ["{CLIENT_INNER}/24"]\nroutes = ["0.0.0.0/0", "::/0"]\n'
-                f'table = "auto"\n{CONNMARK}'
-                f'[tunnels.vpn]\ninterface = "{c_if}"\nremote = "{SERVER}:51820"\n'
-                f'private_key_file = "{cs.dir / "vpn.key"}"\n'
-                f'peer_public_key = "{keys.public_key(s_key)}"\nkeepalive = 1\n{mark}')
+        return full_client(cs, c_if, s_pub, f"{SERVER}:51820", CONNMARK) + mark
 
     cs.write(client_conf())
     check = cs.ctl("check", str(cs.config), check=False)  # before: refused
@@ -222,3 +241,46 @@ def test_a_connecting_udp_client_sends_everything_through_the_tunnel(tmp_path: P
     assert log.index("[#] sysctl -q net.ipv4.conf.all.src_valid_mark=1") < log.index(
         "[#] ip -4 rule add not fwmark 51820 table 51820")
     assert "[#] ip -4 rule del not fwmark 4242 table 4242" in log
+
+
+def test_a_client_whose_server_name_moves_sends_to_the_new_address_from_its_marked_socket(
+        tmp_path: Path) -> None:
+    """``remote`` is a host name: the daemon's socket is dual-stack (the name's address
+    may be of either family); the worker looks the name up again (every 0.5 s here) and
+    re-points that socket, keeping the mark, when the address moves."""
+    client, server, far, c_up = three(tmp_path)
+    etc = Path("/etc/netns") / client.name
+    etc.mkdir(parents=True)
+    hosts = etc / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n10.79.83.9 vpn.test\n")  # nobody at .9
+    cs, ss, c_if, s_pub = sites(tmp_path, client, server)
+    cs.write(full_client(cs, c_if, s_pub, "vpn.test:51820"))
+    echo = far.spawn(sys.executable, "-c", _ECHO, log=tmp_path / "echo.log")
+    try:
+        ss.start(extra_env=_ENV)
+        cs.start(extra_env=_ENV, extra_args=("--test-timers", "resolve_every=0.5"))
+        time.sleep(2)
+        st = cs.tunnel("vpn")
+        assert st["state"] != "up" and st["pid"], st  # the name points at nobody
+        assert worker_mark(client, st["pid"]) == "fwmark:0xca6c"
+        with open(hosts, "r+") as f:  # in place: the namespace's bind mount sees it
+            f.truncate(0)
+            f.write(f"127.0.0.1 localhost\n{SERVER} vpn.test\n")
+        up = cs.wait_state("vpn", "up", within=20)
+        assert up["pid"] == st["pid"], up  # the same worker, the same socket
+        assert worker_mark(client, up["pid"]) == "fwmark:0xca6c"
+        log = cs.log.read_text()
+        assert f"vpn.test now resolves to [::ffff:{SERVER}]:51820" in log, cs.log_tail()
+        deadline = time.monotonic() + 10
+        while "ready" not in (tmp_path / "echo.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        n0 = tx_packets(client, c_up)
+        assert ask(client) == CLIENT_INNER, cs.log_tail()
+        time.sleep(2)
+        assert tx_packets(client, c_up) - n0 < 200  # no loop
+    finally:
+        cs.stop()
+        ss.stop()
+        echo.kill()
+        echo.wait(10)
+        shutil.rmtree(etc, ignore_errors=True)
