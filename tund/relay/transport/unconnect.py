@@ -12,18 +12,18 @@ new ones; the socket, and its mark, stay.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import socket
 import struct
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+from tund.libc import libc
+
 _UNSPEC = struct.pack("=H14x", socket.AF_UNSPEC)  # a struct sockaddr of family AF_UNSPEC
 
 
 def disconnect(sock: socket.socket) -> None:
     """Dissolve ``sock``'s association; OSError if the kernel refuses."""
     buf = ctypes.create_string_buffer(_UNSPEC, len(_UNSPEC))
-    if _libc.connect(sock.fileno(), buf, len(_UNSPEC)) != 0:
+    if libc().connect(sock.fileno(), buf, len(_UNSPEC)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"cannot dissolve the socket's association: {os.strerror(err)}")
