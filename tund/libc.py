@@ -1,4 +1,5 @@
-"""The C library, for the few system calls Python's ``os`` lacks (``prctl``, ``capset``).
+"""The C library, for the few system calls Python's ``os`` lacks (``prctl``, ``capset``,
+``connect`` with ``AF_UNSPEC``: :mod:`tund.relay.transport.unconnect`).
 
 Contract: :func:`libc` loads it once per process image (a forked worker inherits it
 resolved); :func:`prctl` calls ``prctl(2)`` with integer arguments passed as

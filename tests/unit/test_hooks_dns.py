@@ -133,11 +133,19 @@ def test_hooks_in_a_file_another_user_owns_are_refused_as_root(tmp_path: Path) -
     assert load(main).interfaces["tun0"].pre_up == (("true", "%i"),)
 
 
-def test_fwmark_on_a_remote_tunnel_is_refused() -> None:
+def test_fwmark_on_a_tcp_remote_tunnel_is_refused_on_a_udp_one_taken() -> None:
+    """The daemon makes (and marks) a connecting UDP tunnel's socket; a connecting TCP
+    tunnel's worker opens a socket per reconnect, which it may not mark."""
+    tcp = ('[interfaces.tun0]\nmode = "tun"\n[tunnels.t]\ninterface = "tun0"\n'
+           'remote = "192.0.2.1:5"\nencryption = "none"\nfwmark = 7\ntransport = "tcp"\n')
     with pytest.raises(ConfigError) as e:
-        parse_text('[interfaces.tun0]\nmode = "tun"\n[tunnels.t]\ninterface = "tun0"\n'
-                   'remote = "192.0.2.1:5"\nencryption = "none"\nfwmark = 7\n')
+        parse_text(tcp)
     assert [i.path for i in e.value.issues] == ["tunnels.t.fwmark"]
+    why = e.value.issues[0].message
+    assert 'transport = "tcp"' in why and "CAP_NET_ADMIN" in why and "(got 7)" in why, why
+    assert 'use transport = "udp"' in why, why
+    udp = parse_text(tcp.replace('transport = "tcp"\n', ""))
+    assert udp.tunnels["t"].fwmark == 7 and udp.tunnels["t"].role == "remote"
     cfg = parse_text('[interfaces.tun0]\nmode = "tun"\n[tunnels.t]\ninterface = "tun0"\n'
                      'listen = "127.0.0.1:5"\nencryption = "none"\nfwmark = 7\n')
     assert cfg.tunnels["t"].fwmark == 7

@@ -90,6 +90,21 @@ def test_keepalive_change_alone_updates_the_running_worker() -> None:
     assert p.of("tunnels", "restart") == []
 
 
+def test_fwmark_change_over_udp_updates_the_socket_over_tcp_restarts() -> None:
+    """A UDP tunnel's socket is the daemon's, listening or connecting (issue 19): its new
+    mark is set on it, the worker keeps running; a TCP listener's accepted connection would
+    keep the old mark: restarted."""
+    b = 'remote = "192.0.2.1:5000"'
+    p = _plan(BASE.replace(b, b + "\nfwmark = 7"))
+    assert {t.name: t.action for t in p.tunnels} == {"a": "unchanged", "b": "update"}
+    a = 'listen = "0.0.0.0:5000"'
+    p = _plan(BASE.replace(a, a + "\nfwmark = 7"))
+    assert {t.name: t.action for t in p.tunnels} == {"a": "update", "b": "unchanged"}
+    tcp = BASE.replace(a, a + '\ntransport = "tcp"')
+    p = _plan(tcp.replace(a, a + "\nfwmark = 7"), tcp)
+    assert {t.name: t.action for t in p.tunnels}["a"] == "restart"
+
+
 def test_keepalive_with_another_change_or_new_keys_restarts() -> None:
     both = BASE.replace('listen = "0.0.0.0:5000"', 'listen = "0.0.0.0:5001"\nkeepalive = 9')
     assert {t.name: t.action for t in _plan(both).tunnels}["a"] == "restart"

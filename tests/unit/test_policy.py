@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -136,12 +137,31 @@ def test_a_route_covering_the_peer_is_refused_as_a_loop() -> None:
     cfg('"0.0.0.0/1", "128.0.0.0/1"', "table = 100")  # another table: the user's rules
 
 
-def test_a_default_route_on_a_remote_tunnel_is_refused() -> None:
+REMOTE = ('[interfaces.a]\nmode = "tun"\nroutes = ["0.0.0.0/0", "::/0"]\n[tunnels.t]\n'
+          'interface = "a"\nremote = "192.0.2.7:5"\nencryption = "none"\n')
+
+
+def test_a_default_route_on_a_remote_tcp_tunnel_is_refused() -> None:
     with pytest.raises(ConfigError) as e:
-        parse_text('[interfaces.a]\nmode = "tun"\nroutes = ["0.0.0.0/0"]\n[tunnels.t]\n'
-                   'interface = "a"\nremote = "192.0.2.7:5"\nencryption = "none"\n')
-    assert [i.path for i in e.value.issues] == ["interfaces.a.routes[0]"]
-    assert "listen or peers" in e.value.issues[0].message
+        parse_text(REMOTE + 'transport = "tcp"\n')
+    assert [i.path for i in e.value.issues] == ["interfaces.a.routes[0]",
+                                                "interfaces.a.routes[1]"]
+    why = e.value.issues[0].message
+    assert "connects over tcp" in why and 'use transport = "udp"' in why, why
+
+
+def test_a_remote_udp_tunnel_routes_everything_with_the_auto_mark() -> None:
+    """The road-warrior client in its single-peer form (issue 19): the daemon makes and
+    marks its socket."""
+    c = parse_text(REMOTE)
+    assert policy.of(c, "a") == policy.Policy("a", 51820, (4, 6), ("0.0.0.0/0", "::/0"))
+    assert policy.mark(c, "t") == 51820
+    c = parse_text(REMOTE + "fwmark = 99\n")
+    assert policy.of(c, "a") == policy.Policy("a", 99, (4, 6), ("0.0.0.0/0", "::/0"))
+    assert policy.mark(c, "t") == 99
+    assert policy.needs_src_valid_mark(policy.Policy("a", 99, (4, 6), ()))
+    assert not policy.needs_src_valid_mark(policy.Policy("a", 99, (6,), ()))
+    assert not policy.needs_src_valid_mark(policy.Policy("a", 99, (), (), rules=False))
 
 
 def test_the_kernels_own_tables_are_refused() -> None:
@@ -160,3 +180,24 @@ def test_two_full_tunnels_on_one_table_are_refused() -> None:
     assert [i.path for i in e.value.issues] == ["tunnels.t2"]
     assert "same table and mark 51820" in e.value.issues[0].message
     parse_text(two.replace("fwmark = 0", "fwmark = 7", 1))  # another mark: fine
+
+
+def test_proc_sysctl_writes_only_a_differing_value_and_logs_it_first(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from tund.errors import KernelError
+    from tund.netdev.sysctl import SRC_VALID_MARK, ProcSysctl
+
+    knob = tmp_path / "net" / "ipv4" / "conf" / "all" / "src_valid_mark"
+    knob.parent.mkdir(parents=True)
+    knob.write_text("0\n")
+    sc = ProcSysctl(tmp_path)
+    with caplog.at_level("INFO", logger="tund.netdev.sysctl"):
+        assert sc.ensure(*SRC_VALID_MARK) is True
+        assert sc.ensure(*SRC_VALID_MARK) is False  # already 1: nothing written or logged
+    assert knob.read_text() == "1\n"
+    assert [r.getMessage() for r in caplog.records] == [
+        "[#] sysctl -q net.ipv4.conf.all.src_valid_mark=1"]
+    with pytest.raises(KernelError, match=r"net\.ipv4\.conf\.nope\.x=1"):
+        sc.ensure("net.ipv4.conf.nope.x", "1")
+    with pytest.raises(KernelError, match="not a key"):
+        sc.ensure("net..x", "1")

@@ -171,6 +171,8 @@ def _expected(port: int) -> list[str]:
         "[#] ip link set zqr0 up",
         "[#] ip addr add 10.91.4.1/24 dev zqr0",
         f"bind udp 127.0.0.1:{port} for tunnel new",
+        # a connecting UDP tunnel's socket is the daemon's too (it carries the mark)
+        "bind a udp socket for tunnel rec (to reach 127.0.0.1:9)",
         "start worker of tunnel new",
         "start worker of tunnel rec",
         "start worker of tunnel tcp",
@@ -292,7 +294,8 @@ def test_failed_bind_undoes_every_step_before_it(
         assert eng.runners["keep"] is runners["keep"] and eng.runners["chg"] is runners["chg"]
         assert eng.runners["gone"].worker is not None and eng.runners["rec"].worker is not None
         assert eng.last_reload is not None and eng.last_reload["ok"] is False
-        assert eng.listeners == {}
+        assert set(eng.listeners) == {"keep", "chg", "gone", "rec"}  # no "new"
+        assert all(s.getsockname()[0] == "0.0.0.0" for s in eng.listeners.values())
         held.close()
         ok = await eng.reload()  # the port is free again: the same reload goes through
         assert ok["actions"] == _expected(port)
@@ -451,6 +454,7 @@ def test_a_peer_added_and_removed_by_reload_adds_and_removes_its_routes(
             "[#] ip route replace fd93::/64 dev zqv0 proto static",
             # 0.0.0.0/0: a full tunnel (issue 19): the mark first, then table and rules
             "set fwmark 51820 on the socket of tunnel vpn",
+            "set sysctl net.ipv4.conf.all.src_valid_mark=1 (if it is not)",
             "[#] ip -4 route add 0.0.0.0/0 dev zqv0 table 51820 proto static",
             "[#] ip -4 rule add not fwmark 51820 table 51820",
             "[#] ip -4 rule add table main suppress_prefixlength 0",
@@ -470,6 +474,8 @@ def test_a_peer_added_and_removed_by_reload_adds_and_removes_its_routes(
         "tell worker of tunnel vpn: peers -alice"]
     assert ip.policy == {}
     assert ip.links["zqv0"].routes == {}
+    # asked once, before the IPv4 rule; never reverted (an engine on a fake ip: recorded)
+    assert eng.sysctl.asked == [("net.ipv4.conf.all.src_valid_mark", "1")]  # type: ignore[attr-defined]
 
 
 def test_an_interface_that_failed_is_retried_by_the_next_reload_not_called_unchanged(
@@ -515,6 +521,7 @@ def test_an_interface_that_failed_is_retried_by_the_next_reload_not_called_uncha
                                   "Device or resource busy"
     assert dry["actions"] == [f"retry interface zqb0 ({why})",
                               "stop worker of tunnel held (interface zqb0 is retried)",
+                              "bind a udp socket for tunnel held (to reach 127.0.0.1:9)",
                               "start worker of tunnel held"]
     assert done["actions"] == dry["actions"]
     assert done["changed"] == {"interfaces": ["zqb0"], "tunnels": ["held"]}

@@ -75,6 +75,21 @@ def cross_issues(raw: Mapping[str, Any], loc: Locator) -> list[ConfigIssue]:
     return issues
 
 
+#: why a connecting TCP tunnel's socket cannot be marked, and what to do instead
+TCP_CONNECTOR_MARK = (
+    'not on a tunnel that connects over transport = "tcp": its worker opens a new '
+    "socket for every reconnect and may not mark it (SO_MARK needs CAP_NET_ADMIN, which "
+    'the worker has not); use transport = "udp" (the daemon then makes the socket and '
+    "marks it), or listen on this side")
+
+
+def connects_over_tcp(body: Mapping[str, Any]) -> bool:
+    """A ``remote`` tunnel over TCP: the one kind whose underlay socket the daemon does not
+    make (and so cannot mark)."""
+    return ("listen" not in body and body.get("peers") is None
+            and body.get("transport", "udp") == "tcp")
+
+
 def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any],
                    used: dict[str, str], loc: Locator) -> list[ConfigIssue]:
     if set(body) == {"peers"}:
@@ -90,11 +105,9 @@ def _tunnel_issues(name: str, body: Mapping[str, Any], ifaces: Mapping[str, Any]
         issues.extend(_peers_issues(name, body, loc))
     issues += _endpoint_issues(name, body, loc) + _key_issues(name, body, loc)
     mark = body.get("fwmark", 0)
-    if _number(mark) and mark and "listen" not in body and body.get("peers") is None:
-        issues.append(loc.issue(("tunnels", name, "fwmark"),
-                                "needs a socket the daemon binds (a tunnel with listen or "
-                                "peers): the worker of a remote tunnel makes its own sockets "
-                                f"and may not mark them (got {got(mark)})"))
+    if _number(mark) and mark and connects_over_tcp(body):
+        issues.append(loc.issue(("tunnels", name, "fwmark"), TCP_CONNECTOR_MARK
+                                + f" (got {got(mark)})"))
     rmin, rmax = body.get("reconnect_min", 0.2), body.get("reconnect_max", 10.0)
     if _number(rmin) and _number(rmax) and rmin > rmax:
         issues.append(loc.issue(("tunnels", name, "reconnect_min"),

@@ -6,8 +6,9 @@ checked before use; issues, never exceptions):
   peer's ``endpoint`` given as an IP address) would carry the tunnel's encrypted packets
   into the tunnel again: refused, located at the route. A default route with
   ``table = "auto"`` is handled by policy routing (:mod:`tund.netdev.policy`), which
-  needs a socket the daemon binds: refused on a ``remote`` tunnel; two full tunnels
-  with the same table (= mark) are refused.
+  needs a socket the daemon makes and marks: refused on a ``remote`` tunnel over TCP
+  (its worker opens a socket per reconnect); two full tunnels with the same table
+  (= mark) are refused.
 * :func:`dns_issues`: ``dns`` on a host with neither resolvectl (systemd-resolved
   running) nor resolvconf.
 """
@@ -81,11 +82,13 @@ def _tunnel_loops(tname: str, body: Mapping[str, Any], iname: str,
     issues: list[ConfigIssue] = []
     for r, net, where in _routes(tname, iname, iface, peers):
         if net.prefixlen == 0:
-            if "listen" not in body and raw_peers is None:
+            if "listen" not in body and raw_peers is None and body.get("transport") == "tcp":
                 issues.append(loc.issue(where, (
-                    "a default route needs the tunnel's socket marked (policy routing), and "
-                    "only a socket the daemon binds can be: give the tunnel listen or peers "
-                    f"(got {got(r)})")))
+                    "a default route needs the tunnel's socket marked (policy routing), "
+                    "and a tunnel that connects over tcp opens a new socket for every "
+                    "reconnect in its worker, which may not mark it (SO_MARK needs "
+                    'CAP_NET_ADMIN); use transport = "udp" (the daemon makes and marks '
+                    f"the socket) or listen on this side (got {got(r)})")))
             continue
         for ep, ep_where in ends:
             if ep.version == net.version and ep in net:

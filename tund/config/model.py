@@ -413,8 +413,8 @@ class TunnelConfig(_Model):
     # "HOST:PORT" clients reach this listener at (behind NAT, a name); the Endpoint that
     # `tundctl peer add` / `peer-config --format wg-quick` write when --endpoint is not given
     public_endpoint: str | None = None
-    # SO_MARK of the underlay socket (0: none), set by the daemon, which binds it; so only
-    # for a tunnel with listen or peers (tund.config.checks refuses it on a remote tunnel)
+    # SO_MARK of the underlay socket (0: none), set by the daemon, which makes it (listen,
+    # peers, or remote over UDP); tund.config.checks refuses it on a remote TCP tunnel
     fwmark: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
 
     @field_validator("listen")

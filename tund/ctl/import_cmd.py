@@ -4,7 +4,7 @@
 Contract: the private key (and each preshared key) is written to a key file in
 ``--key-dir`` (default /etc/tund/keys; mode 0600; an existing file with another key is
 refused) whose path the TOML names; nothing else is written. Every ``[Peer]`` becomes a
-named peer (``# Name =`` comment, else ``peer1``, ``peer2`` ...). Keys tund cannot express
+named peer (``# Name =`` comment, else ``peer1``, ``peer2`` ...). Keys tund does not import
 are listed on stderr with what to do instead; malformed files are ``FILE:LINE:`` errors
 (exit 1).
 """

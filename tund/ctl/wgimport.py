@@ -6,7 +6,8 @@ a comment, except that ``# Name = X`` inside a ``[Peer]`` names that peer. ``Add
 ``AllowedIPs`` and ``DNS`` may repeat (their lists join); any other key given twice in one
 section, an unknown section or key, a key outside a section, a line without ``=`` and
 every bad value are errors ``FILE:LINE: message`` (all of them, in line order). Keys tund
-cannot express (hooks, DNS, Table, FwMark, SaveConfig) are kept in ``unexpressible``.
+does not import (hooks, DNS, Table, FwMark: each with what to set by hand; SaveConfig) are
+kept in ``unexpressible``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ INTERFACE_KEYS = ("privatekey", "listenport", "fwmark", "address", "dns", "mtu",
 PEER_KEYS = ("publickey", "presharedkey", "allowedips", "endpoint", "persistentkeepalive")
 LISTS = ("address", "allowedips", "dns")
 UNEXPRESSIBLE = {
-    "preup": "a hook command: run it from a systemd drop-in (ExecStartPre=) instead",
-    "postup": "a hook command: run it from a systemd drop-in (ExecStartPost=) instead",
-    "predown": "a hook command: run it from a systemd drop-in (ExecStop=) instead",
-    "postdown": "a hook command: run it from a systemd drop-in (ExecStopPost=) instead",
-    "dns": "tund does not set resolvers: configure them with resolvectl or resolv.conf",
-    "table": "tund puts the interface's routes = [...] in the main table; edit routes",
-    "fwmark": "tund does not mark its underlay packets: mark them with nftables if needed",
+    "preup": "a hook: not imported; set [interfaces.X] pre_up = [[\"PROGRAM\", \"ARG\"]] "
+             "(argv lists, %i is the interface)",
+    "postup": "a hook: not imported; set [interfaces.X] post_up = [[...]] (argv lists)",
+    "predown": "a hook: not imported; set [interfaces.X] pre_down = [[...]] (argv lists)",
+    "postdown": "a hook: not imported; set [interfaces.X] post_down = [[...]] (argv lists)",
+    "dns": "not imported; set [interfaces.X] dns = [...] (resolvectl or resolvconf)",
+    "table": 'not imported; set [interfaces.X] table = "auto", "off" or a number',
+    "fwmark": "not imported; set [tunnels.X] fwmark = N (a default route in allowed_ips "
+              "marks the socket with 51820 by itself)",
     "saveconfig": "tund's files are the configuration; change peers with tundctl peer",
 }
 _NAME_RE = re.compile(r"^#\s*name\s*=\s*(.+?)\s*$", re.I)

@@ -5,7 +5,8 @@ Contract: :class:`Engine` is what control commands act on. It owns
 * one held fd per configured interface (the daemon keeps the device attached, so a
   non-persistent device lives exactly as long as the daemon, and a restarted worker gets
   the same device and the packets queued meanwhile);
-* one pre-bound underlay socket per listening tunnel (survives worker restarts);
+* one pre-bound underlay socket per listening tunnel and per tunnel that connects over
+  UDP (survives worker restarts; carries the tunnel's mark, which a worker may not set);
 * one :class:`~tund.supervise.runner.TunnelRunner` per tunnel;
 * the fork server (:mod:`tund.supervise.forkserver`) that starts their workers, started
   first at :meth:`Engine.start` so its imports overlap the device setup, stopped last.
@@ -50,6 +51,7 @@ from tund.daemon.targets import Targets
 from tund.errors import ConfigError, ConfigIssue, ErrorCode, KernelError, ReloadError, TundError
 from tund.netdev import policy, tuntap
 from tund.netdev.ip import Ip, IpRunner
+from tund.netdev.sysctl import NoSysctl, ProcSysctl, Sysctl
 from tund.supervise.forkserver import ForkServer, ForkServerError, Launcher, SpawnLauncher
 from tund.supervise.runner import Limits, TunnelRunner
 from tund.supervise.worker import WorkerProcess, worker_class
@@ -74,15 +76,19 @@ class Engine(Targets):
     def __init__(self, config_path: Path, ip: Ip | None = None,
                  fork_server: bool = True, timers: Mapping[str, float] | None = None,
                  test_malformed: int = 0, peers_file: Path | None = None,
-                 counters_file: Path | None = None) -> None:
+                 counters_file: Path | None = None, sysctl: Sysctl | None = None) -> None:
         """``fork_server`` False: every worker is spawned as a fresh interpreter.
         ``timers``: test-only timer overrides passed to every worker (see WorkerSpec).
         ``test_malformed``: test-only, the first this many workers send a malformed
         message (``tund --test-malformed-state``).
         ``peers_file``: where the listeners' last peer endpoints outlive the daemon.
-        ``counters_file``: where per-peer lifetime counters outlive it (issue 18.5)."""
+        ``counters_file``: where per-peer lifetime counters outlive it (issue 18.5).
+        ``sysctl``: what sets /proc/sys; default the real one, but none at all (a
+        recorder) for an engine given an ``ip`` of its own (a test's fake)."""
         self.config_path = config_path
         self.ip: Ip = ip or IpRunner()
+        self.sysctl: Sysctl = (sysctl if sysctl is not None
+                               else ProcSysctl() if ip is None else NoSysctl())
         given = dict(timers or {})
         self.timers = {k: v for k, v in given.items() if k not in TEST_TIMERS}  # workers'
         self.test_malformed = test_malformed
@@ -142,14 +148,15 @@ class Engine(Targets):
             await asyncio.sleep(0)
 
     def _bind_listeners(self, cfg: Config) -> None:
-        """Bind every listening tunnel's socket before starting any worker, so that what
-        peers send meanwhile (handshakes) waits in the socket instead of being refused.
+        """Bind every listening tunnel's socket (and every connecting UDP tunnel's) before
+        starting any worker, so that what peers send meanwhile (handshakes) waits in the
+        socket instead of being refused.
 
         A socket that cannot be bound is left for :meth:`_make_spec`, which tries again
         and reports the error as the tunnel's own.
         """
         for name, t in cfg.tunnels.items():
-            if t.role == "listen" and name not in self.listeners:
+            if specs.daemon_binds(t) and name not in self.listeners:
                 try:
                     self.listeners[name] = specs.bind_underlay(t, policy.mark(cfg, name))
                 except OSError:
@@ -221,7 +228,7 @@ class Engine(Targets):
             raise ValueError(self.key_errors[name])
         km = self.keys.get(name, KeyMaterial(None, None, None))
         sock_fd = None
-        if t.role == "listen":
+        if specs.daemon_binds(t):
             if name not in self.listeners:
                 self.listeners[name] = specs.bind_underlay(t, policy.mark(self.config, name))
             sock_fd = self.listeners[name].fileno()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from tund import logs
 from tund.config import Config, InterfaceConfig
 from tund.errors import KernelError
-from tund.netdev import dns, hooks, policy, reconcile, tuntap
+from tund.netdev import dns, hooks, policy, reconcile, sysctl, tuntap
 from tund.netdev.ip import Ip
 
 log = logging.getLogger("tund.daemon.engine")
@@ -44,6 +44,7 @@ class Lifecycle:
     device_errors: dict[str, str]
     listeners: dict[str, socket.socket]
     dns_set: set[str]
+    sysctl: sysctl.Sysctl
 
     async def _hooks(self, name: str, iface: InterfaceConfig, phase: str,
                      fail: bool = False) -> bool:
@@ -104,7 +105,15 @@ class Lifecycle:
         and raise IpCommandError."""
         p = policy.of(cfg, name)
         if p is not None:
-            run_steps(self.ip, name, policy.add_steps(p, policy.read(self.ip, p)))
+            steps = policy.add_steps(p, policy.read(self.ip, p))
+            if policy.needs_src_valid_mark(p):
+                self.src_valid_mark()
+            run_steps(self.ip, name, steps)
+
+    def src_valid_mark(self) -> None:
+        """``net.ipv4.conf.all.src_valid_mark = 1`` (:mod:`tund.netdev.sysctl`, logged if
+        changed; never reverted), so strict rp_filter keeps a full tunnel's replies."""
+        self.sysctl.ensure(*sysctl.SRC_VALID_MARK)
 
     def remove_policy(self, name: str, cfg: Config, keep: Sequence[str] = ()) -> None:
         """Delete interface ``name``'s policy routing of ``cfg`` (rules, table routes); the

@@ -13,7 +13,8 @@ returns a :class:`Plan`:
   ``retry`` for an interface that failed (e.g. EBUSY: someone held the device) and is
   still configured: opened and configured again, never called ``unchanged``;
 * tunnels: ``add`` / ``remove`` / ``unchanged`` / ``update`` (only settings the running
-  worker takes without a restart changed: ``keepalive``, and the ``peers`` table) /
+  worker takes without a restart changed: ``keepalive``, the ``peers`` table, and over
+  UDP ``fwmark``, set on the socket the daemon holds) /
   ``restart`` (any other tunnel setting or its key material changed, the tunnel moved
   between the single-peer form and ``peers``, or its interface is recreated or retried);
 * for a tunnel with ``peers`` in both configs: a :class:`PeerChange` per peer (``add`` /
@@ -172,7 +173,11 @@ def _tunnel_change(name: str, o: TunnelConfig, n: TunnelConfig, keys_same: bool,
     if "peers" not in keys and any(p.action != "unchanged" for p in peers):
         keys.append("peers")  # only a peer's key material changed
     if keys:
-        live = (set(keys) <= {*LIVE_TUNNEL_KEYS, "peers"} and (both or "peers" not in keys)
+        # fwmark over UDP: set on the socket the daemon holds (tund.daemon.reload); a TCP
+        # listener's accepted connection keeps the mark it was accepted with
+        marked = {"fwmark"} if n.transport == "udp" else set()
+        live = (set(keys) <= {*LIVE_TUNNEL_KEYS, "peers", *marked}
+                and (both or "peers" not in keys)
                 and not recreated and not retried and keys_same)
         return TunnelChange(name, "update" if live else "restart",
                             f"changed: {', '.join(keys)}", peers)

@@ -18,7 +18,8 @@ Contract:
      (:mod:`tund.netdev.conflicts`);
   2. stop the workers of removed and restarted tunnels;
   3. recreate the devices whose mode, owner, ... changed (delete, create, ``[#] ip ...``);
-  4. bind the sockets of added and restarted listening tunnels (a port in use fails here);
+  4. bind the sockets of added and restarted listening tunnels and connecting UDP tunnels
+     (a port in use fails here);
   5. commit (switch to the new config and keys; bookkeeping, not listed), tell the
      workers of updated tunnels their new settings (``keepalive``), start the workers of
      added and restarted tunnels;
@@ -53,8 +54,9 @@ from typing import Any, Protocol
 from tund import logs
 from tund.config import Config, InterfaceConfig, TunnelConfig
 from tund.daemon.plan import InterfaceChange, Plan
+from tund.daemon.specs import daemon_binds
 from tund.errors import KernelError, ReloadError
-from tund.netdev import conflicts, hooks, policy, reconcile
+from tund.netdev import conflicts, hooks, policy, reconcile, sysctl
 from tund.netdev.ip import Ip, IpRunner
 
 log = logging.getLogger("tund.daemon.reload")
@@ -120,6 +122,8 @@ class Target(Protocol):
     def bind_listener(self, name: str, t: TunnelConfig, mark: int = 0) -> None: ...
 
     def set_mark(self, name: str, mark: int) -> None: ...
+
+    def src_valid_mark(self) -> None: ...
 
     def close_listener(self, name: str) -> None: ...
 
@@ -265,10 +269,23 @@ def _bind(t: Target, name: str, tc: TunnelConfig, new: Config) -> Step:
     host, port = tc.endpoint
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     mark = policy.mark(new, name)
-    return Step(f"bind {tc.transport} {where} for tunnel {name}"
-                + (f" (fwmark {mark})" if mark else ""),
+    what = (f"bind a {tc.transport} socket for tunnel {name} (to reach {tc.remote})"
+            if tc.role == "remote" else f"bind {tc.transport} {where} for tunnel {name}")
+    return Step(what + (f" (fwmark {mark})" if mark else ""),
                 partial(t.bind_listener, name, tc, mark), partial(t.close_listener, name),
                 f"bind tunnel {name}", fields=logs.fields(interface=tc.interface, tunnel=name))
+
+
+def _policy_adds(t: Target, p: policy.Policy, st: policy.State, part: str) -> list[Step]:
+    """The steps adding what ``st`` lacks of ``p``; before IPv4 rules, src_valid_mark."""
+    ip_steps = policy.add_steps(p, st)
+    out = [_ip_step(t.ip, s, part, p.iface) for s in ip_steps]
+    if policy.needs_src_valid_mark(p) and any(s.argv[:3] == ("-4", "rule", "add")
+                                             for s in ip_steps):
+        key, value = sysctl.SRC_VALID_MARK
+        out.insert(0, Step(f"set sysctl {key}={value} (if it is not)", t.src_valid_mark,
+                           None, part, fields=logs.fields(interface=p.iface)))
+    return out
 
 
 def _policy_steps(t: Target, p: Plan, old: Config, new: Config) -> list[Step]:
@@ -310,12 +327,12 @@ def _policy_steps(t: Target, p: Plan, old: Config, new: Config) -> list[Step]:
                     now.routes - st.routes if same else now.routes,
                     now.rule - st.rule if same else now.rule,
                     now.suppress - (st.suppress - fams))
-                steps += [_ip_step(t.ip, s, part, name) for s in policy.add_steps(p_new, left)]
+                steps += _policy_adds(t, p_new, left, part)
         elif p_new is not None and name not in gone:
             now = policy.read(t.ip, p_new)
             if name in recreated:  # its routes go with the old device
                 now = dataclasses.replace(now, routes=frozenset())
-            steps += [_ip_step(t.ip, s, part, name) for s in policy.add_steps(p_new, now)]
+            steps += _policy_adds(t, p_new, now, part)
     return steps + unmark
 
 
@@ -342,7 +359,7 @@ def build(t: Target, p: Plan, new: Config, new_keys: Mapping[str, Any]) -> list[
     starting = [tc.name for tc in p.tunnels if tc.action in ("add", "restart")]
     steps += _policy_steps(t, p, old, new)  # 3b
     steps += [_bind(t, n, new.tunnels[n], new) for n in starting  # 4
-              if new.tunnels[n].role == "listen"]
+              if daemon_binds(new.tunnels[n])]
     steps.append(Step("switch to the new configuration",  # 5
                       partial(t.switch, new, new_keys, {}),
                       partial(t.switch, t.config, dict(t.keys), dict(t.key_errors)),

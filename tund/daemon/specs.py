@@ -1,5 +1,6 @@
 """What the daemon tells a worker: a tunnel's :class:`~tund.workerapi.spec.WorkerSpec`
-(from the config, the held device, the listening socket and the key material), its peers,
+(from the config, the held device, the underlay socket the daemon made and the key
+material), its peers,
 the static fields of its status. Pure, except :func:`bind_underlay`, which binds.
 """
 
@@ -31,11 +32,23 @@ def peer_entries(t: TunnelConfig, km: KeyMaterial | None) -> list[dict[str, Any]
             for name, p in sorted((t.peers or {}).items()) if p.enabled]
 
 
+def daemon_binds(t: TunnelConfig) -> bool:
+    """Whether the daemon makes ``t``'s underlay socket (and keeps it across worker
+    restarts): a listening tunnel's, and a connecting tunnel's over UDP; a connecting TCP
+    tunnel's worker opens its own for every connection."""
+    return t.role == "listen" or t.transport == "udp"
+
+
 def bind_underlay(t: TunnelConfig, mark: int = 0) -> socket.socket:
-    """Open the listening (TCP) or bound (UDP) socket of a ``listen`` tunnel, with its
-    mark (:func:`tund.netdev.policy.mark`: SO_MARK needs CAP_NET_ADMIN, which the worker
-    has not)."""
+    """Open the underlay socket of a tunnel the daemon binds for (:func:`daemon_binds`):
+    a ``listen`` tunnel's listening (TCP) or bound (UDP) socket, a connecting UDP
+    tunnel's socket on a port the kernel picks (its worker connects it to the resolved
+    remote); with its mark (:func:`tund.netdev.policy.mark`: SO_MARK needs CAP_NET_ADMIN,
+    which the worker has not)."""
     host, port = t.endpoint
+    if t.role == "remote":
+        assert t.transport == "udp", "a connecting tcp tunnel's worker makes its sockets"
+        return underlay.connector_socket(host, mark=mark)
     return underlay.bind_underlay(t.transport, host, port, mark=mark)
 
 

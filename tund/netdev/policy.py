@@ -96,6 +96,13 @@ def mark(cfg: Config, tunnel: str) -> int:
     return t.fwmark or (p.table if p is not None and p.rules else 0)
 
 
+def needs_src_valid_mark(p: Policy) -> bool:
+    """Whether ``p`` has IPv4 rules: then ``net.ipv4.conf.all.src_valid_mark = 1`` goes
+    first (:mod:`tund.netdev.sysctl`), as wg-quick sets it, so strict rp_filter does not
+    drop the replies that come in through the tunnel; it is never reverted."""
+    return p.rules and 4 in p.families
+
+
 def main_routes(iface: InterfaceConfig) -> InterfaceConfig:
     """``iface`` as :mod:`tund.netdev.reconcile` must see it: only the routes of the main
     table (table off or N: none; auto: all but the default routes)."""

@@ -4,13 +4,14 @@ Start-up: the daemon creates a ``SOCK_SEQPACKET`` socketpair and runs::
 
     python -m tund.relay --control-fd N
 
-with ``pass_fds`` holding the control end, the device fd and (role ``listen``) the
-pre-bound underlay socket; or, the usual way, the fork server (``python -m tund.relay
---fork-server``, :mod:`tund.relay.process.zygote`) forks a worker that finds the same fds under
-the same numbers (:mod:`tund.supervise.forkserver`). Its first message on the control
-socket is a :class:`~tund.workerapi.messages.Start` carrying this spec; secrets (private /
-preshared keys) travel only there, never in argv or env. Every message afterwards, and
-``STATS``, is a frozen dataclass of :mod:`tund.workerapi.messages`.
+with ``pass_fds`` holding the control end, the device fd and (role ``listen``, or
+``remote`` over UDP) the underlay socket the daemon made; or, the usual way, the fork
+server (``python -m tund.relay --fork-server``, :mod:`tund.relay.process.zygote`) forks a
+worker that finds the same fds under the same numbers (:mod:`tund.supervise.forkserver`).
+Its first message on the control socket is a :class:`~tund.workerapi.messages.Start`
+carrying this spec; secrets (private / preshared keys) travel only there, never in argv or
+env. Every message afterwards, and ``STATS``, is a frozen dataclass of
+:mod:`tund.workerapi.messages`.
 
 Counters are cumulative for the life of the process; the daemon adds the totals of
 earlier incarnations.
@@ -36,7 +37,10 @@ class WorkerSpec:
     host: str
     port: int
     device_fd: int
-    socket_fd: int | None = None  # role listen: bound (UDP) / listening (TCP) socket
+    # role listen: bound (UDP) / listening (TCP) socket; role remote over UDP: a socket
+    # on a port the kernel picked, carrying the tunnel's mark, that the worker connects
+    # to the resolved remote (None: the worker makes its own, unmarked)
+    socket_fd: int | None = None
     mtu: int = 1500
     packet_info: bool = False
     # The device was opened with IFF_VNET_HDR (tun mode without packet info): every

@@ -86,13 +86,15 @@ def make_transport(spec: WorkerSpec, counters: Counters,
     """The spec's transport; ``largest``: the largest device frame (default: max_packet)."""
     kind = socket.SOCK_STREAM if spec.transport == "tcp" else socket.SOCK_DGRAM
     sock = None
-    if spec.role == "listen":
-        if spec.socket_fd is not None:
-            sock = socket.socket(fileno=spec.socket_fd)
-            if sock.type != kind:
-                raise RelayError(f"socket_fd {spec.socket_fd} is not a {spec.transport} socket")
-        else:
-            sock = _own_socket(spec)
+    if spec.socket_fd is not None:  # listen, or remote over UDP: the daemon's (marked) socket
+        sock = socket.socket(fileno=spec.socket_fd)
+        if sock.type != kind:
+            raise RelayError(f"socket_fd {spec.socket_fd} is not a {spec.transport} socket")
+        if spec.transport == "tcp" and spec.role == "remote":
+            raise RelayError(f"socket_fd {spec.socket_fd}: a connecting tcp tunnel opens "
+                             "its own sockets")
+    elif spec.role == "listen":
+        sock = _own_socket(spec)
     common: dict[str, Any] = {"role": spec.role, "host": spec.host, "port": spec.port,
                               "reconnect_min": spec.reconnect_min,
                               "reconnect_max": spec.reconnect_max,

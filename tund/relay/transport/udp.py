@@ -16,11 +16,15 @@ another of our addresses moves it. A socket bound to one address uses none of th
 ``allowed_sources`` (role listen): a datagram from outside those networks is dropped as
 ``"source_refused"`` before the codec sees it.
 
-Role ``remote``: a socket of our own, ``connect()``-ed to the resolved endpoint (the
-kernel then filters other senders and reports ICMP errors). A host name is resolved
-again every ``RESOLVE_EVERY`` seconds and the socket re-pointed if the address changed;
-an unresolvable name is retried with backoff. Lookups run off the loop
-(:mod:`tund.relay.transport.resolver`): traffic to the old address goes on meanwhile.
+Role ``remote``: the socket the daemon made (``sock``: it carries the tunnel's mark and
+outlives the worker; never replaced, as a socket of our own would lack the mark), else
+one of our own; ``connect()``-ed to the resolved endpoint (the kernel then filters other
+senders and reports ICMP errors). An IPv4 address is reached from a given IPv6 socket as
+``::ffff:a.b.c.d``; an IPv6 address from a given IPv4 socket cannot be: a problem,
+retried. A host name is resolved again every ``RESOLVE_EVERY`` seconds and the socket
+re-pointed if the address changed; an unresolvable name is retried with backoff. Lookups
+run off the loop (:mod:`tund.relay.transport.resolver`): traffic to the old address goes
+on meanwhile.
 
 Batching: :meth:`UdpTransport.send` queues; :meth:`UdpTransport.flush` (once per loop
 iteration, or when the queue holds ``FLUSH_BYTES``) sends each run of equal-sized
@@ -66,6 +70,7 @@ from tund.relay.transport.gso import (
     segment_option,
 )
 from tund.relay.transport.resolver import Resolver, Result, literal
+from tund.relay.transport.unconnect import disconnect
 
 log = logging.getLogger("tund.relay.transport.udp")
 
@@ -86,6 +91,10 @@ def _grow_buffers(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+
+
+def _is_mapped(addr: Address) -> bool:
+    return addr[0].startswith("::ffff:")
 
 
 def _is_ip(host: str) -> bool:
@@ -109,6 +118,7 @@ class UdpTransport:
         """``known_peer`` (role listen): the previous worker's peer, contacted at start."""
         if role == "listen" and sock is None:
             raise ValueError("udp: role listen needs a bound socket")
+        self._given = role == "remote" and sock is not None  # the daemon's: kept
         # role listen: datagrams from elsewhere are dropped before the codec sees them
         self.sources = (SourceFilter(allowed_sources)
                         if allowed_sources and role == "listen" else None)
@@ -166,7 +176,17 @@ class UdpTransport:
                          format_peer(self._known_peer))
                 self.set_peer(self._known_peer)
         else:
+            if self.sock is not None:  # the daemon's
+                self._adopt(self.sock)
             self._resolve()
+
+    def _adopt(self, sock: socket.socket) -> None:
+        """Make ``sock`` this transport's (non-blocking, large buffers, GRO, polled)."""
+        assert self._sel is not None
+        sock.setblocking(False)
+        _grow_buffers(sock)
+        self._gro = enable_gro(sock)
+        self._sel.register(sock, selectors.EVENT_READ, self._on_readable)
 
     def close(self) -> None:
         if self._resolver is not None:
@@ -213,18 +233,24 @@ class UdpTransport:
         family, addr = result
         self.backoff.reset()
         self._deadline = None if _is_ip(self.host) else time.monotonic() + self.resolve_every
-        if addr == self.peer:
+        if self._given:
+            assert self.sock is not None
+            mapped = self._reachable(addr, family)
+            if mapped is None or mapped == self.peer:
+                return
+            self.flush()  # what was queued for the old address
+            if self.peer is not None and _is_mapped(self.peer) != _is_mapped(mapped):
+                disconnect(self.sock)  # the kernel re-connects across families only so
+            addr = mapped
+        elif addr == self.peer:
             return
-        if self.sock is not None and self.sock.family != family:
+        elif self.sock is not None and self.sock.family != family:
             self.close_socket()
         else:
             self.flush()  # what was queued for the old address
         if self.sock is None:
             self.sock = socket.socket(family, socket.SOCK_DGRAM)
-            self.sock.setblocking(False)
-            _grow_buffers(self.sock)
-            self._gro = enable_gro(self.sock)
-            self._sel.register(self.sock, selectors.EVENT_READ, self._on_readable)
+            self._adopt(self.sock)
         if self.peer is not None:
             log.warning("%s now resolves to %s (was %s)", self.host, format_peer(addr),
                         format_peer(self.peer))
@@ -232,6 +258,21 @@ class UdpTransport:
         self.peer, self.state = addr, "up"
         log.info("sending to %s", format_peer(addr))
         self._link.on_state(True)
+
+    def _reachable(self, addr: Address, family: int) -> Address | None:
+        """``addr`` as the daemon's socket sends to it (an IPv4 address from an IPv6
+        socket: mapped); None, with the problem noted and a retry set, if it cannot."""
+        assert self.sock is not None
+        if self.sock.family == family:
+            return addr
+        if self.sock.family == socket.AF_INET6:
+            return (f"::ffff:{addr[0]}", addr[1])
+        delay = self.backoff.next_delay()
+        self.problem = (f"{self.host} resolves to {format_peer(addr)}, an IPv6 address, and "
+                        "the tunnel's socket is IPv4")
+        log.warning("%s; retrying in %.2fs", self.problem, delay)
+        self._deadline = time.monotonic() + delay
+        return None
 
     def tick(self, now: float) -> None:
         if self._deadline is not None and now >= self._deadline and self.role == "remote":
