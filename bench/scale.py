@@ -10,8 +10,10 @@ addresses 10.207.i.1 / 10.207.i.2 (i < 256; the third octet wraps). Measures, on
   polled every 0.5 s over its control socket);
 * ``pss_mib_per_tunnel``: Pss (``/proc/PID/smaps_rollup``) of daemon A and all its
   descendants, divided by N;
-* ``reload_s``: B's config changes one tunnel (keepalive 0 -> 25), ``tundctl reload``
-  runs, until that tunnel has a new established session (a new ``latest_handshake``).
+* ``reload_s``: B's config changes one tunnel in a way its worker restarts for
+  (``reconnect_max`` 10 -> 9; a keepalive change no longer restarts anything),
+  ``tundctl reload`` runs, until that tunnel has a new worker with an established session
+  (a new ``latest_handshake``); ``reload_cmd_s``: until ``tundctl reload`` answered.
 
 Prints one JSON object (also written to --out). Run as root. Removes what it created.
 """
@@ -63,7 +65,7 @@ def testbed_up() -> None:
         ns(n, "ip", "link", "set", dev, "up")
 
 
-def config(side: str, n: int, sd: Path, keys: dict[str, str], keepalive0: int = 0) -> str:
+def config(side: str, n: int, sd: Path, keys: dict[str, str], changed0: bool = False) -> str:
     lines = [f'[daemon]\ncontrol_socket = "{sd}/{side}.sock"\n']
     other = "B" if side == "A" else "A"
     for i in range(n):
@@ -72,9 +74,9 @@ def config(side: str, n: int, sd: Path, keys: dict[str, str], keepalive0: int = 
                      f'addresses = ["10.207.{i % 256}.{host}/24"]\n')
         endpoint = (f'listen = "{OUTER_A}:{40000 + i}"' if side == "A"
                     else f'remote = "{OUTER_A}:{40000 + i}"')
-        ka = keepalive0 if i == 0 else 0
+        rmax = 9.0 if changed0 and i == 0 else 10.0
         lines.append(f'[tunnels.t{i}]\ninterface = "pfs{side}{i}"\ntransport = "udp"\n'
-                     f'{endpoint}\nencryption = "wireguard"\nkeepalive = {ka}\n'
+                     f'{endpoint}\nencryption = "wireguard"\nreconnect_max = {rmax}\n'
                      f'private_key_file = "{sd}/{side}.key"\n'
                      f'peer_public_key = "{keys[other]}"\n')
     return "\n".join(lines)
@@ -212,9 +214,9 @@ def main() -> int:
                                               2)}
         res["cpu_s"] = {"daemon": cpu_s([root]), "fork_server": cpu_s(zyg),
                         "workers": round(cpu_s(workers), 2)}
-        # reload: one tunnel of B changes (keepalive), its worker restarts, re-handshakes
+        # reload: one tunnel of B changes (reconnect_max), its worker restarts, re-handshakes
         before = (status(a.venv, NS_B, sd / "B.sock") or {}).get("tunnels", {}).get("t0", {})
-        (sd / "B.toml").write_text(config("B", a.n, sd, keys, keepalive0=25))
+        (sd / "B.toml").write_text(config("B", a.n, sd, keys, changed0=True))
         t1 = time.monotonic()
         try:
             r = ns(NS_B, f"{a.venv}/bin/tundctl", "--socket", str(sd / "B.sock"), "reload",
