@@ -12,7 +12,14 @@ import struct
 import pytest
 
 from tests.unit.test_relay_chunks import DST4, DST6, SRC4, SRC6, ip_ok, kernel_checksum_ok
-from tund.relay.codec.chunks import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, VNET, ipv4_header_checksum
+from tund.relay.codec.chunks import (
+    F_NEEDS_CSUM,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    VNET,
+    VNET_LEN,
+    ipv4_header_checksum,
+)
 from tund.relay.device.coalesce import MAX_SEGMENTS, coalesce, may_lead
 
 ACK, PSH, FIN, SYN = 0x10, 0x08, 0x01, 0x02
@@ -132,3 +139,33 @@ def test_may_lead_says_which_frames_must_wait_for_a_run(v6: bool) -> None:
     udp = bytearray(segment(1, b"x" * 1000, v6=v6))
     udp[len(ZERO) + (6 if v6 else 9)] = 17
     assert not may_lead(bytes(udp)) and not may_lead(ZERO + b"\x45")
+
+
+def _same_flow_by_slices(a: bytes, b: bytes, iphl: int, hlen: int) -> bool:
+    """The rule spelled out field by field (what coalesce compared before flow_mask)."""
+    s, t = VNET_LEN, VNET_LEN + iphl
+    if iphl == 20:
+        ip_same = (a[s:s + 2] == b[s:s + 2] and a[s + 6:s + 10] == b[s + 6:s + 10]
+                   and a[s + 12:t] == b[s + 12:t])
+    else:
+        ip_same = a[s:s + 4] == b[s:s + 4] and a[s + 6:t] == b[s + 6:t]
+    end = VNET_LEN + hlen
+    return ip_same and (a[t:t + 4] == b[t:t + 4] and a[t + 8:t + 13] == b[t + 8:t + 13]
+                        and a[t + 14:t + 16] == b[t + 14:t + 16] and a[t + 18:end] == b[t + 18:end])
+
+
+@pytest.mark.parametrize("iphl,hlen", [(20, 40), (20, 52), (40, 60), (40, 72)])
+def test_the_flow_mask_compares_exactly_the_shared_fields(iphl: int, hlen: int) -> None:
+    """Changing any one header byte breaks the flow exactly when the field-by-field rule
+    says so (the mask neither ignores a shared byte nor compares a varying one)."""
+    from tund.relay.device.coalesce import flow_mask
+    rnd = random.Random(iphl * 1000 + hlen)
+    mask = flow_mask(iphl, hlen)
+    for _ in range(20):
+        a = bytes(VNET_LEN) + bytes(rnd.randrange(256) for _ in range(hlen))
+        for i in range(hlen):
+            b = bytearray(a)
+            b[VNET_LEN + i] ^= 1 << rnd.randrange(8)
+            masked_same = not (int.from_bytes(a[VNET_LEN:], "big")
+                               ^ int.from_bytes(b[VNET_LEN:], "big")) & mask
+            assert masked_same == _same_flow_by_slices(a, bytes(b), iphl, hlen), (iphl, i)

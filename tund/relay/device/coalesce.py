@@ -64,27 +64,34 @@ def may_lead(frame: bytes) -> bool:
     return seg is not None and not seg[3] & _PSH
 
 
-def _same_flow(a: bytes, b: bytes, iphl: int, hlen: int) -> bool:
-    """Header bytes equal but for lengths, IPv4 id and checksum, seq, TCP csum, PSH."""
-    s, t = _V, _V + iphl
-    if iphl == 20:
-        if a[s:s + 2] != b[s:s + 2] or a[s + 6:s + 10] != b[s + 6:s + 10] \
-                or a[s + 12:t] != b[s + 12:t]:
-            return False
-    elif a[s:s + 4] != b[s:s + 4] or a[s + 6:t] != b[s + 6:t]:
-        return False
-    return (a[t:t + 4] == b[t:t + 4] and a[t + 8:t + 13] == b[t + 8:t + 13]
-            and a[t + 14:t + 16] == b[t + 14:t + 16] and a[t + 18:_V + hlen] == b[t + 18:_V + hlen])
+def flow_mask(iphl: int, hlen: int) -> int:
+    """The bits of an ``hlen``-byte IP + TCP header (as a big-endian int) that every
+    segment of a run shares: all but the lengths, IPv4 id and checksum, seq, TCP flags
+    byte (PSH may differ; the flags were checked by :func:`_segment`) and TCP checksum.
+    One masked compare per segment instead of a dozen slices."""
+    mask = _MASKS.get((iphl, hlen))
+    if mask is None:
+        varying = [2, 3, 4, 5, 10, 11] if iphl == 20 else [4, 5]
+        varying += [iphl + i for i in (4, 5, 6, 7, 13, 16, 17)]
+        keep = bytearray(b"\xff" * hlen)
+        for i in varying:
+            keep[i] = 0
+        mask = _MASKS[(iphl, hlen)] = int.from_bytes(keep, "big")
+    return mask
+
+
+_MASKS: dict[tuple[int, int], int] = {}
 
 
 def coalesce(frames: list[bytes]) -> list[bytes]:
     """See the module docstring."""
     out: list[bytes] = []
     run: list[bytes] = []
-    first = b""
+    key = mask = 0  # the run's first header (an int) and its flow_mask
     iphl = hlen = size = total = 0
     next_seq = 0
     closed = False
+    from_bytes = int.from_bytes
     for f in frames:
         seg = _segment(f)
         if seg is not None and run and not closed:
@@ -92,7 +99,7 @@ def coalesce(frames: list[bytes]) -> list[bytes]:
             payload = len(f) - _V - s_hlen
             if (s_hlen == hlen and seq == next_seq and payload <= size
                     and len(run) < MAX_SEGMENTS and total + payload <= _MAX_LEN - hlen
-                    and _same_flow(first, f, iphl, hlen)):
+                    and not (from_bytes(f[_V:_V + hlen], "big") ^ key) & mask):
                 run.append(f)
                 total += payload
                 next_seq = (seq + payload) & 0xFFFFFFFF
@@ -106,7 +113,8 @@ def coalesce(frames: list[bytes]) -> list[bytes]:
             continue
         iphl, hlen, seq, flags = seg
         size = total = len(f) - _V - hlen
-        first, run = f, [f]
+        run = [f]
+        key, mask = from_bytes(f[_V:_V + hlen], "big"), flow_mask(iphl, hlen)
         next_seq = (seq + size) & 0xFFFFFFFF
         closed = bool(flags & _PSH)
     if run:
