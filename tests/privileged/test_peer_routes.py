@@ -69,6 +69,8 @@ def test_reload_adding_and_removing_a_peer_adds_and_removes_its_routes(tmp_path:
         assert dry["actions"] == [f"[#] ip route replace 10.96.1.0/24 dev {dev} proto static",
                                   f"[#] ip route replace fd96::/64 dev {dev} proto static",
                                   "set fwmark 51820 on the socket of tunnel vpn",
+                                  "set sysctl net.ipv4.conf.all.src_valid_mark=1 "
+                                  "(if it is not)",
                                   f"[#] ip -4 route add 0.0.0.0/0 dev {dev} table 51820 "
                                   "proto static",
                                   "[#] ip -4 rule add not fwmark 51820 table 51820",
