@@ -20,7 +20,10 @@ N = 1, N = 2 and N = 1,000 (``-n``):
   the server at the same time for the same ``--seconds`` (one iperf3 server per client,
   ports 5201 and 5202), ``--reps`` times: each one's Mbit/s, ``pair_fairness`` (min / max,
   per run; goal >= 0.8) and ``pair_sum_over_one`` (their sum over p0 alone with the same
-  N configured, measured just before; goal >= 0.9);
+  N configured, alternating with it run by run; goal >= 0.9); ``alone_cpu_share`` and
+  ``pair_cpu_share``: CPU seconds per wall second of the server's worker and each real
+  peer's (1.0 = one core) and the machine's idle CPU (``idle``), alone and at once
+  (which one is the bottleneck; ``pair_cpu_share_runs``: per pair run);
 * ``--rounds`` times (default 2), alternating N = 1, 2 and 1,000 (medians; the largest
   reload time; pings lost summed);
 * ``cpu_s_per_run``: CPU seconds the server's daemon and its worker used per iperf3 run,
@@ -42,13 +45,24 @@ import json
 import os
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from peers_bed import (  # bench/, the script's own directory
+    CpuMeter,
+    Daemon,
+    in_ns,
+    key_file,
+    pss_kib,
+    received_mbps,
+    sh,
+    stop_proc,
+    wait,
+)
 
 from tund.keyformat import encode_key, public_from_private, random_private_key
 
@@ -60,14 +74,6 @@ NS_C1, VETH_S1, VETH_C1 = f"tfc{RID}", f"tfvs{RID}", f"tfvc{RID}"  # the second 
 OUTER_S1, OUTER_C1 = "10.208.1.1", "10.208.1.2"
 PORT = 51820
 IPERF_PORTS = (5201, 5202)  # one iperf3 server per real peer
-
-
-def sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout)
-
-
-def in_ns(name: str, *cmd: str) -> list[str]:
-    return ["ip", "netns", "exec", name, *cmd]
 
 
 def testbed_up() -> None:
@@ -107,107 +113,6 @@ def peer_toml(i: int, pub: str) -> str:
     return f'[tunnels.vpn.peers.p{i}]\npublic_key = "{pub}"\nallowed_ips = ["{inner(i)}/32"]\n'
 
 
-class Daemon:
-    """One tund daemon in a namespace, its config in ``d``; stopped by PID."""
-
-    def __init__(self, venv: str, ns: str, d: Path, text: str) -> None:
-        self.venv, self.ns, self.d = venv, ns, d
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "tunnels.d").mkdir(exist_ok=True)
-        for old in (d / "tunnels.d").iterdir():  # a previous round's added peer
-            old.unlink()
-        self.config, self.sock = d / "tunnels.toml", d / "control.sock"
-        self.config.write_text(text)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> float:
-        """Spawn; return the monotonic time it was spawned at."""
-        with contextlib.suppress(FileNotFoundError):
-            self.sock.unlink()
-        log = open(self.d / "tund.log", "ab")  # noqa: SIM115 (the daemon's, for its life)
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            in_ns(self.ns, f"{self.venv}/bin/tund", "--config", str(self.config),
-                  "--control-socket", str(self.sock)),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        return t0
-
-    def ask(self, cmd: str, args: dict[str, Any] | None = None,
-            timeout: float = 30) -> dict[str, Any] | None:
-        """One control request from this process (no tundctl start-up in the timing)."""
-        req = json.dumps({"v": 1, "id": 1, "cmd": cmd, "args": args or {}}).encode() + b"\n"
-        buf = b""
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(timeout)
-                s.connect(str(self.sock))
-                s.sendall(req)
-                while not buf.endswith(b"\n"):
-                    chunk = s.recv(1 << 20)
-                    if not chunk:
-                        return None
-                    buf += chunk
-            reply: dict[str, Any] = json.loads(buf)
-        except (OSError, ValueError):
-            return None
-        return reply
-
-    def vpn(self) -> dict[str, Any]:
-        r = self.ask("status") or {}
-        return (r.get("result") or {}).get("tunnels", {}).get("vpn", {})  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
-        self.proc = None
-
-
-def pss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no Pss in /proc/{pid}/smaps_rollup")
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds process ``pid`` used so far."""
-    rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait(pred: Any, within: float, what: str, every: float = 0.02) -> Any:
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {within}s waiting for {what}")
-
-
-def received_mbps(out: str, who: str) -> float:
-    """Mbit/s the server received, from one ``iperf3 -J`` client's output."""
-    try:
-        return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e6
-    except (ValueError, KeyError, TypeError) as e:
-        raise RuntimeError(f"iperf3 from {who}: no sum_received in its output "
-                           f"({e!r}; {out[-300:]!r})") from None
-
-
-def stop_proc(proc: subprocess.Popen[Any], grace: float) -> None:
-    """Wait up to ``grace`` s for ``proc`` to end by itself, then kill it (by its PID)."""
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(grace)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
-
 def iperf_clients(clients: list[str], seconds: int) -> list[float]:
     """Single-stream TCP runs from each client namespace to the server through the tunnel,
     all started together for ``seconds`` (one iperf3 server each, on IPERF_PORTS);
@@ -240,12 +145,6 @@ def iperf(seconds: int) -> float:
     return iperf_clients([NS_C], seconds)[0]
 
 
-def key_file(path: Path, key: str) -> Path:
-    path.write_text(key + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def client_daemon(a: argparse.Namespace, ns: str, d: Path, ifname: str, address: str,
                   remote: str, key: Path, server_pub: str) -> Daemon:
     """A tund client (the single-peer form) of the server's tunnel, in ``ns``."""
@@ -257,19 +156,42 @@ def client_daemon(a: argparse.Namespace, ns: str, d: Path, ifname: str, address:
                   f'keepalive = 5\n')
 
 
-def pair(a: argparse.Namespace, alone: float) -> dict[str, Any]:
-    """p0 and p1 at once, ``--reps`` times; ``alone``: p0's Mbit/s by itself just before."""
-    runs = [[round(m, 1) for m in iperf_clients([NS_C, NS_C1], a.seconds)]
-            for _ in range(a.reps)]
+def pair_figures(runs: list[list[float]], alone: float) -> dict[str, Any]:
+    """Pair runs (p0, p1 Mbit/s each) as issue 20's figures; ``alone``: p0 by itself."""
     fair = [min(r) / max(r) if max(r) > 0 else 0.0 for r in runs]
     sums = [sum(r) for r in runs]
     return {"pair_runs": runs, "pair_fairness_runs": [round(f, 3) for f in fair],
             "pair_fairness": round(statistics.median(fair), 3),
+            "pair_mbps": [statistics.median(r[i] for r in runs) for i in (0, 1)],
             "pair_sum_mbps": round(statistics.median(sums), 1),
             "pair_sum_over_one": round(statistics.median(sums) / alone, 3) if alone else 0.0}
 
 
-# Long on purpose: one configuration's whole measurement, in the order it happens.
+def transfers(a: argparse.Namespace, res: dict[str, Any], pids: dict[str, int],
+              daemon: int) -> None:
+    """``--reps`` times: p0 alone, then (``pids`` has p1) p0 and p1 at once, so that the
+    machine's load falls on both alike; the figures into ``res``."""
+    alone, both = CpuMeter(pids | {"daemon": daemon}), CpuMeter(pids)
+    mbps: list[float] = []
+    pairs: list[list[float]] = []
+    for _ in range(a.reps):
+        mbps.append(round(alone.call(lambda: iperf(a.seconds)), 1))
+        if "p1" in pids:
+            got = both.call(lambda: iperf_clients([NS_C, NS_C1], a.seconds))
+            pairs.append([round(m, 1) for m in got])
+    res["mbps_runs"] = mbps
+    res["mbps"] = statistics.median(mbps)
+    res["cpu_s_per_run"] = {"daemon": round(alone.cpu["daemon"] / a.reps, 3),
+                            "worker": round(alone.cpu["server"] / a.reps, 3)}
+    gb = sum(mbps) * a.seconds / 8 / 1000
+    res["worker_cpu_s_per_gb"] = round(alone.cpu["server"] / gb, 3)
+    res["alone_cpu_share"] = {k: v for k, v in alone.shares().items() if k != "daemon"}
+    if pairs:
+        res["pair_cpu_share"] = both.shares()
+        res["pair_cpu_share_runs"] = both.each
+        res.update(pair_figures(pairs, res["mbps"]))
+
+
 def run(n: int, a: argparse.Namespace, base: Path, keys: list[tuple[str, str]],
         server_key: tuple[str, str]) -> dict[str, Any]:
     """The server with ``n`` peers (p0 real; p1 too when ``n`` >= 2), the tund clients;
@@ -306,16 +228,9 @@ def run(n: int, a: argparse.Namespace, base: Path, keys: list[tuple[str, str]],
         worker = server.vpn()["pid"]
         assert server.proc is not None
         daemon = server.proc.pid  # ip netns exec execs tund: the same process
-        cpu0 = (cpu_s(daemon), cpu_s(worker))
-        res["mbps_runs"] = [round(iperf(a.seconds), 1) for _ in range(a.reps)]
-        res["mbps"] = statistics.median(res["mbps_runs"])
-        res["cpu_s_per_run"] = {"daemon": round((cpu_s(daemon) - cpu0[0]) / a.reps, 3),
-                                "worker": round((cpu_s(worker) - cpu0[1]) / a.reps, 3)}
-        gb = sum(res["mbps_runs"]) * a.seconds / 8 / 1000
-        res["worker_cpu_s_per_gb"] = round(res["cpu_s_per_run"]["worker"] * a.reps / gb, 3)
+        pids = {"server": worker} | {f"p{i}": c.vpn("t")["pid"] for i, c in enumerate(clients)}
+        transfers(a, res, pids, daemon)
         res["worker_pss_kib"] = pss_kib(worker)
-        if n >= 2:
-            res.update(pair(a, res["mbps"]))
         if n == a.n:
             res.update(reload_one(server, n, keys, worker))
     finally:
@@ -361,14 +276,12 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["mbps"] = statistics.median(m for r in runs for m in r["mbps_runs"])
     for key in ("start_s", "worker_pss_kib", "worker_cpu_s_per_gb"):
         out[key] = statistics.median(r[key] for r in runs)
+    for key in ("alone_cpu_share", "pair_cpu_share"):
+        if key in out:
+            out[key] = {k: statistics.median(r[key][k] for r in runs) for k in out[key]}
     if "pair_runs" in out:
-        pairs = [p for r in runs for p in r["pair_runs"]]
-        out["pair_runs"] = pairs
-        out["pair_fairness_runs"] = [f for r in runs for f in r["pair_fairness_runs"]]
-        out["pair_fairness"] = round(statistics.median(out["pair_fairness_runs"]), 3)
-        out["pair_mbps"] = [statistics.median(p[i] for p in pairs) for i in (0, 1)]
-        out["pair_sum_mbps"] = round(statistics.median(sum(p) for p in pairs), 1)
-        out["pair_sum_over_one"] = round(out["pair_sum_mbps"] / out["mbps"], 3)
+        out.update(pair_figures([p for r in runs for p in r["pair_runs"]], out["mbps"]))
+        out["pair_cpu_share_runs"] = [c for r in runs for c in r["pair_cpu_share_runs"]]
     if "reload_ms" in out:
         out["reload_ms"] = max(r["reload_ms"] for r in runs)
         out["reload_ok"] = all(r["reload_ok"] and r["worker_kept"] for r in runs)
