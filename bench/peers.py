@@ -15,7 +15,10 @@ N = 1, N = 2 and N = 1,000 (``-n``):
 * ``worker_pss_kib``: Pss of the tunnel's worker (``/proc/PID/smaps_rollup``) after the
   real peer's handshake and a transfer; per peer = (Pss(1000) - Pss(1)) / 999;
 * ``mbps``: one iperf3 single-stream TCP transfer client -> server through the tunnel
-  (``--reps`` runs of ``--seconds`` s, the median);
+  (``--reps`` runs of ``--seconds`` s, the median); also for the server's tunnel in the
+  single-peer form (``peer_public_key``, no peers tables: offloads negotiated with the
+  tund client, as users deploy one peer), ``single``: the other reading of "a one-peer
+  tunnel" in issue 20's goal;
 * with N >= 2, ``pair_runs``: p0 and p1 each run one iperf3 single-stream TCP transfer to
   the server at the same time for the same ``--seconds`` (one iperf3 server per client,
   ports 5201 and 5202), ``--reps`` times: each one's Mbit/s, ``pair_fairness`` (min / max,
@@ -24,8 +27,11 @@ N = 1, N = 2 and N = 1,000 (``-n``):
   ``pair_cpu_share``: CPU seconds per wall second of the server's worker and each real
   peer's (1.0 = one core) and the machine's idle CPU (``idle``), alone and at once
   (which one is the bottleneck; ``pair_cpu_share_runs``: per pair run);
-* ``--rounds`` times (default 2), alternating N = 1, 2 and 1,000 (medians; the largest
-  reload time; pings lost summed);
+  ``server_udp_rcvbuf_errors_runs``: datagrams the server's kernel dropped per run (alone,
+  pair) for a full receive buffer (where the TCP flows' losses come from when the
+  server's worker is the bottleneck);
+* ``--rounds`` times (default 2), alternating the single-peer form, N = 1, 2 and 1,000
+  (medians; the largest reload time; pings lost summed);
 * ``cpu_s_per_run``: CPU seconds the server's daemon and its worker used per iperf3 run,
   and ``worker_cpu_s_per_gb`` (the worker's CPU per GB carried: what the idle peers cost
   per byte, steadier than throughput on a shared machine);
@@ -74,6 +80,7 @@ NS_C1, VETH_S1, VETH_C1 = f"tfc{RID}", f"tfvs{RID}", f"tfvc{RID}"  # the second 
 OUTER_S1, OUTER_C1 = "10.208.1.1", "10.208.1.2"
 PORT = 51820
 IPERF_PORTS = (5201, 5202)  # one iperf3 server per real peer
+SINGLE = 0  # as N: the single-peer form (peer_public_key, no peers tables; offloads on)
 
 
 def testbed_up() -> None:
@@ -167,6 +174,14 @@ def pair_figures(runs: list[list[float]], alone: float) -> dict[str, Any]:
             "pair_sum_over_one": round(statistics.median(sums) / alone, 3) if alone else 0.0}
 
 
+def udp_rcvbuf_errors(ns: str) -> int:
+    """Datagrams the kernel dropped in ``ns`` for a full socket receive buffer so far
+    (``Udp: RcvbufErrors`` of /proc/net/snmp, read inside the namespace)."""
+    rows = [line.split() for line in sh(*in_ns(ns, "cat", "/proc/net/snmp")).stdout.splitlines()
+            if line.startswith("Udp:")]
+    return int(dict(zip(rows[0], rows[1], strict=True))["RcvbufErrors"])
+
+
 def transfers(a: argparse.Namespace, res: dict[str, Any], pids: dict[str, int],
               daemon: int) -> None:
     """``--reps`` times: p0 alone, then (``pids`` has p1) p0 and p1 at once, so that the
@@ -174,11 +189,17 @@ def transfers(a: argparse.Namespace, res: dict[str, Any], pids: dict[str, int],
     alone, both = CpuMeter(pids | {"daemon": daemon}), CpuMeter(pids)
     mbps: list[float] = []
     pairs: list[list[float]] = []
+    drops: dict[str, list[int]] = {"alone": [], "pair": []}
     for _ in range(a.reps):
+        d0 = udp_rcvbuf_errors(NS_S)
         mbps.append(round(alone.call(lambda: iperf(a.seconds)), 1))
+        d1 = udp_rcvbuf_errors(NS_S)
+        drops["alone"].append(d1 - d0)
         if "p1" in pids:
             got = both.call(lambda: iperf_clients([NS_C, NS_C1], a.seconds))
             pairs.append([round(m, 1) for m in got])
+            drops["pair"].append(udp_rcvbuf_errors(NS_S) - d1)
+    res["server_udp_rcvbuf_errors_runs"] = drops
     res["mbps_runs"] = mbps
     res["mbps"] = statistics.median(mbps)
     res["cpu_s_per_run"] = {"daemon": round(alone.cpu["daemon"] / a.reps, 3),
@@ -194,9 +215,9 @@ def transfers(a: argparse.Namespace, res: dict[str, Any], pids: dict[str, int],
 
 def run(n: int, a: argparse.Namespace, base: Path, keys: list[tuple[str, str]],
         server_key: tuple[str, str]) -> dict[str, Any]:
-    """The server with ``n`` peers (p0 real; p1 too when ``n`` >= 2), the tund clients;
-    the figures for ``n``."""
-    d = base / f"n{n}"
+    """The server with ``n`` peers (p0 real; p1 too when ``n`` >= 2; ``SINGLE``: p0 in
+    the single-peer form), the tund clients; the figures for ``n``."""
+    d = base / (f"n{n}" if n != SINGLE else "single")
     d.mkdir(parents=True, exist_ok=True)
     skey = key_file(d / "s.key", server_key[0])
     ckey = key_file(d / "c.key", keys[0][0])
@@ -206,14 +227,15 @@ def run(n: int, a: argparse.Namespace, base: Path, keys: list[tuple[str, str]],
                     f'[interfaces.tptsv{RID}]\nmode = "tun"\naddresses = ["10.99.0.1/16"]\n'
                     f'mtu = 1420\n\n[tunnels.vpn]\ninterface = "tptsv{RID}"\n'
                     f'transport = "udp"\nlisten = "0.0.0.0:{PORT}"\n'
-                    f'private_key_file = "{skey}"\n\n'
-                    + "\n".join(peer_toml(i, keys[i][1]) for i in range(n)))
+                    f'private_key_file = "{skey}"\n'
+                    + (f'peer_public_key = "{keys[0][1]}"\n' if n == SINGLE else
+                       "\n" + "\n".join(peer_toml(i, keys[i][1]) for i in range(n))))
     clients = [client_daemon(a, NS_C, d / "c", f"tptcv{RID}", inner(0), OUTER_S, ckey,
                              server_key[1])]
     if n >= 2:
         clients.append(client_daemon(a, NS_C1, d / "c1", f"tfcv{RID}", inner(1), OUTER_S1,
                                      key_file(d / "c1.key", keys[1][0]), server_key[1]))
-    res: dict[str, Any] = {"peers": n}
+    res: dict[str, Any] = {"peers": max(n, 1), "form": "single" if n == SINGLE else "peers"}
     try:
         t0 = server.start()
         wait(lambda: (v := server.vpn()).get("state") == "up" and len(v.get("peers", {})) == n,
@@ -282,6 +304,9 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if "pair_runs" in out:
         out.update(pair_figures([p for r in runs for p in r["pair_runs"]], out["mbps"]))
         out["pair_cpu_share_runs"] = [c for r in runs for c in r["pair_cpu_share_runs"]]
+    out["server_udp_rcvbuf_errors_runs"] = {
+        k: [x for r in runs for x in r["server_udp_rcvbuf_errors_runs"][k]]
+        for k in ("alone", "pair")}
     if "reload_ms" in out:
         out["reload_ms"] = max(r["reload_ms"] for r in runs)
         out["reload_ok"] = all(r["reload_ok"] and r["worker_kept"] for r in runs)
@@ -330,19 +355,23 @@ def main() -> int:
     testbed_up()
     rounds: list[tuple[dict[str, Any], dict[str, Any]]] = []
     rounds_two: list[dict[str, Any]] = []
+    rounds_single: list[dict[str, Any]] = []
     try:  # alternating, so that the machine's other load falls on all alike
         for _ in range(a.rounds):
+            rounds_single.append(run(SINGLE, a, base, keys, server_key))
             one_run = run(1, a, base, keys, server_key)
             rounds_two.append(run(2, a, base, keys, server_key))
             rounds.append((one_run, run(a.n, a, base, keys, server_key)))
     finally:
         testbed_down()
     one, many = merge([r[0] for r in rounds]), merge([r[1] for r in rounds])
-    two = merge(rounds_two)
+    two, single = merge(rounds_two), merge(rounds_single)
     results: dict[str, Any] = {"one": one, "many": many, "rounds": rounds, "two": two,
-                               "rounds_two": rounds_two}
+                               "rounds_two": rounds_two, "single": single,
+                               "rounds_single": rounds_single}
     per_peer = (many["worker_pss_kib"] - one["worker_pss_kib"]) / (a.n - 1)
     ratio = many["mbps"] / one["mbps"]
+    vs_single = many["mbps"] / single["mbps"]
     cpu_ratio = many["worker_cpu_s_per_gb"] / one["worker_cpu_s_per_gb"]
     rows: list[Row] = [
         (f"start to tunnel up, {a.n} peers (s)", f"{many['start_s']:.2f}", "<= 2",
@@ -353,6 +382,9 @@ def main() -> int:
         ("worker memory per peer (KiB)", f"{per_peer:.1f}", "<= 20", per_peer <= 20),
         (f"throughput {a.n - 1} idle + 1 / 1 peer", f"{ratio:.2f} ({many['mbps']:.0f} / "
          f"{one['mbps']:.0f} Mbit/s)", ">= 0.95", ratio >= 0.95),
+        (f"throughput {a.n - 1} idle + 1 / the single-peer form (offloads on)",
+         f"{vs_single:.2f} ({many['mbps']:.0f} / {single['mbps']:.0f} Mbit/s)", ">= 0.95",
+         vs_single >= 0.95),
         *pair_rows(two, one),
         *pair_rows(many, one),
         (f"worker CPU per GB through the real peer, {a.n} / 1 peer",
@@ -368,6 +400,7 @@ def main() -> int:
         print(f"| {name} | {got} | {goal} | {'-' if met is None else 'yes' if met else 'NO'} |")
     results["per_peer_kib"] = round(per_peer, 1)
     results["throughput_ratio"] = round(ratio, 3)
+    results["throughput_ratio_vs_single_form"] = round(vs_single, 3)
     results["worker_cpu_per_gb_ratio"] = round(cpu_ratio, 3)
     for name, m in (("two", two), ("many", many)):
         results[f"pair_fairness_{name}"] = m["pair_fairness"]
