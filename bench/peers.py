@@ -29,7 +29,9 @@ N = 1, N = 2 and N = 1,000 (``-n``):
   (which one is the bottleneck; ``pair_cpu_share_runs``: per pair run);
   ``server_udp_rcvbuf_errors_runs``: datagrams the server's kernel dropped per run (alone,
   pair) for a full receive buffer (where the TCP flows' losses come from when the
-  server's worker is the bottleneck);
+  server's worker is the bottleneck); ``tcp_retransmits_runs``: the iperf3 senders'
+  retransmitted segments per run (alone; pair: p0, p1); ``tunnel_drops``: each tund's
+  drops by cause (its status) after the transfers;
 * ``--rounds`` times (default 2), alternating the single-peer form, N = 1, 2 and 1,000
   (medians; the largest reload time; pings lost summed);
 * ``cpu_s_per_run``: CPU seconds the server's daemon and its worker used per iperf3 run,
@@ -62,9 +64,9 @@ from peers_bed import (  # bench/, the script's own directory
     CpuMeter,
     Daemon,
     in_ns,
+    iperf_result,
     key_file,
     pss_kib,
-    received_mbps,
     sh,
     stop_proc,
     wait,
@@ -120,10 +122,11 @@ def peer_toml(i: int, pub: str) -> str:
     return f'[tunnels.vpn.peers.p{i}]\npublic_key = "{pub}"\nallowed_ips = ["{inner(i)}/32"]\n'
 
 
-def iperf_clients(clients: list[str], seconds: int) -> list[float]:
+def iperf_clients(clients: list[str], seconds: int) -> list[tuple[float, int]]:
     """Single-stream TCP runs from each client namespace to the server through the tunnel,
     all started together for ``seconds`` (one iperf3 server each, on IPERF_PORTS);
-    Mbit/s each server received, in the order of ``clients``."""
+    (Mbit/s each server received, segments its sender retransmitted), in the order of
+    ``clients``."""
     ports = IPERF_PORTS[:len(clients)]
     servers = [subprocess.Popen(in_ns(NS_S, "iperf3", "-s", "-1", "-B", "10.99.0.1",
                                       "-p", str(port)),
@@ -139,7 +142,7 @@ def iperf_clients(clients: list[str], seconds: int) -> list[float]:
         deadline = time.monotonic() + seconds + 30
         outs = [p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0]
                 for p in procs]
-        return [received_mbps(out, ns) for out, ns in zip(outs, clients, strict=True)]
+        return [iperf_result(out, ns) for out, ns in zip(outs, clients, strict=True)]
     finally:
         for c in procs:  # done, unless something above failed
             stop_proc(c, 0)
@@ -147,8 +150,9 @@ def iperf_clients(clients: list[str], seconds: int) -> list[float]:
             stop_proc(srv, 5)
 
 
-def iperf(seconds: int) -> float:
-    """One single-stream TCP run client -> server through the tunnel; Mbit/s received."""
+def iperf(seconds: int) -> tuple[float, int]:
+    """One single-stream TCP run client -> server through the tunnel; (Mbit/s received,
+    segments retransmitted)."""
     return iperf_clients([NS_C], seconds)[0]
 
 
@@ -190,16 +194,21 @@ def transfers(a: argparse.Namespace, res: dict[str, Any], pids: dict[str, int],
     mbps: list[float] = []
     pairs: list[list[float]] = []
     drops: dict[str, list[int]] = {"alone": [], "pair": []}
+    retrans: dict[str, list[Any]] = {"alone": [], "pair": []}
     for _ in range(a.reps):
         d0 = udp_rcvbuf_errors(NS_S)
-        mbps.append(round(alone.call(lambda: iperf(a.seconds)), 1))
+        m, r = alone.call(lambda: iperf(a.seconds))
+        mbps.append(round(m, 1))
+        retrans["alone"].append(r)
         d1 = udp_rcvbuf_errors(NS_S)
         drops["alone"].append(d1 - d0)
         if "p1" in pids:
             got = both.call(lambda: iperf_clients([NS_C, NS_C1], a.seconds))
-            pairs.append([round(m, 1) for m in got])
+            pairs.append([round(m, 1) for m, _ in got])
+            retrans["pair"].append([r for _, r in got])
             drops["pair"].append(udp_rcvbuf_errors(NS_S) - d1)
     res["server_udp_rcvbuf_errors_runs"] = drops
+    res["tcp_retransmits_runs"] = retrans
     res["mbps_runs"] = mbps
     res["mbps"] = statistics.median(mbps)
     res["cpu_s_per_run"] = {"daemon": round(alone.cpu["daemon"] / a.reps, 3),
@@ -256,6 +265,8 @@ def run(n: int, a: argparse.Namespace, base: Path, keys: list[tuple[str, str]],
         daemon = server.proc.pid  # ip netns exec execs tund: the same process
         pids = {"server": worker} | {f"p{i}": c.vpn("t")["pid"] for i, c in enumerate(clients)}
         transfers(a, res, pids, daemon)
+        res["tunnel_drops"] = {"server": server.vpn().get("drops")} | {
+            f"p{i}": c.vpn("t").get("drops") for i, c in enumerate(clients)}
         res["worker_pss_kib"] = pss_kib(worker)
         if n == a.n:
             res.update(reload_one(server, n, keys, worker))
@@ -308,9 +319,8 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if "pair_runs" in out:
         out.update(pair_figures([p for r in runs for p in r["pair_runs"]], out["mbps"]))
         out["pair_cpu_share_runs"] = [c for r in runs for c in r["pair_cpu_share_runs"]]
-    out["server_udp_rcvbuf_errors_runs"] = {
-        k: [x for r in runs for x in r["server_udp_rcvbuf_errors_runs"][k]]
-        for k in ("alone", "pair")}
+    for key in ("server_udp_rcvbuf_errors_runs", "tcp_retransmits_runs"):
+        out[key] = {k: [x for r in runs for x in r[key][k]] for k in ("alone", "pair")}
     if "reload_ms" in out:
         out["reload_ms"] = max(r["reload_ms"] for r in runs)
         out["reload_ok"] = all(r["reload_ok"] and r["worker_kept"] for r in runs)

@@ -115,10 +115,13 @@ def wait(pred: Any, within: float, what: str, every: float = 0.02) -> Any:
     raise RuntimeError(f"timed out after {within}s waiting for {what}")
 
 
-def received_mbps(out: str, who: str) -> float:
-    """Mbit/s the server received, from one ``iperf3 -J`` client's output."""
+def iperf_result(out: str, who: str) -> tuple[float, int]:
+    """Mbit/s the server received and the segments the sender retransmitted, from one
+    ``iperf3 -J`` client's output."""
     try:
-        return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e6
+        end = json.loads(out)["end"]
+        return (float(end["sum_received"]["bits_per_second"]) / 1e6,
+                int(end["sum_sent"].get("retransmits", 0)))
     except (ValueError, KeyError, TypeError) as e:
         raise RuntimeError(f"iperf3 from {who}: no sum_received in its output "
                            f"({e!r}; {out[-300:]!r})") from None
