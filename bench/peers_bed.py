@@ -1,4 +1,5 @@
-"""What bench/peers.py drives its namespaces and daemons with (no topology here).
+"""What bench/peers.py (and bench/scale.py) drive their namespaces and daemons with (no
+topology here).
 
 Commands run with a time limit; processes are stopped by their PID, never by name.
 """
@@ -54,22 +55,7 @@ class Daemon:
     def ask(self, cmd: str, args: dict[str, Any] | None = None,
             timeout: float = 30) -> dict[str, Any] | None:
         """One control request from this process (no tundctl start-up in the timing)."""
-        req = json.dumps({"v": 1, "id": 1, "cmd": cmd, "args": args or {}}).encode() + b"\n"
-        buf = b""
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(timeout)
-                s.connect(str(self.sock))
-                s.sendall(req)
-                while not buf.endswith(b"\n"):
-                    chunk = s.recv(1 << 20)
-                    if not chunk:
-                        return None
-                    buf += chunk
-            reply: dict[str, Any] = json.loads(buf)
-        except (OSError, ValueError):
-            return None
-        return reply
+        return control_request(self.sock, cmd, args, timeout)
 
     def vpn(self, tunnel: str = "vpn") -> dict[str, Any]:
         r = self.ask("status") or {}
@@ -84,6 +70,29 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait(30)
         self.proc = None
+
+
+def control_request(sock: Path, cmd: str, args: dict[str, Any] | None = None,
+                    timeout: float = 30) -> dict[str, Any] | None:
+    """The daemon's whole reply to one request on control socket ``sock``, asked from this
+    process (a tundctl process would spend more CPU than the daemons measured); None if
+    there is no answer."""
+    req = json.dumps({"v": 1, "id": 1, "cmd": cmd, "args": args or {}}).encode() + b"\n"
+    buf = b""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(sock))
+            s.sendall(req)
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    return None
+                buf += chunk
+        reply: dict[str, Any] = json.loads(buf)
+    except (OSError, ValueError):
+        return None
+    return reply
 
 
 def pss_kib(pid: int) -> int:

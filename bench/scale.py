@@ -25,11 +25,12 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from peers_bed import control_request  # bench/ is the script's own folder
 
 NS_A, NS_B = "pfsA", "pfsB"
 VETH_A, VETH_B = "pfsvA", "pfsvB"
@@ -84,24 +85,9 @@ def config(side: str, n: int, sd: Path, keys: dict[str, str], changed0: bool = F
 
 def status(venv: str, nsname: str, sock: Path) -> dict | None:
     """The daemon's ``status`` (what ``tundctl status --json`` prints), asked over its
-    control socket from this process: polling with a ``tundctl`` process every 0.5 s would
-    spend more CPU starting Python than the daemons being measured. None if no answer."""
-    req = json.dumps({"v": 1, "id": 1, "cmd": "status", "args": {}}).encode() + b"\n"
-    buf = b""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(15)
-            s.connect(str(sock))
-            s.sendall(req)
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(1 << 20)
-                if not chunk:
-                    return None
-                buf += chunk
-        reply = json.loads(buf)
-    except (OSError, ValueError):
-        return None
-    return reply.get("result") if reply.get("ok") else None
+    control socket from this process. None if no answer."""
+    reply = control_request(sock, "status", timeout=15)
+    return reply.get("result") if reply and reply.get("ok") else None
 
 
 def all_up(st: dict | None, n: int) -> int:

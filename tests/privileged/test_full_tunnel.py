@@ -74,6 +74,16 @@ def snapshot(ns: Netns) -> dict[str, object]:
     return out
 
 
+def restored(ns: Netns, before: dict[str, object], site: Site) -> str:
+    """Assert ``ns``'s rules and routes are ``before`` again, within 5 s (a non-persistent
+    device goes when its last holder exits); ``site``'s log."""
+    deadline = time.monotonic() + 5
+    while snapshot(ns) != before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert snapshot(ns) == before, site.log_tail()
+    return site.log.read_text()
+
+
 def tx_packets(ns: Netns, dev: str) -> int:
     return int(ns.run("cat", f"/sys/class/net/{dev}/statistics/tx_packets").stdout)
 
@@ -173,12 +183,7 @@ def test_everything_through_the_tunnel_without_a_loop(tmp_path: Path) -> None:
         ss.stop()
         echo.kill()
         echo.wait(10)
-    # the device (persist = false) and everything tund added are gone
-    deadline = time.monotonic() + 5
-    while snapshot(client) != before and time.monotonic() < deadline:
-        time.sleep(0.2)  # a non-persistent device goes when its last holder exits
-    assert snapshot(client) == before, cs.log_tail()
-    log = cs.log.read_text()
+    log = restored(client, before, cs)  # the device (persist = false) and what tund added
     assert "[#] ip -4 rule add not fwmark 51820 table 51820" in log
     assert "[#] ip -4 rule del not fwmark 51820 table 51820" in log
 

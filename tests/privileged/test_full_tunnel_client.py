@@ -37,7 +37,13 @@ import pytest
 
 from tests import netns
 from tests.netns import Netns, unique
-from tests.privileged.test_full_tunnel import _ASK, _ECHO, snapshot, tx_packets
+from tests.privileged.test_full_tunnel import (
+    _ASK,
+    _ECHO,
+    restored,
+    snapshot,
+    tx_packets,
+)
 from tests.sites import Site
 from tund import keys
 
@@ -233,11 +239,7 @@ def test_a_connecting_udp_client_sends_everything_through_the_tunnel(tmp_path: P
         ss.stop()
         echo.kill()
         echo.wait(10)
-    deadline = time.monotonic() + 5
-    while snapshot(client) != before and time.monotonic() < deadline:
-        time.sleep(0.2)  # a non-persistent device goes when its last holder exits
-    assert snapshot(client) == before, cs.log_tail()
-    log = cs.log.read_text()
+    log = restored(client, before, cs)
     assert log.index("[#] sysctl -q net.ipv4.conf.all.src_valid_mark=1") < log.index(
         "[#] ip -4 rule add not fwmark 51820 table 51820")
     assert "[#] ip -4 rule del not fwmark 4242 table 4242" in log
