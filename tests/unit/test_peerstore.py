@@ -53,3 +53,43 @@ def test_a_malformed_endpoint_is_not_remembered(tmp_path: Path) -> None:
     store = PeerStore(tmp_path / "peers.json")
     store.remember("vpn", "not an endpoint")
     assert store.get("vpn") is None
+
+
+def test_a_burst_of_changes_in_a_loop_is_one_write_at_the_end_of_the_gap(
+        tmp_path: Path) -> None:
+    """In the daemon's loop the first change is written at once, the changes within
+    SAVE_GAP after it together once the gap ends, and flush() writes what waits (256
+    tunnels coming up used to rewrite the file 256 times)."""
+    import asyncio
+
+    from tund.daemon import peerstore
+    path = tmp_path / "peers.json"
+    writes: list[dict[str, str]] = []
+
+    async def scenario() -> None:
+        store = PeerStore(path)
+        real = peerstore.statefile.write_json
+
+        def counted(p: Path, data: object, what: str) -> None:
+            writes.append(dict(data))  # type: ignore[call-overload]
+            real(p, data, what)
+
+        peerstore.statefile.write_json = counted  # type: ignore[assignment]
+        try:
+            store.remember("t0", "192.0.2.1:1")  # at once
+            for i in range(1, 50):
+                store.remember(f"t{i}", f"192.0.2.1:{i + 1}")
+            assert len(writes) == 1 and load(path) == {"t0": "192.0.2.1:1"}
+            await asyncio.sleep(peerstore.SAVE_GAP + 0.2)
+            assert len(writes) == 2 and len(load(path)) == 50
+            store.remember("t0", None)
+            store.remember("t1", None)  # within the gap of the write before: waits
+            assert len(load(path)) == 50
+            store.flush()
+            assert len(writes) == 3 and len(load(path)) == 48
+            await asyncio.sleep(peerstore.SAVE_GAP + 0.2)
+            assert len(writes) == 3  # flush() took the waiting write
+        finally:
+            peerstore.statefile.write_json = real  # type: ignore[assignment]
+
+    asyncio.run(scenario())

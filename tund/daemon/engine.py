@@ -186,6 +186,7 @@ class Engine(Targets):
                 await self._hooks(name, iface, "pre_down")
             await asyncio.gather(*(r.stop() for r in self.runners.values()))
             self.save_counters(force=True)
+            self.peers.flush()
             self.runners.clear()
             await self._remove_all_policies()
             for s in self.listeners.values():
