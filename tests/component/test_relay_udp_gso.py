@@ -7,13 +7,16 @@ must be split back into its datagrams before the pump sees them.
 
 from __future__ import annotations
 
+import os
 import selectors
 import socket
 import struct
 import time
+from collections.abc import Callable
 
 from tund.relay.codec.base import Address
 from tund.relay.loop.counters import Counters
+from tund.relay.transport import segments
 from tund.relay.transport.gso import SOL_UDP, UDP_SEGMENT
 from tund.relay.transport.udp import UdpTransport
 
@@ -84,4 +87,63 @@ def test_a_gro_train_is_split_back_into_its_datagrams() -> None:
     finally:
         rx.close()
         tx.close()
+        sel.close()
+
+
+def _pump(sel: selectors.BaseSelector, until: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not until() and time.monotonic() < deadline:
+        for key, mask in sel.select(0.1):
+            key.data(mask)
+
+
+def test_a_message_in_segments_leaves_as_one_train_and_is_delivered_once() -> None:
+    """A 64 KB message (a super-packet sent whole) cut in segments goes out in one
+    UDP_SEGMENT send and comes back, through a UDP_GRO socket, as the message alone."""
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    lsock.bind(("127.0.0.1", 0))
+    sel = selectors.DefaultSelector()
+    sink = Sink()
+    rc, tc = Counters(), Counters()
+    rx = UdpTransport(rc, role="listen", host="127.0.0.1", port=0, sock=lsock)
+    rx.start(sel, sink, time.monotonic())
+    tx = UdpTransport(tc, role="remote", host="127.0.0.1", port=lsock.getsockname()[1])
+    tx.start(sel, Sink(), time.monotonic())
+    assert tx.sock is not None
+    sends = 0
+    real_sendmsg = tx.sock.sendmsg
+
+    class Counted:  # the socket's sendmsg, counted (socket objects take no attributes)
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def sendmsg(self, *a: object) -> int:
+            nonlocal sends
+            sends += 1
+            return real_sendmsg(*a)  # type: ignore[arg-type]
+
+    real = tx.sock
+    tx.sock = Counted()  # type: ignore[assignment]
+    try:
+        big = os.urandom(64_430)
+        (train,) = segments.trains(big, 1420, 1) or [b""]
+        assert tx.send(train) and tx.send(b"after")
+        tx.flush()
+        _pump(sel, lambda: len(sink.got) >= 2)
+        assert [m for m, _ in sink.got] == [big, b"after"]
+        assert sends == 1  # the whole message in one train (the lone datagram by send)
+        assert rc.drops == {} and tc.drops == {}
+        # a segment lost: nothing delivered; the next message's arrival counts the loss
+        parts = [train[o:o + 1420] for o in range(0, len(train), 1420)]
+        for p in parts[:5] + parts[6:]:
+            real.send(p)
+        (again,) = segments.trains(big, 1420, 2) or [b""]
+        real.sendmsg([again], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 1420))])
+        _pump(sel, lambda: len(sink.got) >= 3)
+        assert [m for m, _ in sink.got[2:]] == [big]
+        assert rc.drops == {"segments_incomplete": 1}
+    finally:
+        tx.sock = real
+        tx.close()
+        rx.close()
         sel.close()

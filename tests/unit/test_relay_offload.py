@@ -23,6 +23,7 @@ from tund.relay.codec.offload import (
     parse_mode_advice,
 )
 from tund.relay.codec.plain import PlainCodec
+from tund.relay.transport import segments
 
 IP4 = bytes([0x45]) + bytes(19) + b"payload"
 PEER = ("192.0.2.1", 9)
@@ -203,6 +204,20 @@ def test_over_udp_super_packets_travel_in_chunks_no_larger_than_the_mtu() -> Non
     assert b.open(wire[5], PEER, 2.1).drop is None  # a late straggler starts a new frame
 
 
+def joined(wire: list[bytes]) -> list[bytes]:
+    """What the UDP transport delivers of ``wire``: segments joined, the rest as is."""
+    drops: list[str] = []
+    segs = segments.Reassembler(drops.append)
+    out = []
+    for w in wire:
+        if w[0] != segments.MARK:
+            out.append(w)
+        elif (m := segs.add(w, len(w), segments.train_size(w))) is not None:
+            out.append(m)
+    assert drops == []
+    return out
+
+
 def test_super_packets_go_whole_until_the_peer_sees_them_lost_then_in_chunks() -> None:
     pair = []
     for _ in range(2):
@@ -216,17 +231,21 @@ def test_super_packets_go_whole_until_the_peer_sees_them_lost_then_in_chunks() -
     assert a.send_chunks  # the safe start
     for i in range(LossMeter.WINDOW * 2):  # a clean path
         op = None
-        for m in a.seal(frame, 1.0):
+        for m in joined(a.seal(frame, 1.0)):
             op = b.open(m, PEER, 1.0 + i * 0.001)
             advice += op.replies
         assert op is not None and op.packets == [frame]
         for r in op.replies:
             a.open(r, PEER, 1.0)
     assert [parse_mode_advice(r) for r in advice] == [False]  # "whole" said once
-    assert not a.send_chunks and len(a.seal(frame, 1.5)) == 1
+    assert not a.send_chunks
+    # whole: one message, as one train of segments no larger than the MTU (no fragments)
+    (train,) = a.seal(frame, 1.5)
+    assert train[0] == segments.MARK and segments.train_size(train) == 1400
+    assert len(joined([train])) == 1
     advice = []
     for i in range(LossMeter.WINDOW * 2):  # every fifth frame lost on the way
-        (m,) = a.seal(frame, 2.0)
+        (m,) = joined(a.seal(frame, 2.0))
         if i % 5:
             advice += b.open(m, PEER, 2.0 + i * 0.001).replies
     assert [parse_mode_advice(r) for r in advice][:1] == [True]

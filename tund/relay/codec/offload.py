@@ -7,8 +7,9 @@ the device's offloads on once the peer takes frames, sends frames raw (or as a b
 packet when they need nothing from their header; in an envelope for codecs that carry IP
 packets only), and drops frames it may not send as ``"offload_stale"``. Over UDP
 super-packets travel as chunks (:mod:`tund.relay.codec.chunks`). Only tun mode without
-packet info uses it (``WorkerSpec.vnet_hdr``). Why, and the wire format: docs/design.md,
-"TUN offloads between tund peers".
+packet info uses it (``WorkerSpec.vnet_hdr``). A super-packet sent whole over UDP goes
+as segments (:mod:`tund.relay.transport.segments`: one GSO train, not IP fragments). Why,
+and the wire format: docs/design.md, "TUN offloads between tund peers".
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tund.relay.codec.chunks import (
     GSO_TCPV6,
     ipv4_header_checksum,
 )
+from tund.relay.transport.segments import trains
 
 log = logging.getLogger("tund.relay.codec.offload")
 
@@ -43,7 +45,7 @@ _GSO_OK = frozenset({GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4,
 
 HELLO_RETRY = 1.0
 HELLO_TRIES = 10
-_MAGIC = b"tund-offload/2\x00"  # /2: super-packets travel in chunks over UDP
+_MAGIC = b"tund-offload/3\x00"  # /2: in chunks over UDP; /3: whole ones in segments
 _HELLO_LEN = 20 + len(_MAGIC) + 1
 
 
@@ -171,6 +173,7 @@ class OffloadCodec:
         self.adaptive = chunked and enveloped
         self.send_chunks = chunked  # the safe start; a clean path soon says "whole"
         self._frame_id = 0
+        self._seg_id = 0  # the id of the latest message sent in segments
         self._meter = chunks.LossMeter(chunks=True)
         self._reasm = chunks.Reassembler(self._meter)
         self.set_offload = set_offload
@@ -231,7 +234,8 @@ class OffloadCodec:
                     if cut is not None:
                         seal = self.inner.seal
                         return [m for c in cut for m in seal(c, now)]
-            return self.inner.seal(envelope(frame, fid) if self.enveloped else frame, now)
+            sealed = self.inner.seal(envelope(frame, fid) if self.enveloped else frame, now)
+            return self._in_segments(sealed) if self.chunked else sealed
         out: list[bytes] = []
         if (self.negotiate and self._hello_tries < HELLO_TRIES
                 and (self._hello_at is None or now - self._hello_at >= HELLO_RETRY)):
@@ -244,6 +248,22 @@ class OffloadCodec:
             self._drop("oversize")
         else:
             out += self.inner.seal(frame[VNET_HDR_LEN:], now)
+        return out
+
+    def _in_segments(self, sealed: list[bytes]) -> list[bytes]:
+        """``sealed`` for a datagram path: a message larger than ``max_packet`` (a
+        super-packet sent whole) as a train of segments (the UDP transport sends it with
+        one UDP_SEGMENT send, :mod:`tund.relay.transport.segments`)."""
+        size, out = self.max_packet, []
+        for m in sealed:
+            cut = None
+            if len(m) > size:
+                self._seg_id += 1
+                cut = trains(m, size, self._seg_id)
+            if cut:
+                out += cut
+            else:
+                out.append(m)
         return out
 
     def open_one(self, message: bytes, source: Address | None, now: float) -> bytes | Opened:

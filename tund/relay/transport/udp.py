@@ -36,6 +36,11 @@ datagrams larger than the path MTU (EMSGSIZE in a train) are from then on sent a
 the kernel may fragment them.
 The socket asks for ``UDP_GRO``: the kernel may then hand over a train of datagrams of
 one size in one read, with their size in a control message; they are split again here.
+Segments of a larger message (:mod:`tund.relay.transport.segments`, from a tund peer)
+are joined here instead, and the message delivered once; a run of them that is not
+well-formed is dropped as ``"segment_malformed"``, a message given up with segments
+missing counts as ``"segments_incomplete"``. Sending, a queued message that starts
+with the segment marker is such a train (the codec built it): one UDP_SEGMENT send.
 
 ICMP errors (ECONNREFUSED, EHOSTUNREACH, ...) on send or receive count as ``errors`` and
 are not fatal; a full socket buffer drops the datagram as ``"queue_full"``.
@@ -59,7 +64,7 @@ from typing import TYPE_CHECKING
 from tund.relay.codec.base import Address
 from tund.relay.loop.counters import Counters
 from tund.relay.loop.poller import Registry
-from tund.relay.transport import pktinfo
+from tund.relay.transport import pktinfo, segments
 from tund.relay.transport.base import Backoff, Link, SourceFilter, format_peer
 from tund.relay.transport.gso import (
     GRO_SPACE,
@@ -70,6 +75,7 @@ from tund.relay.transport.gso import (
     segment_option,
 )
 from tund.relay.transport.resolver import Resolver, Result, literal
+from tund.relay.transport.segments import MARK, train_size
 from tund.relay.transport.unconnect import disconnect
 
 log = logging.getLogger("tund.relay.transport.udp")
@@ -152,6 +158,7 @@ class UdpTransport:
         self._src: pktinfo.Option | None = None  # that address, as a sendmsg option
         self._srcs: dict[Address, pktinfo.Option | None] = {}  # sender -> local address
         self._anc_space = GRO_SPACE
+        self._segs = segments.Reassembler(counters.drop)
         self._resolver: Resolver | None = None
         self.resolve_every = resolve_every
 
@@ -327,7 +334,11 @@ class UdpTransport:
             if sources is not None and not sources.allows(addr[0]):
                 self.c.drop("source_refused")
                 continue
-            if 0 < size < n:  # a train of datagrams of ``size`` bytes (the last may be short)
+            if n and view[0] == MARK:  # segments of a larger message (a tund peer)
+                message = self._segs.add(view, n, size if 0 < size < n else n)
+                if message is not None:
+                    deliver(message, addr)
+            elif 0 < size < n:  # a train of datagrams of ``size`` bytes (the last may be short)
                 for off in range(0, n, size):
                     deliver(bytes(view[off:min(off + size, n)]), addr)
                     if self.sock is not sock:
@@ -362,7 +373,7 @@ class UdpTransport:
         return True
 
     def send_now(self, message: bytes) -> bool:
-        if self._out:
+        if self._out or (message and message[0] == MARK):
             ok = self.send(message)
             self.flush()
             return ok
@@ -377,17 +388,38 @@ class UdpTransport:
         i, n = 0, len(out)
         while i < n:
             size, j = len(out[i]), i + 1
+            if size and out[i][0] == MARK:  # a train of segments, built by the codec
+                self._send_segments(out[i])
+                i = j
+                continue
             if self.gso and 0 < size < self._train_max:
-                limit = min(n, i + min(GSO_SEGMENTS, GSO_BYTES // size))
+                most = min(GSO_SEGMENTS, GSO_BYTES // size)
+                limit = min(n, i + most)
                 while j < limit and len(out[j]) == size:
                     j += 1
-                if j < limit and 0 < len(out[j]) < size:
+                if (j < n and j - i < GSO_SEGMENTS and 0 < len(out[j]) < size
+                        and (j - i) * size + len(out[j]) <= GSO_BYTES):
                     j += 1  # a shorter datagram may end the train
             if j - i > 1:
                 self._send_train(out[i:j], size)
             else:
                 self._send_to(out[i], self.peer)
             i = j
+
+    def _send_segments(self, train: bytes) -> None:
+        """A train of segments: one UDP_SEGMENT send; its datagrams one by one when the
+        socket cannot (``gso`` off) or the path is narrower than them."""
+        size = train_size(train)
+        if self.gso and size < self._train_max:
+            self._send_train([train], size)
+        else:
+            self._singly([train], size, self.peer)
+
+    def _singly(self, batch: list[bytes], size: int, peer: Address | None) -> None:
+        """A train's datagrams (each ``size`` bytes but the last) one send each."""
+        for m in batch:
+            for off in range(0, len(m), size):
+                self._send_to(m[off:off + size], peer)
 
     def _send_train(self, batch: list[bytes], size: int) -> None:
         sock, peer = self.sock, self.peer
@@ -408,19 +440,16 @@ class UdpTransport:
         except OSError as e:
             if e.errno == errno.EMSGSIZE:  # larger than the path MTU: the kernel fragments
                 self._train_max = min(self._train_max, size)  # lone datagrams only
-                for m in batch:
-                    self._send_to(m, peer)
+                self._singly(batch, size, peer)
                 return
             if self._src is not None and e.errno in (errno.EINVAL, errno.EADDRNOTAVAIL):
                 self._lost_local()
-                for m in batch:
-                    self._send_to(m, peer)
+                self._singly(batch, size, peer)
                 return
             if e.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                 log.info("UDP_SEGMENT refused (%s): sending datagrams one by one", e)
                 self.gso = False
-                for m in batch:
-                    self._send_to(m, peer)
+                self._singly(batch, size, peer)
                 return
             self.c.errors += 1
             log.debug("send to %s failed: %s", format_peer(peer), e)
