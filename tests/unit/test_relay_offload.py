@@ -205,16 +205,14 @@ def test_over_udp_super_packets_travel_in_chunks_no_larger_than_the_mtu() -> Non
 
 
 def joined(wire: list[bytes]) -> list[bytes]:
-    """What the UDP transport delivers of ``wire``: segments joined, the rest as is."""
+    """What the UDP transport delivers of ``wire``: trains joined, the rest as is."""
     drops: list[str] = []
     segs = segments.Reassembler(drops.append)
     out = []
     for w in wire:
-        if w[0] != segments.MARK:
-            out.append(w)
-        elif (m := segs.add(w, len(w), segments.train_size(w))) is not None:
-            out.append(m)
-    assert drops == []
+        size = segments.train_size(w) if w[0] == segments.MARK else len(w)
+        out += segs.add(w, len(w), size, PEER)
+    assert drops == [] and segs.need == 0
     return out
 
 
@@ -239,7 +237,7 @@ def test_super_packets_go_whole_until_the_peer_sees_them_lost_then_in_chunks() -
             a.open(r, PEER, 1.0)
     assert [parse_mode_advice(r) for r in advice] == [False]  # "whole" said once
     assert not a.send_chunks
-    # whole: one message, as one train of segments no larger than the MTU (no fragments)
+    # whole: one message, as one train of datagrams no larger than the MTU (no fragments)
     (train,) = a.seal(frame, 1.5)
     assert train[0] == segments.MARK and segments.train_size(train) == 1400
     assert len(joined([train])) == 1

@@ -1,13 +1,21 @@
-"""Segments: a message larger than a datagram sent as one train and joined again."""
+"""Trains: a message larger than a datagram sent as equal-sized datagrams, joined again."""
 
 from __future__ import annotations
 
 import os
 
-from tund.relay.transport.gso import GSO_BYTES
-from tund.relay.transport.segments import HEAD_LEN, MARK, Reassembler, train_size, trains
+from tund.relay.transport.gso import GSO_BYTES, GSO_SEGMENTS
+from tund.relay.transport.segments import (
+    HEAD_LEN,
+    MARK,
+    Reassembler,
+    sends,
+    train,
+    train_size,
+)
 
 SIZE = 1420
+PEER = ("10.0.0.2", 5000)
 
 
 def _reassembler() -> tuple[Reassembler, list[str]]:
@@ -15,92 +23,110 @@ def _reassembler() -> tuple[Reassembler, list[str]]:
     return Reassembler(drops.append), drops
 
 
-def _datagrams(train: bytes) -> list[bytes]:
-    """``train`` as the network carries it: one datagram per segment."""
-    size = train_size(train)
-    return [train[off:off + size] for off in range(0, len(train), size)]
+def _train(message: bytes) -> bytes:
+    t = train(message, SIZE)
+    assert t is not None
+    return t
 
 
-def test_a_64k_message_is_one_train_of_equal_segments_with_a_short_last_one() -> None:
+def _datagrams(t: bytes) -> list[bytes]:
+    """``t`` as the network carries it without GRO: one datagram each."""
+    size = train_size(t)
+    return [t[off:off + size] for off in range(0, len(t), size)]
+
+
+def _one_by_one(r: Reassembler, datagrams: list[bytes], source: object = PEER) -> list[bytes]:
+    out: list[bytes] = []
+    for d in datagrams:
+        if r.need or d[0] == MARK:
+            out += r.add(d, len(d), len(d), source)
+        else:
+            out.append(d)  # what the transport delivers without asking
+    return out
+
+
+def test_a_64k_message_is_one_send_of_equal_datagrams_with_a_short_last_one() -> None:
     message = os.urandom(64_430)  # a 47-MSS TCP super-packet, enveloped and sealed
-    out = trains(message, SIZE, 7)
-    assert out is not None and len(out) == 1
-    (train,) = out
-    assert len(train) <= GSO_BYTES and train_size(train) == SIZE
-    parts = _datagrams(train)
-    assert len(parts) == -(-len(message) // (SIZE - HEAD_LEN)) == 46
-    assert all(len(p) == SIZE for p in parts[:-1]) and 0 < len(parts[-1]) <= SIZE
-    assert all(p[0] == MARK and p[:HEAD_LEN] == parts[0][:HEAD_LEN] for p in parts)
-    assert b"".join(p[HEAD_LEN:] for p in parts) == message
+    t = _train(message)
+    assert t[0] == MARK and train_size(t) == SIZE and t[HEAD_LEN:] == message
+    assert sends(t) == [(0, len(t))] and len(t) <= GSO_BYTES
+    parts = _datagrams(t)
+    assert len(parts) == 46 and all(len(p) == SIZE for p in parts[:-1])
 
 
-def test_a_message_larger_than_one_send_takes_two_trains() -> None:
-    message = os.urandom(65_617)  # the largest: vnet header, 64 KB packet, envelope, AEAD
-    out = trains(message, SIZE, 1)
-    assert out is not None and len(out) == 2 and all(len(t) <= GSO_BYTES for t in out)
-    r, drops = _reassembler()
-    got = [r.add(t, len(t), SIZE) for t in out]
-    assert got == [None, message] and drops == []
+def test_the_largest_message_takes_two_sends_cut_at_a_datagram() -> None:
+    t = _train(os.urandom(65_617))  # vnet header, a 64 KB packet, envelope, AEAD
+    (a, cut), (cut2, b) = sends(t)
+    assert a == 0 and cut == cut2 and b == len(t) and cut % SIZE == 0
+    assert cut <= GSO_BYTES and cut // SIZE <= GSO_SEGMENTS
 
 
-def test_what_fits_one_datagram_or_needs_too_many_segments_is_not_cut() -> None:
-    assert trains(bytes(SIZE), SIZE, 1) is None
-    assert trains(bytes(SIZE + 1), SIZE, 1) is not None
-    assert trains(bytes(100_000), 300, 1) is None  # more than MAX_SEGMENTS
+def test_what_fits_one_datagram_or_needs_too_many_is_not_a_train() -> None:
+    assert train(bytes(SIZE), SIZE) is None
+    assert train(bytes(SIZE + 1), SIZE) is not None
+    assert train(bytes(100_000), 300) is None  # more than MAX_DATAGRAMS
 
 
-def test_a_whole_gro_train_is_one_message() -> None:
+def test_a_train_read_whole_is_the_message() -> None:
     message = os.urandom(60_000)
-    (train,) = trains(message, SIZE, 3) or [b""]
+    t = _train(message)
     r, drops = _reassembler()
-    assert r.add(train, len(train), SIZE) == message
-    assert r.add(memoryview(bytearray(train)), len(train), SIZE) == message  # as read
-    assert drops == []
+    assert r.add(t, len(t), SIZE, PEER) == [message]
+    assert r.add(memoryview(bytearray(t)), len(t), SIZE, PEER) == [message]  # as read
+    assert drops == [] and r.need == 0
 
 
-def test_segments_one_by_one_or_in_runs_join_to_the_message() -> None:
+def test_datagrams_one_by_one_or_in_runs_join_to_the_message() -> None:
     message = os.urandom(50_000)
-    (train,) = trains(message, SIZE, 9) or [b""]
-    parts = _datagrams(train)
+    parts = _datagrams(_train(message))
     r, drops = _reassembler()
-    got = [r.add(p, len(p), len(p)) for p in parts]
-    assert got[-1] == message and got[:-1] == [None] * (len(parts) - 1)
+    assert _one_by_one(r, parts) == [message]
     first, rest = b"".join(parts[:20]), b"".join(parts[20:])  # two GRO runs
-    assert r.add(first, len(first), SIZE) is None
-    assert r.add(rest, len(rest), SIZE) == message
+    assert r.add(first, len(first), SIZE, PEER) == [] and r.need == len(parts) - 20
+    assert r.add(rest, len(rest), SIZE, PEER) == [message]
     assert drops == []
 
 
-def test_a_message_with_a_segment_lost_is_given_up_when_the_next_one_comes() -> None:
-    a = _datagrams((trains(os.urandom(20_000), SIZE, 1) or [b""])[0])
-    second = os.urandom(20_000)
-    (b,) = trains(second, SIZE, 2) or [b""]
+def test_a_run_may_hold_a_train_and_plain_datagrams_after_it() -> None:
+    message = os.urandom(SIZE * 3 - HEAD_LEN)  # three full datagrams: no short last one
+    plain = b"\x04" + os.urandom(SIZE - 1)  # a WireGuard message of the same size
+    run = _train(message) + plain
     r, drops = _reassembler()
-    assert [r.add(p, len(p), len(p)) for p in a[:3] + a[4:]] == [None] * (len(a) - 1)
-    assert r.add(b, len(b), SIZE) == second and drops == ["segments_incomplete"]
+    assert r.add(run, len(run), SIZE, PEER) == [message, plain] and drops == []
 
 
-def test_malformed_runs_are_dropped_and_counted_and_what_was_held_survives() -> None:
+def test_a_lost_datagram_gives_up_only_its_message() -> None:
+    a, b = _datagrams(_train(os.urandom(20_000))), os.urandom(20_000)
+    r, drops = _reassembler()
+    # the short last one is not the continuation due: the message is given up there, and
+    # that datagram goes on as one of its own (the codec, which authenticates, drops it)
+    assert _one_by_one(r, a[:3] + a[4:]) == [a[-1]]
+    assert drops == ["segments_incomplete"]
+    assert _one_by_one(r, _datagrams(_train(b))) == [b]
+    lost_last = a[:-1]  # now the next one's header ends it
+    assert _one_by_one(r, lost_last + _datagrams(_train(b))) == [b]
+    assert drops == ["segments_incomplete"] * 2
+
+
+def test_a_datagram_of_another_size_or_sender_ends_the_message_and_passes() -> None:
     message = os.urandom(10_000)
-    parts = _datagrams((trains(message, SIZE, 5) or [b""])[0])
-    other = _datagrams((trains(message, SIZE, 6) or [b""])[0])
+    parts = _datagrams(_train(message))
+    ack = b"\x04" + os.urandom(99)  # a small message of the peer's: not a continuation
     r, drops = _reassembler()
-    assert r.add(parts[0], SIZE, SIZE) is None
-    bad_mark = b"\x0e" + parts[1][1:]
-    inside = parts[1] + parts[1][:HEAD_LEN]  # a header where a slice should be
-    mixed = parts[1] + other[2]  # two messages in one run
-    wrong_size = parts[1]  # a run whose datagram size is not the header's
-    for run, size in ((bad_mark, SIZE), (inside, SIZE), (mixed, SIZE),
-                      (wrong_size, SIZE - 100), (b"\x0f", 1)):
-        assert r.add(run, len(run), size) is None
-    assert drops == ["segment_malformed"] * 5
-    got = [r.add(p, len(p), len(p)) for p in parts[1:]]
-    assert got[-1] == message
+    assert _one_by_one(r, [*parts[:3], ack]) == [ack]
+    assert drops == ["segments_incomplete"] and r.need == 0
+    assert _one_by_one(r, parts[:3]) == [] and r.need
+    stranger = ("10.9.9.9", 1)
+    assert r.add(parts[3], SIZE, SIZE, stranger) == [parts[3]]  # not its continuation
+    assert drops == ["segments_incomplete"] * 2
 
 
-def test_a_run_of_more_segments_than_its_count_is_refused() -> None:
-    message = os.urandom(5_000)
-    parts = _datagrams((trains(message, SIZE, 4) or [b""])[0])
-    run = b"".join(parts[:-1] + parts[:1] + parts[-1:])  # one segment too many
+def test_a_header_that_makes_no_sense_is_dropped_and_counted() -> None:
     r, drops = _reassembler()
-    assert r.add(run, len(run), SIZE) is None and drops == ["segment_malformed"]
+    good = _train(os.urandom(5_000))
+    short = good[:SIZE - 1]  # the first datagram must be the train's datagram size
+    too_long = bytearray(good[:SIZE])
+    too_long[4:8] = (1 << 20).to_bytes(4, "big")  # a message length beyond the limit
+    for d in (short, bytes(too_long), good[:HEAD_LEN]):
+        assert r.add(d, len(d), len(d), PEER) == []
+    assert drops == ["segment_malformed"] * 3 and r.need == 0

@@ -8,7 +8,7 @@ packet when they need nothing from their header; in an envelope for codecs that 
 packets only), and drops frames it may not send as ``"offload_stale"``. Over UDP
 super-packets travel as chunks (:mod:`tund.relay.codec.chunks`). Only tun mode without
 packet info uses it (``WorkerSpec.vnet_hdr``). A super-packet sent whole over UDP goes
-as segments (:mod:`tund.relay.transport.segments`: one GSO train, not IP fragments). Why,
+as a train (:mod:`tund.relay.transport.segments`: one GSO send, not IP fragments). Why,
 and the wire format: docs/design.md, "TUN offloads between tund peers".
 """
 
@@ -29,7 +29,7 @@ from tund.relay.codec.chunks import (
     GSO_TCPV6,
     ipv4_header_checksum,
 )
-from tund.relay.transport.segments import trains
+from tund.relay.transport.segments import train
 
 log = logging.getLogger("tund.relay.codec.offload")
 
@@ -45,7 +45,7 @@ _GSO_OK = frozenset({GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4,
 
 HELLO_RETRY = 1.0
 HELLO_TRIES = 10
-_MAGIC = b"tund-offload/3\x00"  # /2: in chunks over UDP; /3: whole ones in segments
+_MAGIC = b"tund-offload/3\x00"  # /2: in chunks over UDP; /3: whole ones in trains
 _HELLO_LEN = 20 + len(_MAGIC) + 1
 
 
@@ -173,7 +173,6 @@ class OffloadCodec:
         self.adaptive = chunked and enveloped
         self.send_chunks = chunked  # the safe start; a clean path soon says "whole"
         self._frame_id = 0
-        self._seg_id = 0  # the id of the latest message sent in segments
         self._meter = chunks.LossMeter(chunks=True)
         self._reasm = chunks.Reassembler(self._meter)
         self.set_offload = set_offload
@@ -235,7 +234,7 @@ class OffloadCodec:
                         seal = self.inner.seal
                         return [m for c in cut for m in seal(c, now)]
             sealed = self.inner.seal(envelope(frame, fid) if self.enveloped else frame, now)
-            return self._in_segments(sealed) if self.chunked else sealed
+            return self._as_trains(sealed) if self.chunked else sealed
         out: list[bytes] = []
         if (self.negotiate and self._hello_tries < HELLO_TRIES
                 and (self._hello_at is None or now - self._hello_at >= HELLO_RETRY)):
@@ -250,21 +249,12 @@ class OffloadCodec:
             out += self.inner.seal(frame[VNET_HDR_LEN:], now)
         return out
 
-    def _in_segments(self, sealed: list[bytes]) -> list[bytes]:
+    def _as_trains(self, sealed: list[bytes]) -> list[bytes]:
         """``sealed`` for a datagram path: a message larger than ``max_packet`` (a
-        super-packet sent whole) as a train of segments (the UDP transport sends it with
-        one UDP_SEGMENT send, :mod:`tund.relay.transport.segments`)."""
-        size, out = self.max_packet, []
-        for m in sealed:
-            cut = None
-            if len(m) > size:
-                self._seg_id += 1
-                cut = trains(m, size, self._seg_id)
-            if cut:
-                out += cut
-            else:
-                out.append(m)
-        return out
+        super-packet sent whole) as a train of datagrams of that size (the UDP transport
+        sends it with one UDP_SEGMENT send, :mod:`tund.relay.transport.segments`)."""
+        size = self.max_packet
+        return [(len(m) > size and train(m, size)) or m for m in sealed]
 
     def open_one(self, message: bytes, source: Address | None, now: float) -> bytes | Opened:
         """:meth:`open`; a message that yields one frame and no reply comes back as the

@@ -1,124 +1,152 @@
-"""A message larger than a datagram, sent as one train of equal-sized segments.
+"""A message larger than a datagram, sent as one train of equal-sized datagrams.
 
 Why: a 64 KB message in one UDP datagram is cut by IP fragmentation: the sender's kernel
 makes ~45 fragments one by one, the receiver's queues and joins them and checksums the
-result in software. Segments of one size instead go out as one ``UDP_SEGMENT`` train
-(one trip through the stack) and come in, with ``UDP_GRO``, as one read: a quarter of
-the kernel's CPU per byte on this machine's veth (docs/design.md, "Segments"). Only tund
-peers that said so (the offload hello) are sent segments.
+result in software. A ``UDP_SEGMENT`` train of equal-sized datagrams instead makes one
+trip through each stack and comes in, with ``UDP_GRO``, as one read (docs/design.md,
+"Segments"). Only tund peers that said so (the offload hello) are sent trains.
 
-Every segment of a message starts with the same :data:`HEAD` (marker :data:`MARK`,
-segment count, datagram size, message id) followed by the next slice of the message;
-all are ``size`` bytes but the last, which may be shorter. A train is built with one
-``join`` of slices and taken apart with another (~10 us each for 64 KB here, against
-~38 us for its AEAD). :data:`MARK` (0x0F) starts no WireGuard message (types 1-4),
-no IP packet and no vnet frame a receiver takes (flags above 3 are refused).
+A train is :data:`HEAD` (marker :data:`MARK`, :data:`MAGIC`, datagram size ``S``,
+message length ``L``) followed by the message, cut into datagrams of ``S`` bytes (the
+last shorter): the kernel does the cutting, Python only prepends 8 bytes, and a train
+read whole is the message after one slice. :data:`MARK` (0x0F) starts no WireGuard
+message (types 1-4), no IP packet and no vnet frame a receiver takes (flags above 3
+are refused). The datagrams after the first carry no header: they are known by their
+place (right after the first, from the same sender, each exactly ``S`` bytes but the
+last, whose length ``L`` fixes). One sender's train leaves as one burst on one flow, so
+they come in order; a datagram that is not the expected continuation (another size,
+another sender, or a new header) gives the message up, and a message joined wrong fails
+authentication after this module (the AEAD judges integrity, not this module).
 
-:class:`Reassembler` keeps one message at a time and takes its segments in the order
-they come (a train, or datagrams one by one without GRO). Segments carry no index: a
-message whose segments were reordered joins wrong and fails authentication, as a lost one
-would have lost it. The integrity of the result is not this module's business: what it
-joins is decrypted and authenticated after it. Pure: no I/O, no clock.
+:class:`Reassembler` follows one message at a time. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from tund.relay.transport.gso import GSO_BYTES, GSO_SEGMENTS
 
-HEAD = struct.Struct("!BBHI")  # marker, segment count, datagram size, message id
+HEAD = struct.Struct("!BBHI")  # MARK, MAGIC, datagram size, message length
 HEAD_LEN = HEAD.size
-MARK = 0x0F
-MAX_SEGMENTS = 255
-MIN_SIZE = HEAD_LEN + 256  # a smaller datagram size is not worth segments
+MARK, MAGIC = 0x0F, 0xA7
+MAX_DATAGRAMS = 255
+MAX_MESSAGE = 1 << 17
+MIN_SIZE = HEAD_LEN + 256  # a smaller datagram size is not worth a train
 
 
-def trains(message: bytes, size: int, mid: int) -> list[bytes] | None:
-    """``message`` as trains: buffers of segments of ``size`` bytes (the last of the
-    message may be shorter), each to go out in one ``UDP_SEGMENT`` send (usually one
-    train: a 64 KB message cut to a 1,420-byte MTU is 46 segments). None when it fits
-    one datagram of ``size`` bytes or would need more than :data:`MAX_SEGMENTS`."""
+def train(message: bytes, size: int) -> bytes | None:
+    """``message`` as a train of ``size``-byte datagrams (the header prepended), or None
+    when it fits one datagram of ``size`` bytes, or would need more than
+    :data:`MAX_DATAGRAMS`."""
     n = len(message)
-    if n <= size or size < MIN_SIZE:
+    if n <= size or size < MIN_SIZE or n > MAX_MESSAGE:
         return None
-    step = size - HEAD_LEN
-    count = -(-n // step)
-    if count > MAX_SEGMENTS:
+    if -(-(n + HEAD_LEN) // size) > MAX_DATAGRAMS:
         return None
-    head = HEAD.pack(MARK, count, size, mid & 0xFFFFFFFF)
-    view = memoryview(message)
-    slices = [view[off:off + step] for off in range(0, n, step)]
-    if count <= GSO_SEGMENTS and n + count * HEAD_LEN <= GSO_BYTES:
-        return [head + head.join(slices)]
-    per = min(GSO_SEGMENTS, GSO_BYTES // size)
-    return [head + head.join(slices[i:i + per]) for i in range(0, count, per)]
+    return HEAD.pack(MARK, MAGIC, size, n) + message
 
 
 def train_size(buf: bytes) -> int:
-    """The datagram size of a train :func:`trains` built."""
+    """The datagram size of a train :func:`train` built."""
     return int(HEAD.unpack_from(buf, 0)[2])
 
 
-class Reassembler:
-    """Joins the segments of one message at a time (see the module docstring).
+def sends(buf: bytes) -> list[tuple[int, int]]:
+    """``(start, end)`` of each ``UDP_SEGMENT`` send of the train ``buf``: one unless it
+    is larger than one send may be (:data:`GSO_BYTES`, :data:`GSO_SEGMENTS`), then cut
+    at datagram boundaries."""
+    size, n = train_size(buf), len(buf)
+    if n <= GSO_BYTES and -(-n // size) <= GSO_SEGMENTS:
+        return [(0, n)]
+    step = min(GSO_SEGMENTS, GSO_BYTES // size) * size
+    return [(off, min(off + step, n)) for off in range(0, n, step)]
 
-    :meth:`add` takes ``buf[:n]``, a run of segments of ``size`` bytes each (the last of
-    the run may be shorter): one datagram (``size == n``) or a GRO train. It returns the
-    whole message when this run completes it, else None. ``drop(cause)`` is told of a
-    message given up with segments missing (``"segments_incomplete"``: another message
-    started) and of a run dropped (``"segment_malformed"``: not segments of one message,
-    more segments than the count, or a length that does not add up).
+
+class Reassembler:
+    """Joins trains; see the module docstring.
+
+    :attr:`need` is the number of datagrams still due for the message being joined; the
+    transport hands a run of datagrams here when it is not 0 or the run starts with
+    :data:`MARK`. :meth:`add` takes ``buf[:n]``, a run of datagrams of ``size`` bytes
+    each (the last may be shorter: one datagram, ``size == n``, or a GRO train) from
+    ``source``, and returns what to deliver, in order: joined messages, and the
+    datagrams of the run that are no part of a train, as they are. ``drop(cause)`` is
+    told of a message given up unfinished (``"segments_incomplete"``) and of a header
+    that makes no sense (``"segment_malformed"``; its datagram is dropped).
     """
 
     def __init__(self, drop: Callable[[str], object]) -> None:
         self.drop = drop
-        self._head = b""  # the header of the message being collected
-        self._count = 0
-        self._got = 0  # segments held
+        self.need = 0
+        self._size = 0
+        self._last = 0  # the length of the message's last datagram
+        self._source: Hashable = None
         self._parts: list[bytes] = []
 
-    def add(self, buf: bytes | bytearray | memoryview, n: int, size: int) -> bytes | None:
-        if n <= HEAD_LEN or size <= HEAD_LEN:
-            self.drop("segment_malformed")
-            return None
-        mark, count, seg_size, _mid = HEAD.unpack_from(buf, 0)
-        k = -(-n // size)  # segments in this run
-        last = (k - 1) * size
+    # Size: one pass over a run that may hold the end of one train, whole trains and
+    # plain datagrams; every check of a datagram's place is here.
+    def add(self, buf: bytes | bytearray | memoryview, n: int, size: int,
+            source: Hashable) -> list[bytes]:
         view = memoryview(buf)
-        head = bytes(view[:HEAD_LEN])
-        # the first and the last segment of the run are of one message, and the last has
-        # something after its header (what is between is the AEAD's to judge)
-        if (mark != MARK or count < 2 or k > count or seg_size < size
-                or (k > 1 and seg_size != size) or n - last <= HEAD_LEN
-                or view[last:last + HEAD_LEN] != head):
-            self.drop("segment_malformed")
-            return None
-        data = b"".join([view[off + HEAD_LEN:off + size] for off in range(0, last, size)]
-                        + [view[last + HEAD_LEN:n]])
-        if head != self._head:
-            if self._parts:
+        out: list[bytes] = []
+        pos = 0
+        while pos < n:
+            end = min(pos + size, n)
+            if self.need:
+                # the expected continuation: right size, same sender, not a new header
+                want = self._last if self.need == 1 else self._size
+                if (source == self._source and end - pos == want
+                        and not self._header_at(view, pos, end)):
+                    take = min(self.need, -(-(n - pos) // size)) if size == want else 1
+                    stop = min(pos + take * size, n)
+                    if take > 1 and stop - (pos + (take - 1) * size) != (
+                            self._last if take == self.need else size):
+                        take, stop = 1, end  # the run ends otherwise: one at a time
+                    self._parts.append(bytes(view[pos:stop]))
+                    self.need -= take
+                    pos = stop
+                    if not self.need:
+                        out.append(b"".join(self._parts))
+                        self._parts = []
+                    continue
                 self.drop("segments_incomplete")
-            if k == count:  # the whole message in one train: the common case
-                self._reset()
-                return self._checked(data, count, seg_size)
-            self._head, self._count, self._got, self._parts = head, count, 0, []
-        self._got += k
-        self._parts.append(data)
-        if self._got < self._count:
+                self.need, self._parts = 0, []
+            if view[pos] != MARK:  # a datagram of its own
+                out.append(bytes(view[pos:end]))
+                pos = end
+                continue
+            head = self._header_at(view, pos, end)
+            if head is None:
+                self.drop("segment_malformed")
+                pos = end
+                continue
+            seg, length = head
+            total = HEAD_LEN + length
+            count = -(-total // seg)
+            stop = pos + total
+            if stop <= n and (size == seg or count == 1):  # the whole train in this run
+                out.append(bytes(view[pos + HEAD_LEN:stop]))
+                pos = stop
+                continue
+            # the start of a train whose rest comes later (one datagram now)
+            self._size, self._last = seg, total - (count - 1) * seg
+            self._source, self.need = source, count - 1
+            self._parts = [bytes(view[pos + HEAD_LEN:end])]
+            pos = end
+        return out
+
+    @staticmethod
+    def _header_at(view: memoryview, pos: int, end: int) -> tuple[int, int] | None:
+        """``(datagram size, message length)`` if a train's first datagram starts at
+        ``pos`` (its datagram ends at ``end``), else None."""
+        if end - pos <= HEAD_LEN or view[pos] != MARK or view[pos + 1] != MAGIC:
             return None
-        parts = self._parts
-        self._reset()
-        return self._checked(b"".join(parts), count, seg_size)
-
-    def _checked(self, message: bytes, count: int, seg_size: int) -> bytes | None:
-        """``message`` if its length fits ``count`` segments of ``seg_size`` bytes."""
-        step = seg_size - HEAD_LEN
-        if (count - 1) * step < len(message) <= count * step:
-            return message
-        self.drop("segment_malformed")
-        return None
-
-    def _reset(self) -> None:
-        self._head, self._count, self._got, self._parts = b"", 0, 0, []
+        _, _, seg, length = HEAD.unpack_from(view, pos)
+        total = HEAD_LEN + length
+        count = -(-total // seg) if seg >= MIN_SIZE else 0
+        if not (1 < count <= MAX_DATAGRAMS and length <= MAX_MESSAGE
+                and end - pos == min(seg, total)):
+            return None
+        return seg, length

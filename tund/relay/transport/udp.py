@@ -36,11 +36,11 @@ datagrams larger than the path MTU (EMSGSIZE in a train) are from then on sent a
 the kernel may fragment them.
 The socket asks for ``UDP_GRO``: the kernel may then hand over a train of datagrams of
 one size in one read, with their size in a control message; they are split again here.
-Segments of a larger message (:mod:`tund.relay.transport.segments`, from a tund peer)
-are joined here instead, and the message delivered once; a run of them that is not
-well-formed is dropped as ``"segment_malformed"``, a message given up with segments
-missing counts as ``"segments_incomplete"``. Sending, a queued message that starts
-with the segment marker is such a train (the codec built it): one UDP_SEGMENT send.
+A train of a larger message (:mod:`tund.relay.transport.segments`, from a tund peer) is
+joined here instead, and the message delivered once; a header that makes no sense is
+dropped as ``"segment_malformed"``, a message given up unfinished counts as
+``"segments_incomplete"``. Sending, a queued message that starts with the train marker
+is such a train (the codec built it): one UDP_SEGMENT send (two for the largest).
 
 ICMP errors (ECONNREFUSED, EHOSTUNREACH, ...) on send or receive count as ``errors`` and
 are not fatal; a full socket buffer drops the datagram as ``"queue_full"``.
@@ -75,7 +75,7 @@ from tund.relay.transport.gso import (
     segment_option,
 )
 from tund.relay.transport.resolver import Resolver, Result, literal
-from tund.relay.transport.segments import MARK, train_size
+from tund.relay.transport.segments import MARK, sends, train_size
 from tund.relay.transport.unconnect import disconnect
 
 log = logging.getLogger("tund.relay.transport.udp")
@@ -312,7 +312,7 @@ class UdpTransport:
         sock, view, link = self.sock, self._rview, self._link
         assert sock is not None and link is not None
         deliver, gro, views, sources = link.deliver, self._gro, self._rviews, self.sources
-        sticky, space = self.sticky, self._anc_space
+        sticky, space, segs = self.sticky, self._anc_space, self._segs
         recv = sock.recvmsg_into if gro or sticky else None
         for _ in range(RECV_BATCH if link.busy else 1):  # (see Link.busy)
             size = 0
@@ -334,10 +334,9 @@ class UdpTransport:
             if sources is not None and not sources.allows(addr[0]):
                 self.c.drop("source_refused")
                 continue
-            if n and view[0] == MARK:  # segments of a larger message (a tund peer)
-                message = self._segs.add(view, n, size if 0 < size < n else n)
-                if message is not None:
-                    deliver(message, addr)
+            if segs.need or (n and view[0] == MARK):  # a train (from a tund peer)
+                for m in segs.add(view, n, size if 0 < size < n else n, addr):
+                    deliver(m, addr)
             elif 0 < size < n:  # a train of datagrams of ``size`` bytes (the last may be short)
                 for off in range(0, n, size):
                     deliver(bytes(view[off:min(off + size, n)]), addr)
@@ -410,10 +409,12 @@ class UdpTransport:
         """A train of segments: one UDP_SEGMENT send; its datagrams one by one when the
         socket cannot (``gso`` off) or the path is narrower than them."""
         size = train_size(train)
-        if self.gso and size < self._train_max:
-            self._send_train([train], size)
-        else:
-            self._singly([train], size, self.peer)
+        for start, end in sends(train):
+            piece = train[start:end]
+            if self.gso and size < self._train_max:
+                self._send_train([piece], size)
+            else:
+                self._singly([piece], size, self.peer)
 
     def _singly(self, batch: list[bytes], size: int, peer: Address | None) -> None:
         """A train's datagrams (each ``size`` bytes but the last) one send each."""
