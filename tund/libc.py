@@ -1,5 +1,6 @@
 """The C library, for the few system calls Python's ``os`` lacks (``prctl``, ``capset``,
-``connect`` with ``AF_UNSPEC``: :mod:`tund.relay.transport.unconnect`).
+``connect`` with ``AF_UNSPEC``: :mod:`tund.relay.transport.unconnect`) and the allocator's
+``mallopt``.
 
 Contract: :func:`libc` loads it once per process image (a forked worker inherits it
 resolved); :func:`prctl` calls ``prctl(2)`` with integer arguments passed as
@@ -34,3 +35,13 @@ def prctl(option: int, *args: Any, what: str = "") -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl({what or option}) failed: {os.strerror(err)}")
     return rc
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+
+
+def mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt(param, value)``; False where it is refused or missing (another
+    C library)."""
+    fn = getattr(libc(), "mallopt", None)
+    return fn is not None and int(fn(ctypes.c_int(param), ctypes.c_int(value))) == 1

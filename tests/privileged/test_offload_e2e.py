@@ -193,9 +193,15 @@ def test_under_loss_chunks_keep_super_packets_fast_and_exact(tmp_path: Path) -> 
         n, sha_s, sha_r, _ = transfer(ts.a.ns, ts.b.ns, ts.inner("b"), 16 * 1024 * 1024)
         assert n == 16 * 1024 * 1024 and sha_s == sha_r
         assert ts.a.tunnel("t1")["offload"] == "frames"
-        # then the loss starts: b sees a third of them incomplete and advises chunks
+        # then the loss starts: b sees most trains incomplete and advises chunks (what is
+        # left of a train whose first datagram was lost reaches the codec: "malformed")
         for ns in (ts.a.ns, ts.b.ns):
             _lose(ns, table, 3)
+        n, sha_s, sha_r, _ = transfer(ts.a.ns, ts.b.ns, ts.inner("b"), 4 * 1024 * 1024,
+                                      timeout=60)
+        assert n == 4 * 1024 * 1024 and sha_s == sha_r
+        assert ts.a.tunnel("t1")["offload"] == "chunks"  # b saw loss and said so
+        before = ts.b.tunnel("t1")["drops"]
         size = 32 * 1024 * 1024
         n, sha_s, sha_r, secs = transfer(ts.a.ns, ts.b.ns, ts.inner("b"), size, timeout=120)
         out = json.loads(ts.b.ns.run("nft", "-j", "list", "table", "inet", table).stdout)
@@ -208,9 +214,10 @@ def test_under_loss_chunks_keep_super_packets_fast_and_exact(tmp_path: Path) -> 
         assert dropped > 100 and 0.015 < dropped / seen < 0.05, (seen, dropped)
         b = ts.b.tunnel("t1")
         assert b["rx_bytes"] > size and b["rx_packets"] < 2 * size // MTU  # super-packets
-        assert "malformed" not in b["drops"], b["drops"]
+        # every chunk run written was a valid frame
+        assert b["drops"].get("malformed", 0) == before.get("malformed", 0), b["drops"]
         assert _tso(ts.a.ns, _ia) == "on"
-        assert ts.a.tunnel("t1")["offload"] == "chunks"  # b saw loss and said so
+        assert ts.a.tunnel("t1")["offload"] == "chunks"
     finally:
         ts.a.stop()
         ts.b.stop()

@@ -98,9 +98,9 @@ def test_a_run_may_hold_a_train_and_plain_datagrams_after_it() -> None:
 def test_a_lost_datagram_gives_up_only_its_message() -> None:
     a, b = _datagrams(_train(os.urandom(20_000))), os.urandom(20_000)
     r, drops = _reassembler()
-    # the short last one is not the continuation due: the message is given up there, and
-    # that datagram goes on as one of its own (the codec, which authenticates, drops it)
-    assert _one_by_one(r, a[:3] + a[4:]) == [a[-1]]
+    # the short last one is not the continuation due: the message is given up there,
+    # and that datagram with it
+    assert _one_by_one(r, a[:3] + a[4:]) == []
     assert drops == ["segments_incomplete"]
     assert _one_by_one(r, _datagrams(_train(b))) == [b]
     lost_last = a[:-1]  # now the next one's header ends it
@@ -119,6 +119,13 @@ def test_a_datagram_of_another_size_or_sender_ends_the_message_and_passes() -> N
     stranger = ("10.9.9.9", 1)
     assert r.add(parts[3], SIZE, SIZE, stranger) == [parts[3]]  # not its continuation
     assert drops == ["segments_incomplete"] * 2
+
+
+def test_without_its_first_datagram_the_rest_of_a_train_passes_as_it_is() -> None:
+    parts = _datagrams(_train(os.urandom(10_000)))
+    r, drops = _reassembler()
+    rest = [p for p in parts[1:] if p[0] != MARK]  # (one may start with MARK by chance)
+    assert _one_by_one(r, rest) == rest and drops == []  # the codec drops them
 
 
 def test_a_header_that_makes_no_sense_is_dropped_and_counted() -> None:

@@ -4,7 +4,7 @@ Why: a 64 KB message in one UDP datagram is cut by IP fragmentation: the sender'
 makes ~45 fragments one by one, the receiver's queues and joins them and checksums the
 result in software. A ``UDP_SEGMENT`` train of equal-sized datagrams instead makes one
 trip through each stack and comes in, with ``UDP_GRO``, as one read (docs/design.md,
-"Segments"). Only tund peers that said so (the offload hello) are sent trains.
+"Trains"). Only tund peers that said so (the offload hello) are sent trains.
 
 A train is :data:`HEAD` (marker :data:`MARK`, :data:`MAGIC`, datagram size ``S``,
 message length ``L``) followed by the message, cut into datagrams of ``S`` bytes (the
@@ -15,8 +15,11 @@ are refused). The datagrams after the first carry no header: they are known by t
 place (right after the first, from the same sender, each exactly ``S`` bytes but the
 last, whose length ``L`` fixes). One sender's train leaves as one burst on one flow, so
 they come in order; a datagram that is not the expected continuation (another size,
-another sender, or a new header) gives the message up, and a message joined wrong fails
-authentication after this module (the AEAD judges integrity, not this module).
+another sender, or a new header) gives the message up (and is then taken as a datagram of its own, but for
+the train's own last one, dropped with it); a message joined wrong fails authentication
+after this module (the AEAD judges integrity, not this module). The rest of a train
+whose first datagram was lost cannot be told from datagrams of their own: they reach
+the codec, which drops them (WireGuard: ``"malformed"``).
 
 :class:`Reassembler` follows one message at a time. Pure: no I/O, no clock.
 """
@@ -113,6 +116,9 @@ class Reassembler:
                     continue
                 self.drop("segments_incomplete")
                 self.need, self._parts = 0, []
+                if source == self._source and end - pos == self._last:
+                    pos = end  # the train's last datagram, early: one went missing
+                    continue
             if view[pos] != MARK:  # a datagram of its own
                 out.append(bytes(view[pos:end]))
                 pos = end
