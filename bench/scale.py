@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # (run.sh --rev sets PYTHONSAFEPATH)
 from peers_bed import control_request  # bench/ is the script's own folder
 
 NS_A, NS_B = "pfsA", "pfsB"
