@@ -15,9 +15,9 @@ are refused). The datagrams after the first carry no header: they are known by t
 place (right after the first, from the same sender, each exactly ``S`` bytes but the
 last, whose length ``L`` fixes). One sender's train leaves as one burst on one flow, so
 they come in order; a datagram that is not the expected continuation (another size,
-another sender, or a new header) gives the message up (and is then taken as a datagram of its own, but for
-the train's own last one, dropped with it); a message joined wrong fails authentication
-after this module (the AEAD judges integrity, not this module). The rest of a train
+another sender, or a new header) gives the message up and is then taken as a datagram of
+its own (but for the train's own last one, dropped with it); a message joined wrong fails
+authentication after this module (the AEAD judges integrity, not this module). The rest of a train
 whose first datagram was lost cannot be told from datagrams of their own: they reach
 the codec, which drops them (WireGuard: ``"malformed"``).
 
