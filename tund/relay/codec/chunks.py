@@ -63,9 +63,11 @@ def _headers(packet: bytes | bytearray | memoryview, ip: int) -> tuple[int, int]
     return iphl, iphl + doff
 
 
-def split(frame: bytes, mtu: int, frame_id: int) -> list[bytes] | None:
-    """The chunks of a TSO ``frame`` (vnet header + packet), each at most ``mtu`` bytes,
-    or None when the frame is not a TCP super-packet worth cutting (send it whole)."""
+def split(frame: bytes, mtu: int, frame_id: int, per: int = 1) -> list[bytes] | None:
+    """The chunks of a TSO ``frame`` (vnet header + packet): each at most ``mtu`` bytes,
+    or with ``per`` > 1 the payload of ``per`` such chunks under one header (larger than a
+    datagram, it travels as a train: :mod:`tund.relay.transport.segments`); None when the
+    frame is not a TCP super-packet worth cutting (send it whole)."""
     flags, gso_type, _, gso_size, csum_start, csum_offset = VNET.unpack_from(frame)
     kind = gso_type & ~GSO_ECN
     if kind not in (GSO_TCPV4, GSO_TCPV6) or not flags & F_NEEDS_CSUM or csum_offset != 16:
@@ -80,8 +82,8 @@ def split(frame: bytes, mtu: int, frame_id: int) -> list[bytes] | None:
         return None
     start = VNET_LEN + hlen
     plen = len(frame) - start
-    size = min(gso_size, mtu - hlen - TRAILER_LEN)
-    if size < MIN_CHUNK or plen <= size:
+    size = min(gso_size, mtu - hlen - TRAILER_LEN) * per
+    if size < MIN_CHUNK * per or plen <= size:
         return None
     n = -(-plen // size)
     if n > MAX_CHUNKS:
@@ -249,8 +251,10 @@ class Reassembler:
             struct.pack_into("!H", hdr, tcp + 16,
                              pseudo_header_sum(hdr, hlen - iphl + len(payload)))
         gso_type = (GSO_TCPV4 if v4 else GSO_TCPV6) | (GSO_ECN if self._fid & _ECN_BIT else 0)
-        gso_size = self._gso if whole else self._size
-        if not whole and b - a == 1:
+        # a run is cut as the chunks were (each at most a segment: their size), or, when a
+        # chunk holds more, at the frame's own segment size
+        gso_size = self._gso if whole else min(self._size, self._gso)
+        if not whole and len(payload) <= gso_size:
             gso_type, gso_size = GSO_NONE, 0
         return VNET.pack(F_NEEDS_CSUM, gso_type, hlen, gso_size, iphl, 16) + bytes(hdr) + payload
 
