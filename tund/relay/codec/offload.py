@@ -45,7 +45,7 @@ _GSO_OK = frozenset({GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4,
 
 #: TCP segments per chunk on a lossy path: a chunk of 8 travels as a train of ~8 datagrams
 #: (one AEAD, one Python trip for 8 segments; a lost datagram costs 8 segments)
-CHUNK_SEGMENTS = 4
+CHUNK_SEGMENTS = 16
 HELLO_RETRY = 1.0
 HELLO_TRIES = 10
 _MAGIC = b"tund-offload/3\x00"  # /2: in chunks over UDP; /3: whole ones in trains
