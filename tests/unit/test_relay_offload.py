@@ -177,7 +177,7 @@ def test_enveloped_frames_pass_a_codec_that_only_carries_ip_packets() -> None:
     assert is_envelope(envelope(frame)) and not is_envelope(IP4)
 
 
-def test_over_udp_super_packets_travel_in_chunks_no_larger_than_the_mtu() -> None:
+def test_over_udp_super_packets_travel_in_chunks_of_eight_as_trains() -> None:
     pair = []
     for _ in range(2):
         sw, drops = Switch(), dict[str, int]()
@@ -189,19 +189,24 @@ def test_over_udp_super_packets_travel_in_chunks_no_larger_than_the_mtu() -> Non
     a.send_chunks = True  # as the peer's LossMeter advises on a lossy path (below)
     frame = tso_frame(payload_len=60000)
     wire = a.seal(frame, 1.0)
-    assert len(wire) > 40 and all(len(m) <= 1400 for m in wire)
-    got = [f for m in wire for f in b.open(m, PEER, 1.0).packets]
+    # a chunk holds eight MTU's worth and goes as one train of datagrams within the MTU
+    assert all(w[0] == segments.MARK and segments.train_size(w) <= 1400 for w in wire)
+    cut = joined(wire)
+    assert len(cut) == len(wire) == -(-60000 // (8 * (1400 - 52 - chunks.TRAILER_LEN)))
+    assert all(chunks.is_chunk(c) and len(c) <= 8 * 1400 for c in cut)
+    got = [f for m in cut for f in b.open(m, PEER, 1.0).packets]
     assert got == [frame]
     small = vnet(0, 0, IP4)  # not a super-packet: one enveloped message, as before
     (m,) = a.seal(small, 1.0)
     assert b.open(m, PEER, 1.0).packets == [small]
     # a lost chunk: the rest is written as valid runs once the wait is over
-    wire = a.seal(frame, 2.0)
-    got = [f for m in wire[:3] + wire[4:] for f in b.open(m, PEER, 2.0).packets]
+    cut = joined(a.seal(frame, 2.0))
+    got = [f for m in cut[:1] + cut[2:] for f in b.open(m, PEER, 2.0).packets]
     assert got == [] and b.next_deadline() is not None
     runs = b.expired(2.0 + WAIT)
     assert len(runs) == 2 and all(kernel_checksum_ok(r) for r in runs)
-    assert b.open(wire[5], PEER, 2.1).drop is None  # a late straggler starts a new frame
+    assert all(r[1] == GSO_TCPV4 for r in runs)  # several segments each: still TSO frames
+    assert b.open(cut[1], PEER, 2.1).drop is None  # a late straggler starts a new frame
 
 
 def joined(wire: list[bytes]) -> list[bytes]:
@@ -239,7 +244,8 @@ def test_super_packets_go_whole_until_the_peer_sees_them_lost_then_in_chunks() -
     assert not a.send_chunks
     # whole: one message, as one train of datagrams no larger than the MTU (no fragments)
     (train,) = a.seal(frame, 1.5)
-    assert train[0] == segments.MARK and segments.train_size(train) == 1400
+    size = segments.train_size(train)  # below the MTU, and no length WireGuard data has
+    assert train[0] == segments.MARK and size <= 1400 and size % 16 == 15
     assert len(joined([train])) == 1
     advice = []
     for i in range(LossMeter.WINDOW * 2):  # every fifth frame lost on the way
@@ -251,8 +257,9 @@ def test_super_packets_go_whole_until_the_peer_sees_them_lost_then_in_chunks() -
         assert a.open(r, PEER, 3.0).packets == []
     assert a.send_chunks
     wire = a.seal(frame, 3.0)
-    assert len(wire) > 40 and all(chunks.is_chunk(w) for w in wire)
-    assert [f for w in wire for f in b.open(w, PEER, 3.0).packets] == [frame]
+    cut = joined(wire)
+    assert len(cut) > 5 and all(chunks.is_chunk(w) for w in cut)
+    assert [f for w in cut for f in b.open(w, PEER, 3.0).packets] == [frame]
     assert parse_hello(mode_advice(True)) is None and parse_mode_advice(hello(True)) is None
 
 

@@ -137,3 +137,19 @@ def test_a_header_that_makes_no_sense_is_dropped_and_counted() -> None:
     for d in (short, bytes(too_long), good[:HEAD_LEN]):
         assert r.add(d, len(d), len(d), PEER) == []
     assert drops == ["segment_malformed"] * 3 and r.need == 0
+
+
+def test_the_rest_of_a_sole_sized_train_without_its_first_datagram_is_dropped() -> None:
+    size = 1407  # what tund's WireGuard trains use for a 1420 MTU: 15 modulo 16
+    t = train(os.urandom(10_000), size, sole=True)
+    assert t is not None
+    parts = [t[o:o + size] for o in range(0, len(t), size)]
+    r, drops = _reassembler()
+    assert _one_by_one(r, parts) != []  # a whole one first: the sender's promise is known
+    keepalive, data, init = bytes(32), b"\x04" + bytes(32 + 16 * 20 - 1), b"\x01" + bytes(147)
+    out = []
+    for d in [*parts[1:], keepalive, data, init]:
+        out += r.add(d, len(d), len(d), PEER)  # (the transport hands it all, see sole)
+    assert out == [keepalive, data, init]  # its other datagrams pass
+    assert drops == ["segment_orphaned"] * (len(parts) - 1)
+    assert r.add(parts[1], size, size, ("10.9.9.9", 1)) == [parts[1]]  # not that sender's

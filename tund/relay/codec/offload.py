@@ -45,7 +45,10 @@ _GSO_OK = frozenset({GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4,
 
 #: TCP segments per chunk on a lossy path: a chunk of 8 travels as a train of ~8 datagrams
 #: (one AEAD, one Python trip for 8 segments; a lost datagram costs 8 segments)
-CHUNK_SEGMENTS = 16
+CHUNK_SEGMENTS = 8
+#: a sealed message this much longer than the MTU goes as a train (a full-sized packet
+#: with WireGuard's 32 bytes and padding travels as one datagram, as it always did)
+TRAIN_ABOVE = 48
 HELLO_RETRY = 1.0
 HELLO_TRIES = 10
 _MAGIC = b"tund-offload/3\x00"  # /2: in chunks over UDP; /3: whole ones in trains
@@ -253,11 +256,15 @@ class OffloadCodec:
         return out
 
     def _as_trains(self, sealed: list[bytes]) -> list[bytes]:
-        """``sealed`` for a datagram path: a message larger than ``max_packet`` (a
-        super-packet sent whole) as a train of datagrams of that size (the UDP transport
-        sends it with one UDP_SEGMENT send, :mod:`tund.relay.transport.segments`)."""
-        size = self.max_packet
-        return [(len(m) > size and train(m, size)) or m for m in sealed]
+        """``sealed`` for a datagram path: a message longer than a full-sized packet (a
+        super-packet sent whole, a chunk of several segments) as a train of datagrams of
+        about ``max_packet`` bytes (the UDP transport sends it with one UDP_SEGMENT send,
+        :mod:`tund.relay.transport.segments`)."""
+        size, sole = self.max_packet, self.enveloped
+        limit = size + TRAIN_ABOVE  # (a full-sized packet, sealed, is one datagram)
+        if sole:  # WireGuard: sealed data is 32 + a multiple of 16 (or the MTU) long
+            size -= (size - 15) % 16  # S is neither: its trains' orphans are known
+        return [(len(m) > limit and train(m, size, sole)) or m for m in sealed]
 
     def open_one(self, message: bytes, source: Address | None, now: float) -> bytes | Opened:
         """:meth:`open`; a message that yields one frame and no reply comes back as the

@@ -18,8 +18,9 @@ they come in order; a datagram that is not the expected continuation (another si
 another sender, or a new header) gives the message up and is then taken as a datagram of
 its own (but for the train's own last one, dropped with it); a message joined wrong fails
 authentication after this module (the AEAD judges integrity, not this module). The rest of a train
-whose first datagram was lost cannot be told from datagrams of their own: they reach
-the codec, which drops them (WireGuard: ``"malformed"``).
+whose first datagram was lost is known by its length when the sender promised so
+(:data:`MAGIC_SOLE`: tund's WireGuard) and dropped as ``"segment_orphaned"``; else it
+cannot be told from datagrams of their own and reaches the codec, which drops it.
 
 :class:`Reassembler` follows one message at a time. Pure: no I/O, no clock.
 """
@@ -34,21 +35,27 @@ from tund.relay.transport.gso import GSO_BYTES, GSO_SEGMENTS
 HEAD = struct.Struct("!BBHI")  # MARK, MAGIC, datagram size, message length
 HEAD_LEN = HEAD.size
 MARK, MAGIC = 0x0F, 0xA7
+#: the header of a *sole-sized* train: besides trains, its sender sends no datagram of the
+#: train's size S, and none shorter than S that is longer than 148 bytes and not a multiple
+#: of 16 long (tund's WireGuard over tun: padded data, handshakes of 148 and 92 bytes)
+MAGIC_SOLE = 0xA8
+SOLE_SHORT = 148
 MAX_DATAGRAMS = 255
 MAX_MESSAGE = 1 << 17
 MIN_SIZE = HEAD_LEN + 256  # a smaller datagram size is not worth a train
 
 
-def train(message: bytes, size: int) -> bytes | None:
+def train(message: bytes, size: int, sole: bool = False) -> bytes | None:
     """``message`` as a train of ``size``-byte datagrams (the header prepended), or None
     when it fits one datagram of ``size`` bytes, or would need more than
-    :data:`MAX_DATAGRAMS`."""
+    :data:`MAX_DATAGRAMS`. ``sole``: the sender keeps :data:`MAGIC_SOLE`'s promise (so
+    the receiver knows the rest of a train whose first datagram was lost)."""
     n = len(message)
     if n <= size or size < MIN_SIZE or n > MAX_MESSAGE:
         return None
     if -(-(n + HEAD_LEN) // size) > MAX_DATAGRAMS:
         return None
-    return HEAD.pack(MARK, MAGIC, size, n) + message
+    return HEAD.pack(MARK, MAGIC_SOLE if sole else MAGIC, size, n) + message
 
 
 def train_size(buf: bytes) -> int:
@@ -83,6 +90,8 @@ class Reassembler:
     def __init__(self, drop: Callable[[str], object]) -> None:
         self.drop = drop
         self.need = 0
+        #: (sender, S) of the latest sole-sized train: its orphans are known (see add)
+        self.sole: tuple[Hashable, int] | None = None
         self._size = 0
         self._last = 0  # the length of the message's last datagram
         self._source: Hashable = None
@@ -119,8 +128,14 @@ class Reassembler:
                 if source == self._source and end - pos == self._last:
                     pos = end  # the train's last datagram, early: one went missing
                     continue
-            if view[pos] != MARK:  # a datagram of its own
-                out.append(bytes(view[pos:end]))
+            if view[pos] != MARK:  # a datagram of its own, or what is left of a train
+                sole, length = self.sole, end - pos
+                if (sole is not None and source == sole[0]
+                        and (length == sole[1] or (SOLE_SHORT < length < sole[1]
+                                                   and length & 15))):
+                    self.drop("segment_orphaned")  # its first datagram was lost
+                else:
+                    out.append(bytes(view[pos:end]))
                 pos = end
                 continue
             head = self._header_at(view, pos, end)
@@ -129,6 +144,7 @@ class Reassembler:
                 pos = end
                 continue
             seg, length = head
+            self.sole = (source, seg) if view[pos + 1] == MAGIC_SOLE else None
             total = HEAD_LEN + length
             count = -(-total // seg)
             stop = pos + total
@@ -147,7 +163,8 @@ class Reassembler:
     def _header_at(view: memoryview, pos: int, end: int) -> tuple[int, int] | None:
         """``(datagram size, message length)`` if a train's first datagram starts at
         ``pos`` (its datagram ends at ``end``), else None."""
-        if end - pos <= HEAD_LEN or view[pos] != MARK or view[pos + 1] != MAGIC:
+        if (end - pos <= HEAD_LEN or view[pos] != MARK
+                or view[pos + 1] not in (MAGIC, MAGIC_SOLE)):
             return None
         _, _, seg, length = HEAD.unpack_from(view, pos)
         total = HEAD_LEN + length

@@ -334,7 +334,8 @@ class UdpTransport:
             if sources is not None and not sources.allows(addr[0]):
                 self.c.drop("source_refused")
                 continue
-            if segs.need or (n and view[0] == MARK):  # a train (from a tund peer)
+            if (segs.need or (n and view[0] == MARK)  # a train (from a tund peer)
+                    or (segs.sole is not None and addr == segs.sole[0])):
                 for m in segs.add(view, n, size if 0 < size < n else n, addr):
                     deliver(m, addr)
             elif 0 < size < n:  # a train of datagrams of ``size`` bytes (the last may be short)
