@@ -153,3 +153,16 @@ def test_the_rest_of_a_sole_sized_train_without_its_first_datagram_is_dropped() 
     assert out == [keepalive, data, init]  # its other datagrams pass
     assert drops == ["segment_orphaned"] * (len(parts) - 1)
     assert r.add(parts[1], size, size, ("10.9.9.9", 1)) == [parts[1]]  # not that sender's
+    assert all(len(p) % 16 == 15 and len(p) > 148 for p in parts)  # the last one padded
+
+
+def test_a_sole_train_is_padded_on_the_wire_and_the_message_comes_back_exact() -> None:
+    r, drops = _reassembler()
+    for n in (1_500, 2_800, 10_000, 64_430):
+        message = os.urandom(n)
+        t = train(message, 1407, sole=True)
+        assert t is not None
+        parts = [t[o:o + 1407] for o in range(0, len(t), 1407)]
+        assert _one_by_one(r, parts) == [message]
+        assert r.add(t, len(t), 1407, PEER) == [message]
+    assert drops == []

@@ -263,7 +263,7 @@ class OffloadCodec:
         size, sole = self.max_packet, self.enveloped
         limit = size + TRAIN_ABOVE  # (a full-sized packet, sealed, is one datagram)
         if sole:  # WireGuard: sealed data is 32 + a multiple of 16 (or the MTU) long
-            size -= (size - 15) % 16  # S is neither: its trains' orphans are known
+            size -= (size - 15) % 16  # S is neither (segments.MAGIC_SOLE)
         return [(len(m) > limit and train(m, size, sole)) or m for m in sealed]
 
     def open_one(self, message: bytes, source: Address | None, now: float) -> bytes | Opened:

@@ -35,14 +35,28 @@ from tund.relay.transport.gso import GSO_BYTES, GSO_SEGMENTS
 HEAD = struct.Struct("!BBHI")  # MARK, MAGIC, datagram size, message length
 HEAD_LEN = HEAD.size
 MARK, MAGIC = 0x0F, 0xA7
-#: the header of a *sole-sized* train: besides trains, its sender sends no datagram of the
-#: train's size S, and none shorter than S that is longer than 148 bytes and not a multiple
-#: of 16 long (tund's WireGuard over tun: padded data, handshakes of 148 and 92 bytes)
+#: the header of a *sole-sized* train: every datagram of it is longer than 148 bytes and
+#: 15 modulo 16 long (S is, and the last is padded to such a length, the header's message
+#: length says where the message ends), and its sender sends no other datagram like that
+#: (tund's WireGuard over tun: data is 32 + a multiple of 16 or 32 + the MTU bytes long,
+#: handshakes 148 and 92)
 MAGIC_SOLE = 0xA8
 SOLE_SHORT = 148
 MAX_DATAGRAMS = 255
 MAX_MESSAGE = 1 << 17
 MIN_SIZE = HEAD_LEN + 256  # a smaller datagram size is not worth a train
+
+
+def wire_length(length: int, size: int, sole: bool) -> int:
+    """The bytes a train of a ``length``-byte message puts on the wire (header included):
+    a sole-sized train pads its last datagram to a length of its kind (see
+    :data:`MAGIC_SOLE`)."""
+    total = HEAD_LEN + length
+    if sole:
+        last = total - (-(-total // size) - 1) * size
+        want = min(size, max(last, SOLE_SHORT + 1) | 15)
+        total += want - last
+    return total
 
 
 def train(message: bytes, size: int, sole: bool = False) -> bytes | None:
@@ -55,7 +69,9 @@ def train(message: bytes, size: int, sole: bool = False) -> bytes | None:
         return None
     if -(-(n + HEAD_LEN) // size) > MAX_DATAGRAMS:
         return None
-    return HEAD.pack(MARK, MAGIC_SOLE if sole else MAGIC, size, n) + message
+    head = HEAD.pack(MARK, MAGIC_SOLE if sole else MAGIC, size, n)
+    pad = wire_length(n, size, sole) - HEAD_LEN - n
+    return head + message + bytes(pad) if pad else head + message
 
 
 def train_size(buf: bytes) -> int:
@@ -94,6 +110,7 @@ class Reassembler:
         self.sole: tuple[Hashable, int] | None = None
         self._size = 0
         self._last = 0  # the length of the message's last datagram
+        self._length = 0  # the message's
         self._source: Hashable = None
         self._parts: list[bytes] = []
 
@@ -120,7 +137,9 @@ class Reassembler:
                     self.need -= take
                     pos = stop
                     if not self.need:
-                        out.append(b"".join(self._parts))
+                        joined = b"".join(self._parts)
+                        out.append(joined if len(joined) == self._length
+                                   else joined[:self._length])  # (a sole train's padding)
                         self._parts = []
                     continue
                 self.drop("segments_incomplete")
@@ -130,9 +149,8 @@ class Reassembler:
                     continue
             if view[pos] != MARK:  # a datagram of its own, or what is left of a train
                 sole, length = self.sole, end - pos
-                if (sole is not None and source == sole[0]
-                        and (length == sole[1] or (SOLE_SHORT < length < sole[1]
-                                                   and length & 15))):
+                if (sole is not None and source == sole[0] and length <= sole[1]
+                        and length > SOLE_SHORT and length & 15 == 15):
                     self.drop("segment_orphaned")  # its first datagram was lost
                 else:
                     out.append(bytes(view[pos:end]))
@@ -144,16 +162,17 @@ class Reassembler:
                 pos = end
                 continue
             seg, length = head
-            self.sole = (source, seg) if view[pos + 1] == MAGIC_SOLE else None
-            total = HEAD_LEN + length
+            is_sole = view[pos + 1] == MAGIC_SOLE
+            self.sole = (source, seg) if is_sole else None
+            total = wire_length(length, seg, is_sole)
             count = -(-total // seg)
             stop = pos + total
             if stop <= n and (size == seg or count == 1):  # the whole train in this run
-                out.append(bytes(view[pos + HEAD_LEN:stop]))
+                out.append(bytes(view[pos + HEAD_LEN:pos + HEAD_LEN + length]))
                 pos = stop
                 continue
             # the start of a train whose rest comes later (one datagram now)
-            self._size, self._last = seg, total - (count - 1) * seg
+            self._size, self._last, self._length = seg, total - (count - 1) * seg, length
             self._source, self.need = source, count - 1
             self._parts = [bytes(view[pos + HEAD_LEN:end])]
             pos = end
@@ -166,8 +185,8 @@ class Reassembler:
         if (end - pos <= HEAD_LEN or view[pos] != MARK
                 or view[pos + 1] not in (MAGIC, MAGIC_SOLE)):
             return None
-        _, _, seg, length = HEAD.unpack_from(view, pos)
-        total = HEAD_LEN + length
+        _, magic, seg, length = HEAD.unpack_from(view, pos)
+        total = wire_length(length, seg, magic == MAGIC_SOLE) if seg >= MIN_SIZE else 0
         count = -(-total // seg) if seg >= MIN_SIZE else 0
         if not (1 < count <= MAX_DATAGRAMS and length <= MAX_MESSAGE
                 and end - pos == min(seg, total)):
