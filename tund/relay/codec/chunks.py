@@ -3,10 +3,10 @@
 A chunk is the frame's IP + TCP header (protocol 253), one slice of its payload and an
 8-byte trailer (frame id, index, count, chunk size, gso_size); with ``per`` = 1 no chunk
 is larger than a full-sized packet of the tunnel, with more it holds ``per`` times that
-payload (the offload codec sends 8, each as a train). :class:`Reassembler` keeps one frame at a time and
-rebuilds it bit for bit when every chunk came; a frame with a missing chunk (a newer
-frame arrived, or :data:`WAIT` passed) is written as one valid frame per run of chunks,
-so TCP sees an ordinary loss. Pure functions and a small class: no I/O, no clock (``now``
+payload (the offload codec sends 8, each as a train). :class:`Reassembler` keeps one
+frame at a time and rebuilds it bit for bit when every chunk came; a frame with a
+missing chunk (a newer frame arrived, or :data:`WAIT` passed) is written as one valid
+frame per run of chunks, so TCP sees an ordinary loss. Pure functions and a small class: no I/O, no clock (``now``
 is passed in). Why, and every header field restored: docs/design.md, "Chunks".
 """
 
