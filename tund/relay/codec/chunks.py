@@ -6,8 +6,9 @@ is larger than a full-sized packet of the tunnel, with more it holds ``per`` tim
 payload (the offload codec sends 8, each as a train). :class:`Reassembler` keeps one
 frame at a time and rebuilds it bit for bit when every chunk came; a frame with a
 missing chunk (a newer frame arrived, or :data:`WAIT` passed) is written as one valid
-frame per run of chunks, so TCP sees an ordinary loss. Pure functions and a small class: no I/O, no clock (``now``
-is passed in). Why, and every header field restored: docs/design.md, "Chunks".
+frame per run of chunks, so TCP sees an ordinary loss. Pure functions and a small
+class: no I/O, no clock (``now`` is passed in). Why, and every header field restored:
+docs/design.md, "Chunks".
 """
 
 from __future__ import annotations
