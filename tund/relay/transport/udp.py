@@ -39,7 +39,8 @@ one size in one read, with their size in a control message; they are split again
 A train of a larger message (:mod:`tund.relay.transport.segments`, from a tund peer) is
 joined here instead, and the message delivered once; a header that makes no sense is
 dropped as ``"segment_malformed"``, a message given up unfinished counts as
-``"segments_incomplete"``. Sending, a queued message that starts with the train marker
+``"segments_incomplete"``, the rest of one whose first datagram was lost as
+``"segment_orphaned"``. Sending, a queued message that starts with the train marker
 is such a train (the codec built it): one UDP_SEGMENT send (two for the largest).
 
 ICMP errors (ECONNREFUSED, EHOSTUNREACH, ...) on send or receive count as ``errors`` and
@@ -338,6 +339,8 @@ class UdpTransport:
                     or (segs.sole is not None and addr == segs.sole[0])):
                 for m in segs.add(view, n, size if 0 < size < n else n, addr):
                     deliver(m, addr)
+                    if self.sock is not sock:
+                        return
             elif 0 < size < n:  # a train of datagrams of ``size`` bytes (the last may be short)
                 for off in range(0, n, size):
                     deliver(bytes(view[off:min(off + size, n)]), addr)
