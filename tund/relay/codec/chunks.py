@@ -306,6 +306,9 @@ class LossMeter:
         self._said_at: float | None = None
         self.now = 0.0  # set by the owner (sans-IO)
         self.pending: bool | None = None
+        #: datagrams lost and rebuilt from parity since the last frame: the next frame
+        #: counts as incomplete, as it would have been without the parity
+        self.lossy = 0
 
     def frame(self, fid: int, complete: bool) -> None:
         fid &= 0x7FFF
@@ -316,8 +319,9 @@ class LossMeter:
                 self._bad += gap
         self._last = fid
         self._seen += 1
-        if not complete:
+        if not complete or self.lossy:
             self._bad += 1
+            self.lossy = 0
         if self._seen < self.WINDOW and (self.chunks or self._bad < self.EARLY_BAD):
             return
         self.q = self._bad / self._seen

@@ -29,7 +29,7 @@ from tund.relay.codec.chunks import (
     GSO_TCPV6,
     ipv4_header_checksum,
 )
-from tund.relay.transport.segments import train
+from tund.relay.transport.segments import parity_train, train
 
 log = logging.getLogger("tund.relay.codec.offload")
 
@@ -51,7 +51,8 @@ CHUNK_SEGMENTS = 8
 TRAIN_ABOVE = 48
 HELLO_RETRY = 1.0
 HELLO_TRIES = 10
-_MAGIC = b"tund-offload/3\x00"  # /2: in chunks over UDP; /3: whole ones in trains
+_MAGIC = b"tund-offload/4\x00"  # /2: in chunks over UDP; /3: whole ones in trains; /4: chunks
+# in trains with parity
 _HELLO_LEN = 20 + len(_MAGIC) + 1
 
 
@@ -179,6 +180,8 @@ class OffloadCodec:
         self.adaptive = chunked and enveloped
         self.send_chunks = chunked  # the safe start; a clean path soon says "whole"
         self._frame_id = 0
+        self._train_id = 0
+        self.recovered = 0  # datagrams of our peer's trains rebuilt from their parity
         self._meter = chunks.LossMeter(chunks=True)
         self._reasm = chunks.Reassembler(self._meter)
         self.set_offload = set_offload
@@ -238,7 +241,8 @@ class OffloadCodec:
                     cut = chunks.split(frame, self.max_packet, fid, CHUNK_SEGMENTS)
                     if cut is not None:
                         seal = self.inner.seal
-                        return self._as_trains([m for c in cut for m in seal(c, now)])
+                        return self._as_trains([m for c in cut for m in seal(c, now)],
+                                               parity=True)
             sealed = self.inner.seal(envelope(frame, fid) if self.enveloped else frame, now)
             return self._as_trains(sealed) if self.chunked else sealed
         out: list[bytes] = []
@@ -255,13 +259,22 @@ class OffloadCodec:
             out += self.inner.seal(frame[VNET_HDR_LEN:], now)
         return out
 
-    def _as_trains(self, sealed: list[bytes]) -> list[bytes]:
+    def _as_trains(self, sealed: list[bytes], parity: bool = False) -> list[bytes]:
         """``sealed`` for a datagram path: a message longer than a full-sized packet (a
         super-packet sent whole, a chunk of several segments) as a train of datagrams of
         about ``max_packet`` bytes (the UDP transport sends it with one UDP_SEGMENT send,
-        :mod:`tund.relay.transport.segments`)."""
+        :mod:`tund.relay.transport.segments`); ``parity`` (chunks on a lossy path): with
+        a parity datagram, so that the receiver rebuilds one lost datagram of each."""
         size, sole = self.max_packet, self.enveloped
         limit = size + TRAIN_ABOVE  # (a full-sized packet, sealed, is one datagram)
+        if parity:
+            out = []
+            for m in sealed:
+                if len(m) > limit:
+                    self._train_id = tid = (self._train_id + 1) & 0xFFFF
+                    m = parity_train(m, size, tid) or m
+                out.append(m)
+            return out
         if sole:  # WireGuard: sealed data is 32 + a multiple of 16 (or the MTU) long
             size -= (size - 15) % 16  # S is neither (segments.MAGIC_SOLE)
         return [(len(m) > limit and train(m, size, sole)) or m for m in sealed]
@@ -343,6 +356,12 @@ class OffloadCodec:
                 return Opened([], replies, op.authenticated, drop)
             self._drop(drop)  # the pump counts only a whole message's drop
         return Opened(frames, replies, op.authenticated, None)
+
+    def on_recovered(self, n: int) -> None:
+        """The transport rebuilt ``n`` lost datagrams of a train with parity: counted,
+        and the LossMeter still hears of the loss (it judges the path, not the parity)."""
+        self.recovered += n
+        self._meter.lossy += n
 
     def _advise(self, now: float) -> list[bytes]:
         advice, self._meter.pending = self._meter.pending, None

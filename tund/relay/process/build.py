@@ -151,8 +151,10 @@ def _build(spec: WorkerSpec, control: socket.socket) -> Pump:
                              enveloped=not isinstance(codec, PlainCodec),
                              chunked=spec.transport == "udp")
         device = FdDevice(spec.device_fd, read_size=VNET_MAX_FRAME + 1)
-        return Pump(control=control, device=device,
-                    transport=make_transport(spec, counters, VNET_MAX_FRAME),
+        transport = make_transport(spec, counters, VNET_MAX_FRAME)
+        if isinstance(transport, UdpTransport):
+            transport.on_recovered(codec.on_recovered)
+        return Pump(control=control, device=device, transport=transport,
                     codec=codec, counters=counters, max_packet=VNET_MAX_FRAME,
                     mtu=spec.mtu, vnet=True, underlay=underlay)
     device = FdDevice(spec.device_fd, read_size=mp + 1)  # mp + 1 bytes read = oversize

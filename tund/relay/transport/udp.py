@@ -59,7 +59,7 @@ import logging
 import selectors
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from tund.relay.codec.base import Address
@@ -162,6 +162,10 @@ class UdpTransport:
         self._segs = segments.Reassembler(counters.drop)
         self._resolver: Resolver | None = None
         self.resolve_every = resolve_every
+
+    def on_recovered(self, callback: Callable[[int], object]) -> None:
+        """``callback(n)``: ``n`` lost datagrams of a train with parity were rebuilt."""
+        self._segs.recovered = callback
 
     def start(self, sel: Registry, link: Link, now: float) -> None:
         self._sel, self._link = sel, link
