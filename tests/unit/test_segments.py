@@ -7,8 +7,11 @@ import os
 from tund.relay.transport.gso import GSO_BYTES, GSO_SEGMENTS
 from tund.relay.transport.segments import (
     HEAD_LEN,
+    MAGIC_PARITY,
     MARK,
+    PARITY_HEAD,
     Reassembler,
+    parity_train,
     sends,
     train,
     train_size,
@@ -166,3 +169,80 @@ def test_a_sole_train_is_padded_on_the_wire_and_the_message_comes_back_exact() -
         assert _one_by_one(r, parts) == [message]
         assert r.add(t, len(t), 1407, PEER) == [message]
     assert drops == []
+
+
+# -- trains with parity (chunks on a lossy path) --------------------------------------
+
+
+def _parity(message: bytes, tid: int = 1) -> list[bytes]:
+    t = parity_train(message, SIZE, tid)
+    assert t is not None
+    return _datagrams(t)
+
+
+def _recovering() -> tuple[Reassembler, list[str], list[int]]:
+    drops: list[str] = []
+    rebuilt: list[int] = []
+    return Reassembler(drops.append, rebuilt.append), drops, rebuilt
+
+
+def test_a_train_with_parity_is_equal_headed_datagrams_and_one_xor() -> None:
+    message = os.urandom(11_000)  # a chunk of eight segments, sealed
+    parts = _parity(message)
+    assert len(parts) == 9 and len({len(p) for p in parts}) == 1 and len(parts[0]) <= SIZE
+    assert all(p[0] == MARK and p[1] == MAGIC_PARITY for p in parts)
+    assert [PARITY_HEAD.unpack_from(p)[4] for p in parts] == list(range(9))
+    xor = 0
+    for p in parts:
+        xor ^= int.from_bytes(p[HEAD_LEN:], "little")
+    assert xor == 0  # the last is the XOR of the others
+    assert sends(b"".join(parts)) == [(0, 9 * len(parts[0]))]
+    assert parity_train(os.urandom(SIZE - HEAD_LEN), SIZE, 1) is None  # one datagram
+
+
+def test_any_one_lost_datagram_of_a_train_with_parity_is_rebuilt() -> None:
+    message = os.urandom(11_000)
+    parts = _parity(message)
+    for lost in range(len(parts)):
+        r, drops, rebuilt = _recovering()
+        out = _one_by_one(r, [p for i, p in enumerate(parts) if i != lost])
+        assert out == [message] and drops == []
+        assert rebuilt == ([] if lost == len(parts) - 1 else [1])  # (the parity: no need)
+
+
+def test_two_lost_datagrams_give_the_message_up_when_the_next_train_comes() -> None:
+    first, second = os.urandom(9_000), os.urandom(9_000)
+    a, b = _parity(first, 1), _parity(second, 2)
+    r, drops, rebuilt = _recovering()
+    assert _one_by_one(r, a[:2] + a[4:]) == [] and drops == []
+    assert _one_by_one(r, b) == [second]
+    assert drops == ["segments_incomplete"] and rebuilt == []
+
+
+def test_a_gro_run_of_a_train_with_parity_is_one_message_and_duplicates_are_ignored() -> None:
+    message = os.urandom(11_000)
+    parts = _parity(message)
+    run = b"".join(parts)
+    r, drops, rebuilt = _recovering()
+    assert r.add(run, len(run), len(parts[0]), PEER) == [message]
+    assert r.add(parts[3], len(parts[3]), len(parts[3]), PEER) == []  # a duplicate
+    assert drops == [] and rebuilt == []
+
+
+def test_a_plain_datagram_between_parity_datagrams_passes_and_the_train_completes() -> None:
+    message, keepalive = os.urandom(11_000), os.urandom(32)
+    parts = _parity(message)
+    r, drops, _ = _recovering()
+    out = _one_by_one(r, [*parts[:4], keepalive, *parts[4:]])
+    assert out == [keepalive, message] and drops == []
+
+
+def test_a_parity_datagram_whose_header_disagrees_with_its_length_is_malformed() -> None:
+    parts = _parity(os.urandom(11_000))
+    r, drops, _ = _recovering()
+    bad = parts[0][:-1]  # one byte short of the size its header implies
+    assert r.add(bad, len(bad), len(bad), PEER) == []
+    forged = bytearray(parts[1])
+    forged[7] = 200  # count 200 of 11,000 bytes: pieces of 55, not this length
+    assert r.add(forged, len(forged), len(forged), PEER) == []
+    assert drops == ["segment_malformed"] * 2

@@ -92,6 +92,8 @@ TUNNEL_FIELDS: dict[str, str] = {
     "offload": 'str: "off" (the peer has not agreed to offloads), "frames" (super-packets '
                'go whole), "chunks" (cut into MTU-sized chunks: over UDP at first and while '
                "the peer sees many arrive incomplete; always without encryption)",
+    "recovered": "int: datagrams of the peer's trains lost on the underlay and rebuilt "
+                 "from their parity (chunks over UDP; none were lost to the tunnel)",
 }
 
 PEER_FIELDS: dict[str, str] = {
@@ -119,4 +121,4 @@ PEER_FIELDS: dict[str, str] = {
 #: Fields that only some tunnels have (encrypted ones; a live worker).
 WIREGUARD_FIELDS = frozenset({"peer_public_key", "latest_handshake", "session",
                               "handshakes_sent", "cookie_replies_sent", "wg_drops"})
-OPTIONAL_TUNNEL_FIELDS = WIREGUARD_FIELDS | {"offload"}
+OPTIONAL_TUNNEL_FIELDS = WIREGUARD_FIELDS | {"offload", "recovered"}

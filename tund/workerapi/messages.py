@@ -156,6 +156,7 @@ _EXTRA: dict[str, Callable[[_Fields, str], object]] = {
     "cookie_replies_sent": _Fields.num,
     "wg_drops": _Fields.counts,
     "offload": lambda f, n: f.text(n, ("off", "frames", "chunks")),
+    "recovered": _Fields.num,
     "warnings": _Fields.texts,
     "peers": _peers,
 }

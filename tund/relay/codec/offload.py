@@ -414,4 +414,4 @@ class OffloadCodec:
 
     def stats(self) -> dict[str, Any]:
         mode = "off" if not self.peer_vnet else "chunks" if self.send_chunks else "frames"
-        return {**self.inner.stats(), "offload": mode}
+        return {**self.inner.stats(), "offload": mode, "recovered": self.recovered}
