@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
+from tund.relay.transport import xor
 from tund.relay.transport.gso import GSO_BYTES, GSO_SEGMENTS
 from tund.relay.transport.segments import (
     HEAD_LEN,
@@ -246,3 +249,18 @@ def test_a_parity_datagram_whose_header_disagrees_with_its_length_is_malformed()
     forged[7] = 200  # count 200 of 11,000 bytes: pieces of 55, not this length
     assert r.add(forged, len(forged), len(forged), PEER) == []
     assert drops == ["segment_malformed"] * 2
+
+
+def test_the_parity_is_the_same_with_numpy_and_with_python_integers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    buf = os.urandom(9 * 1376)
+    pieces = [int.from_bytes(buf[i * 1376:(i + 1) * 1376], "little") for i in range(9)]
+    want = 0
+    for p in pieces:
+        want ^= p
+    assert xor._with_ints(buf, 9) == want.to_bytes(1376, "little") == xor.xor_of(buf, 9)
+    monkeypatch.setattr(xor, "_impl", xor._with_ints)  # no numpy: the same trains
+    message = os.urandom(11_000)
+    parts = _parity(message)
+    r, drops, rebuilt = _recovering()
+    assert _one_by_one(r, parts[:2] + parts[3:]) == [message] and rebuilt == [1] and not drops

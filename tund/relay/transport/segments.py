@@ -37,6 +37,7 @@ import struct
 from collections.abc import Callable, Hashable
 
 from tund.relay.transport.gso import GSO_BYTES, GSO_SEGMENTS
+from tund.relay.transport.xor import xor_of
 
 HEAD = struct.Struct("!BBHI")  # MARK, MAGIC, datagram size, message length
 HEAD_LEN = HEAD.size
@@ -86,27 +87,34 @@ def train(message: bytes, size: int, sole: bool = False) -> bytes | None:
     return head + message + bytes(pad) if pad else head + message
 
 
+def parity_piece(length: int, count: int) -> int:
+    """The bytes of message in each datagram of a train with parity: equal pieces, a
+    multiple of 8 (:func:`tund.relay.transport.xor.xor_of` takes them as 64-bit words)."""
+    return (-(-length // count) + 7) & ~7
+
+
 def parity_train(message: bytes, size: int, train_id: int) -> bytes | None:
     """``message`` as a train with parity: each datagram of at most ``size`` bytes starts
     with its own :data:`PARITY_HEAD` (so each is known wherever it lands), the message is
-    cut into equal pieces (the last padded to the others' length) and one more datagram
+    cut into equal pieces (:func:`parity_piece`; the last padded) and one more datagram
     carries their XOR: a receiver rebuilds any one lost datagram of the train. None when
     the message fits one datagram, or would need more than :data:`PARITY_DATAGRAMS`
     pieces. ``train_id`` tells a sender's trains apart (16 bits)."""
     n, room = len(message), size - HEAD_LEN
     count = -(-n // room) if room >= MIN_SIZE - HEAD_LEN else 0
-    if count < 2 or count > PARITY_DATAGRAMS or n > 0xFFFF:
+    if count < 2 or n > 0xFFFF:
         return None
-    piece = -(-n // count)
-    view, pack, tid = memoryview(message), PARITY_HEAD.pack, train_id & 0xFFFF
+    if parity_piece(n, count) > room:
+        count += 1
+    if count > PARITY_DATAGRAMS:
+        return None
+    piece = parity_piece(n, count)
+    whole = message + bytes(count * piece - n)
+    view, pack, tid = memoryview(whole), PARITY_HEAD.pack, train_id & 0xFFFF
     parts: list[bytes | memoryview] = []
-    xor = 0
     for i in range(count):
-        part = view[i * piece:(i + 1) * piece]
-        xor ^= int.from_bytes(part, "little")
-        parts += (pack(MARK, MAGIC_PARITY, tid, n, i, count), part)
-    parts.append(bytes(count * piece - n))  # the last piece to the others' length
-    parts += (pack(MARK, MAGIC_PARITY, tid, n, count, count), xor.to_bytes(piece, "little"))
+        parts += (pack(MARK, MAGIC_PARITY, tid, n, i, count), view[i * piece:(i + 1) * piece])
+    parts += (pack(MARK, MAGIC_PARITY, tid, n, count, count), xor_of(whole, count))
     return b"".join(parts)
 
 
@@ -114,7 +122,7 @@ def train_size(buf: bytes) -> int:
     """The datagram size of a train :func:`train` or :func:`parity_train` built."""
     if buf[1] == MAGIC_PARITY:
         _, _, _, n, _, count = PARITY_HEAD.unpack_from(buf, 0)
-        return HEAD_LEN + -(-int(n) // int(count))
+        return HEAD_LEN + parity_piece(n, count)
     return int(HEAD.unpack_from(buf, 0)[2])
 
 
@@ -238,9 +246,8 @@ class Reassembler:
         """One datagram of a train with parity (:func:`parity_train`): kept, and the
         message delivered once its data datagrams came, or all but one and the parity."""
         _, _, tid, length, index, count = PARITY_HEAD.unpack_from(view, pos)
-        piece = -(-length // count) if count > 1 else 0
         if (count < 2 or count > PARITY_DATAGRAMS or index > count
-                or end - pos != HEAD_LEN + piece or (count - 1) * piece >= length):
+                or end - pos != HEAD_LEN + parity_piece(length, count)):
             self.drop("segment_malformed")
             return
         key = (source, tid)
@@ -262,14 +269,9 @@ class Reassembler:
         if not self._pmissing:
             out.append(b"".join(parts[:count])[:length])  # type: ignore[arg-type]
         elif self._pmissing == 1 and parts[count] is not None:
-            xor, lost = 0, 0
-            for i in range(count + 1):
-                part = parts[i]
-                if part is None:
-                    lost = i
-                else:
-                    xor ^= int.from_bytes(part, "little")
-            parts[lost] = xor.to_bytes(piece, "little")
+            lost = parts.index(None)
+            parts[lost] = bytes(end - pos - HEAD_LEN)  # (a zero piece: XORs to nothing)
+            parts[lost] = xor_of(b"".join(parts), count + 1)  # type: ignore[arg-type]
             self._pmissing = 0
             self.recovered(1)
             out.append(b"".join(parts[:count])[:length])  # type: ignore[arg-type]

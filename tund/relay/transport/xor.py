@@ -1,0 +1,45 @@
+"""The XOR of equal pieces of a buffer: the parity of a train (:mod:`.segments`).
+
+``xor_of(buf, count)`` is the XOR of ``buf``'s ``count`` consecutive pieces (``len(buf)``
+a multiple of ``8 * count``). numpy does it at memory speed (3.7 us for 11 KB here);
+without numpy, Python integers do (15 us: ``int.from_bytes`` runs at ~1.3 GB/s), and
+the result is the same. numpy is imported on first use, so a worker on a clean path
+never pays for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+_impl: Callable[[Any, int], bytes] | None = None
+
+
+def _with_ints(buf: Any, count: int) -> bytes:
+    view, piece = memoryview(buf), len(buf) // count
+    x = 0
+    for i in range(count):
+        x ^= int.from_bytes(view[i * piece:(i + 1) * piece], "little")
+    return x.to_bytes(piece, "little")
+
+
+def _choose() -> Callable[[Any, int], bytes]:
+    try:
+        import numpy as np
+    except ImportError:
+        return _with_ints
+    reduce, u64 = np.bitwise_xor.reduce, np.uint64
+
+    def with_numpy(buf: Any, count: int) -> bytes:
+        out: bytes = reduce(np.frombuffer(buf, dtype=u64).reshape(count, -1), axis=0).tobytes()
+        return out
+
+    return with_numpy
+
+
+def xor_of(buf: bytes | bytearray | memoryview, count: int) -> bytes:
+    """The XOR of ``buf``'s ``count`` equal pieces (see the module docstring)."""
+    global _impl
+    if _impl is None:
+        _impl = _choose()
+    return _impl(buf, count)
