@@ -28,6 +28,7 @@ import sys
 import time
 
 from tund import proctitle
+from tund.relay.transport import xor
 from tund.workerapi.messages import (
     TO_ZYGOTE,
     Fork,
@@ -73,6 +74,8 @@ def preload() -> list[str]:
             importlib.import_module(name)
         except ImportError:
             missing.append(name)
+    if not xor.prepare():  # numpy (optional) for the parity of trains, once for all workers
+        log.info("fork server: no numpy: the parity of trains is computed in Python (slower)")
     return missing
 
 

@@ -3,12 +3,13 @@
 ``xor_of(buf, count)`` is the XOR of ``buf``'s ``count`` consecutive pieces (``len(buf)``
 a multiple of ``8 * count``). numpy does it at memory speed (3.7 us for 11 KB here);
 without numpy, Python integers do (15 us: ``int.from_bytes`` runs at ~1.3 GB/s), and
-the result is the same. numpy is imported on first use, so a worker on a clean path
-never pays for it.
+the result is the same. :func:`prepare` imports numpy (~90 ms, one thread: no BLAS
+pool): the fork server calls it once for all its workers; else the first use does.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ def _with_ints(buf: Any, count: int) -> bytes:
 
 
 def _choose() -> Callable[[Any, int], bytes]:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # (set before numpy's first import)
     try:
         import numpy as np
     except ImportError:
@@ -37,9 +39,17 @@ def _choose() -> Callable[[Any, int], bytes]:
     return with_numpy
 
 
-def xor_of(buf: bytes | bytearray | memoryview, count: int) -> bytes:
-    """The XOR of ``buf``'s ``count`` equal pieces (see the module docstring)."""
+def prepare() -> bool:
+    """Choose the implementation now; True if it is numpy's."""
     global _impl
     if _impl is None:
         _impl = _choose()
+    return _impl is not _with_ints
+
+
+def xor_of(buf: bytes | bytearray | memoryview, count: int) -> bytes:
+    """The XOR of ``buf``'s ``count`` equal pieces (see the module docstring)."""
+    if _impl is None:
+        prepare()
+    assert _impl is not None
     return _impl(buf, count)
