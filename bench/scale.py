@@ -176,11 +176,14 @@ def main() -> int:
                  str(sd / f"{side}.toml"), "--control-socket", str(sd / f"{side}.sock")],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         up = 0
+        progress: list[tuple[float, int]] = []  # (s, tunnels up): a late straggler shows
         while time.monotonic() - t0 < a.timeout:
             up = all_up(status(a.venv, NS_A, sd / "A.sock"), a.n)
+            progress.append((round(time.monotonic() - t0, 1), up))
             if up == a.n:
                 break
             time.sleep(0.5)
+        res["progress"] = progress
         res["startup_s"] = round(time.monotonic() - t0, 2) if up == a.n else None
         res["up"] = up
         print(f"startup: {up}/{a.n} up after {time.monotonic() - t0:.1f}s", file=sys.stderr,

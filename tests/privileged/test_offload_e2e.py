@@ -201,7 +201,7 @@ def test_under_loss_chunks_keep_super_packets_fast_and_exact(tmp_path: Path) -> 
                                       timeout=60)
         assert n == 4 * 1024 * 1024 and sha_s == sha_r
         assert ts.a.tunnel("t1")["offload"] == "chunks"  # b saw loss and said so
-        before = ts.b.tunnel("t1")["drops"]
+        before, recovered = ts.b.tunnel("t1")["drops"], ts.b.tunnel("t1")["recovered"]
         size = 32 * 1024 * 1024
         n, sha_s, sha_r, secs = transfer(ts.a.ns, ts.b.ns, ts.inner("b"), size, timeout=120)
         out = json.loads(ts.b.ns.run("nft", "-j", "list", "table", "inet", table).stdout)
@@ -216,6 +216,12 @@ def test_under_loss_chunks_keep_super_packets_fast_and_exact(tmp_path: Path) -> 
         assert b["rx_bytes"] > size and b["rx_packets"] < 2 * size // MTU  # super-packets
         # every chunk run written was a valid frame
         assert b["drops"].get("malformed", 0) == before.get("malformed", 0), b["drops"]
+        # chunks go as trains with parity: most lost datagrams were rebuilt (a train
+        # of ~9 loses two at 3% about one time in 30), and the path is still judged lossy
+        rebuilt = b["recovered"] - recovered
+        given_up = b["drops"].get("segments_incomplete", 0) - before.get("segments_incomplete", 0)
+        print(f"b rebuilt {rebuilt} datagrams, gave up {given_up} trains")
+        assert rebuilt > dropped / 3 and given_up < rebuilt / 3, (rebuilt, given_up, dropped)
         assert _tso(ts.a.ns, _ia) == "on"
         assert ts.a.tunnel("t1")["offload"] == "chunks"
     finally:
