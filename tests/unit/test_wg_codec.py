@@ -133,6 +133,37 @@ def test_responder_cannot_send_before_key_confirmation() -> None:
     assert [ok(p.a.open(m, SRC, 1.0)).packets for m in r.replies] == [[ip_packet()]]
 
 
+def _crossed(p: Pair, now: float) -> tuple[list[bytes], list[bytes]]:
+    """Both sides initiate before hearing the other and each answers the other's; the
+    replies each then sends to the response to its own initiation: (A's, B's)."""
+    (ia,) = p.a.on_connected(now)
+    (ib,) = p.b.seal(ip_packet(40, 7), now)  # B has a packet to send: it initiates too
+    assert ia[0] == ib[0] == 1
+    (ra,) = ok(p.a.open(ib, SRC, now)).replies
+    (rb,) = ok(p.b.open(ia, SRC, now)).replies
+    return ok(p.a.open(rb, SRC, now)).replies, ok(p.b.open(ra, SRC, now)).replies
+
+
+@pytest.mark.parametrize("rounds", range(6))  # new keys each time: either side may be lower
+def test_crossed_initiations_make_one_session_at_once(rounds: int) -> None:
+    """Both ends restarted at once: the session the lower public key began wins on both
+    sides, without the 5 s wait for a retry that WireGuard's timers would take."""
+    p = pair()
+    from_a, from_b = _crossed(p, 1.0)
+    a_lower = public_from_private(p.a_priv) < public_from_private(p.b_priv)
+    assert bool(from_a) == a_lower and bool(from_b) == (not a_lower)  # one confirms
+    got_b = [ok(p.b.open(m, SRC, 1.0)) for m in from_a]
+    got_a = [ok(p.a.open(m, SRC, 1.0)) for m in from_b]
+    assert [q for r in got_a for q in r.packets] == ([] if a_lower else [ip_packet(40, 7)])
+    for r in got_b:  # A's confirmation flushes B's staged packet
+        got_a += [ok(p.a.open(m, SRC, 1.0)) for m in r.replies]
+    assert [q for r in got_a for q in r.packets] == [ip_packet(40, 7)]
+    for x, y in ((p.a, p.b), (p.b, p.a)):
+        assert x.stats()["session"] == "established" and x.stats()["wg_drops"] == {}
+        (m,) = x.seal(ip_packet(60, 3), 1.1)
+        assert ok(y.open(m, SRC, 1.1)).packets == [ip_packet(60, 3)]
+
+
 # ----------------------------------------------------------------------------- replay
 
 

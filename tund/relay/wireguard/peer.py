@@ -68,11 +68,12 @@ _JITTER_DRAWS = struct.Struct(f"<{_JITTER_BLOCK}H")
 
 @dataclass
 class _Pending:
-    """Our initiation waiting for its response."""
+    """Our initiation waiting for its response (``sent``: when it left)."""
 
     local_index: int
     ephemeral: bytes
     state: noise.SymmetricState
+    sent: float
 
 
 def ip_length(packet: bytes) -> int | None:
@@ -468,7 +469,7 @@ class PeerSession:
         body = noise.write_initiation(state, local.priv, ephemeral, self._peer,
                                       tai64n(local.wall()),
                                       static_static=self._static_static)
-        self._pending = _Pending(index, ephemeral, state)
+        self._pending = _Pending(index, ephemeral, state, now)
         message = self._cookies.add_macs(msgs.pack_initiation(index, body), now)
         self._on_authenticated_traversal(now)
         self._deadline["send_keepalive"] = None
@@ -500,7 +501,7 @@ class PeerSession:
                                     self._psk, b"")
         to_responder, to_initiator = state.split()
         self._keys.begin(Keypair(to_initiator, to_responder, index, m.sender, now, False))
-        self._pending = None
+        # our own initiation, if one crossed this one, stays answerable (_open_response)
         self._last_sent_handshake = now
         self._session_derived(now)
         reply = self._cookies.add_macs(msgs.pack_response(index, m.sender, body), now)
@@ -517,10 +518,17 @@ class PeerSession:
                                 m.ephemeral + m.empty)
         except DecryptError:
             return self._drop("decrypt")
+        self._pending = None
+        crossed = self._keys.next
+        if (crossed is not None and not crossed.is_initiator and crossed.created >= pending.sent
+                and self._local.pub > self._peer):
+            # both sides initiated at once and each answered the other: the session the
+            # lower public key began wins on both sides (its first message will confirm it
+            # here); WireGuard keeps neither and waits 5 s (REKEY_TIMEOUT) for a retry
+            return Opened([], [], True, None)
         to_responder, to_initiator = state.split()
         self._keys.begin(Keypair(to_responder, to_initiator, pending.local_index, m.sender,
                                  now, True))
-        self._pending = None
         self._session_derived(now)
         self._handshake_complete(now)
         self._on_authenticated_traversal(now)
