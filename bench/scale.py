@@ -6,8 +6,9 @@ each runs one tund daemon with N tunnels (A listens on ports 40000+i, B connects
 addresses 10.207.i.1 / 10.207.i.2 (i < 256; the third octet wraps). Measures, on daemon A:
 
 * ``startup_s``: from spawning both daemons until every tunnel of A is ``up`` with an
-  established session (both daemons start at once on the same CPUs; A's status is
-  polled every 0.5 s over its control socket);
+  established session (both daemons start at once on the same CPUs, cold: no state
+  left by an earlier run; A's status is polled every 0.5 s over its control socket;
+  ``progress``: the tunnels up at each poll);
 * ``pss_mib_per_tunnel``: Pss (``/proc/PID/smaps_rollup``) of daemon A and all its
   descendants, divided by N;
 * ``reload_s``: B's config changes one tunnel in a way its worker restarts for
@@ -67,8 +68,15 @@ def testbed_up() -> None:
         ns(n, "ip", "link", "set", dev, "up")
 
 
+def control(sd: Path, side: str) -> Path:
+    """Daemon ``side``'s control socket, in a directory of its own: a daemon keeps its
+    state files (peers.json, counters.json) beside its socket, and two daemons must not
+    share them (A would read B's peers as its own)."""
+    return sd / side / "control.sock"
+
+
 def config(side: str, n: int, sd: Path, keys: dict[str, str], changed0: bool = False) -> str:
-    lines = [f'[daemon]\ncontrol_socket = "{sd}/{side}.sock"\n']
+    lines = [f'[daemon]\ncontrol_socket = "{control(sd, side)}"\n']
     other = "B" if side == "A" else "A"
     for i in range(n):
         host = 1 if side == "A" else 2
@@ -164,6 +172,11 @@ def main() -> int:
                                     capture_output=True, text=True, check=True).stdout.strip()
     for side in "AB":
         (sd / f"{side}.toml").write_text(config(side, a.n, sd, keys))
+        # a cold start: no peers or counters left by an earlier run (its peers' ports are
+        # gone; a worker would first contact a stale address)
+        (sd / side).mkdir(exist_ok=True)
+        for stale in ("peers.json", "counters.json"):
+            (sd / side / stale).unlink(missing_ok=True)
     res: dict[str, object] = {"tunnels": a.n}
     procs: list[subprocess.Popen[bytes]] = []
     testbed_up()
@@ -173,12 +186,12 @@ def main() -> int:
             log = open(sd / f"{side}.log", "wb")  # noqa: SIM115 (the daemon's, for its life)
             procs.append(subprocess.Popen(
                 ["ip", "netns", "exec", nsname, f"{a.venv}/bin/tund", "--config",
-                 str(sd / f"{side}.toml"), "--control-socket", str(sd / f"{side}.sock")],
+                 str(sd / f"{side}.toml"), "--control-socket", str(control(sd, side))],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         up = 0
         progress: list[tuple[float, int]] = []  # (s, tunnels up): a late straggler shows
         while time.monotonic() - t0 < a.timeout:
-            up = all_up(status(a.venv, NS_A, sd / "A.sock"), a.n)
+            up = all_up(status(a.venv, NS_A, control(sd, "A")), a.n)
             progress.append((round(time.monotonic() - t0, 1), up))
             if up == a.n:
                 break
@@ -205,11 +218,11 @@ def main() -> int:
         res["cpu_s"] = {"daemon": cpu_s([root]), "fork_server": cpu_s(zyg),
                         "workers": round(cpu_s(workers), 2)}
         # reload: one tunnel of B changes (reconnect_max), its worker restarts, re-handshakes
-        before = (status(a.venv, NS_B, sd / "B.sock") or {}).get("tunnels", {}).get("t0", {})
+        before = (status(a.venv, NS_B, control(sd, "B")) or {}).get("tunnels", {}).get("t0", {})
         (sd / "B.toml").write_text(config("B", a.n, sd, keys, changed0=True))
         t1 = time.monotonic()
         try:
-            r = ns(NS_B, f"{a.venv}/bin/tundctl", "--socket", str(sd / "B.sock"), "reload",
+            r = ns(NS_B, f"{a.venv}/bin/tundctl", "--socket", str(control(sd, "B")), "reload",
                    check=False)
             res["reload_output"] = (r.stdout + r.stderr).strip()[-300:]
         except subprocess.TimeoutExpired:
@@ -217,7 +230,7 @@ def main() -> int:
         res["reload_cmd_s"] = round(time.monotonic() - t1, 3)
         done = None
         while time.monotonic() - t1 < 60:
-            t = (status(a.venv, NS_B, sd / "B.sock") or {}).get("tunnels", {}).get("t0", {})
+            t = (status(a.venv, NS_B, control(sd, "B")) or {}).get("tunnels", {}).get("t0", {})
             if (t.get("session") == "established" and t.get("pid") != before.get("pid")
                     and t.get("latest_handshake") != before.get("latest_handshake")):
                 done = time.monotonic() - t1
