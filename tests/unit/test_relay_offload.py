@@ -8,6 +8,7 @@ from tests.unit.test_relay_chunks import kernel_checksum_ok, tso_frame
 from tund.relay.codec import chunks
 from tund.relay.codec.base import Opened
 from tund.relay.codec.chunks import F_NEEDS_CSUM, GSO_TCPV4, WAIT, LossMeter
+from tund.relay.codec.hello import hello, mode_advice, parse_hello, parse_mode_advice
 from tund.relay.codec.offload import (
     ENVELOPE_LEN,
     F_DATA_VALID,
@@ -16,11 +17,7 @@ from tund.relay.codec.offload import (
     OffloadCodec,
     envelope,
     frame_ok,
-    hello,
     is_envelope,
-    mode_advice,
-    parse_hello,
-    parse_mode_advice,
 )
 from tund.relay.codec.plain import PlainCodec
 from tund.relay.transport import segments
@@ -189,8 +186,10 @@ def test_over_udp_super_packets_travel_in_chunks_of_eight_as_trains() -> None:
     a.send_chunks = True  # as the peer's LossMeter advises on a lossy path (below)
     frame = tso_frame(payload_len=60000)
     wire = a.seal(frame, 1.0)
-    # a chunk holds eight MTU's worth and goes as one train of datagrams within the MTU
+    # a chunk holds eight MTU's worth and goes as one train of datagrams within the MTU,
+    # with a parity datagram (chunks are cut on a lossy path)
     assert all(w[0] == segments.MARK and segments.train_size(w) <= 1400 for w in wire)
+    assert all(w[1] == segments.MAGIC_PARITY for w in wire)
     cut = joined(wire)
     assert len(cut) == len(wire) == -(-60000 // (8 * (1400 - 52 - chunks.TRAILER_LEN)))
     assert all(chunks.is_chunk(c) and len(c) <= 8 * 1400 for c in cut)
@@ -207,6 +206,36 @@ def test_over_udp_super_packets_travel_in_chunks_of_eight_as_trains() -> None:
     assert len(runs) == 2 and all(kernel_checksum_ok(r) for r in runs)
     assert all(r[1] == GSO_TCPV4 for r in runs)  # several segments each: still TSO frames
     assert b.open(cut[1], PEER, 2.1).drop is None  # a late straggler starts a new frame
+
+
+def test_rebuilt_datagrams_keep_the_path_judged_lossy() -> None:
+    """One datagram of every chunk's train is lost: the parity rebuilds each (every frame
+    arrives whole), and the receiver still advises chunks, as the LossMeter heard of the
+    losses; without that news it would advise "whole" and the path would flip."""
+    advice: dict[bool, list[bool | None]] = {}
+    for told in (True, False):
+        a, b = (OffloadCodec(PlainCodec(ip_check=True), Switch(), max_packet=1400,
+                             drops=dict[str, int](), enveloped=True, chunked=True)
+                for _ in range(2))
+        for c in (a, b):
+            c.open(hello(False), PEER, 0.0)
+        segs = segments.Reassembler(lambda cause: None,
+                                    b.on_recovered if told else lambda n: None)
+        frame, said = tso_frame(payload_len=60000), []
+        for i in range(LossMeter.WINDOW * 2):
+            got = []
+            for w in a.seal(frame, 1.0):
+                size = segments.train_size(w)
+                for d in [w[o:o + size] for o in range(0, len(w), size) if o != size]:
+                    for m in segs.add(d, len(d), len(d), PEER):
+                        op = b.open(m, PEER, 1.0 + i * 0.02)
+                        got += op.packets
+                        said += [parse_mode_advice(r) for r in op.replies]
+            assert got == [frame]
+        advice[told] = said
+        assert b.recovered == (LossMeter.WINDOW * 2 * 6 if told else 0)
+    assert advice[True] and False not in advice[True]
+    assert False in advice[False]
 
 
 def joined(wire: list[bytes]) -> list[bytes]:

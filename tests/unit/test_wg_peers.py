@@ -736,7 +736,7 @@ def test_a_tund_peers_offload_hello_is_not_counted_as_not_allowed() -> None:
     """A tund client negotiates offloads in band (hellos from 0.0.0.0 to 0.0.0.0): the
     server drops them as ``offload_hello``, so ``not_allowed`` counts only packets from
     addresses outside the peer's allowed_ips (issue 17.1; failed before: not_allowed 3)."""
-    from tund.relay.codec.offload import hello, mode_advice
+    from tund.relay.codec.hello import hello, mode_advice
     net = Net(1)
     (a,) = net.clients
     connect(net, a)

@@ -2,11 +2,12 @@
 :mod:`tund.relay.device.offload`).
 
 :class:`OffloadCodec` wraps the tunnel's codec: it negotiates vnet frames with the peer in
-band (:func:`hello` packets, ack 0/1; a new path forgets the peer's capability), turns
-the device's offloads on once the peer takes frames, sends frames raw (or as a bare IP
-packet when they need nothing from their header; in an envelope for codecs that carry IP
-packets only), and drops frames it may not send as ``"offload_stale"``. Over UDP
-super-packets travel as chunks (:mod:`tund.relay.codec.chunks`). Only tun mode without
+band (hellos, ack 0/1: :mod:`tund.relay.codec.hello`; a new path forgets the peer's
+capability), turns the device's offloads on once the peer takes frames, sends frames raw
+(or as a bare IP packet when they need nothing from their header; in an envelope for
+codecs that carry IP packets only), and drops frames it may not send as
+``"offload_stale"``. Over a lossy UDP path super-packets travel as chunks
+(:mod:`tund.relay.codec.chunks`), in trains with parity. Only tun mode without
 packet info uses it (``WorkerSpec.vnet_hdr``). A super-packet sent whole over UDP goes
 as a train (:mod:`tund.relay.transport.segments`: one GSO send, not IP fragments). Why,
 and the wire format: docs/design.md, "TUN offloads between tund peers".
@@ -21,14 +22,8 @@ from typing import Any
 
 from tund.relay.codec import chunks
 from tund.relay.codec.base import Address, Codec, Opened
-from tund.relay.codec.chunks import (
-    F_NEEDS_CSUM,
-    GSO_ECN,
-    GSO_NONE,
-    GSO_TCPV4,
-    GSO_TCPV6,
-    ipv4_header_checksum,
-)
+from tund.relay.codec.chunks import F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6
+from tund.relay.codec.hello import hello, mode_advice, parse_hello, parse_mode_advice
 from tund.relay.transport.segments import parity_train, train
 
 log = logging.getLogger("tund.relay.codec.offload")
@@ -51,54 +46,6 @@ CHUNK_SEGMENTS = 8
 TRAIN_ABOVE = 48
 HELLO_RETRY = 1.0
 HELLO_TRIES = 10
-_MAGIC = b"tund-offload/4\x00"  # /2: in chunks over UDP; /3: whole ones in trains; /4: chunks
-# in trains with parity
-_HELLO_LEN = 20 + len(_MAGIC) + 1
-
-
-def _control(kind: int) -> bytes:
-    head = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, _HELLO_LEN, 0, 0, 0, 253, 0,
-                                 bytes(4), bytes(4)))
-    good = ipv4_header_checksum(head)
-    struct.pack_into("!H", head, 10, good ^ 0x5A5A)  # deliberately wrong: kernels drop it
-    return bytes(head) + _MAGIC + bytes([kind])
-
-
-def _control_kind(packet: bytes) -> int | None:
-    if len(packet) != _HELLO_LEN or packet[9] != 253 or packet[20:20 + len(_MAGIC)] != _MAGIC:
-        return None
-    return packet[-1]
-
-
-def is_control(packet: bytes) -> bool:
-    """True if ``packet`` (an IP packet, no framing) is one of this extension's control
-    packets (a hello or a mode advice)."""
-    return _control_kind(packet) is not None
-
-
-def hello(ack: bool) -> bytes:
-    """The negotiation packet (see the module docstring); ``ack`` answers one."""
-    return _control(1 if ack else 0)
-
-
-def parse_hello(packet: bytes) -> bool | None:
-    """None if ``packet`` is not a hello, else its ack flag."""
-    kind = _control_kind(packet)
-    return None if kind is None or kind > 1 else kind == 1
-
-
-def mode_advice(chunks: bool) -> bytes:
-    """The receiver's advice (a packet like the hello): cut super-packets into chunks, or
-    send them whole (see :class:`tund.relay.codec.chunks.LossMeter`)."""
-    return _control(2 if chunks else 3)
-
-
-def parse_mode_advice(packet: bytes) -> bool | None:
-    """None if ``packet`` is not a mode advice, else True for chunks."""
-    kind = _control_kind(packet)
-    return None if kind not in (2, 3) else kind == 2
-
-
 _ENV = struct.Struct("!IHBB16s16s")
 ENVELOPE_LEN = _ENV.size
 
@@ -241,8 +188,9 @@ class OffloadCodec:
                     cut = chunks.split(frame, self.max_packet, fid, CHUNK_SEGMENTS)
                     if cut is not None:
                         seal = self.inner.seal
+                        # (parity only on a path judged lossy: plain UDP always chunks)
                         return self._as_trains([m for c in cut for m in seal(c, now)],
-                                               parity=True)
+                                               parity=self.adaptive)
             sealed = self.inner.seal(envelope(frame, fid) if self.enveloped else frame, now)
             return self._as_trains(sealed) if self.chunked else sealed
         out: list[bytes] = []

@@ -69,7 +69,7 @@ from typing import Any
 
 from tund.keyformat import decode_key, encode_key
 from tund.relay.codec.base import Address, Opened
-from tund.relay.codec.offload import is_control
+from tund.relay.codec.hello import is_control
 from tund.relay.wireguard import messages as msgs
 from tund.relay.wireguard import noise
 from tund.relay.wireguard.peer import (
