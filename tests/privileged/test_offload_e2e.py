@@ -190,9 +190,14 @@ def test_under_loss_chunks_keep_super_packets_fast_and_exact(tmp_path: Path) -> 
     table = new_ifname("pfl")
     try:
         # a clean path first: b advises whole super-packets (one AEAD, one datagram each)
-        n, sha_s, sha_r, _ = transfer(ts.a.ns, ts.b.ns, ts.inner("b"), 16 * 1024 * 1024)
-        assert n == 16 * 1024 * 1024 and sha_s == sha_r
-        assert ts.a.tunnel("t1")["offload"] == "frames"
+        # once a window of 64 frames has few incomplete ones (a burst that overflows a
+        # socket buffer at the start may cost the first window: a few transfers at most)
+        for _ in range(4):
+            n, sha_s, sha_r, _ = transfer(ts.a.ns, ts.b.ns, ts.inner("b"), 16 * 1024 * 1024)
+            assert n == 16 * 1024 * 1024 and sha_s == sha_r
+            if ts.a.tunnel("t1")["offload"] == "frames":
+                break
+        assert ts.a.tunnel("t1")["offload"] == "frames", (ts.a.tunnel("t1"), ts.b.tunnel("t1"))
         # then the loss starts: b sees most trains incomplete and advises chunks (what is
         # left of a train whose first datagram was lost reaches the codec: "malformed")
         for ns in (ts.a.ns, ts.b.ns):
