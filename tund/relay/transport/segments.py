@@ -165,12 +165,14 @@ class Reassembler:
         self._length = 0  # the message's
         self._source: Hashable = None
         self._parts: list[bytes] = []
-        # the train with parity being joined: (sender, train id), its datagrams (the
-        # parity last), how many data datagrams are still due, the message length
-        self._pkey: tuple[Hashable, int] | None = None
+        # the train with parity being joined: its sender and id, its datagrams (the
+        # parity last; the last data piece without its padding), how many data
+        # datagrams are still due, its message length, count and datagram size
+        self._psrc: Hashable = None
+        self._ptid = -1
         self._pparts: list[bytes | None] = []
         self._pmissing = 0
-        self._plength = 0
+        self._plength = self._pcount = self._psize = 0
 
     # Size: one pass over a run that may hold the end of one train, whole trains and
     # plain datagrams; every check of a datagram's place is here.
@@ -216,7 +218,8 @@ class Reassembler:
                 pos = end
                 continue
             if view[pos + 1] == MAGIC_PARITY and end - pos > HEAD_LEN:
-                self._parity(view, pos, end, source, out)
+                if (m := self.parity(view, pos, end, source)) is not None:
+                    out.append(m)
                 pos = end
                 continue
             head = self._header_at(view, pos, end)
@@ -241,40 +244,51 @@ class Reassembler:
             pos = end
         return out
 
-    def _parity(self, view: memoryview, pos: int, end: int, source: Hashable,
-                out: list[bytes]) -> None:
-        """One datagram of a train with parity (:func:`parity_train`): kept, and the
-        message delivered once its data datagrams came, or all but one and the parity."""
+    # Size: the per-datagram path of a lossy link: a new train's checks, the common case
+    # (a datagram of the train being joined) and the rebuilding of a lost one, in one call.
+    def parity(self, view: memoryview, pos: int, end: int, source: Hashable) -> bytes | None:
+        """One datagram (``view[pos:end]``, ``view[pos + 1]`` is :data:`MAGIC_PARITY`) of a
+        train with parity (:func:`parity_train`): kept; the message once its data
+        datagrams came, or all but one and the parity (the transport calls this directly
+        for a datagram read alone)."""
         _, _, tid, length, index, count = PARITY_HEAD.unpack_from(view, pos)
-        if (count < 2 or count > PARITY_DATAGRAMS or index > count
-                or end - pos != HEAD_LEN + parity_piece(length, count)):
-            self.drop("segment_malformed")
-            return
-        key = (source, tid)
-        parts = self._pparts
-        if key != self._pkey:
-            if self._pkey is not None and self._pmissing:
+        if tid != self._ptid or source != self._psrc:
+            if (count < 2 or count > PARITY_DATAGRAMS or index > count
+                    or end - pos != HEAD_LEN + parity_piece(length, count)):
+                self.drop("segment_malformed")
+                return None
+            if self._pmissing:
                 self.drop("segments_incomplete")
-            self._pkey, self._plength = key, length
-            self._pparts = parts = [None] * (count + 1)
+            self._ptid, self._psrc, self._pparts = tid, source, [None] * (count + 1)
+            self._plength, self._pcount, self._psize = length, count, end - pos
             self._pmissing = count
-        elif length != self._plength or len(parts) != count + 1:
+        elif (length != self._plength or count != self._pcount or index > count
+              or end - pos != self._psize):
             self.drop("segment_malformed")
-            return
+            return None
+        parts = self._pparts
         if not self._pmissing or parts[index] is not None:
-            return  # the parity of a train complete without it, or a duplicate
-        parts[index] = bytes(view[pos + HEAD_LEN:end])
+            return None  # the parity of a train complete without it, or a duplicate
+        start = pos + HEAD_LEN
+        if index == count - 1:  # the last piece, without its padding
+            parts[index] = bytes(view[start:start + length - index * (end - start)])
+        else:
+            parts[index] = bytes(view[start:end])
         if index < count:
             self._pmissing -= 1
-        if not self._pmissing:
-            out.append(b"".join(parts[:count])[:length])  # type: ignore[arg-type]
-        elif self._pmissing == 1 and parts[count] is not None:
-            lost = parts.index(None)
-            parts[lost] = bytes(end - pos - HEAD_LEN)  # (a zero piece: XORs to nothing)
-            parts[lost] = xor_of(b"".join(parts), count + 1)  # type: ignore[arg-type]
-            self._pmissing = 0
-            self.recovered(1)
-            out.append(b"".join(parts[:count])[:length])  # type: ignore[arg-type]
+            if not self._pmissing:
+                return b"".join(parts[:count])  # type: ignore[arg-type]
+        if self._pmissing != 1 or parts[count] is None:
+            return None
+        lost, piece = parts.index(None), end - start
+        last = parts[count - 1]
+        if last is not None:  # padded again for the XOR
+            parts[count - 1] = last + bytes(piece - len(last))
+        parts[lost] = bytes(piece)  # (a zero piece: XORs to nothing)
+        parts[lost] = xor_of(b"".join(parts), count + 1)  # type: ignore[arg-type]
+        self._pmissing = 0
+        self.recovered(1)
+        return b"".join(parts[:count])[:length]  # type: ignore[arg-type]
 
     @staticmethod
     def _header_at(view: memoryview, pos: int, end: int) -> tuple[int, int] | None:

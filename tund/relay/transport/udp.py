@@ -76,7 +76,7 @@ from tund.relay.transport.gso import (
     segment_option,
 )
 from tund.relay.transport.resolver import Resolver, Result, literal
-from tund.relay.transport.segments import MARK, sends, train_size
+from tund.relay.transport.segments import HEAD_LEN, MAGIC_PARITY, MARK, sends, train_size
 from tund.relay.transport.unconnect import disconnect
 
 log = logging.getLogger("tund.relay.transport.udp")
@@ -339,7 +339,11 @@ class UdpTransport:
             if sources is not None and not sources.allows(addr[0]):
                 self.c.drop("source_refused")
                 continue
-            if (segs.need or (n and view[0] == MARK)  # a train (from a tund peer)
+            if (n > HEAD_LEN and view[0] == MARK and view[1] == MAGIC_PARITY
+                    and not segs.need and not 0 < size < n):  # one of a train with parity
+                if (m := segs.parity(view, 0, n, addr)) is not None:
+                    deliver(m, addr)
+            elif (segs.need or (n and view[0] == MARK)  # a train (from a tund peer)
                     or (segs.sole is not None and addr == segs.sole[0])):
                 for m in segs.add(view, n, size if 0 < size < n else n, addr):
                     deliver(m, addr)
