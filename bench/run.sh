@@ -139,8 +139,23 @@ if [ "$ONLY_SCALE" = 0 ]; then
   fi
   "$TUND_ANCHORS/netns.sh" down >> "$LOG" 2>&1
 fi
+# Wait (at most 30 s) until the CPUs are quiet: deleting namespaces leaves the kernel work
+# to do for seconds after `ip netns del` returns, and a start-up measured on CPUs still
+# busy with it measures that work too.
+settle() {
+  local i a b idle total
+  for i in $(seq 1 30); do
+    a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat))
+    idle=$(( b[4] + b[5] - a[4] - a[5] ))
+    total=$(( b[1]+b[2]+b[3]+b[4]+b[5]+b[6]+b[7]+b[8] - a[1]-a[2]-a[3]-a[4]-a[5]-a[6]-a[7]-a[8] ))
+    [ "$total" -gt 0 ] && [ $(( 100 * idle / total )) -ge 90 ] && { echo "    (quiet after ${i} s)"; return 0; }
+  done
+  echo "    (still busy after 30 s: $(( 100 - 100 * idle / total ))% of the CPUs)"
+}
+
 if [ "$SCALE" = 1 ]; then
   echo "=== scale: $TUNNELS tunnels" | tee -a "$LOG"
+  settle | tee -a "$LOG"
   "$TUND_VENV/bin/python" "$HERE/scale.py" --venv "$TUND_VENV" -n "$TUNNELS" --out "$OUT/scale.json" >> "$LOG" 2>&1 \
     || echo "    (scale run failed, see $LOG)"
 fi
