@@ -72,6 +72,10 @@ if [ -n "$REV" ]; then
 fi
 
 export TUND_BENCH_DESC="$DESC"
+# Byte-compile the code under test, as an installed tund is (pip and Debian's packaging do):
+# with PYTHONDONTWRITEBYTECODE set and no cache, every daemon and fork server would
+# compile each module from source at start (the scale stage would measure that too).
+"$TUND_VENV/bin/python" -m compileall -q "${SRC:-$REPO}/tund" > /dev/null || exit 3
 
 # Our own namespace / device / state names (the anchors' defaults are tbA/tbB); BENCH_TAG
 # (default pf) lets two benchmarks run side by side without sharing names.
