@@ -264,3 +264,16 @@ def test_the_parity_is_the_same_with_numpy_and_with_python_integers(
     parts = _parity(message)
     r, drops, rebuilt = _recovering()
     assert _one_by_one(r, parts[:2] + parts[3:]) == [message] and rebuilt == [1] and not drops
+
+
+def test_a_late_datagram_of_the_train_before_leaves_the_one_being_joined_alone() -> None:
+    first, second = os.urandom(9_000), os.urandom(9_000)
+    a, b = _parity(first, 1), _parity(second, 2)
+    r, drops, _ = _recovering()
+    assert _one_by_one(r, a[:3] + a[4:]) == [first]  # (rebuilt)
+    assert _one_by_one(r, [*b[:2], a[3], *b[2:]]) == [second]  # a[3] came late
+    assert drops == ["segment_late"]
+    # a sender that starts again (ids from 1 once more) is not taken for late
+    r, drops, _ = _recovering()
+    assert _one_by_one(r, _parity(first, 500)) == [first]
+    assert _one_by_one(r, _parity(second, 1)) == [second] and drops == []

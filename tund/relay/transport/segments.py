@@ -25,8 +25,10 @@ cannot be told from datagrams of their own and reaches the codec, which drops it
 A train with parity (:func:`parity_train`, for a lossy path) is another form: every
 datagram carries :data:`PARITY_HEAD` (train id, index, count), the message is cut into
 equal pieces, and a last datagram holds their XOR, so one datagram lost of a train costs
-nothing but the parity's bytes (1/8 more on a chunk of eight MTUs); the receiver rebuilds
-it (``recovered``) and the message arrives whole.
+nothing but the parity's bytes (11% more on a chunk of eight MTUs); the receiver rebuilds
+it (``recovered``) and the message arrives whole. A late datagram of an earlier train
+(reordered behind the next one) is dropped as ``"segment_late"`` and leaves the train
+being joined alone.
 
 :class:`Reassembler` follows one message at a time. Pure: no I/O, no clock.
 """
@@ -58,6 +60,9 @@ MIN_SIZE = HEAD_LEN + 256  # a smaller datagram size is not worth a train
 PARITY_HEAD = struct.Struct("!BBHHBB")
 MAGIC_PARITY = 0xA9
 PARITY_DATAGRAMS = 32
+#: a datagram of one of this many trains before the one being joined is late, not the
+#: start of a new one (ids grow by one a train; a restarted sender starts again at 1)
+LATE_TRAINS = 8
 
 
 def wire_length(length: int, size: int, sole: bool) -> int:
@@ -217,7 +222,7 @@ class Reassembler:
                     out.append(bytes(view[pos:end]))
                 pos = end
                 continue
-            if view[pos + 1] == MAGIC_PARITY and end - pos > HEAD_LEN:
+            if end - pos > HEAD_LEN and view[pos + 1] == MAGIC_PARITY:
                 if (m := self.parity(view, pos, end, source)) is not None:
                     out.append(m)
                 pos = end
@@ -253,6 +258,9 @@ class Reassembler:
         for a datagram read alone)."""
         _, _, tid, length, index, count = PARITY_HEAD.unpack_from(view, pos)
         if tid != self._ptid or source != self._psrc:
+            if source == self._psrc and (self._ptid - tid) & 0xFFFF <= LATE_TRAINS:
+                self.drop("segment_late")  # of one of the trains just before
+                return None
             if (count < 2 or count > PARITY_DATAGRAMS or index > count
                     or end - pos != HEAD_LEN + parity_piece(length, count)):
                 self.drop("segment_malformed")
