@@ -13,8 +13,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-_impl: Callable[[Any, int], bytes] | None = None
-
 
 def _with_ints(buf: Any, count: int) -> bytes:
     view, piece = memoryview(buf), len(buf) // count
@@ -39,17 +37,23 @@ def _choose() -> Callable[[Any, int], bytes]:
     return with_numpy
 
 
+def _first_use(buf: Any, count: int) -> bytes:
+    prepare()
+    return _impl(buf, count)
+
+
+#: the implementation: chosen at the first call (or by :func:`prepare`)
+_impl: Callable[[Any, int], bytes] = _first_use
+
+
 def prepare() -> bool:
     """Choose the implementation now; True if it is numpy's."""
     global _impl
-    if _impl is None:
+    if _impl is _first_use:
         _impl = _choose()
     return _impl is not _with_ints
 
 
 def xor_of(buf: bytes | bytearray | memoryview, count: int) -> bytes:
     """The XOR of ``buf``'s ``count`` equal pieces (see the module docstring)."""
-    if _impl is None:
-        prepare()
-    assert _impl is not None
     return _impl(buf, count)
