@@ -105,9 +105,10 @@ def _make_handler(target: Target) -> logging.Handler:
 
 def current_target(env: Mapping[str, str] | None = None) -> Target:
     """:func:`choose_target` for this process (its environment, journald, stderr)."""
+    socket_there = os.path.exists(JOURNAL_SOCKET)  # first: no import where it is not
     return choose_target(os.environ if env is None else env,
-                         journal_socket=os.path.exists(JOURNAL_SOCKET),
-                         journal_importable=_journal_importable(),
+                         journal_socket=socket_there,
+                         journal_importable=socket_there and _journal_importable(),
                          stderr_is_tty=sys.stderr.isatty())
 
 
