@@ -339,3 +339,61 @@ def test_in_the_loop_a_silent_fork_server_never_blocks_a_launch(tmp_path: Path,
     finally:
         fs.close()
         ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+#: A stand-in zygote: ready at once, then it refuses requests one by one, ``DELAY`` s each,
+#: and after ``ANSWERS`` of them it answers nothing more.
+SLOW_ZYGOTE = """\
+import json, os, socket, sys, time
+DELAY, ANSWERS = float(sys.argv[1]), int(sys.argv[2])
+sock = socket.socket(fileno=int(sys.argv[-1]))
+sock.send(json.dumps({"op": "ready", "pid": os.getpid()}).encode())
+answered = 0
+while True:
+    msg, anc, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(64))
+    if not msg:
+        break
+    for _level, _kind, data in anc:
+        for i in range(0, len(data) - len(data) % 4, 4):
+            os.close(int.from_bytes(data[i:i + 4], sys.byteorder))
+    if answered < ANSWERS:
+        time.sleep(DELAY)
+        sock.send(json.dumps({"op": "error", "id": json.loads(msg)["id"],
+                              "error": "refused slowly"}).encode())
+        answered += 1
+"""
+
+
+@pytest.mark.parametrize(("answers", "slow"), [(10, 0), (3, 7)])
+def test_a_busy_fork_server_is_kept_and_a_silent_one_stopped(
+        tmp_path: Path, dummy: list[int], answers: int, slow: int) -> None:
+    """A queue answered one by one, each reply 0.2 s after the one before, 10 requests in
+    all (2 s, four times ``request_timeout``), is a busy zygote, not a stuck one: the
+    requests are answered, none fails for a stop. One that goes silent after 3 answers is
+    stopped ``request_timeout`` after its last answer; the 7 requests left fail."""
+    import sys
+
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_ZYGOTE)
+    fs = ForkServer(argv=[sys.executable, str(script), "0.2", str(answers), "--control-fd"],
+                    request_timeout=0.5, ready_timeout=30)
+
+    async def go() -> list[ForkedChild]:
+        fs.start()
+        assert await fs.wait_ready(10)
+        children = [fs.launch(dummy, None) for _ in range(10)]
+        assert all(isinstance(c, ForkedChild) for c in children)
+        deadline = time.monotonic() + 10
+        while any(c.pending for c in children) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return [c for c in children if isinstance(c, ForkedChild)]
+
+    try:
+        children = asyncio.run(go())
+        errors = [c.error for c in children]
+        assert errors.count("refused slowly") == answers, errors
+        assert errors.count("the fork server was stopped before it replied") == slow, errors
+        assert all(c.returncode == FORK_FAILED for c in children)
+    finally:
+        fs.close()
+        ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)

@@ -9,7 +9,8 @@ The :class:`Launcher` and :class:`Child` contracts, :class:`SpawnLauncher` and
   modules imported, forks each worker (milliseconds, pages shared). It is started early
   (:meth:`ForkServer.start` does not wait; in the event loop its ready message is read
   like any reply, requests queue meanwhile; without a loop the first launch waits for
-  it; a request unanswered for ``request_timeout`` means it is stuck), restarted at
+  it; a request pending while the zygote answered nothing for ``request_timeout`` means
+  it is stuck: a long queue answered one by one is not), restarted at
   the next launch if it died, and when it cannot start or take a request, that launch
   falls back to spawning (logged); after a failed start (or :data:`DEATH_LIMIT` deaths
   within :data:`DEATH_WINDOW` seconds) it is not tried again for
@@ -116,6 +117,7 @@ class ForkServer:
         self._pending: dict[int, ForkedChild] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = 0.0  # when the zygote was started (monotonic)
+        self._answered = 0.0  # when it last sent anything (monotonic)
         self._retiring: set[asyncio.Task[None]] = set()
 
     @property
@@ -275,6 +277,7 @@ class ForkServer:
 
     def _dispatch(self, msg: Ready | Forked | ForkError) -> None:
         """Hand one reply to the child waiting for it."""
+        self._answered = time.monotonic()
         if isinstance(msg, Ready):
             if not self._ready:
                 self._ready = True
@@ -372,10 +375,16 @@ class ForkServer:
         return child
 
     def _expire(self, rid: int, limit: float) -> None:
-        """Request ``rid`` is still unanswered after ``limit`` seconds: the zygote is stuck.
-        It is stopped (SIGKILL if it lingers), its pending requests fail (their workers
-        count as exited) and the next launch starts a new one."""
-        if rid not in self._pending or self._sock is None:
+        """Request ``rid`` is still unanswered after ``limit`` seconds. If the zygote
+        answered others within the last ``limit`` seconds it is busy (a burst of starts
+        queues hundreds of requests): look again when that answer is ``limit`` old.
+        Otherwise it is stuck: stopped (SIGKILL if it lingers), its pending requests fail
+        (their workers count as exited) and the next launch starts a new one."""
+        if rid not in self._pending or self._sock is None or self._loop is None:
+            return
+        quiet = time.monotonic() - self._answered
+        if quiet < limit:
+            self._loop.call_later(limit - quiet, self._expire, rid, limit)
             return
         log.warning("fork server pid %s answered no request for %.0fs: stuck; stopping it",
                     self.pid, limit)
