@@ -176,6 +176,27 @@ def test_a_starting_worker_gets_a_grace_period() -> None:
     asyncio.run(go())
 
 
+def test_one_ping_is_in_flight_at_a_time() -> None:
+    """A worker that has not answered (still starting, or busy) is sent no second ping: its
+    answer to the first is what counts; once it answers, pings go on every interval."""
+    async def go() -> None:
+        r = _runner(Limits(ping_interval=0.02, ping_timeout=5.0))
+        FakeWorker.answer_pings = False
+        r.start()
+        w = FakeWorker.all[0]
+        await asyncio.sleep(0.3)  # ~15 intervals
+        pings = [m["seq"] for m in w.sent if m["op"] == "ping"]
+        assert len(pings) == 1, pings
+        FakeWorker.answer_pings = True
+        w.on_message(Pong(pings[0], Stats()))  # the late answer
+        await asyncio.sleep(0.3)
+        assert len([m for m in w.sent if m["op"] == "ping"]) >= 5
+        assert not w.killed
+        await r.stop()
+
+    asyncio.run(go())
+
+
 def test_a_forked_workers_pid_is_logged_once_known_never_as_pending(
         caplog: pytest.LogCaptureFixture) -> None:
     class LatePid(FakeWorker):  # a forked worker: the fork server says its pid a moment later

@@ -309,6 +309,8 @@ class TunnelRunner:
         The age is that of a ping we really sent, so a stall of the daemon's own loop (no
         pings sent meanwhile) never condemns a healthy worker; pending pongs are read before
         judging. Until the worker's first message, it gets ``START_GRACE`` to start Python.
+        One ping is in flight at a time: more would not change the oldest one's age, and a
+        worker still starting (or busy) would answer each of them later.
         """
         loop = asyncio.get_running_loop()
         while True:
@@ -329,6 +331,8 @@ class TunnelRunner:
                 self.log.error("tunnel %s: %s", self.name, self._kill_reason)
                 w.kill()
                 continue
+            if oldest is not None:
+                continue  # the one in flight is judged; another would add nothing
             self._seq += 1
             if w.send(Ping(self._seq)):
                 self._outstanding[self._seq] = now

@@ -27,7 +27,7 @@ import socket
 import sys
 import time
 
-from tund import proctitle
+from tund import logs, proctitle
 from tund.relay.transport import xor
 from tund.workerapi.messages import (
     TO_ZYGOTE,
@@ -57,9 +57,12 @@ PRELOAD = (
     "tund.relay.wireguard.codec", "tund.relay.wireguard.multi", "tund.relay.transport.resolver",
     "encodings.idna", "selectors", "ctypes",
 )
-#: Imported by a worker where installed (the journal handler, the command line): 6 ms of
-#: imports in every worker when left to it; missing ones change nothing.
-OPTIONAL_PRELOAD = ("systemd.journal", "setproctitle")
+#: Imported by a worker where installed (its command line; its journal handler when it
+#: logs to journald): 6 ms of imports in every worker when left to it; missing ones change
+#: nothing. The journal's is imported only where the workers will use it (its libraries
+#: add 70 mappings that every fork copies).
+OPTIONAL_PRELOAD = ("setproctitle",)
+JOURNAL_PRELOAD = "systemd.journal"
 MAX_FDS = 3  # control, device, socket
 REPARENT_TIMEOUT = 5.0  # seconds a worker waits for its middle process to exit
 _MSG_SIZE = 1 << 16
@@ -70,10 +73,12 @@ class ForkRequestError(ValueError):
 
 
 def preload() -> list[str]:
-    """Import :data:`PRELOAD` and what of :data:`OPTIONAL_PRELOAD` is installed; return
+    """Import :data:`PRELOAD` and what of :data:`OPTIONAL_PRELOAD` (and, for workers that
+    log to journald, :data:`JOURNAL_PRELOAD`) is installed; return
     the names of :data:`PRELOAD` that could not be imported."""
     missing = []
-    for name in PRELOAD + OPTIONAL_PRELOAD:
+    journal = (JOURNAL_PRELOAD,) if logs.current_target() == "journal" else ()
+    for name in PRELOAD + OPTIONAL_PRELOAD + journal:
         try:
             importlib.import_module(name)
         except ImportError:
