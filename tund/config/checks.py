@@ -16,6 +16,7 @@ from tund.config.conflicts import address_issues, listener_issues
 from tund.config.locate import Locator
 from tund.config.loops import dns_issues, loop_issues
 from tund.config.model import TUNNEL_NAME_RE, KeyPath, check_ifname
+from tund.config.nets import network, within
 from tund.config.render import got, quote, render_path
 from tund.errors import ConfigIssue
 
@@ -240,7 +241,7 @@ def _overlap_issues(tunnel: str, peers: Mapping[str, Any], loc: Locator) -> list
         ips = pbody.get("allowed_ips", ())
         for i, text in enumerate(ips if isinstance(ips, list | tuple) else ()):
             try:
-                net = ipaddress.ip_network(text, strict=True) if isinstance(text, str) else None
+                net = network(text) if isinstance(text, str) else None
             except ValueError:
                 net = None  # reported by the model
             if net is None:
@@ -262,8 +263,7 @@ def _overlap_issues(tunnel: str, peers: Mapping[str, Any], loc: Locator) -> list
     found.sort(key=lambda f: (f[0].version, int(f[0].network_address), f[0].prefixlen))
     stack: list[tuple[_Prefix, str, int]] = []
     for net, peer, i in found:
-        while stack and (stack[-1][0].version != net.version
-                         or not net.subnet_of(stack[-1][0])):  # type: ignore[arg-type]
+        while stack and not within(net, stack[-1][0]):
             stack.pop()
         other = next((s for s in reversed(stack) if s[1] != peer), None)
         if other is not None:

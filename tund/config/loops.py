@@ -22,6 +22,7 @@ from typing import Any
 from tund import dnsbackend
 from tund.config.locate import Locator
 from tund.config.model import KeyPath
+from tund.config.nets import network
 from tund.config.render import got, quote, render_path
 from tund.errors import ConfigIssue
 
@@ -69,7 +70,7 @@ def _routes(tname: str, iname: str, iface: Mapping[str, Any],
     for r, where in entries:
         try:
             if isinstance(r, str):
-                yield r, ipaddress.ip_network(r, strict=False), where
+                yield r, network(r, strict=False), where
         except ValueError:
             continue
 

@@ -29,6 +29,7 @@ from pydantic import (
     field_validator,
 )
 
+from tund.config.nets import network
 from tund.config.render import quote
 
 DEFAULT_CONFIG = Path("/etc/tund/tunnels.toml")
@@ -132,7 +133,7 @@ def _check_address(a: str) -> str:
 
 def _check_route(r: str) -> str:
     try:
-        return str(ipaddress.ip_network(r, strict=True))
+        return str(network(r))
     except ValueError as e:
         if "host bits set" in str(e):
             try:

