@@ -143,6 +143,9 @@ def _interface_change(name: str, old: InterfaceConfig | None,
     return InterfaceChange(name, "reconfigure", old, new, f"changed: {', '.join(keys)}")
 
 
+_PEER_FIELDS = tuple(PeerConfig.model_fields)  # (read per peer: 1,000 of them on a reload)
+
+
 def _peer_changes(old: Mapping[str, PeerConfig], new: Mapping[str, PeerConfig],
                   old_keys: Mapping[str, str], new_keys: Mapping[str, str]
                   ) -> tuple[PeerChange, ...]:
@@ -154,7 +157,7 @@ def _peer_changes(old: Mapping[str, PeerConfig], new: Mapping[str, PeerConfig],
         elif n is None:
             out.append(PeerChange(name, "remove"))
         else:
-            keys = [k for k in PeerConfig.model_fields if getattr(o, k) != getattr(n, k)]
+            keys = [] if o == n else [k for k in _PEER_FIELDS if getattr(o, k) != getattr(n, k)]
             if old_keys.get(name) != new_keys.get(name):
                 keys.append("key material")
             out.append(PeerChange(name, "change", f"changed: {', '.join(keys)}") if keys
