@@ -279,3 +279,32 @@ def test_a_peer_the_daemon_calls_reserved_is_served_when_the_shared_pool_is_busy
             client.call(str(sock), "status", timeout=5)
         admins["now"] = True
         assert timed_call(sock) < 1
+
+
+def test_a_refusal_sent_before_the_request_could_be_written_is_read(sock: Path) -> None:
+    """The daemon refuses a connection over a limit at once (its error line, then close):
+    a client that writes its request only afterwards gets EPIPE, and must still report
+    the daemon's reason, not a broken pipe."""
+    import threading
+
+    from tund.control import protocol
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock))
+    listener.listen(1)
+
+    def refuse() -> None:
+        conn, _ = listener.accept()
+        conn.sendall(protocol.encode_error(None, "busy", "too many connections (limit 2)"))
+        conn.close()
+
+    t = threading.Thread(target=refuse)
+    t.start()
+    try:
+        with client.Connection(str(sock), timeout=5) as conn:
+            t.join(5)  # refused and closed before the request is written
+            with pytest.raises(ControlError, match="limit 2"):
+                conn.call("status")
+    finally:
+        t.join(5)
+        listener.close()

@@ -35,6 +35,8 @@ SOCKET_ENV = "TUND_CONTROL_SOCKET"
 
 #: Seconds between two connects while the daemon's listen backlog is full.
 _BACKLOG_RETRY = 0.005
+#: Seconds to read the daemon's refusal after it closed a connection we could not write to.
+_REFUSAL_READ = 1.0
 
 Reason = Literal["missing", "refused", "permission", "timeout", "closed", "unsafe", "other"]
 
@@ -115,8 +117,14 @@ class Connection:
         request_id = next(self._ids)
         deadline = time.monotonic() + self.timeout
         try:
-            self._sock.sendall(protocol.encode_request(request_id, cmd, args))
-            line = self._read_line(deadline)
+            try:
+                self._sock.sendall(protocol.encode_request(request_id, cmd, args))
+            except (BrokenPipeError, ConnectionResetError):
+                # the daemon refused the connection (a limit) and closed it before our
+                # request came: its reason is already waiting to be read
+                line = self._read_line(min(deadline, time.monotonic() + _REFUSAL_READ))
+            else:
+                line = self._read_line(deadline)
         except OSError as e:
             if isinstance(e, TimeoutError):
                 raise DaemonUnreachable(
