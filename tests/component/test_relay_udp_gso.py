@@ -184,3 +184,45 @@ def test_a_train_with_parity_is_rebuilt_from_datagrams_read_one_by_one() -> None
         tx.close()
         rx.close()
         sel.close()
+
+
+def test_with_many_peers_two_senders_trains_interleaved_are_each_joined() -> None:
+    """A listener with many peers (``multi``) joins trains per sender: two tund clients'
+    trains, plain and with parity, arriving datagram by datagram interleaved, both come
+    out whole, and a rebuilt datagram is reported with its sender. (One reassembler for
+    all gives each train up at the other sender's datagram: ``segments_incomplete``.)"""
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    lsock.bind(("127.0.0.1", 0))
+    sel = selectors.DefaultSelector()
+    sink, rc = Sink(), Counters()
+    rebuilt: list[tuple[int, Address | None]] = []
+    rx = UdpTransport(rc, role="listen", host="127.0.0.1", port=0, sock=lsock, multi=True)
+    rx.on_recovered(lambda n, source=None: rebuilt.append((n, source)))
+    rx.start(sel, sink, time.monotonic())
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for s in senders:
+            s.connect(lsock.getsockname())
+        chunk = [os.urandom(11_000), os.urandom(9_000)]
+        trains = [segments.train(chunk[0], 1420), segments.parity_train(chunk[1], 1420, 7)]
+        assert trains[0] is not None and trains[1] is not None
+        parts = []
+        for t in trains:
+            size = segments.train_size(t)
+            parts.append([t[o:o + size] for o in range(0, len(t), size)])
+        del parts[1][2]  # one of the parity train's datagrams lost
+        for i in range(max(len(p) for p in parts)):
+            for k in (0, 1):
+                if i < len(parts[k]):
+                    senders[k].send(parts[k][i])
+                    time.sleep(0.001)  # one by one: no GRO run
+        _pump(sel, lambda: len(sink.got) >= 2)
+        got = {source: m for m, source in sink.got}
+        names = [s.getsockname() for s in senders]
+        assert got == {names[0]: chunk[0], names[1]: chunk[1]}, rc.drops
+        assert rebuilt == [(1, names[1])] and rc.drops == {}
+    finally:
+        for s in senders:
+            s.close()
+        rx.close()
+        sel.close()

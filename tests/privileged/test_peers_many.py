@@ -129,8 +129,14 @@ def test_three_clients_reach_the_server_and_each_other_and_100_mib_each(
         st = _peers(server)
         for n in ips:
             assert st[n]["rx_bytes"] >= total, (n, st[n])
-            # a tund client's offload hellos are no not_allowed (they were, before)
-            assert "not_allowed" not in st[n]["drops"], (n, st[n]["drops"])
+            # a tund client's offload hellos are no not_allowed (they were, before), and
+            # no longer dropped at all: answered, and c1 sends super-packets, checked
+            assert not {"not_allowed", "offload_hello"} & set(st[n]["drops"]), (n, st[n])
+        assert "the peer takes vnet frames: offloads on" in c1.log.read_text()
+        assert "peer c1 is a tund peer" in server.log.read_text()
+        assert "peer c2 is a tund peer" not in server.log.read_text()
+        # the same bytes in a fraction of the messages: super-packets (c2: one per packet)
+        assert st["c1"]["rx_packets"] * 3 < st["c2"]["rx_packets"], (st["c1"], st["c2"])
         print("\n[peers-many] 100 MiB each, intact: "
               + ", ".join(f"{n} {total * 8 / secs / 1e6:.0f} Mbit/s"
                           for n, (_, _, _, secs) in results.items())

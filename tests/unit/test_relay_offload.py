@@ -349,3 +349,46 @@ def test_open_one_and_seal_one_do_exactly_what_open_and_seal_do() -> None:
                     assert [one] == b.seal(f, now), (kw, f)
                 assert _state(a) == _state(b), (kw, f)
     assert short["open"] >= 16 and short["seal"] >= 16, short
+
+
+class _Many(PlainCodec):
+    """An inner codec with many peers, as the offload codec sees one: it seals advice
+    for a sender itself (``seal_to``)."""
+
+    def __init__(self) -> None:
+        super().__init__(ip_check=True)
+        self.to: list[tuple[object, bytes]] = []
+
+    def seal_to(self, source: object, packet: bytes, now: float) -> None:
+        self.to.append((source, packet))
+
+
+def test_with_many_peers_two_senders_chunks_interleaved_are_each_rebuilt() -> None:
+    """``many``: chunks are joined per sender (one Reassembler each): two tund clients'
+    super-packets arriving interleaved both come out whole (one shared Reassembler keeps
+    one frame at a time: each chunk of the other sender would cut the frame into runs),
+    and the advice goes to the sender it is about, through ``seal_to``."""
+    senders = [OffloadCodec(PlainCodec(ip_check=True), Switch(), max_packet=1400,
+                            drops={}, enveloped=True, chunked=True) for _ in range(2)]
+    for s in senders:
+        s.open(hello(False), PEER, 0.0)
+        s.send_chunks = True
+    inner = _Many()
+    server = OffloadCodec(inner, Switch(), max_packet=1400, drops={}, negotiate=False,
+                          enveloped=True, chunked=True, many=True)
+    frames = [tso_frame(payload_len=30000), tso_frame(payload_len=20000)]
+    cuts = [joined(s.seal(f, 1.0)) for s, f in zip(senders, frames, strict=True)]
+    assert min(len(c) for c in cuts) >= 2
+    where = [("198.51.100.1", 1), ("198.51.100.2", 2)]
+    got: dict[int, list[bytes]] = {0: [], 1: []}
+    for i in range(max(len(c) for c in cuts)):
+        for k in (0, 1):
+            if i < len(cuts[k]):
+                got[k] += server.open(cuts[k][i], where[k], 1.0).packets
+    assert got == {0: [frames[0]], 1: [frames[1]]}
+    assert server.next_deadline() is None and server.expired(2.0) == []
+    for i in range(LossMeter.WINDOW * 2):  # sender 0's path: few incomplete -> "whole"
+        for m in joined(senders[0].seal(frames[0], 2.0 + i * 0.02)):
+            server.open(m, where[0], 2.0 + i * 0.02)
+    assert inner.to and {s for s, _ in inner.to} == {where[0]}
+    assert {parse_mode_advice(p) for _, p in inner.to} == {False}  # "send them whole"

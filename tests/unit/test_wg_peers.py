@@ -774,3 +774,41 @@ def test_the_codecs_fast_path_sends_to_the_peer_itself() -> None:
     assert wrapped.seal(frame, 2.0) == [] and len(sent) == 2
     assert a.core.open_one(sent[1][1], SERVER, 2.0) == frame[VNET_HDR_LEN:]
     assert net.server.peer_status("c0")["tx_packets"] == 2
+
+
+def test_with_frames_a_tund_peers_hello_is_answered_and_its_envelopes_checked() -> None:
+    """``frames`` (a vnet device with offload on): a client's hello gets an ack sealed for
+    that client alone (an ack gets nothing, a mode advice is ignored); an envelope passes
+    up whole only if the IP source of the frame inside is the sender's own (the
+    cryptokey check on what the device will see): another peer's source or a
+    malformed frame is dropped and counted for the sender."""
+    from tund.relay.codec.hello import hello, mode_advice
+    from tund.relay.codec.offload import VNET_HDR_LEN, envelope
+    net = Net(2)
+    a, b = net.clients
+    for c in (a, b):
+        connect(net, c)
+    net.server.frames = True
+    seen_a, seen_b = len(a.received), len(b.received)
+    net.send_up(a, hello(False), 2.0)
+    assert a.received[seen_a:] == [hello(True)] and len(b.received) == seen_b
+    assert net.server.frame_peers == {"c0"}
+    for packet in (hello(True), mode_advice(False)):
+        net.send_up(a, packet, 2.0)
+    assert len(a.received) == seen_a + 1
+    served = len(net.served)
+    own = envelope(bytes(VNET_HDR_LEN) + ip(a.inner, b.inner, b"frame"))
+    net.send_up(a, own, 2.0)
+    assert net.served[served:] == [own]
+    net.send_up(a, envelope(bytes(VNET_HDR_LEN) + ip(b.inner, "10.8.0.1")), 2.0)
+    net.send_up(a, envelope(b"\x80" + bytes(VNET_HDR_LEN - 1) + ip(a.inner, b.inner)), 2.0)
+    net.send_up(a, envelope(bytes(VNET_HDR_LEN) + ip(a.inner, b.inner)[:19]), 2.0)
+    assert net.served[served:] == [own]
+    assert [r.drop for _, r in net.results[-3:] if isinstance(r, Delivered)] == \
+        ["not_allowed", "malformed", "malformed"]
+    assert net.server.peer_status("c0")["drops"] == {"not_allowed": 1, "malformed": 2}
+    assert net.server.peer_status("c1")["drops"] == {}
+    net.server.frames = False  # as before: no offloads, the hello is dropped and counted
+    net.send_up(b, hello(False), 3.0)
+    assert len(b.received) == seen_b
+    assert net.server.peer_status("c1")["drops"] == {"offload_hello": 1}

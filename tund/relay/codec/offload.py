@@ -45,6 +45,7 @@ CHUNK_SEGMENTS = 8
 #: with WireGuard's 32 bytes and padding travels as one datagram, as it always did)
 TRAIN_ABOVE = 48
 HELLO_RETRY = 1.0
+SENDERS = 64  # many: senders whose super-packets are followed at once
 HELLO_TRIES = 10
 _ENV = struct.Struct("!IHBB16s16s")
 ENVELOPE_LEN = _ENV.size
@@ -112,11 +113,15 @@ class OffloadCodec:
     :meth:`next_deadline`).
     ``inner`` must pass vnet frames through (e.g. a PlainCodec without ``ip_check``):
     this codec checks what reaches the device (IPv4/IPv6 packets, :func:`frame_ok`).
+    ``many`` (``inner`` has many peers, which answer tund peers' hellos themselves:
+    :class:`~tund.relay.wireguard.peers.PeerCore` ``frames``): chunks are joined and
+    their path judged per sender, the advice sealed for that sender (``inner.seal_to``);
+    this codec sends no frames (``negotiate`` is False).
     """
 
     def __init__(self, inner: Codec, set_offload: Callable[[bool], bool], *,
                  max_packet: int, drops: dict[str, int], negotiate: bool = True,
-                 enveloped: bool = False, chunked: bool = False) -> None:
+                 enveloped: bool = False, chunked: bool = False, many: bool = False) -> None:
         self.inner = inner
         self.handshake_types: frozenset[int] = getattr(inner, "handshake_types", frozenset())
         self.enveloped = enveloped
@@ -131,6 +136,9 @@ class OffloadCodec:
         self.recovered = 0  # datagrams of our peer's trains rebuilt from their parity
         self._meter = chunks.LossMeter(chunks=True)
         self._reasm = chunks.Reassembler(self._meter)
+        self.many = many
+        #: many: sender -> its LossMeter and Reassembler (at most SENDERS, oldest out)
+        self._senders: dict[Address | None, tuple[chunks.LossMeter, chunks.Reassembler]] = {}
         self.set_offload = set_offload
         self.max_packet = max_packet
         self.drops = drops
@@ -233,7 +241,7 @@ class OffloadCodec:
         packet that is not protocol 253 (not a hello, advice, chunk or envelope)."""
         p = self.inner.open_one(message, source, now)
         if not isinstance(p, bytes):
-            return self._opened(p, now)
+            return self._opened(p, now, source)
         if p and p[0] < 0x10:  # a vnet frame (a peer that takes them, without envelopes)
             if frame_ok(p):
                 return p
@@ -243,29 +251,40 @@ class OffloadCodec:
             frame = p[ENVELOPE_LEN:]  # an unnumbered envelope: no LossMeter news
             if frame_ok(frame):
                 return frame
-        return self._opened(Opened([p], [], True), now)
+        return self._opened(Opened([p], [], True), now, source)
 
     def open(self, message: bytes, source: Address | None, now: float) -> Opened:
-        return self._opened(self.inner.open(message, source, now), now)
+        return self._opened(self.inner.open(message, source, now), now, source)
+
+    def _sender(self, source: Address | None
+                ) -> tuple[chunks.LossMeter, chunks.Reassembler]:
+        """``many``: the LossMeter and Reassembler of ``source``'s super-packets."""
+        got = self._senders.get(source)
+        if got is None:
+            if len(self._senders) >= SENDERS:
+                del self._senders[next(iter(self._senders))]
+            meter = chunks.LossMeter(chunks=True)
+            got = self._senders[source] = (meter, chunks.Reassembler(meter))
+        return got
 
     # Size: long on purpose: the receive side of every frame kind (chunk, envelope, vnet frame,
     # hello, advice) in one pass over the packets, on the per-packet path.
-    def _opened(self, op: Opened, now: float) -> Opened:
-        """What :meth:`open` makes of the inner codec's result ``op``."""
+    def _opened(self, op: Opened, now: float, source: Address | None = None) -> Opened:
+        """What :meth:`open` makes of the inner codec's result ``op`` (from ``source``)."""
         if op.drop is not None or not op.packets:
             return op
-        meter = self._meter
+        meter, reasm = self._sender(source) if self.many else (self._meter, self._reasm)
         meter.now = now
         if self.chunked and len(op.packets) == 1:  # the bulk of a transfer: one chunk
             p = op.packets[0]
             if chunks.is_chunk(p) and not (self.enveloped and p[0] == 0x60 and is_envelope(p)):
                 frames: list[bytes] = []
-                cause = self._reasm.add(p, now, frames)
+                cause = reasm.add(p, now, frames)
                 if cause is not None:
                     return Opened([], op.replies, op.authenticated, cause)
                 op.packets = frames
                 if meter.pending is not None:
-                    op.replies = op.replies + self._advise(now)
+                    op.replies = op.replies + self._advise(now, meter, source)
                 return op
         frames = []
         replies = op.replies
@@ -276,7 +295,7 @@ class OffloadCodec:
                     meter.frame(fid, True)
                 p = p[ENVELOPE_LEN:]
             elif self.chunked and chunks.is_chunk(p):  # (a hello is shorter than any chunk)
-                drop = self._reasm.add(p, now, frames) or drop
+                drop = reasm.add(p, now, frames) or drop
                 continue
             if p[0] < 0x10:
                 if frame_ok(p):
@@ -298,22 +317,29 @@ class OffloadCodec:
             else:
                 frames.append(ZERO_HDR + p)
         if meter.pending is not None and self.adaptive:
-            replies = replies + self._advise(now)
+            replies = replies + self._advise(now, meter, source)
         if drop is not None:
             if not frames:
                 return Opened([], replies, op.authenticated, drop)
             self._drop(drop)  # the pump counts only a whole message's drop
         return Opened(frames, replies, op.authenticated, None)
 
-    def on_recovered(self, n: int) -> None:
-        """The transport rebuilt ``n`` lost datagrams of a train with parity: counted,
-        and the LossMeter still hears of the loss (it judges the path, not the parity)."""
+    def on_recovered(self, n: int, source: Address | None = None) -> None:
+        """The transport rebuilt ``n`` lost datagrams of a train with parity (from
+        ``source``): counted, and the LossMeter still hears of the loss (it judges the
+        path, not the parity)."""
         self.recovered += n
-        self._meter.lossy += n
+        (self._sender(source)[0] if self.many else self._meter).lossy += n
 
-    def _advise(self, now: float) -> list[bytes]:
-        advice, self._meter.pending = self._meter.pending, None
+    def _advise(self, now: float, meter: chunks.LossMeter,
+                source: Address | None) -> list[bytes]:
+        advice, meter.pending = meter.pending, None
         if not self.adaptive or advice is None:
+            return []
+        if self.many:  # sealed for the sender, sent by the inner codec itself
+            seal_to = getattr(self.inner, "seal_to", None)
+            if seal_to is not None and source is not None:
+                seal_to(source, mode_advice(advice), now)
             return []
         return self.inner.seal(mode_advice(advice), now)
 
@@ -329,13 +355,20 @@ class OffloadCodec:
 
     def next_deadline(self) -> float | None:
         inner, mine = self.inner.next_deadline(), self._reasm.deadline
+        for _, reasm in self._senders.values():
+            if reasm.deadline is not None and (mine is None or reasm.deadline < mine):
+                mine = reasm.deadline
         if mine is None or (inner is not None and inner < mine):
             return inner
         return mine
 
     def expired(self, now: float) -> list[bytes]:
         """Frames rebuilt from an incomplete chunked frame whose wait is over."""
-        return self._reasm.expire(now)
+        out = self._reasm.expire(now)
+        for _, reasm in self._senders.values():
+            if reasm.deadline is not None:
+                out += reasm.expire(now)
+        return out
 
     def mtu_changed(self, old: int, new: int) -> None:
         """Plain packets obey the new MTU; frames stay up to 64 KB (the pump's limit)."""

@@ -61,7 +61,8 @@ def make_codec(spec: WorkerSpec) -> Codec:
             raise RelayError(f"tunnel {spec.tunnel!r}: peers need private_key in the spec")
         core = PeerCore(spec.private_key, mtu=spec.mtu, packet_info=spec.packet_info,
                         mode=spec.mode, timers={k: v for k, v in spec.timers.items()
-                                                if k not in TRANSPORT_TIMERS})
+                                                if k not in TRANSPORT_TIMERS},
+                        frames=spec.offload and spec.vnet_hdr and spec.transport == "udp")
         return PeersCodec(core, spec.peers)
     if spec.encryption == "wireguard":
         try:
@@ -149,7 +150,7 @@ def _build(spec: WorkerSpec, control: socket.socket) -> Pump:
                              max_packet=mp, drops=counters.drops,
                              negotiate=spec.offload and spec.peers is None,
                              enveloped=not isinstance(codec, PlainCodec),
-                             chunked=spec.transport == "udp")
+                             chunked=spec.transport == "udp", many=spec.peers is not None)
         device = FdDevice(spec.device_fd, read_size=VNET_MAX_FRAME + 1)
         transport = make_transport(spec, counters, VNET_MAX_FRAME)
         if isinstance(transport, UdpTransport):

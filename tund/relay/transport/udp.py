@@ -54,13 +54,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import logging
 import selectors
 import socket
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from tund.relay.codec.base import Address
 from tund.relay.loop.counters import Counters
@@ -81,6 +82,13 @@ from tund.relay.transport.unconnect import disconnect
 
 log = logging.getLogger("tund.relay.transport.udp")
 
+
+class Recovered(Protocol):
+    """Told of ``n`` datagrams of a train with parity rebuilt (``source``: their sender,
+    given with many peers)."""
+
+    def __call__(self, n: int, source: Address | None = ...) -> object: ...
+
 RECV_BATCH = 64
 RESOLVE_EVERY = 30.0
 RECV_SIZE = 65536
@@ -88,6 +96,7 @@ _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>; not in the 
 SOCKET_BUFFER = 4 * 1024 * 1024  # bursts wait in the kernel instead of being dropped
 FLUSH_BYTES = 1 << 20  # send queued datagrams once this many bytes wait
 SOURCES = 1024  # wildcard listener: senders whose local address is remembered
+SENDERS = 256  # many peers: senders whose train being joined is kept
 
 
 def _grow_buffers(sock: socket.socket) -> None:
@@ -160,12 +169,30 @@ class UdpTransport:
         self._srcs: dict[Address, pktinfo.Option | None] = {}  # sender -> local address
         self._anc_space = GRO_SPACE
         self._segs = segments.Reassembler(counters.drop)
+        # many peers: one reassembler per sender (two tund clients' trains interleave)
+        self._segs_by: dict[Address, segments.Reassembler] = {}
+        self._recovered: Recovered | None = None
         self._resolver: Resolver | None = None
         self.resolve_every = resolve_every
 
-    def on_recovered(self, callback: Callable[[int], object]) -> None:
-        """``callback(n)``: ``n`` lost datagrams of a train with parity were rebuilt."""
-        self._segs.recovered = callback
+    def on_recovered(self, callback: Recovered) -> None:
+        """``callback(n)``: ``n`` lost datagrams of a train with parity were rebuilt
+        (many peers: ``callback(n, source=address)``, the sender's)."""
+        self._recovered = self._segs.recovered = callback
+        for addr, segs in self._segs_by.items():
+            segs.recovered = functools.partial(callback, source=addr)
+
+    def _segs_of(self, addr: Address) -> segments.Reassembler:
+        """The train reassembler of sender ``addr`` (many peers; at most
+        :data:`SENDERS`, the longest known forgotten first)."""
+        segs = self._segs_by.get(addr)
+        if segs is None:
+            if len(self._segs_by) >= SENDERS:
+                del self._segs_by[next(iter(self._segs_by))]
+            segs = self._segs_by[addr] = segments.Reassembler(self.c.drop)
+            if self._recovered is not None:
+                segs.recovered = functools.partial(self._recovered, source=addr)
+        return segs
 
     def start(self, sel: Registry, link: Link, now: float) -> None:
         self._sel, self._link = sel, link
@@ -318,6 +345,7 @@ class UdpTransport:
         assert sock is not None and link is not None
         deliver, gro, views, sources = link.deliver, self._gro, self._rviews, self.sources
         sticky, space, segs = self.sticky, self._anc_space, self._segs
+        multi, segs_addr = self.multi, None
         recv = sock.recvmsg_into if gro or sticky else None
         for _ in range(RECV_BATCH if link.busy else 1):  # (see Link.busy)
             size = 0
@@ -339,6 +367,8 @@ class UdpTransport:
             if sources is not None and not sources.allows(addr[0]):
                 self.c.drop("source_refused")
                 continue
+            if multi and addr != segs_addr:
+                segs, segs_addr = self._segs_of(addr), addr
             if (n > HEAD_LEN and view[0] == MARK and view[1] == MAGIC_PARITY
                     and not segs.need and not 0 < size < n):  # one of a train with parity
                 if (m := segs.parity(view, 0, n, addr)) is not None:

@@ -122,6 +122,10 @@ class PeersCodec(HoldsNothing):
         self._emit(self.core.seal(packet, now))
         return []
 
+    def seal_to(self, source: Address, packet: bytes, now: float) -> None:
+        """``packet`` to the peer at ``source`` (the offload codec's advice), sent."""
+        self._emit(self.core.seal_to(source, packet, now))
+
     def seal_one(self, packet: bytes, now: float) -> bytes | None:
         """The steady state of one peer: its message goes to its endpoint at once, and
         ``b""`` says so (see :mod:`tund.relay.codec.base`); else None, no effect."""

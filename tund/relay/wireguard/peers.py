@@ -15,7 +15,16 @@ index; an initiation -> the peer by the static key it carries, after it opens wi
 key. An authenticated message moves its peer's endpoint to its source (roaming), as
 wireguard-go does before the source check. A decrypted packet whose inner source
 address does not route back to the same peer is dropped ``not_allowed`` (a tund
-peer's offload hello, from 0.0.0.0, ``offload_hello``: this worker takes no offloads).
+peer's offload hello, from 0.0.0.0, ``offload_hello``, unless ``frames``).
+
+``frames`` (a vnet device, the tunnel's ``offload`` on): tund peers may send super-packets
+(:mod:`tund.relay.codec.offload`). A peer's hello is answered with an ack sealed for that
+peer (it then sends us vnet frames in envelopes and chunks; we keep sending it plain
+packets, as to every peer), its mode advice to us is ignored (we send no frames), and an
+envelope passes up to the offload codec only if the IP source of the frame inside routes
+back to the peer that sent it (else ``not_allowed``): the cryptokey check, made on the
+packet the device will see. Chunks carry their frame's own IP header, checked like any
+packet.
 
 Drop causes: those of :mod:`.codec`, plus ``no_route``, ``no_endpoint``,
 ``not_allowed`` and ``offload_hello``. Returned as ``Delivered.drop`` (the pump counts
@@ -59,6 +68,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import os
 import struct
 import time
@@ -69,7 +79,8 @@ from typing import Any
 
 from tund.keyformat import decode_key, encode_key
 from tund.relay.codec.base import Address, Opened
-from tund.relay.codec.hello import is_control
+from tund.relay.codec.hello import hello, is_control, parse_hello, parse_mode_advice
+from tund.relay.codec.offload import ENVELOPE_LEN, VNET_HDR_LEN, frame_ok, is_envelope
 from tund.relay.wireguard import messages as msgs
 from tund.relay.wireguard import noise
 from tund.relay.wireguard.peer import (
@@ -83,6 +94,8 @@ from tund.relay.wireguard.peer import (
 )
 from tund.relay.wireguard.prefixes import PrefixTable, format_prefix, parse_prefix
 from tund.relay.wireguard.timers import Timers
+
+log = logging.getLogger("tund.relay.wireguard.peers")
 
 #: the core's own drop causes (never returned as ``Delivered.drop``)
 CORE_OWN_DROPS = OWN_DROPS | {"no_route", "no_endpoint"}
@@ -154,7 +167,7 @@ class PeerCore:
     def __init__(self, private_key: Key, *, mtu: int, packet_info: bool = False,
                  mode: str = "tun", timers: Mapping[str, float] | None = None,
                  wall: Callable[[], float] = time.time,
-                 rand: Callable[[int], bytes] = os.urandom) -> None:
+                 rand: Callable[[int], bytes] = os.urandom, frames: bool = False) -> None:
         if mode != "tun":
             raise ValueError(f"peers: mode {mode!r}: many peers need mode \"tun\" "
                              "(cryptokey routing reads IP addresses)")
@@ -173,6 +186,8 @@ class PeerCore:
         self._seq = itertools.count()
         self._drops: Counter[str] = Counter()  # the interface's, without a peer
         self._cookie_replies = 0
+        self.frames = frames and not self._local.packet_info  # (see the module docstring)
+        self.frame_peers: set[str] = set()  # peers whose hello was answered
 
     # ------------------------------------------------------------------ peers
 
@@ -302,6 +317,12 @@ class PeerCore:
         peer.tx_bytes += len(packet) - self._off
         return self._emit(peer, peer.seal(packet, now), now)
 
+    def seal_to(self, source: Address, packet: bytes, now: float) -> list[Send]:
+        """``packet`` (one of ours, e.g. an offload mode advice) sealed for the peer whose
+        endpoint is ``source``; [] if no peer is there (rare: a linear search)."""
+        peer = next((p for p in self._peers.values() if p.endpoint == source), None)
+        return [] if peer is None else self._emit(peer, peer.seal(packet, now), now)
+
     def seal_one(self, packet: bytes, now: float) -> Send | None:
         """The per-packet path of :meth:`seal`: its one (address, message) when the
         peer has an endpoint and a session that needs nothing else; else None and no
@@ -373,6 +394,8 @@ class PeerCore:
                     else:
                         owner = None
                     if owner is not peer:
+                        if self.frames and (d := self._offload(peer, got, now)) is not None:
+                            return d
                         cause = self._not_allowed(got)
                         peer._drops[cause] += 1
                         return Delivered([], [], cause, peer.name)
@@ -435,16 +458,49 @@ class PeerCore:
             peer.endpoint = source
         packets = []
         drop = opened.drop
+        sends: list[Send] = []
         for p in opened.packets:
             if self._routes.lookup(self._source_of(p)) is peer:
                 packets.append(p)
                 peer.rx_packets += 1
                 peer.rx_bytes += len(p) - self._off
+            elif self.frames and (d := self._offload(peer, p, now)) is not None:
+                packets += d.packets
+                sends += d.sends
+                if d.drop is not None:
+                    drop = d.drop
             else:
                 drop = self._not_allowed(p)
                 peer._drops[drop] += 1
-        sends = self._emit(peer, opened.replies, now)
+        sends = self._emit(peer, opened.replies, now) + sends
         return Delivered(packets, sends, drop, peer.name)
+
+    def _offload(self, peer: Peer, packet: bytes, now: float) -> Delivered | None:
+        """A tund peer's offload packet (``frames``; see the module docstring) whose source
+        is not the peer's: a hello (answered), a mode advice (ignored) or an envelope
+        (passed up if the frame inside is the peer's); None for anything else."""
+        ack = parse_hello(packet)
+        if ack is not None:
+            if peer.name not in self.frame_peers:
+                self.frame_peers.add(peer.name)
+                log.info("peer %s is a tund peer: it may send us super-packets", peer.name)
+            sends = [] if ack else self._emit(peer, peer.seal(hello(True), now), now)
+            return Delivered([], sends, None, peer.name)
+        if parse_mode_advice(packet) is not None:
+            return Delivered([], [], None, peer.name)
+        if not is_envelope(packet):
+            return None
+        frame = packet[ENVELOPE_LEN:]
+        if not frame_ok(frame) or len(frame) < VNET_HDR_LEN + (
+                20 if frame[VNET_HDR_LEN] >> 4 == 4 else 40):
+            peer._drops["malformed"] += 1
+            return Delivered([], [], "malformed", peer.name)
+        if self._routes.lookup(self._source_of(frame[VNET_HDR_LEN:])) is not peer:
+            peer._drops["not_allowed"] += 1
+            return Delivered([], [], "not_allowed", peer.name)
+        peer.rx_packets += 1
+        peer.rx_bytes += len(frame) - VNET_HDR_LEN
+        return Delivered([packet], [], None, peer.name)
 
     def _not_allowed(self, packet: bytes) -> str:
         """The cause of dropping an authenticated ``packet`` whose source is not its
