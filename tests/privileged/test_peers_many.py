@@ -135,6 +135,7 @@ def test_three_clients_reach_the_server_and_each_other_and_100_mib_each(
         assert "the peer takes vnet frames: offloads on" in c1.log.read_text()
         assert "peer c1 is a tund peer" in server.log.read_text()
         assert "peer c2 is a tund peer" not in server.log.read_text()
+        assert [st[n]["offload"] for n in ips] == ["in", "off", "off"], st
         # the same bytes in a fraction of the messages: super-packets (c2: one per packet)
         assert st["c1"]["rx_packets"] * 3 < st["c2"]["rx_packets"], (st["c1"], st["c2"])
         print("\n[peers-many] 100 MiB each, intact: "

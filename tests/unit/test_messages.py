@@ -153,11 +153,12 @@ PEER = {"public_key": "k" * 44, "endpoint": "192.0.2.7:51820", "latest_handshake
 
 def test_stats_peers_round_trip() -> None:
     data = _state(peers={"alice": PEER, "bob": {**PEER, "endpoint": None,
-                                                  "latest_handshake": None}})
+                                                  "latest_handshake": None, "offload": "in"}})
     msg = m.decode(data, m.FROM_WORKER)
     assert isinstance(msg, m.State)
     assert msg.stats.extra["peers"]["alice"] == PEER
     assert msg.stats.extra["peers"]["bob"]["endpoint"] is None
+    assert msg.stats.extra["peers"]["bob"]["offload"] == "in"
     assert m.decode(msg.encode(), m.FROM_WORKER) == msg
 
 
@@ -175,6 +176,7 @@ def test_stats_peers_round_trip() -> None:
     ({"a": {k: v for k, v in PEER.items() if k != "drops"}},
      "field stats.peers.a.drops is missing"),
     ({"a": {**PEER, "extra": 1}}, "unknown field stats.peers.a.extra (= 1)"),
+    ({"a": {**PEER, "offload": "frames"}}, "field stats.peers.a.offload must be 'off' or 'in'"),
 ])
 def test_stats_peers_decoder_is_strict(peers: Any, error: str) -> None:
     with pytest.raises(m.MessageError) as e:

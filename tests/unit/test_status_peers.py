@@ -66,18 +66,19 @@ def test_peer_state() -> None:
 
 def test_tunnel_peers_joins_config_and_worker_counters(cfg: Config) -> None:
     t = cfg.tunnels["vpn"]
-    peers = tunnel_peers(t, {"alice": _reported(), "gone": _reported()}, NOW)
+    peers = tunnel_peers(t, {"alice": _reported(offload="in"), "gone": _reported()}, NOW)
     assert list(peers) == ["alice", "bob"]  # configured ones only, disabled too
     assert peers["alice"] == {
         "public_key": A_KEY, "endpoint": "198.51.100.9:4000",
         "allowed_ips": ["10.8.0.2/32", "fd08::2/128"], "keepalive": 25, "enabled": True,
         "latest_handshake": NOW - 10, "state": "active", "rx_bytes": 2048, "tx_bytes": 1024,
-        "rx_packets": 2, "tx_packets": 1, "drops": {"not_allowed": 3}, "lifetime": {}}
+        "rx_packets": 2, "tx_packets": 1, "drops": {"not_allowed": 3}, "offload": "in",
+        "lifetime": {}}
     assert peers["bob"] == {
         "public_key": B_KEY, "endpoint": None, "allowed_ips": ["10.8.0.3/32"],
         "keepalive": 0, "enabled": False, "latest_handshake": None, "state": "never",
         "rx_bytes": 0, "tx_bytes": 0, "rx_packets": 0, "tx_packets": 0, "drops": {},
-        "lifetime": {}}
+        "offload": "off", "lifetime": {}}
     # no worker data yet: the configured endpoint
     assert tunnel_peers(t, {}, NOW)["alice"]["endpoint"] == "203.0.113.5:51820"
     assert set(peers["alice"]) == set(status_schema.PEER_FIELDS)

@@ -113,6 +113,8 @@ PEER_FIELDS: dict[str, str] = {
     "tx_packets": "int: packets read from the device sent to this peer",
     "drops": "object: cause -> int, this peer's drops (not_allowed: its inner source "
              "address is outside its allowed_ips; decrypt, replay, ...)",
+    "offload": 'str: "in" (a tund peer: its offload hello was answered, it sends super-'
+               'packets; it gets plain packets, as every peer) or "off"',
     "lifetime": "object: {rx_bytes, tx_bytes, rx_packets, tx_packets} over every worker "
                 "and daemon run (kept in the state directory's counters.json; {} before "
                 "the peer's first worker)",

@@ -84,6 +84,7 @@ def tunnel_peers(t: TunnelConfig | None, reported: Mapping[str, Mapping[str, Any
             "state": peer_state(handshake, now),
             **{k: int(r.get(k) or 0) for k in _PEER_COUNTERS},
             "drops": dict(r.get("drops") or {}),
+            "offload": str(r.get("offload") or "off"),
             "lifetime": dict(r.get("lifetime") or {}),
         }
     return out

@@ -42,7 +42,8 @@ _PEER_LATEST = ("public_key", "endpoint", "latest_handshake")
 def merge_peers(base: Mapping[str, Mapping[str, Any]],
                 live: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per peer: the counters and drops of ``base`` (dead workers) plus ``live``'s, and
-    its latest ``public_key`` / ``endpoint`` / ``latest_handshake`` (live's unless null)."""
+    its latest ``public_key`` / ``endpoint`` / ``latest_handshake`` (live's unless null),
+    and live's ``offload``."""
     out: dict[str, dict[str, Any]] = {}
     for name in base.keys() | live.keys():
         b, v = base.get(name, {}), live.get(name, {})
@@ -53,6 +54,8 @@ def merge_peers(base: Mapping[str, Mapping[str, Any]],
         peer["drops"] = drops
         for k in _PEER_LATEST:
             peer[k] = v.get(k) if v.get(k) is not None else b.get(k)
+        if v.get("offload") is not None:  # the live worker's, never a dead one's
+            peer["offload"] = v["offload"]
         out[name] = peer
     return out
 STABLE_AFTER = 10.0  # seconds a worker must live for its crash streak to reset

@@ -121,13 +121,15 @@ class _Fields:
 
 #: The counters of one peer in ``Stats.extra["peers"]`` (a tunnel with ``peers``).
 PEER_COUNTERS = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")
+#: a peer's ``offload``: ``in``: a tund peer that sends us super-packets (it gets plain ones)
+PEER_OFFLOAD = ("off", "in")
 MAX_PEER_NAME = 64
 
 
 def _peers(f: _Fields, name: str) -> dict[str, dict[str, Any]]:
     """``peers``: peer name -> {public_key: str, endpoint: str|null, latest_handshake:
     time|null, rx_bytes, tx_bytes, rx_packets, tx_packets: int >= 0, drops: {cause: n}},
-    every field present, no other."""
+    every field present, and ``offload`` (``PEER_OFFLOAD``) if given; no other."""
     v = f.get(name)
     if not isinstance(v, dict):
         raise f._bad(name, "an object of peer name -> counters", v)
@@ -142,6 +144,8 @@ def _peers(f: _Fields, name: str) -> dict[str, dict[str, Any]]:
         out[peer] = {"public_key": p.text("public_key"), "endpoint": p.opt_text("endpoint"),
                      "latest_handshake": p.opt_float("latest_handshake"),
                      **{k: p.num(k) for k in PEER_COUNTERS}, "drops": p.counts("drops")}
+        if "offload" in data:
+            out[peer]["offload"] = p.text("offload", PEER_OFFLOAD)
         p.done()
     return out
 

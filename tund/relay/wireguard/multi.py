@@ -29,7 +29,7 @@ log = logging.getLogger("tund.relay.wireguard.multi")
 
 #: what the worker reports about each peer (Stats ``peers``)
 REPORTED = ("public_key", "endpoint", "latest_handshake", "rx_bytes", "tx_bytes",
-            "rx_packets", "tx_packets", "drops")
+            "rx_packets", "tx_packets", "drops", "offload")
 
 Resolver = Callable[[str, int], Address | None]
 

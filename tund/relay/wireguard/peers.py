@@ -595,7 +595,8 @@ class PeerCore:
         """One peer's fields: name, public_key, endpoint (``host:port`` or None),
         allowed_ips, latest_handshake (unix time or None), state (``active``: a
         handshake within 180 s, ``idle``, ``never``), session, rx/tx bytes and packets
-        (device packets), drops (cause -> n), keepalive, handshakes_sent."""
+        (device packets), drops (cause -> n), keepalive, handshakes_sent, offload (``in``:
+        its hello was answered, it may send us super-packets; else ``off``)."""
         p = self._peers[name]
         latest = p._latest_handshake
         if latest is None:
@@ -621,6 +622,7 @@ class PeerCore:
             "drops": dict(p._drops),
             "keepalive": p._keepalive,
             "handshakes_sent": p._handshakes_sent,
+            "offload": "in" if name in self.frame_peers else "off",
         }
 
     def stats(self) -> dict[str, Any]:
