@@ -47,7 +47,13 @@ def main() -> None:
     sock.connect(address(a.peer))
     sock.setblocking(False)
     with open(a.key, "rb") as f:
-        aead = ChaCha20Poly1305(f.read(32))
+        relay(tun, sock, f.read(32))
+
+
+def relay(tun: int, sock: socket.socket, key: bytes) -> None:
+    """The floor's loop between the device ``tun`` (an fd that reads and writes whole
+    packets) and the connected, non-blocking UDP socket ``sock``; never returns."""
+    aead = ChaCha20Poly1305(key)
     seal, unseal, nonce = aead.encrypt, aead.decrypt, NONCE.pack
     read, write, send, recv = os.read, os.write, sock.send, sock.recv
     ep = select.epoll()
@@ -78,7 +84,6 @@ def main() -> None:
                             pass
             except BlockingIOError:
                 pass
-
 
 if __name__ == "__main__":
     main()

@@ -375,6 +375,9 @@ class Pump:
 
     def _flush_rx(self) -> None:
         rx, self._rx = self._rx, []
+        if len(rx) == 1:  # nothing to join it with (a lone packet in a busy turn)
+            self._write_one(rx[0])
+            return
         for p in coalesce(rx):
             self._write_one(p)
 
