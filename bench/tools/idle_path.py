@@ -13,10 +13,13 @@ from B's, writes the echo reply into B's and reads it from A's, ``--count`` time
 Prints one JSON object: the RTT median / p10 / p90 in µs, each worker's CPU per round
 trip (``/proc/PID/schedstat``) and, with ``--calls``, the
 Python calls per round trip in each worker (``sys.setprofile``, counted only during the
-measured pings; functions and C functions, the most frequent first). With ``--calls``
-the times are the profiler's, not the relay's: measure time without it. No root needed.
+measured pings; functions and C functions, the most frequent first; with ``--opcodes``
+the bytecodes executed per function, ``sys.settrace``). With ``--calls``
+the times are the profiler's, not the relay's: measure time without it. With ``--perf
+FILE``, ``perf record`` samples both workers during the measured pings (then ``perf report
+-i FILE``). No root needed (but for perf).
 
-  idle_path.py [--impl tund|floor] [--count 200] [--interval 0.02] [--calls]
+  idle_path.py [--impl tund|floor] [--count 200] [--interval 0.02] [--calls] [--perf FILE]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import signal
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -74,14 +78,27 @@ def _profile(frame: FrameType, event: str, arg: Any) -> None:
         _counts[f"C:{getattr(arg, '__qualname__', arg)}"] += 1
 
 
-def _trace_signals(out: str) -> None:
-    """SIGUSR1: count calls from now; SIGUSR2: stop counting and write them to ``out``."""
+def _opcodes(frame: FrameType, event: str, arg: Any) -> Any:
+    frame.f_trace_opcodes = True
+    if event == "opcode":
+        code = frame.f_code
+        _counts[f"{Path(code.co_filename).name}:{code.co_name}"] += 1
+    return _opcodes
+
+
+def _trace_signals(out: str, opcodes: bool) -> None:
+    """SIGUSR1: count calls (or bytecodes) from now; SIGUSR2: stop counting and write
+    them to ``out``."""
     def start(_sig: int, _frame: FrameType | None) -> None:
         _counts.clear()
-        sys.setprofile(_profile)
+        if opcodes:
+            sys.settrace(_opcodes)
+        else:
+            sys.setprofile(_profile)
 
     def stop(_sig: int, _frame: FrameType | None) -> None:
         sys.setprofile(None)
+        sys.settrace(None)
         Path(out).write_text(json.dumps(dict(_counts)))
 
     signal.signal(signal.SIGUSR1, start)
@@ -149,7 +166,12 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--interval", type=float, default=0.02)
     ap.add_argument("--calls", action="store_true")
+    ap.add_argument("--opcodes", action="store_true",
+                    help="with --calls: count bytecodes executed per function instead")
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--perf", metavar="FILE",
+                    help="perf record (cpu-clock, call graphs) of both workers during the "
+                         "measured pings into FILE")
     a = ap.parse_args()
     vnet = a.impl == "tund"
     udp_a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -166,7 +188,7 @@ def main() -> int:
         if pid == 0:
             try:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-                _trace_signals(trace)
+                _trace_signals(trace, a.opcodes)
                 udp, other = (udp_a, udp_b) if i == 0 else (udp_b, udp_a)
                 if a.impl == "tund":
                     _tund_end(role, dev, udp, ctl, (keys[i], keys[1 - i]),
@@ -213,6 +235,12 @@ def _measure(a: argparse.Namespace, vnet: bool, dev_a: socket.socket, dev_b: soc
         time.sleep(0.1)
     rtts: list[float] = []
     lost = 0
+    perf = None
+    if a.perf:
+        perf = subprocess.Popen(["perf", "record", "-q", "-F", "20000", "-e", "cpu-clock",
+                                 "-g", "-p", ",".join(map(str, pids)), "-o", a.perf],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # perf attached
     cpu0 = [_cpu_s(pid) for pid in pids]
     for _ in range(a.count):
         seq += 1
@@ -228,6 +256,9 @@ def _measure(a: argparse.Namespace, vnet: bool, dev_a: socket.socket, dev_b: soc
         else:
             rtts.append((t1 - t0) * 1e6)
     cpu = [_cpu_s(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
+    if perf is not None:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=30)
     out: dict[str, Any] = {"impl": a.impl, "count": a.count, "lost": lost,
                            "interval_s": a.interval,
                            "cpu_us_per_rtt": [round(c / a.count * 1e6, 1) for c in cpu]}

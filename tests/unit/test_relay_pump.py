@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import select
 import selectors
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from tund.relay.codec.base import Address, Codec, Opened
 from tund.relay.device.tun import PacketDevice
 from tund.relay.loop.counters import Counters
-from tund.relay.loop.pump import Pump
+from tund.relay.loop.pump import RECHECK, Pump
 from tund.relay.transport.base import Link, Transport
 
 
@@ -291,3 +293,39 @@ def test_handshakes_wait_behind_data_a_bounded_number_per_turn(rig: Any) -> None
     finally:
         daemon.close()
         worker.close()
+
+
+def test_the_turn_after_an_idle_wait_is_not_busy_even_after_a_long_turn(rig: Any) -> None:
+    """A turn that did work and ran past RECHECK must not make the next wake-up (after
+    the loop waited, idle) a busy one: that turn would hold and batch a lone packet."""
+    pump, dev, _tr, codec, _ = rig
+    other, dev_sock = socket.socketpair()  # a real fd for the device's epoll entry
+    dev.fd = dev_sock.fileno()
+    codec.next_deadline = lambda: None
+    wakeups = [[(dev.fd, select.EPOLLIN)], [(dev.fd, select.EPOLLIN)]]
+    seen: list[bool] = []
+    waits: list[float] = []
+
+    def on_device(mask: int) -> None:
+        seen.append(pump.busy)
+        time.sleep(2 * RECHECK)  # a slow turn: the next one reads the deadlines again
+
+    def poll(timeout: float) -> list[tuple[int, int]]:
+        waits.append(timeout)
+        if timeout == 0.0:
+            return []  # nothing is ready unless the loop waits
+        if not wakeups:
+            pump._running = False
+            return []
+        return wakeups.pop(0)
+
+    pump._on_device = on_device
+    real_parts = pump.sel.parts
+    pump.sel.parts = lambda: (poll, real_parts()[1], real_parts()[2])
+    try:
+        assert pump.run() == 0
+    finally:
+        other.close()
+        dev_sock.close()
+    assert seen == [False, False], (seen, waits)
+    assert 0.0 in waits  # the busy loop looked once without waiting before it waited

@@ -355,6 +355,8 @@ class OffloadCodec:
 
     def next_deadline(self) -> float | None:
         inner, mine = self.inner.next_deadline(), self._reasm.deadline
+        if mine is None and not self._senders:  # (asked every idle loop turn)
+            return inner
         for _, reasm in self._senders.values():
             if reasm.deadline is not None and (mine is None or reasm.deadline < mine):
                 mine = reasm.deadline

@@ -187,7 +187,12 @@ class Pump:
                         wait = td - now
                     if self._handshakes:
                         wait = 0.0
-                    ready = poll(wait if wait > 0.0 else 0.0)
+                    # a busy loop at RECHECK looks first: only a poll that finds nothing
+                    # ready makes the loop idle (and the turn after a wait not busy)
+                    ready = poll(0.0) if busy else []
+                    if not ready:
+                        busy = False
+                        ready = poll(wait if wait > 0.0 else 0.0)
                     # nothing ran while it waited: the deadlines hold until RECHECK after
                     self.now = now = mono()
                     recheck = now + RECHECK

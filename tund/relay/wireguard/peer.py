@@ -25,10 +25,12 @@ protocol's reasoning is in docs/design.md.
 from __future__ import annotations
 
 import collections
+import functools
+import operator
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal, overload
 
@@ -50,6 +52,7 @@ _ETH_P_IP = b"\x08\x00"
 _ETH_P_IPV6 = b"\x86\xdd"
 OWN_DROPS = frozenset({"cookie", "no_session", "handshake_timeout"})
 _DEADLINES = ("retransmit", "send_keepalive", "new_handshake", "zero_keys", "persistent")
+_ARMED = functools.partial(operator.is_not, None)  # a deadline that is set (C-level filter)
 _ZEROS = tuple(bytes(i) for i in range(_PAD))  # padding, by length
 _NO_MAC2 = bytes(16)  # a handshake message from a sender without a cookie
 # The transport header as one little-endian word: type 4 with its 3 reserved bytes zero.
@@ -356,11 +359,8 @@ class PeerSession:
         return out
 
     def next_deadline(self) -> float | None:
-        first: float | None = None
-        for d in self._deadline.values():
-            if d is not None and (first is None or d < first):
-                first = d
-        return first
+        armed: Iterator[float] = filter(_ARMED, self._deadline.values())  # type: ignore[arg-type]
+        return min(armed, default=None)
 
     def set_keepalive(self, seconds: float, now: float) -> None:
         """A new persistent-keepalive interval: re-armed from now (0 disarms it), as wg
