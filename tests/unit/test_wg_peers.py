@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from tund.keyformat import encode_key, public_from_private, random_private_key
 from tund.relay.codec.base import Address, Opened
 from tund.relay.wireguard.codec import WireGuardCodec
-from tund.relay.wireguard.peers import Delivered, PeerCore
+from tund.relay.wireguard.peers import REPORTED, Delivered, PeerCore
 from tund.relay.wireguard.prefixes import parse_prefix
 from tund.workerapi.spec import WorkerSpec
 
@@ -200,6 +200,13 @@ def test_no_route_and_not_allowed_are_counted_exactly() -> None:
     st = net.server.stats()
     assert st["wg_drops"] == {"no_route": 8, "not_allowed": 5}
     assert "not_allowed" not in st["drops"]  # returned as Delivered.drop: the pump counts it
+    brief = net.server.stats(full=False)  # what the worker sends every ping
+    assert {k: v for k, v in brief.items() if k != "peers"} == \
+        {k: v for k, v in st.items() if k != "peers"}
+    for name in ("c0", "c1"):
+        assert tuple(brief["peers"][name]) == REPORTED
+        assert brief["peers"][name] == {k: st["peers"][name][k] for k in REPORTED}
+    assert brief["peers"]["c0"]["drops"] == {"not_allowed": 5}
 
 
 def test_removed_peer_is_wiped_at_once() -> None:

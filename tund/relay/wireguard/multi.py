@@ -27,9 +27,6 @@ from tund.workerapi.spec import check_peer
 
 log = logging.getLogger("tund.relay.wireguard.multi")
 
-#: what the worker reports about each peer (Stats ``peers``)
-REPORTED = ("public_key", "endpoint", "latest_handshake", "rx_bytes", "tx_bytes",
-            "rx_packets", "tx_packets", "drops", "offload")
 
 Resolver = Callable[[str, int], Address | None]
 
@@ -172,9 +169,7 @@ class PeersCodec(HoldsNothing):
         self.core.mtu_changed(old, new)
 
     def stats(self) -> dict[str, Any]:
-        s = self.core.stats()
-        s["peers"] = {name: {k: p[k] for k in REPORTED} for name, p in s["peers"].items()}
-        return s
+        return self.core.stats(full=False)
 
     @property
     def public_key(self) -> str:

@@ -11,6 +11,7 @@ Addresses are packed bytes (4 for IPv4, 16 for IPv6), as they sit in a packet he
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterator
 from typing import Generic, TypeVar
@@ -31,8 +32,10 @@ def parse_prefix(text: str) -> tuple[bytes, int]:
     return net.network_address.packed, net.prefixlen
 
 
+@functools.lru_cache(maxsize=4096)
 def format_prefix(network: bytes, length: int) -> str:
-    """The text form of (packed network, length), e.g. ``"10.8.0.0/24"``."""
+    """The text form of (packed network, length), e.g. ``"10.8.0.0/24"`` (remembered:
+    every status report names each peer's prefixes)."""
     return f"{ipaddress.ip_address(network)}/{length}"
 
 
