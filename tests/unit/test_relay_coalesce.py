@@ -90,7 +90,8 @@ def test_everything_else_passes_unchanged_and_in_order() -> None:
     assert len(out) == 8 and kernel_checksum_ok(out[1])  # only frames[0:2] merged
 
 
-@pytest.mark.parametrize("breaker", ["gap", "ack", "window", "ttl", "longer", "psh", "ident"])
+@pytest.mark.parametrize("breaker", ["gap", "ack", "window", "ttl", "longer", "psh", "ident",
+                                     "fin", "iplen", "fragment", "empty", "vnet", "v6"])
 def test_a_segment_that_does_not_continue_the_run_starts_a_new_one(breaker: str) -> None:
     frames, _ = stream(4, last_psh=False)
     seq3 = 1000 + 3 * 1368
@@ -102,6 +103,12 @@ def test_a_segment_that_does_not_continue_the_run_starts_a_new_one(breaker: str)
         "longer": segment(seq3, b"z" * 1400),
         "psh": frames[3],
         "ident": segment(seq3, b"z" * 1368, ident=500),
+        "fin": segment(seq3, b"z" * 1368, ACK | FIN),
+        "iplen": _patched(segment(seq3, b"z" * 1368), VNET.size + 3, 1),  # length + 1
+        "fragment": _patched(segment(seq3, b"z" * 1368), VNET.size + 6, 0x20),  # MF
+        "empty": segment(seq3, b"", ACK),
+        "vnet": bytes([F_NEEDS_CSUM]) + segment(seq3, b"z" * 1368)[1:],
+        "v6": segment(seq3, b"z" * 1368, v6=True),
     }[breaker]
     batch = [*frames[:3], third]
     if breaker == "psh":  # PSH on a middle segment ends the run after it
@@ -114,6 +121,12 @@ def test_a_segment_that_does_not_continue_the_run_starts_a_new_one(breaker: str)
         assert len(out) == 1
         return
     assert len(out) == 2 and out[1] == third and kernel_checksum_ok(out[0])
+
+
+def _patched(frame: bytes, at: int, add: int) -> bytes:
+    b = bytearray(frame)
+    b[at] = (b[at] + add) & 0xFF
+    return bytes(b)
 
 
 def test_runs_are_capped() -> None:

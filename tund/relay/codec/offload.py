@@ -242,6 +242,8 @@ class OffloadCodec:
         p = self.inner.open_one(message, source, now)
         if not isinstance(p, bytes):
             return self._opened(p, now, source)
+        if 20 <= len(p) <= self.max_packet and p[0] == 0x45 and p[9] != 253:
+            return ZERO_HDR + p  # plain_ip, inline for the common case: IPv4, no options
         if p and p[0] < 0x10:  # a vnet frame (a peer that takes them, without envelopes)
             if frame_ok(p):
                 return p
@@ -355,8 +357,6 @@ class OffloadCodec:
 
     def next_deadline(self) -> float | None:
         inner, mine = self.inner.next_deadline(), self._reasm.deadline
-        if mine is None and not self._senders:  # (asked every idle loop turn)
-            return inner
         for _, reasm in self._senders.values():
             if reasm.deadline is not None and (mine is None or reasm.deadline < mine):
                 mine = reasm.deadline

@@ -93,6 +93,24 @@ def coalesce(frames: list[bytes]) -> list[bytes]:
     closed = False
     from_bytes = int.from_bytes
     for f in frames:
+        if (run and not closed and len(f) > _V + hlen and f[:_V] == _ZERO
+                and not (from_bytes(f[_V:_V + hlen], "big") ^ key) & mask):
+            # The run's flow and header shape (the mask covers version, protocol, the
+            # fragment bits, addresses, ports, data offset...: what _segment checked of
+            # the run's first): only the fields the mask leaves out are checked here.
+            size_field = (f[_V + 2] << 8 | f[_V + 3]) if iphl == 20 else \
+                40 + (f[_V + 4] << 8 | f[_V + 5])
+            flags = f[_V + iphl + 13]
+            payload = len(f) - _V - hlen
+            if (size_field == len(f) - _V and flags & _ACK and not flags & ~(_ACK | _PSH)
+                    and _SEQ.unpack_from(f, _V + iphl + 4)[0] == next_seq
+                    and payload <= size and len(run) < MAX_SEGMENTS
+                    and total + payload <= _MAX_LEN - hlen):
+                run.append(f)
+                total += payload
+                next_seq = (next_seq + payload) & 0xFFFFFFFF
+                closed = payload < size or bool(flags & _PSH)
+                continue
         seg = _segment(f)
         if seg is not None and run and not closed:
             _, s_hlen, seq, flags = seg

@@ -380,8 +380,9 @@ class UdpTransport:
                     if self.sock is not sock:
                         return
             elif 0 < size < n:  # a train of datagrams of ``size`` bytes (the last may be short)
+                data = view[:n].tobytes()  # one copy, sliced: half the cost of a copy each
                 for off in range(0, n, size):
-                    deliver(bytes(view[off:min(off + size, n)]), addr)
+                    deliver(data[off:off + size], addr)
                     if self.sock is not sock:
                         return
             else:
