@@ -31,6 +31,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
+# Debian 13's wireguard-go (TUN offloads, UDP GSO/GRO), unpacked, not installed: the peer
+# of tests/privileged/test_wg_wggo.py's GSO trains test
+bash tests/fetch_deb.sh trixie wireguard-go /var/tmp/tund-wggo-trixie usr/bin/wireguard-go >&2 \
+  || echo "setup: could not unpack Debian 13's wireguard-go (its test will not run)" >&2
+
 VENV="${TUND_VENV:-/var/tmp/tund-test-venv}"
 PY="${PYTHON:-$(command -v python3)}"
 stamp="$VENV/.tund-stamp"

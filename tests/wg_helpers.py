@@ -231,13 +231,14 @@ class WireGuardGo:
     keys: KeyPair
     listen_port: int
     ifname: str = field(default_factory=lambda: unique("wiwg"))
+    binary: str = "wireguard-go"  # another build: its path (e.g. Debian 13's, with offloads)
 
     def __post_init__(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = self.dir / f"{self.ifname}.log"
         self.sock = Path(f"/var/run/wireguard/{self.ifname}.sock")
         self.proc = self.ns.spawn(
-            "wireguard-go", "-f", self.ifname, log=self.log,
+            self.binary, "-f", self.ifname, log=self.log,
             env={"LOG_LEVEL": "debug", "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"})
         wait_for(lambda: self.sock.exists() or self.proc.poll() is not None, 10,
                  f"{self.sock}")

@@ -14,6 +14,8 @@ import struct
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tund.relay.codec.base import Address
 from tund.relay.loop.counters import Counters
 from tund.relay.transport import segments
@@ -35,6 +37,19 @@ class Sink:
 
     def on_drained(self) -> None:
         pass
+
+
+class TrainSink(Sink):
+    """A link with ``deliver_train`` (as the pump has): a GRO train in one call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trains: list[tuple[int, Address | None]] = []
+
+    def deliver_train(self, data: bytes, size: int, source: Address | None) -> None:
+        self.trains.append((size, source))
+        for at in range(0, len(data), size):
+            self.deliver(data[at:at + size], source)
 
 
 def messages() -> list[bytes]:
@@ -66,11 +81,12 @@ def test_queued_datagrams_leave_in_order_as_trains() -> None:
         sel.close()
 
 
-def test_a_gro_train_is_split_back_into_its_datagrams() -> None:
+@pytest.mark.parametrize("link", [Sink, TrainSink])
+def test_a_gro_train_is_split_back_into_its_datagrams(link: type[Sink]) -> None:
     lsock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     lsock.bind(("127.0.0.1", 0))
     sel = selectors.DefaultSelector()
-    sink = Sink()
+    sink = link()
     rx = UdpTransport(Counters(), role="listen", host="127.0.0.1", port=0, sock=lsock)
     rx.start(sel, sink, time.monotonic())
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -84,6 +100,8 @@ def test_a_gro_train_is_split_back_into_its_datagrams() -> None:
                 key.data(mask)
         assert [m for m, _ in sink.got] == train
         assert {src for _, src in sink.got} == {tx.getsockname()}
+        if isinstance(sink, TrainSink):  # the whole train in one call
+            assert sink.trains == [(1200, tx.getsockname())]
     finally:
         rx.close()
         tx.close()

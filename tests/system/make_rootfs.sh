@@ -46,20 +46,8 @@ ROOT=${2:-/var/tmp/tsys-rootfs-$PROFILE-$KEY}
 
 log() { printf 'make_rootfs[%s]: %s\n' "$PROFILE" "$*" >&2; }
 
-mirror() {
-  # The first non-security URI of this machine's apt sources (deb822 or one-line format).
-  local f uri=""
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -e "$f" ] || continue
-    uri=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$f")
-    [ -n "$uri" ] && break
-  done
-  if [ -z "$uri" ]; then
-    uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-      | awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { if ($i !~ /security/) { print $i; exit } ; break } }')
-  fi
-  [ -n "$uri" ] || { echo "make_rootfs.sh: no Debian mirror found in /etc/apt/sources.list*" >&2; return 1; }
-  echo "$uri"
+mirror() {  # the first non-security URI of this machine's apt sources
+  bash "$(dirname "$0")/../apt_mirror.sh"
 }
 
 if [ "$(cat "$ROOT/.tsys-key" 2>/dev/null)" = "$KEY" ]; then

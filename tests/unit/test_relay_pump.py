@@ -329,3 +329,33 @@ def test_the_turn_after_an_idle_wait_is_not_busy_even_after_a_long_turn(rig: Any
         dev_sock.close()
     assert seen == [False, False], (seen, waits)
     assert 0.0 in waits  # the busy loop looked once without waiting before it waited
+
+
+def test_a_train_goes_to_the_codecs_open_train_first_then_message_by_message() -> None:
+    daemon, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    dev, tr, codec = FakeDevice(), FakeTransport(), ScriptedCodec()
+    calls: list[tuple[bytes, int]] = []
+
+    def open_train(data: bytes, size: int, now: float) -> tuple[list[bytes], int]:
+        calls.append((data, size))
+        return [b"F1", b"F2"], 2 * size  # the first two; the third is left to open_one
+
+    codec.open_train = open_train  # type: ignore[attr-defined]
+    codec.table[b"cc"] = b"P3"
+    pump = Pump(control=worker, device=dev, transport=tr, codec=codec, counters=Counters(),
+                max_packet=100, vnet=True)
+    try:
+        pump.deliver_train(b"aabbcc", 2, ("198.51.100.7", 9))
+        assert calls == [(b"aabbcc", 2)]
+        assert pump._rx == [b"F1", b"F2", b"P3"] and dev.written == []  # held, in order
+        assert tr.moves == [("198.51.100.7", 9)]
+        pump._flush_rx()
+        assert dev.written == [b"F1", b"F2", b"P3"]
+        plain = Pump(control=worker, device=dev, transport=tr, codec=codec,
+                     counters=Counters(), max_packet=100)  # no vnet: message by message
+        codec.table[b"aa"] = codec.table[b"bb"] = b"P"
+        plain.deliver_train(b"aabbcc", 2, None)
+        assert len(calls) == 1 and dev.written[3:] == [b"P", b"P", b"P3"]
+    finally:
+        daemon.close()
+        worker.close()

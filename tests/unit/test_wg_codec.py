@@ -529,3 +529,51 @@ def test_bad_configuration_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown names"):
         WireGuardCodec(make_spec(k, public_from_private(random_private_key()),
                                  timers={"rekey_after_tme": 1}))
+
+
+# ----------------------------------------------------------------------------- trains
+
+def _proto(packet: bytes, proto: int) -> bytes:
+    return packet[:9] + bytes([proto]) + packet[10:]
+
+
+def test_a_train_opens_its_leading_plain_packets_and_leaves_the_rest_to_open_one() -> None:
+    p = pair()
+    handshake(p)
+    sent = [ip_packet(1400, i) for i in range(6)]
+    msgs = [p.a.seal_one(x, 2.0) for x in sent]
+    assert all(isinstance(m, bytes) for m in msgs)
+    size = len(msgs[0])
+    data = b"".join(m for m in msgs if m)
+    packets, off = p.b.open_train(data, size, 2.0, 1500)
+    assert packets == sent and off == len(data)
+    assert p.b._deadline["send_keepalive"] is not None and p.b._need_another_keepalive
+    assert p.b.open_train(data, size, 2.0, 1500) == ([], 0)  # replayed: open_one counts it
+    replayed = p.b.open_one(msgs[0] or b"", SRC, 2.0)
+    assert isinstance(replayed, Opened) and replayed.drop == "replay"
+    # stops at what open_one must see: the offload extension's protocol, a bad tag, a
+    # packet over max_packet, a shorter last datagram (a keepalive); left unmarked
+    odd = _proto(ip_packet(1400, 7), 253)
+    more = [p.a.seal_one(x, 3.0) or b"" for x in (ip_packet(1400, 8), odd, ip_packet(1400, 9))]
+    packets, off = p.b.open_train(b"".join(more), size, 3.0, 1500)
+    assert packets == [ip_packet(1400, 8)] and off == size
+    assert p.b.open_one(more[1], SRC, 3.0) == odd
+    assert p.b.open_train(more[2], size, 3.0, 1399) == ([], 0)  # too long for the device
+    bad = [p.a.seal_one(ip_packet(1400, 10), 3.0) or b"", flip(more[2], 40)]
+    packets, off = p.b.open_train(b"".join(bad), size, 3.0, 1500)
+    assert packets == [ip_packet(1400, 10)] and off == size
+    assert p.b.open_one(more[2], SRC, 3.0) == ip_packet(1400, 9)  # the good copy, unmarked
+    (keepalive,) = p.a.send_keepalive(14.0)
+    last = p.a.seal_one(ip_packet(1400, 11), 14.0) or b""
+    packets, off = p.b.open_train(last + keepalive, size, 14.0, 1500)
+    assert packets == [ip_packet(1400, 11)] and off == size
+    assert p.b.stats()["wg_drops"] == {"replay": 1}
+
+
+def test_no_train_without_a_current_session_or_when_a_reply_is_due() -> None:
+    p = pair()
+    assert p.b.open_train(bytes(64), 32, 1.0, 1500) == ([], 0)
+    handshake(p)
+    m = p.a.seal_one(ip_packet(1400), 2.0) or b""
+    assert p.b.open_train(m, len(m), 2.0 + 181.0, 1500) == ([], 0)  # past reject_after_time
+    assert p.a.open_train(b"", 32, 2.0, 1500) == ([], 0)

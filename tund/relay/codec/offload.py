@@ -11,6 +11,9 @@ codecs that carry IP packets only), and drops frames it may not send as
 packet info uses it (``WorkerSpec.vnet_hdr``). A super-packet sent whole over UDP goes
 as a train (:mod:`tund.relay.transport.segments`: one GSO send, not IP fragments). Why,
 and the wire format: docs/design.md, "TUN offloads between tund peers".
+
+Size: one class, the wrapper of every codec call of a vnet device (seal, open, trains,
+timers): split, each call would cross one more layer per packet.
 """
 
 from __future__ import annotations
@@ -257,6 +260,17 @@ class OffloadCodec:
 
     def open(self, message: bytes, source: Address | None, now: float) -> Opened:
         return self._opened(self.inner.open(message, source, now), now, source)
+
+    def open_train(self, data: bytes, size: int, now: float) -> tuple[list[bytes], int]:
+        """The frames of a train's leading plain packets (the inner codec's
+        ``open_train``) from a peer that sends no vnet frames, and the offset of the first
+        message left for :meth:`open_one`; ``([], 0)`` when the inner codec has no
+        ``open_train`` or the peer takes frames (its trains are marked, not plain)."""
+        inner = getattr(self.inner, "open_train", None)
+        if inner is None or self.peer_vnet:
+            return [], 0
+        packets, off = inner(data, size, now, self.max_packet)
+        return [ZERO_HDR + p for p in packets], off
 
     def _sender(self, source: Address | None
                 ) -> tuple[chunks.LossMeter, chunks.Reassembler]:

@@ -332,6 +332,26 @@ class Pump:
         else:
             self._write_one(opened)
 
+    def deliver_train(self, data: bytes, size: int, source: Address | None) -> None:
+        """A train of ``size``-byte datagrams from ``source`` (the last may be shorter), as
+        :meth:`deliver` of each in order; with a vnet device the codec's ``open_train``
+        takes the leading plain data messages in one call, held for coalescing."""
+        off = 0
+        open_train = getattr(self.codec, "open_train", None) if self.vnet else None
+        if open_train is not None:
+            frames, off = open_train(data, size, self.now)
+            if frames:
+                transport = self.transport
+                if source is not None and source != transport.peer:
+                    self._heard = True
+                    transport.set_peer(source)
+                self._rx += frames
+                if len(self._rx) >= RX_HOLD:
+                    self._flush_rx()
+        deliver = self.deliver
+        for at in range(off, len(data), size):
+            deliver(data[at:at + size], source)
+
     def _open_handshakes(self) -> None:
         """Open up to HANDSHAKES_PER_TURN queued handshake messages, oldest first."""
         queue, open_, now = self._handshakes, self.codec.open, self.now

@@ -27,6 +27,9 @@ class Link(Protocol):
     itself idle since). A readiness callback then reads a whole batch; otherwise (after
     an idle wait) it may take one message and leave the rest to the next poll, which does
     not wait: the message is handled without first paying for the read that finds none.
+
+    A link may also have ``deliver_train(data, size, source)`` (the pump has): a train of
+    plain ``size``-byte datagrams from one source in one call, as ``deliver`` of each.
     """
 
     busy: bool

@@ -346,6 +346,7 @@ class UdpTransport:
         deliver, gro, views, sources = link.deliver, self._gro, self._rviews, self.sources
         sticky, space, segs = self.sticky, self._anc_space, self._segs
         multi, segs_addr = self.multi, None
+        train = getattr(link, "deliver_train", None)  # (optional: Link.deliver_train)
         recv = sock.recvmsg_into if gro or sticky else None
         for _ in range(RECV_BATCH if link.busy else 1):  # (see Link.busy)
             size = 0
@@ -381,10 +382,13 @@ class UdpTransport:
                         return
             elif 0 < size < n:  # a train of datagrams of ``size`` bytes (the last may be short)
                 data = view[:n].tobytes()  # one copy, sliced: half the cost of a copy each
-                for off in range(0, n, size):
-                    deliver(data[off:off + size], addr)
-                    if self.sock is not sock:
-                        return
+                if train is not None:
+                    train(data, size, addr)
+                else:
+                    for off in range(0, n, size):
+                        deliver(data[off:off + size], addr)
+                        if self.sock is not sock:
+                            return
             else:
                 deliver(bytes(view[:n]), addr)
             if self.sock is not sock:

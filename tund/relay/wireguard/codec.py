@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+
 from tund.keyformat import decode_key, encode_key
 from tund.relay.codec.base import Address, HoldsNothing, Opened
 from tund.relay.wireguard import messages as msgs
@@ -31,6 +33,7 @@ from tund.relay.wireguard.peer import (
     ip_length,
     unpack_header,
 )
+from tund.relay.wireguard.primitives import AEAD_NONCE
 from tund.relay.wireguard.timers import Timers
 from tund.workerapi.spec import WorkerSpec
 
@@ -48,6 +51,9 @@ _TRANSPORT_WORD = TRANSPORT_WORD
 _unpack_header = unpack_header
 _MIN_LEN = MIN_LEN
 _MAX_LEN = MAX_LEN
+_nonce = AEAD_NONCE.pack
+_HDR_LEN = msgs.TRANSPORT_HEADER_LEN
+_OFFLOAD_PROTO = 253  # the offload extension's messages (tund.relay.codec.offload)
 
 
 class WireGuardCodec(PeerSession, HoldsNothing):
@@ -154,6 +160,66 @@ class WireGuardCodec(PeerSession, HoldsNothing):
                 self._now = now
                 return self._open_transport(receiver, counter, message, now, True)
         return self.open(message, source, now)
+
+    # Size: one loop on purpose: the per-packet path of a train (see _open_transport).
+    def open_train(self, data: bytes, size: int, now: float,
+                   max_packet: int) -> tuple[list[bytes], int]:
+        """The leading messages of ``data``, a train of ``size``-byte datagrams (the last
+        may be shorter), that :meth:`open_one` would give bare as plain IPv4/IPv6 packets
+        of at most ``max_packet`` bytes, not protocol 253 (the offload extension's): data
+        for the current keypair, in the replay window, no reply due. Returns their packets
+        and the offset of the first message left, which goes through :meth:`open_one`
+        (a handshake, keepalive, other keypair, replay or bad tag: opened there again,
+        and counted, as if alone). The state moves as by open_one of each."""
+        kp = self._keys.current
+        if (kp is None or not self._tun or self._packet_info
+                or now - kp.created >= self._reject_time
+                or (not self._sent_last_minute_handshake and kp.is_initiator
+                    and now - kp.created > self._last_minute_age)):
+            return [], 0
+        index, open_, check = kp.local_index, kp.open, kp.replay.check_and_set
+        limit, unpack, n = self._reject_messages, _unpack_header, len(data)
+        packets: list[bytes] = []
+        off = 0
+        while off < n:
+            m = data[off:off + size]
+            if len(m) < _MIN_LEN:
+                break
+            word, receiver, counter = unpack(m)
+            if word != _TRANSPORT_WORD or receiver != index:
+                break
+            try:
+                plain = open_(_nonce(counter), m[_HDR_LEN:], None)
+            except InvalidTag:
+                break
+            got = len(plain)
+            version = plain[0] >> 4 if got else 0
+            if version == 4 and got >= 20:
+                length = plain[2] << 8 | plain[3]
+                if length < 20 or plain[9] == _OFFLOAD_PROTO:
+                    break
+            elif version == 6 and got >= 40:
+                length = 40 + (plain[4] << 8 | plain[5])
+                if plain[6] == _OFFLOAD_PROTO:
+                    break
+            else:
+                break  # a keepalive, or not an IP packet: open_one counts it
+            if length > got or length > max_packet or not check(counter, limit):
+                break
+            packets.append(plain if length == got else plain[:length])
+            off += size
+        if packets:  # _open_transport's timers, once for the train
+            self._now = now
+            deadline = self._deadline
+            if self._keepalive > 0:
+                deadline["persistent"] = now + self._keepalive
+            deadline["new_handshake"] = None
+            if deadline["send_keepalive"] is None:
+                deadline["send_keepalive"] = now + self._keepalive_timeout
+                self._need_another_keepalive = self._need_another_keepalive or len(packets) > 1
+            else:
+                self._need_another_keepalive = True
+        return packets, off
 
     def on_connected(self, now: float) -> list[bytes]:
         """A (new) path to the peer: the initiator side (role remote, or any side with a
