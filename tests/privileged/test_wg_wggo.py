@@ -10,8 +10,10 @@ across several new handshakes; nothing may be lost and the handshake times must 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,19 @@ def _setup(ts: TwoSites, tmp: Path, tund_initiates: bool, args: tuple[str, ...] 
     return wg, ka, kb
 
 
+@contextlib.contextmanager
+def _running(ts: TwoSites, wg: WireGuardGo) -> Iterator[None]:
+    """Both logs and tund's status printed when an assertion fails; both ends stopped."""
+    try:
+        yield
+    except AssertionError:
+        print(_dump(ts, wg))
+        raise
+    finally:
+        ts.a.stop()
+        wg.stop()
+
+
 def _dump(ts: TwoSites, wg: WireGuardGo) -> str:
     return (f"--- tund ---\n{ts.a.log_tail()}\n--- wireguard-go ---\n{wg.log_tail()}\n"
             f"--- status ---\n{ts.a.ctl('status', '--json', check=False).stdout}")
@@ -58,7 +73,7 @@ def _dump(ts: TwoSites, wg: WireGuardGo) -> str:
 def test_tund_initiates_rekeys_during_100mb(tmp_path: Path) -> None:
     ts = two_sites(tmp_path)
     wg, _ka, kb = _setup(ts, tmp_path, True, args=("--test-timers", "rekey_after_time=3"))
-    try:
+    with _running(ts, wg):
         ts.a.ns.wait_ping(INNER_B, within=20)  # tund's first packet starts the handshake
         assert ts.b.ns.ping(INNER_A, count=3)
         st = ts.a.tunnel("t1")
@@ -88,19 +103,13 @@ def test_tund_initiates_rekeys_during_100mb(tmp_path: Path) -> None:
         assert wg.latest_handshake() > first_wg
         assert st["wg_drops"] == {}, st
         assert ts.b.ns.ping(INNER_A, count=2)  # still working after the rekeys
-    except AssertionError:
-        print(_dump(ts, wg))
-        raise
-    finally:
-        ts.a.stop()
-        wg.stop()
 
 
 @pytest.mark.slow
 def test_tund_responds_100mb(tmp_path: Path) -> None:
     ts = two_sites(tmp_path)
     wg, _ka, kb = _setup(ts, tmp_path, False)
-    try:
+    with _running(ts, wg):
         assert ts.a.tunnel("t1")["session"] == "none"  # nothing before the peer speaks
         ts.b.ns.wait_ping(INNER_A, within=20)  # wireguard-go initiates
         assert ts.a.ns.ping(INNER_B, count=3)
@@ -113,12 +122,6 @@ def test_tund_responds_100mb(tmp_path: Path) -> None:
         print(f"wireguard-go -> tund: 100 MiB in {secs:.1f}s, {n * 8 / secs / 1e6:.0f} Mbit/s")
         st = ts.a.tunnel("t1")
         assert st["rx_bytes"] > MIB100 and st["wg_drops"] == {}, st
-    except AssertionError:
-        print(_dump(ts, wg))
-        raise
-    finally:
-        ts.a.stop()
-        wg.stop()
 
 
 def _snmp(ns: Netns, proto: str, name: str) -> int:
@@ -137,7 +140,7 @@ def test_a_wireguard_go_with_offloads_sends_trains_tund_takes_them_whole(tmp_pat
             f"no {WGGO_OFFLOADS} (tests/setup.sh unpacks Debian 13's wireguard-go there)")
     ts = two_sites(tmp_path)
     wg, _ka, kb = _setup(ts, tmp_path, False, binary=WGGO_OFFLOADS)
-    try:
+    with _running(ts, wg):
         ts.b.ns.wait_ping(INNER_A, within=20)  # wireguard-go initiates
         retrans = _snmp(ts.b.ns, "Tcp", "RetransSegs")
         out = _snmp(ts.b.ns, "Tcp", "OutSegs")
@@ -159,9 +162,3 @@ def test_a_wireguard_go_with_offloads_sends_trains_tund_takes_them_whole(tmp_pat
         assert st["peer_public_key"] == kb.pub and st["wg_drops"] == {}, st
         assert st["rx_bytes"] > 2 * MIB100 and st["drops"] == {}, st
         assert ts.a.ns.ping(INNER_B, count=2)
-    except AssertionError:
-        print(_dump(ts, wg))
-        raise
-    finally:
-        ts.a.stop()
-        wg.stop()
