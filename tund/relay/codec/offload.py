@@ -126,6 +126,7 @@ class OffloadCodec:
                  max_packet: int, drops: dict[str, int], negotiate: bool = True,
                  enveloped: bool = False, chunked: bool = False, many: bool = False) -> None:
         self.inner = inner
+        self._inner_train = getattr(inner, "open_train", None)
         self.handshake_types: frozenset[int] = getattr(inner, "handshake_types", frozenset())
         self.enveloped = enveloped
         self.chunked = chunked
@@ -266,7 +267,7 @@ class OffloadCodec:
         ``open_train``) from a peer that sends no vnet frames, and the offset of the first
         message left for :meth:`open_one`; ``([], 0)`` when the inner codec has no
         ``open_train`` or the peer takes frames (its trains are marked, not plain)."""
-        inner = getattr(self.inner, "open_train", None)
+        inner = self._inner_train
         if inner is None or self.peer_vnet:
             return [], 0
         packets, off = inner(data, size, now, self.max_packet)

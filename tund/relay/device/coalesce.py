@@ -95,9 +95,10 @@ def coalesce(frames: list[bytes]) -> list[bytes]:
     for f in frames:
         if (run and not closed and len(f) > _V + hlen and f[:_V] == _ZERO
                 and not (from_bytes(f[_V:_V + hlen], "big") ^ key) & mask):
-            # The run's flow and header shape (the mask covers version, protocol, the
-            # fragment bits, addresses, ports, data offset...: what _segment checked of
-            # the run's first): only the fields the mask leaves out are checked here.
+            # f continues the run if it has the run's flow and header shape (the mask
+            # covers version, protocol, fragment bits, addresses, ports, data offset...:
+            # what _segment checked of the run's first) and the fields the mask leaves
+            # out fit: IP length, flags, sequence number, payload size, the caps.
             size_field = (f[_V + 2] << 8 | f[_V + 3]) if iphl == 20 else \
                 40 + (f[_V + 4] << 8 | f[_V + 5])
             flags = f[_V + iphl + 13]
@@ -111,21 +112,10 @@ def coalesce(frames: list[bytes]) -> list[bytes]:
                 next_seq = (next_seq + payload) & 0xFFFFFFFF
                 closed = payload < size or bool(flags & _PSH)
                 continue
-        seg = _segment(f)
-        if seg is not None and run and not closed:
-            _, s_hlen, seq, flags = seg
-            payload = len(f) - _V - s_hlen
-            if (s_hlen == hlen and seq == next_seq and payload <= size
-                    and len(run) < MAX_SEGMENTS and total + payload <= _MAX_LEN - hlen
-                    and not (from_bytes(f[_V:_V + hlen], "big") ^ key) & mask):
-                run.append(f)
-                total += payload
-                next_seq = (seq + payload) & 0xFFFFFFFF
-                closed = payload < size or bool(flags & _PSH)
-                continue
-        if run:
+        if run:  # f does not continue the run (the check above is the only one)
             out.append(_merge(run, iphl, hlen, size, total))
             run = []
+        seg = _segment(f)  # may f start one?
         if seg is None:
             out.append(f)
             continue

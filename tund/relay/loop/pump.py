@@ -135,6 +135,8 @@ class Pump:
         self.warnings: list[str] = []
         self._rx: list[bytes] = []  # vnet: frames for the device, written once per batch
         self._hs_types: frozenset[int] = getattr(codec, "handshake_types", frozenset())
+        #: the codec's ``open_train`` (vnet only: its frames are held for coalescing)
+        self._open_train = getattr(codec, "open_train", None) if vnet else None
         self._handshakes: collections.deque[tuple[bytes, Address | None]] = (
             collections.deque())
         self.busy = False  # see tund.relay.transport.base.Link.busy
@@ -337,9 +339,8 @@ class Pump:
         :meth:`deliver` of each in order; with a vnet device the codec's ``open_train``
         takes the leading plain data messages in one call, held for coalescing."""
         off = 0
-        open_train = getattr(self.codec, "open_train", None) if self.vnet else None
-        if open_train is not None:
-            frames, off = open_train(data, size, self.now)
+        if self._open_train is not None:
+            frames, off = self._open_train(data, size, self.now)
             if frames:
                 transport = self.transport
                 if source is not None and source != transport.peer:
